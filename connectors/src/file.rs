@@ -1,0 +1,352 @@
+//! `file`: JSON-lines or CSV files as a source, JSON-lines files as a sink.
+//!
+//! The connection names a base directory; a flow's `object` is a file or a directory below it
+//! (a directory is read file by file in name order). The source's position is the file and the
+//! next line, so a restarted flow resumes there. A line that does not parse is sent to the DLQ
+//! with its file and line number and the flow goes on.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use arrow_array::RecordBatch;
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sluice_engine::connector::{Poll, Position, Sink, Source, SourceItem};
+use sluice_engine::error::ConnectorError;
+use sluice_engine::record::{ChangeRecord, Op, now_ms};
+
+/// The `file` connection: a base directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConnection {
+    /// Directory that flows' `object` paths are relative to.
+    pub path: PathBuf,
+}
+
+/// File formats a source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header line.
+    Csv,
+}
+
+/// Per-flow options of a `file` source.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceOptions {
+    /// `jsonl` or `csv`; by default taken from each file's extension (`.csv` is CSV).
+    pub format: Option<FileFormat>,
+    /// Fields that identify a row; they become the Kafka key. None: records are unkeyed.
+    #[serde(default)]
+    pub key: Vec<String>,
+}
+
+/// Per-flow options of a `file` sink.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkOptions {}
+
+/// Reads files in name order, line by line.
+pub struct FileSource {
+    files: Vec<PathBuf>,
+    opts: FileSourceOptions,
+    /// Index into `files` of the file being read.
+    current: usize,
+    reader: Option<Reader>,
+    /// Line number (1-based) of the next line to read in the current file.
+    line: u64,
+    /// Lines to skip in the first file after a resume.
+    skip_to: u64,
+}
+
+enum Reader {
+    Lines(BufReader<File>),
+    Csv(csv::StringRecordsIntoIter<File>, csv::StringRecord),
+}
+
+impl FileSource {
+    /// A source over `object` below the connection's directory.
+    pub fn new(conn: &FileConnection, object: &str, opts: FileSourceOptions) -> Result<Self, ConnectorError> {
+        let root = conn.path.join(object);
+        let files = list_files(&root)?;
+        Ok(FileSource { files, opts, current: 0, reader: None, line: 1, skip_to: 1 })
+    }
+
+    fn name(&self) -> String {
+        self.files.get(self.current).map(|p| p.display().to_string()).unwrap_or_default()
+    }
+
+    fn format_of(&self, path: &Path) -> FileFormat {
+        self.opts.format.unwrap_or_else(|| {
+            if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+                FileFormat::Csv
+            } else {
+                FileFormat::Jsonl
+            }
+        })
+    }
+
+    fn open_current(&mut self) -> Result<(), ConnectorError> {
+        let path = &self.files[self.current];
+        let file = File::open(path).map_err(|e| ConnectorError::io(format!("opening {}", path.display()), e))?;
+        self.reader = Some(match self.format_of(path) {
+            FileFormat::Jsonl => Reader::Lines(BufReader::new(file)),
+            FileFormat::Csv => {
+                let mut r = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(file);
+                let headers = r
+                    .headers()
+                    .map_err(|e| ConnectorError::Other {
+                        context: format!("reading CSV header of {}", path.display()),
+                        message: e.to_string(),
+                    })?
+                    .clone();
+                self.line = 2;
+                Reader::Csv(r.into_records(), headers)
+            }
+        });
+        if !matches!(self.reader, Some(Reader::Csv(..))) {
+            self.line = 1;
+        }
+        Ok(())
+    }
+
+    fn record(&self, row: Map<String, Value>) -> ChangeRecord {
+        let mut key = Map::new();
+        for k in &self.opts.key {
+            key.insert(k.clone(), row.get(k).cloned().unwrap_or(Value::Null));
+        }
+        let mut source = Map::new();
+        source.insert("connector".into(), json!("file"));
+        source.insert("file".into(), json!(self.name()));
+        source.insert("line".into(), json!(self.line));
+        ChangeRecord { key, before: None, after: Some(row), op: Op::Read, source, ts_ms: now_ms() }
+    }
+}
+
+fn list_files(root: &Path) -> Result<Vec<PathBuf>, ConnectorError> {
+    let meta = std::fs::metadata(root).map_err(|e| ConnectorError::io(format!("reading {}", root.display()), e))?;
+    if meta.is_file() {
+        return Ok(vec![root.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(|e| ConnectorError::io(format!("listing {}", root.display()), e))? {
+        let entry = entry.map_err(|e| ConnectorError::io(format!("listing {}", root.display()), e))?;
+        let p = entry.path();
+        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if p.is_file() && !hidden {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[async_trait]
+impl Source for FileSource {
+    async fn open(&mut self, resume: Option<Position>) -> Result<(), ConnectorError> {
+        if let Some(p) = resume {
+            let file = p.get("file").and_then(Value::as_str).unwrap_or_default();
+            if let Some(i) = self.files.iter().position(|f| f.display().to_string() == file) {
+                self.current = i;
+                self.skip_to = p.get("next_line").and_then(Value::as_u64).unwrap_or(1);
+            }
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, max: usize) -> Result<Poll, ConnectorError> {
+        let mut items = Vec::new();
+        while items.len() < max {
+            if self.current >= self.files.len() {
+                break;
+            }
+            if self.reader.is_none() {
+                self.open_current()?;
+            }
+            let name = self.name();
+            // One line (or CSV record) per iteration.
+            let next: Option<Result<Map<String, Value>, (Vec<u8>, String)>> = match self.reader.as_mut() {
+                Some(Reader::Lines(r)) => {
+                    let mut buf = Vec::new();
+                    let n = r
+                        .read_until(b'\n', &mut buf)
+                        .map_err(|e| ConnectorError::io(format!("reading {name}"), e))?;
+                    if n == 0 {
+                        None
+                    } else {
+                        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                            buf.pop();
+                        }
+                        if buf.iter().all(u8::is_ascii_whitespace) {
+                            Some(Ok(Map::new()))
+                        } else {
+                            match serde_json::from_slice::<Value>(&buf) {
+                                Ok(Value::Object(m)) => Some(Ok(m)),
+                                Ok(other) => {
+                                    let kind = match other {
+                                        Value::Array(_) => "an array",
+                                        Value::String(_) => "a string",
+                                        Value::Number(_) => "a number",
+                                        Value::Bool(_) => "a boolean",
+                                        _ => "null",
+                                    };
+                                    Some(Err((buf, format!("expected a JSON object, found {kind}"))))
+                                }
+                                Err(e) => Some(Err((buf, format!("invalid JSON: {e}")))),
+                            }
+                        }
+                    }
+                }
+                Some(Reader::Csv(records, headers)) => match records.next() {
+                    None => None,
+                    Some(Ok(rec)) => {
+                        let mut m = Map::new();
+                        for (h, v) in headers.iter().zip(rec.iter()) {
+                            m.insert(h.to_owned(), if v.is_empty() { Value::Null } else { json!(v) });
+                        }
+                        Some(Ok(m))
+                    }
+                    Some(Err(e)) => {
+                        let raw = e.to_string().into_bytes();
+                        Some(Err((raw, format!("invalid CSV: {e}"))))
+                    }
+                },
+                None => None,
+            };
+            let Some(next) = next else {
+                // End of this file: on to the next one.
+                self.reader = None;
+                self.current += 1;
+                self.skip_to = 1;
+                continue;
+            };
+            let line = self.line;
+            self.line += 1;
+            if line < self.skip_to {
+                continue;
+            }
+            let position = json!({ "file": name, "next_line": self.line });
+            match next {
+                Ok(row) if row.is_empty() => {}
+                Ok(row) => items.push(SourceItem::Record { record: self.record(row), position }),
+                Err((payload, why)) => items.push(SourceItem::Malformed {
+                    payload,
+                    reason: format!("{name} line {line}: {why}"),
+                    position,
+                }),
+            }
+        }
+        if items.is_empty() && self.current >= self.files.len() {
+            return Ok(Poll::Exhausted);
+        }
+        Ok(Poll::Items(items))
+    }
+}
+
+/// Appends rows as JSON lines to one file, synced to disk before each write is acknowledged.
+pub struct FileSink {
+    path: PathBuf,
+    file: File,
+}
+
+impl FileSink {
+    /// A sink writing `object` below the connection's directory (parents are created).
+    pub fn new(conn: &FileConnection, object: &str, _opts: FileSinkOptions) -> Result<Self, ConnectorError> {
+        let path = conn.path.join(object);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| ConnectorError::io(format!("creating directory {}", parent.display()), e))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| ConnectorError::io(format!("opening {} for append", path.display()), e))?;
+        Ok(FileSink { path, file })
+    }
+}
+
+/// Encodes batches as JSON lines (explicit nulls), straight from the Arrow columns.
+pub fn encode_json_lines(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(), ConnectorError> {
+    let mut w = arrow_json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow_json::writer::LineDelimited>(out);
+    for b in batches {
+        w.write(b).map_err(|e| ConnectorError::Other { context: "encoding rows as JSON".into(), message: e.to_string() })?;
+    }
+    w.finish().map_err(|e| ConnectorError::Other { context: "encoding rows as JSON".into(), message: e.to_string() })
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    async fn write(&mut self, batches: &[RecordBatch]) -> Result<(), ConnectorError> {
+        let mut buf = Vec::new();
+        encode_json_lines(batches, &mut buf)?;
+        let ctx = || format!("writing {}", self.path.display());
+        self.file.write_all(&buf).map_err(|e| ConnectorError::io(ctx(), e))?;
+        // Acknowledged means on disk: offsets are committed right after this returns.
+        self.file.sync_data().map_err(|e| ConnectorError::io(ctx(), e))?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn malformed_lines_carry_their_line_number_and_the_rest_flows() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.jsonl"), "{\"id\":1}\n{oops\n\n[1]\n{\"id\":2}\n").unwrap();
+        let conn = FileConnection { path: dir.path().to_owned() };
+        let mut s = FileSource::new(&conn, "a.jsonl", FileSourceOptions { format: None, key: vec!["id".into()] }).unwrap();
+        s.open(None).await.unwrap();
+        let Poll::Items(items) = s.poll(100).await.unwrap() else { panic!() };
+        let kinds: Vec<String> = items
+            .iter()
+            .map(|i| match i {
+                SourceItem::Record { record, .. } => format!("ok {}", serde_json::to_string(&record.key).unwrap()),
+                SourceItem::Malformed { reason, .. } => format!("bad {}", reason.split(": ").next().unwrap()),
+            })
+            .collect();
+        let f = dir.path().join("a.jsonl").display().to_string();
+        assert_eq!(
+            kinds,
+            vec![
+                "ok {\"id\":1}".to_string(),
+                format!("bad {f} line 2"),
+                format!("bad {f} line 4"),
+                "ok {\"id\":2}".to_string()
+            ]
+        );
+        assert!(matches!(s.poll(100).await.unwrap(), Poll::Exhausted));
+    }
+
+    #[tokio::test]
+    async fn resumes_at_the_stored_line_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("1.jsonl"), "{\"n\":1}\n{\"n\":2}\n").unwrap();
+        std::fs::write(dir.path().join("2.csv"), "n,name\n3,c\n4,d\n").unwrap();
+        let conn = FileConnection { path: dir.path().to_owned() };
+        let mut s = FileSource::new(&conn, ".", FileSourceOptions::default()).unwrap();
+        s.open(None).await.unwrap();
+        let Poll::Items(items) = s.poll(3).await.unwrap() else { panic!() };
+        assert_eq!(items.len(), 3);
+        let SourceItem::Record { position, .. } = &items[2] else { panic!() };
+        let mut r = FileSource::new(&conn, ".", FileSourceOptions::default()).unwrap();
+        r.open(Some(position.clone())).await.unwrap();
+        let Poll::Items(rest) = r.poll(10).await.unwrap() else { panic!() };
+        assert_eq!(rest.len(), 1);
+        let SourceItem::Record { record, .. } = &rest[0] else { panic!() };
+        assert_eq!(record.after.as_ref().unwrap()["n"], json!("4"));
+    }
+}

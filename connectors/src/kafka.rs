@@ -1,0 +1,152 @@
+//! `kafka`: an existing topic as a flow's input, or a topic as its destination.
+//!
+//! As a source, the topic is consumed directly by the flow's sink worker — no copy into a
+//! second topic — so its records keep their offsets and the worker commits on that cluster.
+//! As a sink, each output row becomes one JSON message; a `_key` column, if the SQL selects one,
+//! becomes the message key instead of a field.
+
+use std::collections::BTreeMap;
+
+use arrow_array::{Array, RecordBatch};
+use async_trait::async_trait;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use sluice_engine::connector::{PayloadFormat, Sink};
+use sluice_engine::error::ConnectorError;
+use sluice_engine::kafka::{KafkaSecurity, KafkaSettings};
+
+use crate::file::encode_json_lines;
+
+/// The `kafka` connection: a cluster, or sluice's own when `bootstrap_servers` is unset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConnection {
+    /// `host:port[,host:port…]`; unset means the cluster in the `kafka:` section.
+    pub bootstrap_servers: Option<String>,
+    /// TLS and SASL settings.
+    pub security: Option<KafkaSecurity>,
+    /// Extra librdkafka properties, from an allow-list.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl KafkaConnection {
+    /// Client settings for this connection; `own` is sluice's cluster.
+    pub fn settings(&self, own: &KafkaSettings) -> Result<KafkaSettings, ConnectorError> {
+        match &self.bootstrap_servers {
+            None => Ok(own.clone()),
+            Some(servers) => {
+                let mut s = KafkaSettings::from_parts(servers, self.security.as_ref(), &self.options)
+                    .map_err(|e| ConnectorError::User(e.join("; ")))?;
+                s.connect_timeout = own.connect_timeout;
+                Ok(s)
+            }
+        }
+    }
+}
+
+/// Per-flow options of a `kafka` source.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceOptions {
+    /// `json` (each message is a row) or `debezium` (each message is a change envelope).
+    #[serde(default = "default_format")]
+    pub format: PayloadFormat,
+}
+
+fn default_format() -> PayloadFormat {
+    PayloadFormat::Json
+}
+
+/// Per-flow options of a `kafka` sink.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkOptions {}
+
+/// Produces each row as a JSON message.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl KafkaSink {
+    /// A sink producing to `topic`, which is created if missing.
+    pub async fn new(settings: &KafkaSettings, topic: &str, flow: &str) -> Result<Self, ConnectorError> {
+        settings
+            .ensure_topics(&[topic])
+            .await
+            .map_err(|e| ConnectorError::Other { context: format!("preparing topic `{topic}`"), message: e.to_string() })?;
+        let producer = settings
+            .producer(&format!("sluice.{flow}.sink"))
+            .map_err(|e| ConnectorError::Other { context: "creating Kafka sink producer".into(), message: e.to_string() })?;
+        Ok(KafkaSink { producer, topic: topic.to_owned() })
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn write(&mut self, batches: &[RecordBatch]) -> Result<(), ConnectorError> {
+        let mut futures = Vec::new();
+        for batch in batches {
+            let schema = batch.schema();
+            let key_idx = schema.index_of("_key").ok();
+            let keys = match key_idx {
+                Some(i) => Some(
+                    arrow_cast_to_strings(batch.column(i))
+                        .map_err(|m| ConnectorError::User(format!("reading `_key` column: {m}")))?,
+                ),
+                None => None,
+            };
+            let body = match key_idx {
+                Some(i) => {
+                    let keep: Vec<usize> = (0..batch.num_columns()).filter(|c| *c != i).collect();
+                    batch.project(&keep).map_err(|e| ConnectorError::Other {
+                        context: "dropping `_key` from the payload".into(),
+                        message: e.to_string(),
+                    })?
+                }
+                None => batch.clone(),
+            };
+            let mut buf = Vec::new();
+            encode_json_lines(std::slice::from_ref(&body), &mut buf)?;
+            for (row, line) in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+                let mut rec = FutureRecord::<str, [u8]>::to(&self.topic).payload(line);
+                if let Some(Some(k)) = keys.as_ref().map(|k| k[row].as_deref()) {
+                    rec = rec.key(k);
+                }
+                let f = loop {
+                    match self.producer.send_result(rec) {
+                        Ok(f) => break f,
+                        Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                            rec = back;
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        }
+                        Err((e, _)) => return Err(ConnectorError::kafka(format!("producing to `{}`", self.topic), e)),
+                    }
+                };
+                futures.push(f);
+            }
+        }
+        for f in futures {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(ConnectorError::kafka(format!("delivering to `{}`", self.topic), e)),
+                Err(_) => return Err(ConnectorError::kafka(format!("delivering to `{}`", self.topic), rdkafka::error::KafkaError::Canceled)),
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka topic {}", self.topic)
+    }
+}
+
+/// The values of a string-like column, one per row.
+fn arrow_cast_to_strings(col: &dyn Array) -> Result<Vec<Option<String>>, String> {
+    let arr = col
+        .as_any()
+        .downcast_ref::<arrow_array::StringArray>()
+        .ok_or_else(|| format!("expected a string column, found {}", col.data_type()))?;
+    Ok((0..arr.len()).map(|i| (!arr.is_null(i)).then(|| arr.value(i).to_owned())).collect())
+}

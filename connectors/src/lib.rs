@@ -1,0 +1,168 @@
+//! # sluice-connectors
+//!
+//! One module per connector, and one registry (this file) that knows them all:
+//!
+//! | connector  | source | sink | module |
+//! |------------|--------|------|--------|
+//! | `generate` | yes    |      | [`generate`] |
+//! | `file`     | yes    | yes  | [`file`] |
+//! | `kafka`    | yes    | yes  | [`kafka`] |
+//! | `stdout`   |        | yes  | [`stdout`] |
+//!
+//! A connector is a *connection* type (settings and credentials, written once under
+//! `connections:` and shared by flows) plus per-flow *options* types for its source and sink
+//! sides. Config is parsed in two steps — first the connection's `type`, then its body and the
+//! flows' options with that connector's types — so every struct can deny unknown fields and
+//! errors name the exact field.
+
+pub mod file;
+pub mod generate;
+pub mod kafka;
+pub mod stdout;
+
+use serde::de::{Deserialize, Deserializer, Error as _};
+use sluice_engine::connector::{PayloadFormat, Sink, Source};
+use sluice_engine::error::ConnectorError;
+use sluice_engine::kafka::KafkaSettings;
+use sluice_engine::schema::RowSchema;
+
+/// A named connection's settings, by connector.
+#[derive(Debug, Clone)]
+pub enum Connection {
+    /// `type: generate`
+    Generate(generate::GenerateConnection),
+    /// `type: file`
+    File(file::FileConnection),
+    /// `type: kafka`
+    Kafka(kafka::KafkaConnection),
+    /// `type: stdout`
+    Stdout(stdout::StdoutConnection),
+}
+
+/// The connector names accepted as a connection's `type`.
+pub const KINDS: &[&str] = &["generate", "file", "kafka", "stdout"];
+
+impl Connection {
+    /// Parses a connection body (everything but `type`) for connector `kind`.
+    pub fn deserialize_kind<'de, D: Deserializer<'de>>(kind: &str, d: D) -> Result<Connection, D::Error> {
+        Ok(match kind {
+            "generate" => Connection::Generate(Deserialize::deserialize(d)?),
+            "file" => Connection::File(Deserialize::deserialize(d)?),
+            "kafka" => Connection::Kafka(Deserialize::deserialize(d)?),
+            "stdout" => Connection::Stdout(Deserialize::deserialize(d)?),
+            other => return Err(D::Error::unknown_variant(other, KINDS)),
+        })
+    }
+
+    /// The connector's name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Connection::Generate(_) => "generate",
+            Connection::File(_) => "file",
+            Connection::Kafka(_) => "kafka",
+            Connection::Stdout(_) => "stdout",
+        }
+    }
+}
+
+/// A flow's source options, by connector.
+#[derive(Debug, Clone)]
+pub enum SourceOptions {
+    /// For `generate`.
+    Generate(generate::GenerateOptions),
+    /// For `file`.
+    File(file::FileSourceOptions),
+    /// For `kafka`.
+    Kafka(kafka::KafkaSourceOptions),
+}
+
+/// A flow's sink options, by connector.
+#[derive(Debug, Clone)]
+pub enum SinkOptions {
+    /// For `file`.
+    File(file::FileSinkOptions),
+    /// For `kafka`.
+    Kafka(kafka::KafkaSinkOptions),
+    /// For `stdout`.
+    Stdout(stdout::StdoutOptions),
+}
+
+/// Parses a flow's source options for the connector of `conn`.
+pub fn source_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Result<SourceOptions, D::Error> {
+    Ok(match conn {
+        Connection::Generate(_) => SourceOptions::Generate(Deserialize::deserialize(d)?),
+        Connection::File(_) => SourceOptions::File(Deserialize::deserialize(d)?),
+        Connection::Kafka(_) => SourceOptions::Kafka(Deserialize::deserialize(d)?),
+        Connection::Stdout(_) => return Err(D::Error::custom("a `stdout` connection cannot be a source")),
+    })
+}
+
+/// Parses a flow's sink options for the connector of `conn`.
+pub fn sink_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Result<SinkOptions, D::Error> {
+    Ok(match conn {
+        Connection::File(_) => SinkOptions::File(Deserialize::deserialize(d)?),
+        Connection::Kafka(_) => SinkOptions::Kafka(Deserialize::deserialize(d)?),
+        Connection::Stdout(_) => SinkOptions::Stdout(Deserialize::deserialize(d)?),
+        Connection::Generate(_) => return Err(D::Error::custom("a `generate` connection cannot be a destination")),
+    })
+}
+
+/// The row schema a source defines itself, when it does (a flow may then omit `schema:`).
+pub fn builtin_schema(options: &SourceOptions) -> Option<RowSchema> {
+    match options {
+        SourceOptions::Generate(_) => Some(generate::schema()),
+        SourceOptions::File(_) | SourceOptions::Kafka(_) => None,
+    }
+}
+
+/// What a flow reads.
+pub enum Input {
+    /// A connector that publishes change records to the flow's changes topic.
+    Source(Box<dyn Source>),
+    /// An existing topic, consumed directly by the sink worker.
+    Topic {
+        /// The cluster holding it.
+        kafka: KafkaSettings,
+        /// The topic.
+        topic: String,
+        /// How its payloads are encoded.
+        format: PayloadFormat,
+    },
+}
+
+/// Builds a flow's input. `own` is sluice's cluster.
+pub fn build_source(
+    conn: &Connection,
+    object: &str,
+    options: &SourceOptions,
+    own: &KafkaSettings,
+) -> Result<Input, ConnectorError> {
+    Ok(match (conn, options) {
+        (Connection::Generate(_), SourceOptions::Generate(o)) => {
+            Input::Source(Box::new(generate::GenerateSource::new(object, o.clone())?))
+        }
+        (Connection::File(c), SourceOptions::File(o)) => Input::Source(Box::new(file::FileSource::new(c, object, o.clone())?)),
+        (Connection::Kafka(c), SourceOptions::Kafka(o)) => Input::Topic {
+            kafka: c.settings(own)?,
+            topic: object.to_owned(),
+            format: o.format,
+        },
+        _ => return Err(ConnectorError::User(format!("connection of type `{}` does not match its options", conn.kind()))),
+    })
+}
+
+/// Builds a flow's sink. `own` is sluice's cluster.
+pub async fn build_sink(
+    conn: &Connection,
+    object: &str,
+    options: &SinkOptions,
+    own: &KafkaSettings,
+    flow: &str,
+) -> Result<Box<dyn Sink>, ConnectorError> {
+    Ok(match (conn, options) {
+        (Connection::File(c), SinkOptions::File(o)) => Box::new(file::FileSink::new(c, object, o.clone())?),
+        (Connection::Stdout(_), SinkOptions::Stdout(_)) => Box::new(stdout::StdoutSink),
+        (Connection::Kafka(c), SinkOptions::Kafka(_)) => Box::new(kafka::KafkaSink::new(&c.settings(own)?, object, flow).await?),
+        _ => return Err(ConnectorError::User(format!("connection of type `{}` does not match its options", conn.kind()))),
+    })
+}

@@ -1,0 +1,40 @@
+//! `stdout`: rows as JSON lines on standard output, for trying flows out.
+
+use std::io::Write;
+
+use arrow_array::RecordBatch;
+use async_trait::async_trait;
+use serde::Deserialize;
+use sluice_engine::connector::Sink;
+use sluice_engine::error::ConnectorError;
+
+use crate::file::encode_json_lines;
+
+/// The `stdout` connection: nothing to configure.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutConnection {}
+
+/// Per-flow options of a `stdout` sink.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutOptions {}
+
+/// Writes rows to standard output.
+pub struct StdoutSink;
+
+#[async_trait]
+impl Sink for StdoutSink {
+    async fn write(&mut self, batches: &[RecordBatch]) -> Result<(), ConnectorError> {
+        let mut buf = Vec::new();
+        encode_json_lines(batches, &mut buf)?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&buf)
+            .and_then(|()| out.flush())
+            .map_err(|e| ConnectorError::io("writing rows to stdout", e))
+    }
+
+    fn describe(&self) -> String {
+        "stdout".into()
+    }
+}

@@ -1,0 +1,143 @@
+//! The embedded Kafka-protocol broker.
+//!
+//! `kafka: embedded` and `sluice broker` both run tansu's broker inside this process, persisted
+//! in a SQLite file under the data directory (or in memory, for benchmarks). Flows still talk to
+//! it through rdkafka over loopback, so the embedded set-up exercises exactly the code a user's
+//! Kafka cluster does.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use tokio::task::JoinHandle;
+use url::Url;
+
+/// Where the embedded broker keeps its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerStorage {
+    /// A SQLite file under this directory; survives a kill -9 and restart.
+    Sqlite(PathBuf),
+    /// Process memory; gone when the process ends. For benchmarks.
+    Memory,
+}
+
+/// Starting the embedded broker failed.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// The data directory could not be created.
+    #[error("creating broker data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("binding broker listener {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// tansu refused the configuration.
+    #[error("starting embedded broker: {0}")]
+    Start(String),
+}
+
+/// A running embedded broker.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    /// `host:port` for rdkafka's `bootstrap.servers`.
+    pub bootstrap: String,
+    task: Option<JoinHandle<()>>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a broker listening on `listen` (port 0 picks a free port).
+    pub async fn start(storage: BrokerStorage, listen: &str) -> Result<EmbeddedBroker, BrokerError> {
+        let addr = resolve_port(listen)?;
+        let storage_url = match &storage {
+            BrokerStorage::Sqlite(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|source| BrokerError::DataDir { path: dir.clone(), source })?;
+                sqlite_url(&dir.join("broker.db"))?
+            }
+            BrokerStorage::Memory => Url::parse("memory://sluice/").map_err(|e| BrokerError::Start(e.to_string()))?,
+        };
+        let endpoint = Url::parse(&format!("tcp://{addr}")).map_err(|e| BrokerError::Start(e.to_string()))?;
+        let mut broker = tansu_broker::broker::Broker::<
+            tansu_broker::coordinator::group::administrator::Controller<tansu_storage::StorageContainer>,
+            tansu_storage::StorageContainer,
+        >::builder()
+            .node_id(0)
+            .cluster_id("sluice")
+            .incarnation_id(uuid::Uuid::new_v4())
+            .advertised_listener(endpoint.clone())
+            .storage(storage_url)
+            .listener(endpoint)
+            .silent(true)
+            .build()
+            .await
+            .map_err(|e| BrokerError::Start(e.to_string()))?;
+        broker.register().await.map_err(|e| BrokerError::Start(e.to_string()))?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = broker.listen(tokio::time::Instant::now()).await {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        });
+        // Wait until the listener accepts connections so the first client does not race it.
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(EmbeddedBroker { bootstrap: addr.to_string(), task: Some(task) })
+    }
+
+    /// Runs until the broker task ends (it only ends on error).
+    pub async fn wait(mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Turns `host:0` into a concrete free port: the broker must advertise the port clients use.
+fn resolve_port(listen: &str) -> Result<SocketAddr, BrokerError> {
+    let bind = |source| BrokerError::Bind { addr: listen.to_owned(), source };
+    let l = TcpListener::bind(listen).map_err(bind)?;
+    l.local_addr().map_err(bind)
+}
+
+/// tansu joins a `sqlite://` URL's path onto the working directory, and `PathBuf::push` of an
+/// absolute path replaces what it is pushed onto; so an absolute file path written after an
+/// empty host (`sqlite:////abs/file`) lands exactly at that path.
+fn sqlite_url(file: &Path) -> Result<Url, BrokerError> {
+    let abs = std::path::absolute(file)
+        .map_err(|source| BrokerError::DataDir { path: file.to_owned(), source })?;
+    Url::parse(&format!("sqlite:///{}", abs.display())).map_err(|e| BrokerError::Start(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_url_keeps_an_absolute_path() {
+        let u = sqlite_url(Path::new("/tmp/x/broker.db")).unwrap();
+        let p = u.path().strip_prefix('/').unwrap();
+        assert_eq!(p, "/tmp/x/broker.db");
+    }
+}

@@ -1,0 +1,132 @@
+//! One trait per role: [`Source`], [`Transform`], [`Sink`].
+//!
+//! Data takes one path: a source's records go to the flow's changes topic; a sink worker consumes
+//! that topic, hands each batch of messages to the flow's transform (the SQL stage) and the
+//! resulting Arrow batches to the sink. Traits are free of Kafka so connectors can be tested on
+//! their own.
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use async_trait::async_trait;
+
+use crate::error::{ConnectorError, TransformError};
+use crate::record::ChangeRecord;
+
+/// A source's place in its upstream (a sequence number, a file and byte offset, a cursor, an LSN),
+/// as opaque JSON. It is stored only once every record before it is durably in Kafka.
+pub type Position = serde_json::Value;
+
+/// One thing a source read.
+#[derive(Debug)]
+pub enum SourceItem {
+    /// A well-formed change.
+    Record {
+        /// The change.
+        record: ChangeRecord,
+        /// The position just after it.
+        position: Position,
+    },
+    /// Input the source could not parse; it goes to the flow's DLQ and the flow goes on.
+    Malformed {
+        /// The raw input, as read.
+        payload: Vec<u8>,
+        /// Why it was refused, with where it was (e.g. a line number).
+        reason: String,
+        /// The position just after it.
+        position: Position,
+    },
+}
+
+/// What a poll of a source gave.
+#[derive(Debug)]
+pub enum Poll {
+    /// Some items, in order.
+    Items(Vec<SourceItem>),
+    /// Nothing now; poll again later.
+    Idle,
+    /// Nothing more, ever (for this run).
+    Exhausted,
+}
+
+/// Reads changes from an upstream system.
+#[async_trait]
+pub trait Source: Send {
+    /// Prepares to read just after `resume`, or from the beginning when it is `None`.
+    async fn open(&mut self, resume: Option<Position>) -> Result<(), ConnectorError>;
+
+    /// Returns up to `max` items.
+    async fn poll(&mut self, max: usize) -> Result<Poll, ConnectorError>;
+}
+
+/// One consumed Kafka message as the transform sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct InputMessage<'a> {
+    /// The message key, if any.
+    pub key: Option<&'a [u8]>,
+    /// The message payload, if any (a tombstone has none).
+    pub payload: Option<&'a [u8]>,
+    /// The message timestamp in milliseconds, if the broker gave one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A row the transform could not process, by its index in the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRow {
+    /// Index into the input slice.
+    pub index: usize,
+    /// Why, naming the column where there is one.
+    pub reason: String,
+}
+
+/// A transform's answer for one input batch.
+#[derive(Debug, Default)]
+pub struct Transformed {
+    /// Output rows.
+    pub batches: Vec<RecordBatch>,
+    /// Input rows that go to the DLQ instead.
+    pub rejected: Vec<RejectedRow>,
+}
+
+impl Transformed {
+    /// The number of output rows.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Turns a batch of consumed messages into output rows. The SQL stage implements it.
+#[async_trait]
+pub trait Transform: Send {
+    /// The schema of every output batch.
+    fn output_schema(&self) -> SchemaRef;
+
+    /// Processes one batch. A bad row is rejected, never the whole batch.
+    async fn process(&mut self, input: &[InputMessage<'_>]) -> Result<Transformed, TransformError>;
+}
+
+/// Delivers output rows to a destination.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes the batches; returns only once the destination has acknowledged them (durably
+    /// written, or accepted by the remote service). Offsets are committed after this returns.
+    async fn write(&mut self, batches: &[RecordBatch]) -> Result<(), ConnectorError>;
+
+    /// Flushes and releases resources at the end of a run.
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// A short description of where rows go, for the run summary ("file out/orders.jsonl").
+    fn describe(&self) -> String;
+}
+
+/// How the payloads of a flow's input topic are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// A Debezium envelope (`before`, `after`, `op`, `source`, `ts_ms`): sluice's own topics.
+    #[default]
+    Debezium,
+    /// A plain JSON object: the whole object is the row, and the op is `c`.
+    Json,
+}

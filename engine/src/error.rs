@@ -1,0 +1,122 @@
+//! The engine's errors. Each says what was being done; none is logged where it is returned.
+
+use thiserror::Error;
+
+/// Whose fault an error is, so the runtime and the user know whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// The config or the data is wrong: fix it, do not retry.
+    User,
+    /// A service outside sluice failed or is unreachable: retrying may help.
+    External,
+    /// A bug in sluice.
+    Internal,
+}
+
+/// An error from a connector (a source or a sink).
+#[derive(Debug, Error)]
+pub enum ConnectorError {
+    /// Local file or socket I/O failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, e.g. "reading data/orders.jsonl".
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Kafka client call failed.
+    #[error("{context}: {source}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The connector's options or the data do not fit together.
+    #[error("{0}")]
+    User(String),
+    /// Anything else a connector reports, with its context.
+    #[error("{context}: {message}")]
+    Other {
+        /// What was being done.
+        context: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl ConnectorError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ConnectorError::Io { context: context.into(), source }
+    }
+
+    /// Wraps a Kafka error with what was being done.
+    pub fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        ConnectorError::Kafka { context: context.into(), source }
+    }
+
+    /// Whose fault this is.
+    pub fn domain(&self) -> Domain {
+        match self {
+            ConnectorError::User(_) => Domain::User,
+            ConnectorError::Io { .. } | ConnectorError::Kafka { .. } | ConnectorError::Other { .. } => {
+                Domain::External
+            }
+        }
+    }
+}
+
+/// An error from the SQL stage.
+#[derive(Debug, Error)]
+pub enum TransformError {
+    /// The query could not be planned (bad column, bad syntax): the user's to fix.
+    #[error("planning SQL for flow `{flow}`: {message}")]
+    Plan {
+        /// The flow whose query failed.
+        flow: String,
+        /// The planner's message.
+        message: String,
+    },
+    /// Running the planned query over a batch failed.
+    #[error("running SQL for flow `{flow}`: {message}")]
+    Execute {
+        /// The flow whose query failed.
+        flow: String,
+        /// The executor's message.
+        message: String,
+    },
+}
+
+/// An error that stops a flow.
+#[derive(Debug, Error)]
+pub enum FlowError {
+    /// A source or sink failed.
+    #[error("flow `{flow}`: {source}")]
+    Connector {
+        /// The flow.
+        flow: String,
+        /// What failed.
+        #[source]
+        source: ConnectorError,
+    },
+    /// The SQL stage failed.
+    #[error(transparent)]
+    Transform(#[from] TransformError),
+    /// Talking to Kafka failed.
+    #[error("flow `{flow}`: {context}: {source}")]
+    Kafka {
+        /// The flow.
+        flow: String,
+        /// What was being done.
+        context: String,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The Kafka cluster could not be reached or set up.
+    #[error(transparent)]
+    Cluster(#[from] crate::kafka::KafkaSetupError),
+}

@@ -1,0 +1,409 @@
+//! Kafka plumbing: the one place that builds rdkafka clients.
+//!
+//! Every hop of a flow goes through rdkafka, whether the cluster is a real one or the embedded
+//! broker, so there is one code path to trust. Clients are built from [`KafkaSettings`], which
+//! hold secrets as [`Secret`]s; an rdkafka `ClientConfig` prints its values when debug-formatted,
+//! so one is never logged.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use thiserror::Error;
+
+use crate::secret::Secret;
+
+/// How to reach a Kafka cluster and how to lay out sluice's topics on it.
+#[derive(Clone, Debug)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port…]`.
+    pub bootstrap_servers: String,
+    /// librdkafka properties that carry no secret (security protocol, allow-listed extras).
+    pub options: Vec<(String, String)>,
+    /// librdkafka properties whose values are secret (e.g. `sasl.password`).
+    pub secrets: Vec<(String, Secret)>,
+    /// Partitions for topics sluice creates.
+    pub partitions: i32,
+    /// Replication factor for topics sluice creates.
+    pub replication_factor: i32,
+    /// How long to wait for the cluster to answer before calling it unreachable.
+    pub connect_timeout: Duration,
+}
+
+/// Setting up or reaching the cluster failed.
+#[derive(Debug, Error)]
+pub enum KafkaSetupError {
+    /// No broker answered in time.
+    #[error(
+        "connecting to Kafka at {servers}: no broker answered within {secs} s ({source}); check \
+         `kafka.bootstrap_servers` and that the brokers are running"
+    )]
+    Unreachable {
+        /// The bootstrap list tried.
+        servers: String,
+        /// The timeout, in seconds.
+        secs: u64,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// Building a client failed (usually a bad property).
+    #[error("{context}: {source}")]
+    Client {
+        /// What was being done.
+        context: String,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The broker refused to create a topic.
+    #[error("creating topic `{topic}`: {message}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The broker's reason.
+        message: String,
+    },
+}
+
+impl KafkaSettings {
+    /// Settings for a plaintext cluster with no extra options (tests, the embedded broker).
+    pub fn plaintext(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaSettings {
+            bootstrap_servers: bootstrap_servers.into(),
+            options: Vec::new(),
+            secrets: Vec::new(),
+            partitions: 3,
+            replication_factor: 1,
+            connect_timeout: Duration::from_secs(15),
+        }
+    }
+
+    /// A client config with the connection settings and nothing role-specific.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in &self.options {
+            cfg.set(k, v);
+        }
+        for (k, v) in &self.secrets {
+            cfg.set(k, v.expose());
+        }
+        cfg
+    }
+
+    /// The producer every source writes through: idempotent, acks from all in-sync replicas,
+    /// so a retried send never duplicates or reorders within a partition.
+    pub fn producer(&self, client_id: &str) -> Result<FutureProducer, KafkaSetupError> {
+        self.client_config()
+            .set("client.id", client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            // Bounded: a message that cannot be delivered fails instead of waiting forever.
+            .set("message.timeout.ms", "60000")
+            .create()
+            .map_err(|source| KafkaSetupError::Client {
+                context: format!("creating Kafka producer `{client_id}`"),
+                source,
+            })
+    }
+
+    /// A consumer in `group` that commits only what the caller tells it to: automatic commit and
+    /// automatic offset store are both off, so nothing is committed before it is delivered.
+    pub fn consumer(&self, group: &str, client_id: &str) -> Result<StreamConsumer, KafkaSetupError> {
+        self.client_config()
+            .set("group.id", group)
+            .set("client.id", client_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "30000")
+            .create()
+            .map_err(|source| KafkaSetupError::Client {
+                context: format!("creating Kafka consumer in group `{group}`"),
+                source,
+            })
+    }
+
+    /// Fails with a clear error if no broker answers within `connect_timeout`.
+    pub async fn check_reachable(&self) -> Result<(), KafkaSetupError> {
+        let cfg = self.client_config();
+        let timeout = self.connect_timeout;
+        let servers = self.bootstrap_servers.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let consumer: rdkafka::consumer::BaseConsumer = cfg.create()?;
+            consumer.fetch_metadata(None, timeout).map(|_| ())
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(KafkaSetupError::Unreachable {
+                servers,
+                secs: timeout.as_secs(),
+                source,
+            }),
+            Err(join) => Err(KafkaSetupError::CreateTopic {
+                topic: String::new(),
+                message: format!("metadata task failed: {join}"),
+            }),
+        }
+    }
+
+    /// Creates the topics that do not exist yet; existing ones are left as they are.
+    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaSetupError> {
+        self.check_reachable().await?;
+        let admin: AdminClient<DefaultClientContext> =
+            self.client_config()
+                .create()
+                .map_err(|source| KafkaSetupError::Client {
+                    context: "creating Kafka admin client".into(),
+                    source,
+                })?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(self.replication_factor)))
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(self.connect_timeout));
+        let results = admin
+            .create_topics(new.iter(), &opts)
+            .await
+            .map_err(|source| KafkaSetupError::Client {
+                context: format!("creating topics {}", topics.join(", ")),
+                source,
+            })?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(KafkaSetupError::CreateTopic { topic, message: code.to_string() });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The high watermark (next offset to be written) of each partition of `topic`.
+pub async fn high_watermarks(
+    settings: &KafkaSettings,
+    topic: &str,
+) -> Result<Vec<(i32, i64)>, KafkaSetupError> {
+    let cfg = settings.client_config();
+    let timeout = settings.connect_timeout;
+    let topic = topic.to_owned();
+    let res = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, KafkaError> {
+        let consumer: rdkafka::consumer::BaseConsumer = cfg.create()?;
+        let md = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let mut out = Vec::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (_, high) = consumer.fetch_watermarks(&topic, p.id(), timeout)?;
+                out.push((p.id(), high));
+            }
+        }
+        Ok(out)
+    })
+    .await;
+    match res {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(KafkaSetupError::Client {
+            context: "reading topic watermarks".into(),
+            source,
+        }),
+        Err(join) => Err(KafkaSetupError::CreateTopic {
+            topic: String::new(),
+            message: format!("watermark task failed: {join}"),
+        }),
+    }
+}
+
+/// The topic a flow's source writes its change records to.
+pub fn changes_topic(flow: &str) -> String {
+    format!("sluice.{flow}.changes")
+}
+
+/// The topic a flow's bad records go to, with the reason in headers.
+pub fn dlq_topic(flow: &str) -> String {
+    format!("sluice.{flow}.dlq")
+}
+
+/// The compacted topic holding each flow's last durable source position.
+pub const POSITIONS_TOPIC: &str = "sluice.positions";
+
+/// The consumer group of a flow's sink workers.
+pub fn sink_group(flow: &str) -> String {
+    format!("sluice.{flow}.sink")
+}
+
+/// Security settings for a Kafka cluster, as written in config.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSecurity {
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: SecurityProtocol,
+    /// SASL mechanism, e.g. `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`.
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name.
+    pub username: Option<String>,
+    /// SASL password, as `${env:NAME}` or `${file:PATH}`.
+    pub password: Option<Secret>,
+    /// CA certificate file for verifying the brokers.
+    pub ssl_ca_location: Option<String>,
+    /// Client certificate file, for mutual TLS.
+    pub ssl_certificate_location: Option<String>,
+    /// Client private key file, for mutual TLS.
+    pub ssl_key_location: Option<String>,
+    /// Password of the client private key.
+    pub ssl_key_password: Option<Secret>,
+}
+
+/// librdkafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no SASL.
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+/// Extra librdkafka properties a config may set. Anything else is refused: some properties run
+/// commands (`sasl.kerberos.kinit.cmd`) or load libraries (`plugin.library.paths`), and a config
+/// file should not be a way to run code.
+const ALLOWED_OPTIONS: &[&str] = &[
+    "client.id",
+    "client.rack",
+    "socket.timeout.ms",
+    "socket.keepalive.enable",
+    "socket.connection.setup.timeout.ms",
+    "connections.max.idle.ms",
+    "reconnect.backoff.ms",
+    "reconnect.backoff.max.ms",
+    "request.timeout.ms",
+    "metadata.max.age.ms",
+    "topic.metadata.refresh.interval.ms",
+    "message.max.bytes",
+    "receive.message.max.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.wait.max.ms",
+    "max.partition.fetch.bytes",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "group.instance.id",
+    "isolation.level",
+    "linger.ms",
+    "batch.num.messages",
+    "batch.size",
+    "compression.type",
+    "compression.level",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "message.timeout.ms",
+    "retries",
+    "retry.backoff.ms",
+    "retry.backoff.max.ms",
+    "broker.address.family",
+    "api.version.request",
+    "statistics.interval.ms",
+    "ssl.endpoint.identification.algorithm",
+    "enable.ssl.certificate.verification",
+    "ssl.cipher.suites",
+    "ssl.curves.list",
+    "sasl.oauthbearer.method",
+    "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.token.endpoint.url",
+    "sasl.oauthbearer.scope",
+];
+
+/// Checks one extra librdkafka property against the allow-list.
+pub fn check_option(key: &str) -> Result<(), String> {
+    if ALLOWED_OPTIONS.contains(&key) {
+        return Ok(());
+    }
+    let why = if key.ends_with(".cmd") || key.contains("kinit") {
+        " (it runs a command)"
+    } else if key.contains("library") || key.contains("plugin") || key.contains("engine") {
+        " (it loads code)"
+    } else if key == "bootstrap.servers" || key.starts_with("sasl.") || key.starts_with("ssl.") || key == "security.protocol" {
+        " (set it under `bootstrap_servers` or `security:`)"
+    } else {
+        ""
+    };
+    Err(format!("librdkafka option `{key}` is not allowed{why}"))
+}
+
+impl KafkaSettings {
+    /// Settings from config parts; refuses options outside the allow-list.
+    pub fn from_parts(
+        bootstrap_servers: &str,
+        security: Option<&KafkaSecurity>,
+        extra: &std::collections::BTreeMap<String, String>,
+    ) -> Result<KafkaSettings, Vec<String>> {
+        let mut s = KafkaSettings::plaintext(bootstrap_servers);
+        let errors: Vec<String> = extra.keys().filter_map(|k| check_option(k).err()).collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if let Some(sec) = security {
+            let proto = match sec.protocol {
+                SecurityProtocol::Plaintext => "plaintext",
+                SecurityProtocol::Ssl => "ssl",
+                SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+                SecurityProtocol::SaslSsl => "sasl_ssl",
+            };
+            s.options.push(("security.protocol".into(), proto.into()));
+            let mut opt = |k: &str, v: &Option<String>| {
+                if let Some(v) = v {
+                    s.options.push((k.into(), v.clone()));
+                }
+            };
+            opt("sasl.mechanism", &sec.sasl_mechanism);
+            opt("sasl.username", &sec.username);
+            opt("ssl.ca.location", &sec.ssl_ca_location);
+            opt("ssl.certificate.location", &sec.ssl_certificate_location);
+            opt("ssl.key.location", &sec.ssl_key_location);
+            if let Some(p) = &sec.password {
+                s.secrets.push(("sasl.password".into(), p.clone()));
+            }
+            if let Some(p) = &sec.ssl_key_password {
+                s.secrets.push(("ssl.key.password".into(), p.clone()));
+            }
+        }
+        s.options.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_options_that_run_or_load_code() {
+        assert!(check_option("linger.ms").is_ok());
+        let e = check_option("sasl.kerberos.kinit.cmd").unwrap_err();
+        assert!(e.contains("runs a command"), "{e}");
+        let e = check_option("plugin.library.paths").unwrap_err();
+        assert!(e.contains("loads code"), "{e}");
+        let mut extra = std::collections::BTreeMap::new();
+        extra.insert("plugin.library.paths".to_string(), "x".to_string());
+        extra.insert("linger.ms".to_string(), "1".to_string());
+        assert_eq!(KafkaSettings::from_parts("h:1", None, &extra).unwrap_err().len(), 1);
+    }
+}

@@ -1,0 +1,27 @@
+//! # sluice-engine
+//!
+//! The core every other crate builds on. A map:
+//!
+//! - [`record`]: the change record (Debezium envelope) every source emits.
+//! - [`connector`]: one trait per role — [`Source`](connector::Source),
+//!   [`Transform`](connector::Transform), [`Sink`](connector::Sink) — free of Kafka.
+//! - [`schema`]: declared row schemas (`name: type`).
+//! - [`secret`]: credentials that never print.
+//! - [`kafka`]: the one place that builds rdkafka clients and names sluice's topics.
+//! - [`broker`]: the embedded Kafka-protocol broker (tansu), for one-machine set-ups.
+//! - [`runtime`]: the source task and the sink worker, which keep the at-least-once promises.
+//! - [`ledger`]: per-flow counters for the progress line and the run summary.
+//! - [`error`]: the engine's error enums.
+
+pub mod broker;
+pub mod connector;
+pub mod error;
+pub mod kafka;
+pub mod ledger;
+pub mod record;
+pub mod runtime;
+pub mod schema;
+pub mod secret;
+
+pub use arrow_array;
+pub use arrow_schema;

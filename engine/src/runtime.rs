@@ -1,0 +1,525 @@
+//! Running a flow: the source task and the sink worker.
+//!
+//! ```text
+//!   Source ──poll──▶ run_source ──produce (idempotent, acks=all)──▶ sluice.<flow>.changes
+//!                        │ malformed input                                   │
+//!                        └──────────────▶ sluice.<flow>.dlq ◀── rejected ── run_sink ──▶ Sink
+//!                                                                  (consumer group, SQL stage)
+//! ```
+//!
+//! The two halves meet only through Kafka, so either can run on another machine. Each keeps one
+//! promise: the source stores a position only after Kafka acknowledged every record before it;
+//! the sink worker commits an offset only after the sink (or the DLQ) acknowledged every message
+//! before it. A crash anywhere therefore re-delivers, never loses.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::connector::{InputMessage, Poll, Position, Sink, Source, SourceItem, Transform};
+use crate::error::FlowError;
+use crate::kafka::{self, KafkaSettings};
+use crate::ledger::Ledger;
+use crate::record::now_ms;
+
+/// Tuning shared by both halves of a flow.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// Most records per source poll and per sink batch.
+    pub max_records: usize,
+    /// How long a sink batch waits to fill once its first message arrived.
+    pub linger: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings { max_records: 5000, linger: Duration::from_millis(50) }
+    }
+}
+
+/// Where a sink worker stops: at these high watermarks (partition, next offset), or never.
+pub type StopAt = watch::Receiver<Option<Vec<(i32, i64)>>>;
+
+/// Writes to the flow's DLQ topic: the original key and payload, with the reason in headers.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    flow: String,
+}
+
+/// Where a dead letter came from, for its headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The stage that refused it: `decode`, `sql`, `validate` or `sink`.
+    pub stage: &'a str,
+    /// The topic, partition and offset it was read from, when it came from Kafka.
+    pub kafka: Option<(&'a str, i32, i64)>,
+}
+
+impl DeadLetters {
+    /// A DLQ writer for `flow` over `producer`.
+    pub fn new(producer: FutureProducer, flow: &str) -> Self {
+        DeadLetters { producer, topic: kafka::dlq_topic(flow), flow: flow.to_owned() }
+    }
+
+    /// Queues one dead letter; the returned future resolves when Kafka acknowledged it.
+    pub async fn send(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reason: &str,
+        origin: Origin<'_>,
+    ) -> Result<DeliveryFuture, KafkaError> {
+        let now = now_ms().to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header { key: "sluice.flow", value: Some(self.flow.as_str()) })
+            .insert(Header { key: "sluice.stage", value: Some(origin.stage) })
+            .insert(Header { key: "sluice.error", value: Some(reason) })
+            .insert(Header { key: "sluice.attempts", value: Some("1") })
+            .insert(Header { key: "sluice.ts_ms", value: Some(now.as_str()) });
+        if let Some((topic, partition, offset)) = origin.kafka {
+            headers = headers
+                .insert(Header { key: "sluice.topic", value: Some(topic) })
+                .insert(Header { key: "sluice.partition", value: Some(&partition.to_string()) })
+                .insert(Header { key: "sluice.offset", value: Some(&offset.to_string()) });
+        }
+        let mut rec = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(payload).headers(headers);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        enqueue(&self.producer, rec).await
+    }
+}
+
+/// Hands a record to the producer's queue, waiting while the queue is full.
+async fn enqueue<'a>(
+    producer: &FutureProducer,
+    mut rec: FutureRecord<'a, [u8], [u8]>,
+) -> Result<DeliveryFuture, KafkaError> {
+    loop {
+        match producer.send_result(rec) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Waits for Kafka's acknowledgement of every queued record, failing on the first refusal.
+async fn confirm(futures: Vec<DeliveryFuture>) -> Result<(), KafkaError> {
+    for f in futures {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e),
+            Err(_) => return Err(KafkaError::Canceled),
+        }
+    }
+    Ok(())
+}
+
+/// Everything a flow's tasks share.
+#[derive(Clone)]
+pub struct FlowContext {
+    /// The flow's name.
+    pub flow: String,
+    /// sluice's own cluster: changes, DLQ and positions topics live here.
+    pub kafka: KafkaSettings,
+    /// Batch sizes.
+    pub batch: BatchSettings,
+    /// Counters.
+    pub ledger: Arc<Ledger>,
+    /// Cancelled on SIGTERM/SIGINT: both halves finish their batch, commit and stop.
+    pub shutdown: CancellationToken,
+}
+
+impl FlowContext {
+    fn kafka_err(&self, context: impl Into<String>) -> impl FnOnce(KafkaError) -> FlowError + '_ {
+        let context = context.into();
+        move |source| FlowError::Kafka { flow: self.flow.clone(), context, source }
+    }
+}
+
+/// Reads the last durable position stored for `flow`, if any.
+pub async fn load_position(settings: &KafkaSettings, flow: &str) -> Result<Option<Position>, FlowError> {
+    let cfg = settings.client_config();
+    let timeout = settings.connect_timeout;
+    let flow = flow.to_owned();
+    let flow2 = flow.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<Option<Position>, KafkaError> {
+        use rdkafka::consumer::BaseConsumer;
+        let mut cfg = cfg;
+        let consumer: BaseConsumer = cfg
+            .set("group.id", "sluice.positions.reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()?;
+        let md = consumer.fetch_metadata(Some(kafka::POSITIONS_TOPIC), timeout)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining = HashMap::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (low, high) = consumer.fetch_watermarks(kafka::POSITIONS_TOPIC, p.id(), timeout)?;
+                if high > low {
+                    tpl.add_partition_offset(kafka::POSITIONS_TOPIC, p.id(), Offset::Beginning)?;
+                    remaining.insert(p.id(), high);
+                }
+            }
+        }
+        if remaining.is_empty() {
+            return Ok(None);
+        }
+        consumer.assign(&tpl)?;
+        let mut last = None;
+        let deadline = Instant::now() + timeout;
+        while !remaining.is_empty() && Instant::now() < deadline {
+            let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
+            match msg {
+                Ok(m) => {
+                    if m.offset() + 1 >= remaining.get(&m.partition()).copied().unwrap_or(0) {
+                        remaining.remove(&m.partition());
+                    }
+                    if m.key() == Some(flow.as_bytes()) {
+                        if let Some(p) = m.payload() {
+                            let v: serde_json::Value = serde_json::from_slice(p).unwrap_or_default();
+                            last = v.get("position").cloned();
+                        }
+                    }
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    remaining.remove(&p);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(last)
+    })
+    .await;
+    match res {
+        Ok(r) => r.map_err(|source| FlowError::Kafka {
+            flow: flow2,
+            context: format!("reading positions from {}", kafka::POSITIONS_TOPIC),
+            source,
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+/// What the source half did in a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceSummary {
+    /// Records acknowledged by Kafka on the changes topic.
+    pub produced: u64,
+    /// Malformed inputs acknowledged on the DLQ topic.
+    pub dlq: u64,
+}
+
+/// Runs a source until it is exhausted or shutdown is requested.
+///
+/// Each poll's records are produced, then confirmed, then the poll's last position is stored:
+/// a position never runs ahead of what Kafka holds.
+pub async fn run_source(
+    ctx: &FlowContext,
+    mut source: Box<dyn Source>,
+    resume: Option<Position>,
+    store_positions: bool,
+) -> Result<SourceSummary, FlowError> {
+    let topic = kafka::changes_topic(&ctx.flow);
+    let producer = ctx.kafka.producer(&format!("sluice.{}.source", ctx.flow))?;
+    let dlq = DeadLetters::new(producer.clone(), &ctx.flow);
+    source
+        .open(resume)
+        .await
+        .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source })?;
+    let mut summary = SourceSummary::default();
+    loop {
+        if ctx.shutdown.is_cancelled() {
+            break;
+        }
+        let polled = tokio::select! {
+            p = source.poll(ctx.batch.max_records) => p,
+            _ = ctx.shutdown.cancelled() => break,
+        }
+        .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source })?;
+        let items = match polled {
+            Poll::Items(items) => items,
+            Poll::Idle => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = ctx.shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            Poll::Exhausted => break,
+        };
+        let span = tracing::info_span!("batch", flow = %ctx.flow, stage = "source", topic = %topic, partition = "all", records = items.len());
+        async {
+            Ledger::add(&ctx.ledger.source_read, items.len());
+            let mut futures = Vec::with_capacity(items.len());
+            let (mut produced, mut dead) = (0u64, 0u64);
+            let mut last_position = None;
+            for item in items {
+                match item {
+                    SourceItem::Record { record, position } => {
+                        let key = record.key_bytes();
+                        let payload = record.payload_bytes();
+                        let rec = FutureRecord::to(&topic)
+                            .key(key.as_slice())
+                            .payload(payload.as_slice())
+                            .timestamp(record.ts_ms);
+                        futures.push(enqueue(&producer, rec).await.map_err(ctx.kafka_err(format!("producing to {topic}")))?);
+                        produced += 1;
+                        last_position = Some(position);
+                    }
+                    SourceItem::Malformed { payload, reason, position } => {
+                        tracing::debug!(flow = %ctx.flow, %reason, "malformed source input to the DLQ");
+                        let origin = Origin { stage: "decode", kafka: None };
+                        futures.push(
+                            dlq.send(None, &payload, &reason, origin)
+                                .await
+                                .map_err(ctx.kafka_err(format!("producing to {}", kafka::dlq_topic(&ctx.flow))))?,
+                        );
+                        dead += 1;
+                        last_position = Some(position);
+                    }
+                }
+            }
+            confirm(futures).await.map_err(ctx.kafka_err(format!("confirming delivery to {topic}")))?;
+            Ledger::add(&ctx.ledger.produced, produced as usize);
+            Ledger::add(&ctx.ledger.source_dlq, dead as usize);
+            summary.produced += produced;
+            summary.dlq += dead;
+            if let (true, Some(position)) = (store_positions, last_position) {
+                store_position(ctx, &producer, &position).await?;
+            }
+            Ok::<(), FlowError>(())
+        }
+        .instrument(span)
+        .await?;
+    }
+    Ok(summary)
+}
+
+async fn store_position(ctx: &FlowContext, producer: &FutureProducer, position: &Position) -> Result<(), FlowError> {
+    let body = serde_json::json!({ "flow": ctx.flow, "position": position, "ts_ms": now_ms() });
+    let payload = body.to_string();
+    let rec = FutureRecord::to(kafka::POSITIONS_TOPIC).key(ctx.flow.as_bytes()).payload(payload.as_bytes());
+    let f = enqueue(producer, rec)
+        .await
+        .map_err(ctx.kafka_err(format!("storing position in {}", kafka::POSITIONS_TOPIC)))?;
+    confirm(vec![f])
+        .await
+        .map_err(ctx.kafka_err(format!("storing position in {}", kafka::POSITIONS_TOPIC)))
+}
+
+/// What the sink half did in a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinkSummary {
+    /// Messages consumed.
+    pub consumed: u64,
+    /// Rows the sink acknowledged.
+    pub delivered: u64,
+    /// Messages removed by the SQL filter.
+    pub filtered: u64,
+    /// Messages sent to the DLQ.
+    pub dlq: u64,
+}
+
+/// Where the sink worker reads from.
+pub struct SinkInput {
+    /// The cluster holding the topic (sluice's own, or the `kafka` source's).
+    pub kafka: KafkaSettings,
+    /// The topic.
+    pub topic: String,
+}
+
+/// Consumes the flow's input topic, runs the transform and the sink, commits what was delivered.
+///
+/// Stops when `stop_at` names watermarks and every partition's committed offset reached them,
+/// or when shutdown is requested (after finishing and committing the batch in hand).
+pub async fn run_sink(
+    ctx: &FlowContext,
+    input: SinkInput,
+    mut transform: Box<dyn Transform>,
+    mut sink: Box<dyn Sink>,
+    mut stop_at: StopAt,
+) -> Result<SinkSummary, FlowError> {
+    let group = kafka::sink_group(&ctx.flow);
+    let consumer: StreamConsumer = input.kafka.consumer(&group, &format!("sluice.{}.sink", ctx.flow))?;
+    consumer
+        .subscribe(&[input.topic.as_str()])
+        .map_err(ctx.kafka_err(format!("subscribing to {}", input.topic)))?;
+    let dlq_producer = ctx.kafka.producer(&format!("sluice.{}.dlq", ctx.flow))?;
+    let dlq = DeadLetters::new(dlq_producer, &ctx.flow);
+    let mut summary = SinkSummary::default();
+    // Next offset to read per partition, as far as this worker committed it.
+    let mut committed: Option<HashMap<i32, i64>> = None;
+    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(ctx.batch.max_records);
+    loop {
+        if let Some(target) = stop_at.borrow().clone() {
+            let done = reached(&consumer, &input.topic, &target, &mut committed)
+                .map_err(ctx.kafka_err(format!("reading committed offsets of {group}")))?;
+            if done {
+                break;
+            }
+        }
+        if ctx.shutdown.is_cancelled() {
+            break;
+        }
+        // Wait for a first message, then fill the batch for at most `linger`.
+        let first = tokio::select! {
+            m = consumer.recv() => Some(m),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => None,
+            _ = stop_at.changed() => None,
+            _ = ctx.shutdown.cancelled() => None,
+        };
+        let Some(first) = first else { continue };
+        batch.push(first.map_err(ctx.kafka_err(format!("consuming {}", input.topic)))?.detach());
+        let deadline = tokio::time::Instant::now() + ctx.batch.linger;
+        while batch.len() < ctx.batch.max_records {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(m) => batch.push(m.map_err(ctx.kafka_err(format!("consuming {}", input.topic)))?.detach()),
+                Err(_) => break,
+            }
+        }
+        let span = tracing::info_span!("batch", flow = %ctx.flow, stage = "sink", topic = %input.topic, partition = %partitions_of(&batch), records = batch.len());
+        let n = batch.len();
+        let done = process_batch(ctx, &input.topic, &batch, transform.as_mut(), sink.as_mut(), &dlq)
+            .instrument(span)
+            .await?;
+        commit(&consumer, &input.topic, &batch, committed.get_or_insert_with(HashMap::new))
+            .map_err(ctx.kafka_err(format!("committing offsets of {group}")))?;
+        Ledger::add(&ctx.ledger.consumed, n);
+        Ledger::add(&ctx.ledger.delivered, done.delivered as usize);
+        Ledger::add(&ctx.ledger.filtered, done.filtered as usize);
+        Ledger::add(&ctx.ledger.sink_dlq, done.dlq as usize);
+        summary.consumed += n as u64;
+        summary.delivered += done.delivered;
+        summary.filtered += done.filtered;
+        summary.dlq += done.dlq;
+        batch.clear();
+    }
+    sink.close()
+        .await
+        .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source })?;
+    Ok(summary)
+}
+
+fn partitions_of(batch: &[OwnedMessage]) -> String {
+    let mut ps: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
+    ps.sort_unstable();
+    ps.dedup();
+    ps.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Counts for one processed batch.
+struct BatchDone {
+    delivered: u64,
+    filtered: u64,
+    dlq: u64,
+}
+
+async fn process_batch(
+    ctx: &FlowContext,
+    topic: &str,
+    batch: &[OwnedMessage],
+    transform: &mut dyn Transform,
+    sink: &mut dyn Sink,
+    dlq: &DeadLetters,
+) -> Result<BatchDone, FlowError> {
+    let inputs: Vec<InputMessage<'_>> = batch
+        .iter()
+        .map(|m| InputMessage { key: m.key(), payload: m.payload(), timestamp_ms: m.timestamp().to_millis() })
+        .collect();
+    let out = transform.process(&inputs).await?;
+    // Dead letters first: their acknowledgement must precede the commit as much as the sink's.
+    let mut futures = Vec::with_capacity(out.rejected.len());
+    for r in &out.rejected {
+        let m = &batch[r.index];
+        let origin = Origin { stage: "sql", kafka: Some((topic, m.partition(), m.offset())) };
+        futures.push(
+            dlq.send(m.key(), m.payload().unwrap_or_default(), &r.reason, origin)
+                .await
+                .map_err(ctx.kafka_err(format!("producing to {}", kafka::dlq_topic(&ctx.flow))))?,
+        );
+    }
+    confirm(futures)
+        .await
+        .map_err(ctx.kafka_err(format!("confirming delivery to {}", kafka::dlq_topic(&ctx.flow))))?;
+    let rows = out.rows();
+    if rows > 0 {
+        sink.write(&out.batches)
+            .await
+            .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source })?;
+    }
+    let dead = out.rejected.len();
+    Ok(BatchDone {
+        delivered: rows as u64,
+        filtered: batch.len().saturating_sub(dead + rows) as u64,
+        dlq: dead as u64,
+    })
+}
+
+/// Commits, per partition, the offset after the last message of the batch. The worker handles a
+/// batch as a whole and in order, so everything before that offset was delivered or dead-lettered.
+fn commit(
+    consumer: &StreamConsumer,
+    topic: &str,
+    batch: &[OwnedMessage],
+    committed: &mut HashMap<i32, i64>,
+) -> Result<(), KafkaError> {
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for m in batch {
+        let e = next.entry(m.partition()).or_insert(0);
+        *e = (*e).max(m.offset() + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &o) in &next {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    committed.extend(next);
+    Ok(())
+}
+
+/// Whether every partition's committed offset reached its target watermark.
+fn reached(
+    consumer: &StreamConsumer,
+    topic: &str,
+    target: &[(i32, i64)],
+    committed: &mut Option<HashMap<i32, i64>>,
+) -> Result<bool, KafkaError> {
+    let known = committed.get_or_insert_with(HashMap::new);
+    let missing: Vec<i32> = target
+        .iter()
+        .filter(|(p, high)| *high > 0 && !known.contains_key(p))
+        .map(|(p, _)| *p)
+        .collect();
+    if !missing.is_empty() {
+        // Partitions this worker has not committed in this run: ask the group what it holds.
+        let mut tpl = TopicPartitionList::new();
+        for p in &missing {
+            tpl.add_partition(topic, *p);
+        }
+        let got = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        for e in got.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                known.insert(e.partition(), o);
+            }
+        }
+    }
+    Ok(target.iter().all(|(p, high)| *high <= 0 || known.get(p).is_some_and(|o| o >= high)))
+}

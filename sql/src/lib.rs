@@ -1,0 +1,348 @@
+//! # sluice-sql
+//!
+//! The SQL stage, and the only crate that links DataFusion. A map:
+//!
+//! - [`SqlStage::new`] plans the flow's query once, against a table named `source` whose
+//!   columns are the row's declared columns plus `_op` (c/u/d/r), `_key` (the Kafka key as JSON
+//!   text) and `_ts` (the change time).
+//! - [`SqlStage::process`] (the engine's `Transform`) decodes a batch of Kafka payloads straight
+//!   into an Arrow `RecordBatch` with arrow-json's decoder, runs the pre-built physical plan over
+//!   it and returns the output batches. Rows that do not decode are rejected with the reason and
+//!   go to the DLQ; the rest of their batch carries on.
+//!
+//! How "plan once, run per batch" works: the `source` table is a streaming table whose one
+//! partition yields whatever batch sits in a shared slot. Each call puts the decoded batch in the
+//! slot and executes the same physical plan; executing a plan only builds its streams.
+
+use std::sync::{Arc, Mutex};
+
+use arrow_array::builder::StringBuilder;
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, StructArray, TimestampMillisecondArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use sluice_engine::connector::{InputMessage, PayloadFormat, RejectedRow, Transform, Transformed};
+use sluice_engine::error::TransformError;
+use sluice_engine::schema::RowSchema;
+
+/// The table name queries read from.
+pub const SOURCE_TABLE: &str = "source";
+
+/// A flow's planned SQL stage.
+pub struct SqlStage {
+    flow: String,
+    format: PayloadFormat,
+    /// The declared row columns.
+    row: SchemaRef,
+    /// What arrow-json decodes each payload into (the envelope, or the row itself).
+    decode: SchemaRef,
+    /// The `source` table: row columns plus `_op`, `_key`, `_ts`.
+    input: SchemaRef,
+    slot: Arc<Mutex<Option<RecordBatch>>>,
+    plan: Arc<dyn ExecutionPlan>,
+    task_ctx: Arc<TaskContext>,
+}
+
+impl std::fmt::Debug for SqlStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStage").field("flow", &self.flow).finish_non_exhaustive()
+    }
+}
+
+/// The `source` partition: yields the batch in the slot, once per execution.
+#[derive(Debug)]
+struct CurrentBatch {
+    schema: SchemaRef,
+    slot: Arc<Mutex<Option<RecordBatch>>>,
+}
+
+impl PartitionStream for CurrentBatch {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batch = self.slot.lock().map(|mut s| s.take()).unwrap_or(None);
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::iter(batch.map(Ok))))
+    }
+}
+
+fn input_schema(row: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = row.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("_op", DataType::Utf8, false));
+    fields.push(Field::new("_key", DataType::Utf8, true));
+    fields.push(Field::new("_ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true));
+    Arc::new(Schema::new(fields))
+}
+
+fn decode_schema(row: &SchemaRef, format: PayloadFormat) -> SchemaRef {
+    match format {
+        PayloadFormat::Json => row.clone(),
+        PayloadFormat::Debezium => Arc::new(Schema::new(vec![
+            Field::new("op", DataType::Utf8, true),
+            Field::new("ts_ms", DataType::Int64, true),
+            Field::new("after", DataType::Struct(row.fields().clone()), true),
+        ])),
+    }
+}
+
+impl SqlStage {
+    /// Plans `sql` (or, when `None`, a projection of the declared columns) for `flow`.
+    pub async fn new(
+        flow: &str,
+        row: &RowSchema,
+        format: PayloadFormat,
+        sql: Option<&str>,
+    ) -> Result<SqlStage, TransformError> {
+        let plan_err = |message: String| TransformError::Plan { flow: flow.to_owned(), message };
+        let row = row.arrow();
+        let input = input_schema(&row);
+        let slot = Arc::new(Mutex::new(None));
+        // One partition: batches stay in order and each input batch maps to one execution.
+        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(8192);
+        let ctx = SessionContext::new_with_config(config);
+        let table = StreamingTable::try_new(
+            input.clone(),
+            vec![Arc::new(CurrentBatch { schema: input.clone(), slot: slot.clone() })],
+        )
+        .map_err(|e| plan_err(e.to_string()))?
+        .with_infinite_table(false);
+        ctx.register_table(SOURCE_TABLE, Arc::new(table)).map_err(|e| plan_err(e.to_string()))?;
+        let default_sql;
+        let sql = match sql {
+            Some(s) => s,
+            None => {
+                let cols: Vec<String> = row.fields().iter().map(|f| format!("\"{}\"", f.name())).collect();
+                default_sql = format!("SELECT {} FROM {SOURCE_TABLE}", cols.join(", "));
+                &default_sql
+            }
+        };
+        // Only queries: no DDL, no DML, no SET. (The full sandbox is the SQL stage's own issue.)
+        let opts = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let df = ctx.sql_with_options(sql, opts).await.map_err(|e| plan_err(e.to_string()))?;
+        let plan = df.create_physical_plan().await.map_err(|e| plan_err(e.to_string()))?;
+        Ok(SqlStage {
+            flow: flow.to_owned(),
+            format,
+            decode: decode_schema(&row, format),
+            row,
+            input,
+            slot,
+            plan,
+            task_ctx: ctx.task_ctx(),
+        })
+    }
+
+    /// Decodes payloads into one batch of the decode schema; `Err` if any payload is bad.
+    fn decode_all(&self, payloads: &[&[u8]]) -> Result<RecordBatch, String> {
+        let mut d = arrow_json::ReaderBuilder::new(self.decode.clone())
+            .with_batch_size(payloads.len().max(1))
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        for p in payloads {
+            let mut rest: &[u8] = p;
+            while !rest.is_empty() {
+                let n = d.decode(rest).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                rest = &rest[n..];
+            }
+        }
+        let batch = d.flush().map_err(|e| e.to_string())?.unwrap_or_else(|| RecordBatch::new_empty(self.decode.clone()));
+        // A payload that is not one whole JSON value can merge with its neighbour; the row count
+        // catches that, and the row-by-row path then finds the culprit.
+        if batch.num_rows() != payloads.len() {
+            return Err(format!("expected one JSON object per message, decoded {} from {}", batch.num_rows(), payloads.len()));
+        }
+        Ok(batch)
+    }
+
+    /// Builds the `source` batch from decoded payloads and the messages' keys and timestamps.
+    fn input_batch(&self, decoded: &RecordBatch, msgs: &[&InputMessage<'_>]) -> Result<RecordBatch, String> {
+        let n = msgs.len();
+        let mut keys = StringBuilder::with_capacity(n, n * 16);
+        for m in msgs {
+            keys.append_option(m.key.and_then(|k| std::str::from_utf8(k).ok()));
+        }
+        let (mut columns, op, ts): (Vec<ArrayRef>, ArrayRef, ArrayRef) = match self.format {
+            PayloadFormat::Json => {
+                let ts: TimestampMillisecondArray = msgs.iter().map(|m| m.timestamp_ms).collect();
+                (decoded.columns().to_vec(), Arc::new(StringArray::from(vec!["c"; n])), Arc::new(ts.with_timezone("UTC")))
+            }
+            PayloadFormat::Debezium => {
+                let after = decoded
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<StructArray>()
+                    .ok_or("envelope `after` is not a struct")?;
+                let op = decoded.column(0).clone();
+                if op.null_count() > 0 {
+                    return Err("envelope has no `op`".into());
+                }
+                let ts_ms = decoded.column(1).as_any().downcast_ref::<Int64Array>().ok_or("envelope `ts_ms` is not an integer")?;
+                let ts = TimestampMillisecondArray::new(ts_ms.values().clone(), ts_ms.nulls().cloned()).with_timezone("UTC");
+                // A delete has no `after`: its columns read as null rather than as the
+                // struct's placeholder values.
+                let cols = after
+                    .columns()
+                    .iter()
+                    .map(|c| merge_nulls(c, after.nulls()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (cols, op, Arc::new(ts))
+            }
+        };
+        columns.push(op);
+        columns.push(Arc::new(keys.finish()));
+        columns.push(ts);
+        RecordBatch::try_new(self.input.clone(), columns).map_err(|e| e.to_string())
+    }
+
+    /// Decodes what it can; returns the good rows' batch and the rejected rows.
+    fn decode_batch(&self, input: &[InputMessage<'_>]) -> (Option<RecordBatch>, Vec<RejectedRow>) {
+        let mut rejected = Vec::new();
+        let mut good: Vec<&InputMessage<'_>> = Vec::with_capacity(input.len());
+        let mut payloads: Vec<&[u8]> = Vec::with_capacity(input.len());
+        for (index, m) in input.iter().enumerate() {
+            match m.payload {
+                Some(p) if std::str::from_utf8(p).is_ok() => {
+                    good.push(m);
+                    payloads.push(p);
+                }
+                Some(_) => rejected.push(RejectedRow { index, reason: "decode: payload is not valid UTF-8".into() }),
+                None => rejected.push(RejectedRow { index, reason: "decode: message has no payload".into() }),
+            }
+        }
+        let whole = self.decode_all(&payloads).and_then(|d| self.input_batch(&d, &good));
+        if let Ok(b) = whole {
+            return (Some(b), rejected);
+        }
+        // Slow path, only for a batch holding a bad row: decode rows one by one.
+        let mut batches = Vec::new();
+        for (index, m) in input.iter().enumerate() {
+            let Some(p) = m.payload else { continue };
+            if std::str::from_utf8(p).is_err() {
+                continue;
+            }
+            match self.decode_all(&[p]).and_then(|d| self.input_batch(&d, &[m])) {
+                Ok(b) => batches.push(b),
+                Err(reason) => rejected.push(RejectedRow { index, reason: format!("decode: {reason}") }),
+            }
+        }
+        rejected.sort_by_key(|r| r.index);
+        let merged = arrow_select_concat(&self.input, &batches);
+        (merged, rejected)
+    }
+
+    /// The row columns' schema as declared.
+    pub fn row_schema(&self) -> SchemaRef {
+        self.row.clone()
+    }
+}
+
+fn merge_nulls(col: &ArrayRef, parent: Option<&arrow_buffer::NullBuffer>) -> Result<ArrayRef, String> {
+    let Some(parent) = parent else { return Ok(col.clone()) };
+    let merged = arrow_buffer::NullBuffer::union(Some(parent), col.nulls());
+    let data = col.to_data().into_builder().nulls(merged).build().map_err(|e| e.to_string())?;
+    Ok(arrow_array::make_array(data))
+}
+
+fn arrow_select_concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Option<RecordBatch> {
+    if batches.is_empty() {
+        return None;
+    }
+    datafusion::arrow::compute::concat_batches(schema, batches).ok()
+}
+
+#[async_trait]
+impl Transform for SqlStage {
+    fn output_schema(&self) -> SchemaRef {
+        self.plan.schema()
+    }
+
+    async fn process(&mut self, input: &[InputMessage<'_>]) -> Result<Transformed, TransformError> {
+        let (batch, rejected) = self.decode_batch(input);
+        let Some(batch) = batch else {
+            return Ok(Transformed { batches: Vec::new(), rejected });
+        };
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some(batch);
+        }
+        let batches = datafusion::physical_plan::collect(self.plan.clone(), self.task_ctx.clone())
+            .await
+            .map_err(|e| TransformError::Execute { flow: self.flow.clone(), message: e.to_string() })?;
+        let batches = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        Ok(Transformed { batches, rejected })
+    }
+}
+
+/// Formats a schema as `name: type` lines, for `sluice validate`.
+pub fn describe_schema(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}{}", f.name(), f.data_type(), if f.is_nullable() { "" } else { " (not null)" }))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_engine::schema::ColumnType;
+
+    fn schema() -> RowSchema {
+        RowSchema::new(vec![
+            ("id".into(), ColumnType::Int64),
+            ("name".into(), ColumnType::String),
+            ("amount".into(), ColumnType::Int64),
+        ])
+    }
+
+    fn msg(p: &'static str) -> InputMessage<'static> {
+        InputMessage { key: Some(br#"{"id":1}"#), payload: Some(p.as_bytes()), timestamp_ms: Some(5) }
+    }
+
+    #[tokio::test]
+    async fn filters_and_projects_envelopes_and_rejects_bad_rows() {
+        let mut s = SqlStage::new(
+            "t",
+            &schema(),
+            PayloadFormat::Debezium,
+            Some("SELECT id, upper(name) AS name, _op, _key FROM source WHERE amount > 10"),
+        )
+        .await
+        .unwrap();
+        let input = [
+            msg(r#"{"before":null,"after":{"id":1,"name":"a","amount":50},"op":"c","source":{},"ts_ms":1}"#),
+            msg(r#"{"before":null,"after":{"id":2,"name":"b","amount":5},"op":"c","source":{},"ts_ms":1}"#),
+            msg(r#"{"after":{"id":"x","name":"c","amount":50},"op":"c","ts_ms":1}"#),
+            msg(r#"{"after":{"id":4,"name":"d","amount":70},"op":"u","ts_ms":1}"#),
+        ];
+        for _ in 0..2 {
+            let out = s.process(&input).await.unwrap();
+            assert_eq!(out.rejected.len(), 1);
+            assert_eq!(out.rejected[0].index, 2);
+            assert!(out.rejected[0].reason.starts_with("decode:"), "{}", out.rejected[0].reason);
+            let b = datafusion::arrow::compute::concat_batches(&out.batches[0].schema(), &out.batches).unwrap();
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&[b]).unwrap().to_string();
+            assert!(text.contains("| 1  | A    | c   | {\"id\":1} |"), "{text}");
+            assert!(text.contains("| 4  | D    | u   |"), "{text}");
+            assert!(!text.contains("| 2 "), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_columns_and_statements_fail_at_plan_time() {
+        let e = SqlStage::new("t", &schema(), PayloadFormat::Json, Some("SELECT nme FROM source")).await.unwrap_err();
+        assert!(e.to_string().contains("nme"), "{e}");
+        let e = SqlStage::new("t", &schema(), PayloadFormat::Json, Some("CREATE TABLE x (a int)")).await.unwrap_err();
+        assert!(e.to_string().contains("planning SQL"), "{e}");
+    }
+}
