@@ -1,1 +1,78 @@
-fn main() {}
+//! # sluice
+//!
+//! The binary composes the crates: it parses the CLI, loads and checks config ([`config`]),
+//! starts the embedded broker when asked, builds each flow's source, SQL stage and sink through
+//! the connector registry, and runs them ([`run`]).
+//!
+//! Exit codes: 0 success, 1 a flow failed, 2 the config is invalid.
+
+mod config;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// sluice: move change records from sources through Kafka and SQL to destinations, at least once.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the flows of a config (all of them, or one with --flow).
+    Run {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// Run only this flow.
+        #[arg(long)]
+        flow: Option<String>,
+    },
+    /// Check a config without running it: fields, connections, secrets and each flow's SQL.
+    Validate {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+    },
+    /// Run the embedded Kafka-protocol broker on its own.
+    Broker {
+        /// Where the broker keeps its log.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        listen: String,
+        /// Keep the log in memory instead of under --data-dir (for benchmarks).
+        #[arg(long)]
+        memory: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("warn,sluice=info,sluice_engine=info,sluice_connectors=info,sluice_sql=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async {
+        match cli.command {
+            Command::Run { config, flow } => run::run(&config, flow.as_deref()).await,
+            Command::Validate { config } => run::validate(&config).await,
+            Command::Broker { data_dir, listen, memory } => run::broker(data_dir, &listen, memory).await,
+        }
+    })
+}

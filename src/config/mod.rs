@@ -1,0 +1,617 @@
+//! Loading and checking a sluice config: one YAML file, or every `.yaml`/`.yml` file of a
+//! directory (in name order) merged.
+//!
+//! ```yaml
+//! kafka:                 # sluice's own cluster: `embedded:` or `bootstrap_servers:`
+//!   embedded: { data_dir: .sluice/data }
+//! connections:           # named, typed, reused by many flows
+//!   gen: { type: generate }
+//!   out: { type: file, path: out }
+//! flows:
+//!   - name: orders
+//!     source: { connection: gen, object: orders, options: { count: 1000 } }
+//!     transform: { sql: "SELECT id, amount FROM source WHERE amount > 500" }
+//!     destination: { connection: out, object: orders.jsonl }
+//!     trigger: on_demand
+//! ```
+//!
+//! Every problem is collected — unknown fields, bad types, missing connections, unresolvable
+//! secrets, bad SQL — and reported together, each with its file, line and path.
+
+pub mod yaml;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use sluice_connectors::{Connection, SinkOptions, SourceOptions};
+use sluice_engine::broker::BrokerStorage;
+use sluice_engine::kafka::{KafkaSecurity, KafkaSettings};
+use sluice_engine::schema::RowSchema;
+
+use yaml::{Kind, Node};
+
+/// One problem in a config, with where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The YAML path, e.g. `flows[0].source.connection`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Where a value was written, for errors found after parsing (e.g. by the SQL planner).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Location {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// The YAML path.
+    pub path: String,
+}
+
+impl Location {
+    /// A [`ConfigError`] at this location.
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.clone(), line: Some(self.line), path: self.path.clone(), message: message.into() }
+    }
+}
+
+/// The `kafka:` section as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaConfig {
+    /// Run a Kafka-protocol broker inside sluice; mutually exclusive with `bootstrap_servers`.
+    embedded: Option<EmbeddedConfig>,
+    /// An existing cluster, `host:port[,host:port…]`.
+    bootstrap_servers: Option<String>,
+    /// TLS and SASL settings for the cluster.
+    security: Option<KafkaSecurity>,
+    /// Extra librdkafka properties, from an allow-list.
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+    /// Partitions of the topics sluice creates.
+    #[serde(default = "default_partitions")]
+    partitions: i32,
+    /// Replication factor of the topics sluice creates.
+    #[serde(default = "default_replication")]
+    replication_factor: i32,
+    /// Seconds to wait for the cluster before reporting it unreachable.
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_secs: u64,
+}
+
+fn default_partitions() -> i32 {
+    3
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_connect_timeout() -> u64 {
+    15
+}
+
+/// `kafka.embedded`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddedConfig {
+    /// Where the broker keeps its log.
+    data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free one.
+    #[serde(default = "default_listen")]
+    listen: String,
+    /// `sqlite` (durable, the default) or `memory`.
+    #[serde(default)]
+    storage: StorageKind,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:0".into()
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum StorageKind {
+    #[default]
+    Sqlite,
+    Memory,
+}
+
+/// sluice's own cluster, resolved.
+#[derive(Debug, Clone)]
+pub enum KafkaSection {
+    /// Start a broker in-process, then use these settings with its address filled in.
+    Embedded {
+        /// Broker storage.
+        storage: BrokerStorage,
+        /// Listen address.
+        listen: String,
+        /// Topic layout and timeouts (`bootstrap_servers` is set once the broker runs).
+        settings: KafkaSettings,
+    },
+    /// An existing cluster.
+    External(KafkaSettings),
+}
+
+/// How a flow runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Run until the source is exhausted and everything is delivered, then exit.
+    #[default]
+    OnDemand,
+    /// Run until stopped.
+    Continuous,
+}
+
+/// A flow as written (options are parsed later, once the connection's type is known).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowConfig {
+    /// Unique name; names the flow's topics and consumer group.
+    name: String,
+    /// Where records come from.
+    source: EndpointConfig,
+    /// The SQL stage.
+    transform: Option<TransformConfig>,
+    /// Where rows go.
+    destination: EndpointConfig,
+    /// `on_demand` (default) or `continuous`.
+    #[serde(default)]
+    trigger: Trigger,
+}
+
+/// A flow's source or destination as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointConfig {
+    /// The name of an entry under `connections:`.
+    connection: String,
+    /// What to read or write at that connection: a file, a directory, a topic, a table.
+    #[serde(default)]
+    object: String,
+    /// Connector-specific options, checked against the connection's type.
+    #[serde(default)]
+    #[allow(dead_code)]
+    options: IgnoredAny,
+    /// Row columns as `name: type` (sources whose connector does not define them).
+    #[serde(default)]
+    schema: Option<RowSchema>,
+}
+
+/// `transform:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransformConfig {
+    /// One `SELECT … FROM source …` query.
+    sql: String,
+}
+
+/// A checked flow.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// Its name.
+    pub name: String,
+    /// The source connection's name.
+    pub source_connection: String,
+    /// The source object.
+    pub source_object: String,
+    /// Source options.
+    pub source: SourceOptions,
+    /// The row schema the SQL sees.
+    pub schema: RowSchema,
+    /// The query, if any, and where it was written.
+    pub sql: Option<(String, Location)>,
+    /// The destination connection's name.
+    pub destination_connection: String,
+    /// The destination object.
+    pub destination_object: String,
+    /// Sink options.
+    pub destination: SinkOptions,
+    /// How it runs.
+    pub trigger: Trigger,
+}
+
+/// A loaded, checked config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// sluice's cluster.
+    pub kafka: KafkaSection,
+    /// Connections by name.
+    pub connections: BTreeMap<String, Connection>,
+    /// Flows in written order.
+    pub flows: Vec<Flow>,
+}
+
+/// A config that did not load: every problem, plus the flows that did parse on their own, so
+/// their SQL can still be checked and reported in the same pass.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Every problem found.
+    pub errors: Vec<ConfigError>,
+    /// Flows whose own settings were fine.
+    pub flows: Vec<Flow>,
+}
+
+impl From<ConfigError> for Rejected {
+    fn from(e: ConfigError) -> Self {
+        Rejected { errors: vec![e], flows: Vec::new() }
+    }
+}
+
+/// Loads a file or a directory of files. All problems come back together.
+pub fn load(path: &Path) -> Result<Config, Rejected> {
+    let files = config_files(path)?;
+    let mut errors = Vec::new();
+    let mut docs = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(text) => match yaml::parse(&text) {
+                Ok(node) => docs.push((f, node)),
+                Err(e) => errors.push(ConfigError { file: f, line: Some(e.line), path: String::new(), message: format!("invalid YAML: {}", e.message) }),
+            },
+            Err(e) => errors.push(ConfigError { file: f, line: None, path: String::new(), message: format!("reading config: {e}") }),
+        }
+    }
+    let mut loader = Loader { errors, ..Loader::default() };
+    for (file, node) in &docs {
+        loader.top_level(file, node);
+    }
+    for (file, node) in &docs {
+        if let Some(n) = node.get("connections") {
+            loader.connections(file, n);
+        }
+    }
+    for (file, node) in &docs {
+        if let Some(n) = node.get("flows") {
+            loader.flows(file, n);
+        }
+    }
+    let kafka = loader.kafka.take();
+    if kafka.is_none() && loader.errors.is_empty() {
+        let file = docs.first().map(|(f, _)| f.clone()).unwrap_or_else(|| path.to_owned());
+        loader.errors.push(ConfigError { file, line: None, path: "kafka".into(), message: "missing section: say `embedded:` or `bootstrap_servers:`".into() });
+    }
+    let kafka = match kafka {
+        Some(k) if loader.errors.is_empty() => k,
+        _ => return Err(Rejected { errors: loader.errors, flows: loader.flows }),
+    };
+    Ok(Config {
+        kafka,
+        connections: loader.connections,
+        flows: loader.flows,
+    })
+}
+
+fn config_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let err = |message: String| ConfigError { file: path.to_owned(), line: None, path: String::new(), message };
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("reading config: {e}")))?;
+    if meta.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| err(format!("listing config directory: {e}")))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(err("no .yaml or .yml files in the directory".into()));
+    }
+    Ok(files)
+}
+
+#[derive(Default)]
+struct Loader {
+    errors: Vec<ConfigError>,
+    kafka: Option<KafkaSection>,
+    kafka_seen: bool,
+    connections: BTreeMap<String, Connection>,
+    connection_lines: BTreeMap<String, ()>,
+    flows: Vec<Flow>,
+    flow_names: HashSet<String>,
+    flow_index: usize,
+}
+
+impl Loader {
+    fn err(&mut self, file: &Path, e: yaml::Error) {
+        self.errors.push(ConfigError { file: file.to_owned(), line: e.line, path: e.path.unwrap_or_default(), message: e.message });
+    }
+
+    fn at(&mut self, file: &Path, node: &Node, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError { file: file.to_owned(), line: Some(node.line), path: path.to_owned(), message: message.into() });
+    }
+
+    fn top_level(&mut self, file: &Path, root: &Node) {
+        let Kind::Map(entries) = &root.kind else {
+            self.at(file, root, "", "expected a mapping with `kafka`, `connections` and `flows`");
+            return;
+        };
+        for (k, v) in entries {
+            match k.as_str() {
+                Some("connections" | "flows") => {}
+                Some("kafka") => {
+                    if self.kafka_seen {
+                        self.at(file, k, "kafka", "defined more than once");
+                    } else {
+                        self.kafka_seen = true;
+                        self.kafka(file, v);
+                    }
+                }
+                other => self.at(
+                    file,
+                    k,
+                    other.unwrap_or("?"),
+                    format!("unknown field `{}`, expected one of `kafka`, `connections`, `flows`", other.unwrap_or("?")),
+                ),
+            }
+        }
+    }
+
+    fn kafka(&mut self, file: &Path, node: &Node) {
+        let k: KafkaConfig = match yaml::from_node(node, "kafka") {
+            Ok(k) => k,
+            Err(e) => return self.err(file, e),
+        };
+        if let Some(opts) = node.get("options") {
+            if let Kind::Map(entries) = &opts.kind {
+                for (key, _) in entries {
+                    let name = key.as_str().unwrap_or_default();
+                    if let Err(m) = sluice_engine::kafka::check_option(name) {
+                        self.at(file, key, &format!("kafka.options.{name}"), m);
+                    }
+                }
+            }
+        }
+        let timeout = Duration::from_secs(k.connect_timeout_secs);
+        self.kafka = match (k.embedded, k.bootstrap_servers) {
+            (Some(_), Some(_)) | (None, None) => {
+                self.at(file, node, "kafka", "set exactly one of `embedded` and `bootstrap_servers`");
+                None
+            }
+            (Some(e), None) => {
+                let mut settings = KafkaSettings::plaintext("");
+                settings.partitions = k.partitions;
+                settings.replication_factor = k.replication_factor;
+                settings.connect_timeout = timeout;
+                let storage = match e.storage {
+                    StorageKind::Sqlite => BrokerStorage::Sqlite(e.data_dir),
+                    StorageKind::Memory => BrokerStorage::Memory,
+                };
+                Some(KafkaSection::Embedded { storage, listen: e.listen, settings })
+            }
+            (None, Some(servers)) => match KafkaSettings::from_parts(&servers, k.security.as_ref(), &k.options) {
+                Ok(mut s) => {
+                    s.partitions = k.partitions;
+                    s.replication_factor = k.replication_factor;
+                    s.connect_timeout = timeout;
+                    Some(KafkaSection::External(s))
+                }
+                // Already reported per option above, with lines.
+                Err(_) => None,
+            },
+        };
+    }
+
+    fn connections(&mut self, file: &Path, node: &Node) {
+        let Kind::Map(entries) = &node.kind else {
+            if !node.is_null() {
+                self.at(file, node, "connections", "expected a mapping of connection name to settings");
+            }
+            return;
+        };
+        for (k, v) in entries {
+            let name = k.as_str().unwrap_or_default().to_owned();
+            let path = format!("connections.{name}");
+            if self.connection_lines.insert(name.clone(), ()).is_some() {
+                self.at(file, k, &path, "connection defined more than once");
+                continue;
+            }
+            let Some(kind) = v.get("type").and_then(Node::as_str) else {
+                self.at(file, v, &path, format!("missing field `type`, expected one of {}", quoted(sluice_connectors::KINDS)));
+                continue;
+            };
+            if !sluice_connectors::KINDS.contains(&kind) {
+                let at = v.get("type").unwrap_or(v);
+                self.at(file, at, &format!("{path}.type"), format!("unknown connector `{kind}`, expected one of {}", quoted(sluice_connectors::KINDS)));
+                continue;
+            }
+            let body = v.without("type");
+            match Connection::deserialize_kind(kind, yaml::De::new(&body, &path)) {
+                Ok(c) => {
+                    self.connections.insert(name, c);
+                }
+                Err(e) => self.err(file, e.located(&path, v.line)),
+            }
+        }
+    }
+
+    fn flows(&mut self, file: &Path, node: &Node) {
+        let Kind::Seq(items) = &node.kind else {
+            if !node.is_null() {
+                self.at(file, node, "flows", "expected a list of flows");
+            }
+            return;
+        };
+        for item in items {
+            let i = self.flow_index;
+            self.flow_index += 1;
+            let path = format!("flows[{i}]");
+            self.flow(file, item, &path);
+        }
+    }
+
+    fn flow(&mut self, file: &Path, node: &Node, path: &str) {
+        let f: FlowConfig = match yaml::from_node(node, path) {
+            Ok(f) => f,
+            Err(e) => return self.err(file, e),
+        };
+        let mut ok = true;
+        let name_node = node.get("name").unwrap_or(node);
+        if f.name.is_empty() || !f.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            self.at(file, name_node, &format!("{path}.name"), "a flow name is letters, digits, `_` and `-` (it names Kafka topics)");
+            ok = false;
+        } else if !self.flow_names.insert(f.name.clone()) {
+            self.at(file, name_node, &format!("{path}.name"), format!("flow `{}` defined more than once", f.name));
+            ok = false;
+        }
+        let src_node = node.get("source").unwrap_or(node);
+        let dst_node = node.get("destination").unwrap_or(node);
+        let source = self.endpoint(file, src_node, &format!("{path}.source"), &f.source.connection, |c, d| sluice_connectors::source_options(c, d));
+        let destination = self.endpoint(file, dst_node, &format!("{path}.destination"), &f.destination.connection, |c, d| sluice_connectors::sink_options(c, d));
+        let (Some(source), Some(destination), true) = (source, destination, ok) else { return };
+        let schema = match (f.source.schema, sluice_connectors::builtin_schema(&source)) {
+            (Some(declared), _) => declared,
+            (None, Some(builtin)) => builtin,
+            (None, None) => {
+                let conn = self.connections.get(&f.source.connection).map(Connection::kind).unwrap_or("?");
+                self.at(file, src_node, &format!("{path}.source.schema"), format!("missing: a `{conn}` source needs its columns declared as `name: type`"));
+                return;
+            }
+        };
+        let sql = f.transform.map(|t| {
+            let line = node.get("transform").and_then(|t| t.get("sql")).map_or(node.line, |n| n.line);
+            (t.sql, Location { file: file.to_owned(), line, path: format!("{path}.transform.sql") })
+        });
+        self.flows.push(Flow {
+            name: f.name,
+            source_connection: f.source.connection,
+            source_object: f.source.object,
+            source,
+            schema,
+            sql,
+            destination_connection: f.destination.connection,
+            destination_object: f.destination.object,
+            destination,
+            trigger: f.trigger,
+        });
+    }
+
+    fn endpoint<T>(
+        &mut self,
+        file: &Path,
+        node: &Node,
+        path: &str,
+        connection: &str,
+        parse: impl FnOnce(&Connection, yaml::De<'_>) -> Result<T, yaml::Error>,
+    ) -> Option<T> {
+        let Some(conn) = self.connections.get(connection) else {
+            let at = node.get("connection").unwrap_or(node);
+            let known: Vec<&str> = self.connections.keys().map(String::as_str).collect();
+            let known = if known.is_empty() { "none are defined".to_owned() } else { format!("defined: {}", quoted(&known)) };
+            // A connection that failed to parse was already reported; do not report it twice.
+            if !self.connection_lines.contains_key(connection) {
+                self.at(file, at, &format!("{path}.connection"), format!("unknown connection `{connection}` ({known})"));
+            }
+            return None;
+        };
+        let empty = Node::empty_map(node.line);
+        let opts = node.get("options").unwrap_or(&empty);
+        let opts_path = format!("{path}.options");
+        match parse(conn, yaml::De::new(opts, &opts_path)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(file, e.located(&opts_path, opts.line));
+                None
+            }
+        }
+    }
+}
+
+fn quoted(names: &[&str]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Config, Vec<ConfigError>> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, text).unwrap();
+        load(&p).map_err(|r| r.errors)
+    }
+
+    const GOOD: &str = "\
+kafka:
+  bootstrap_servers: 127.0.0.1:9092
+connections:
+  gen: {type: generate}
+  out: {type: file, path: out}
+flows:
+  - name: orders
+    source: {connection: gen, object: orders, options: {count: 10}}
+    transform:
+      sql: SELECT id FROM source
+    destination: {connection: out, object: o.jsonl}
+";
+
+    #[test]
+    fn loads_a_good_config() {
+        let c = load_str(GOOD).unwrap();
+        assert_eq!(c.flows.len(), 1);
+        assert_eq!(c.flows[0].sql.as_ref().unwrap().1.line, 10);
+    }
+
+    #[test]
+    fn reports_every_error_at_once_with_lines() {
+        let bad = "\
+kafka:
+  bootstrap_servers: 127.0.0.1:9092
+  options: {plugin.library.paths: x}
+connections:
+  gen: {type: generate, colour: red}
+  out: {type: file, path: out}
+  odd: {type: ftp}
+flows:
+  - name: a
+    source: {connection: gen, object: o, options: {count: many}}
+    destination: {connection: out, object: o.jsonl}
+  - name: b
+    source: {connection: nope, object: o}
+    destination: {connection: out, object: o.jsonl}
+    triger: continuous
+";
+        let errs = load_str(bad).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.path, e.message)).collect();
+        let has = |line: usize, path: &str, words: &str| {
+            assert!(
+                text.iter().any(|t| t.starts_with(&format!("{line}:{path}:")) && t.contains(words)),
+                "no `{line}:{path}: …{words}…` in {text:#?}"
+            )
+        };
+        has(3, "kafka.options.plugin.library.paths", "not allowed");
+        has(5, "connections.gen.colour", "unknown field `colour`");
+        has(7, "connections.odd.type", "unknown connector `ftp`");
+        has(15, "flows[1].triger", "unknown field `triger`");
+        assert_eq!(errs.len(), 4, "{text:#?}");
+        // With the typo fixed, the flow's own problems show.
+        let errs = load_str(&bad.replace("    triger: continuous\n", "")).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.path, e.message)).collect();
+        assert!(text.iter().any(|t| t.starts_with("13:flows[1].source.connection:") && t.contains("unknown connection `nope`")), "{text:#?}");
+        assert!(text.iter().any(|t| t.starts_with("10:flows[0].source.options.count:")), "{text:#?}");
+    }
+}

@@ -1,0 +1,317 @@
+//! `sluice run`, `sluice validate` and `sluice broker`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sluice_connectors::Input;
+use sluice_engine::broker::{BrokerStorage, EmbeddedBroker};
+use sluice_engine::connector::PayloadFormat;
+use sluice_engine::kafka::{self, KafkaSettings};
+use sluice_engine::ledger::{Ledger, LedgerSnapshot};
+use sluice_engine::runtime::{self, BatchSettings, FlowContext, SinkInput};
+use sluice_sql::SqlStage;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, ConfigError, Flow, KafkaSection, Trigger};
+
+fn print_config_errors(errors: &[ConfigError]) -> ExitCode {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{} problem{} found", errors.len(), if errors.len() == 1 { "" } else { "s" });
+    ExitCode::from(2)
+}
+
+/// The payload format the SQL stage decodes for a flow's input.
+fn input_format(flow: &Flow) -> PayloadFormat {
+    match &flow.source {
+        sluice_connectors::SourceOptions::Kafka(o) => o.format,
+        _ => PayloadFormat::Debezium,
+    }
+}
+
+/// Plans every flow's SQL; errors point at the `sql:` line.
+async fn plan_all(flows: &[Flow]) -> (Vec<(usize, SqlStage)>, Vec<ConfigError>) {
+    let mut stages = Vec::new();
+    let mut errors = Vec::new();
+    for (i, f) in flows.iter().enumerate() {
+        let sql = f.sql.as_ref().map(|(s, _)| s.as_str());
+        match SqlStage::new(&f.name, &f.schema, input_format(f), sql).await {
+            Ok(s) => stages.push((i, s)),
+            Err(e) => {
+                let loc = f.sql.as_ref().map(|(_, l)| l.clone()).unwrap_or(config::Location {
+                    file: PathBuf::new(),
+                    line: 0,
+                    path: format!("flows[{i}]"),
+                });
+                errors.push(loc.error(e.to_string()));
+            }
+        }
+    }
+    (stages, errors)
+}
+
+/// Loads a config and plans its SQL. On failure, prints every problem — config and SQL alike —
+/// and gives the exit code.
+async fn load_and_plan(path: &Path) -> Result<(Config, Vec<(usize, SqlStage)>), ExitCode> {
+    match config::load(path) {
+        Ok(cfg) => {
+            let (stages, errors) = plan_all(&cfg.flows).await;
+            if errors.is_empty() { Ok((cfg, stages)) } else { Err(print_config_errors(&errors)) }
+        }
+        Err(rejected) => {
+            // The flows that parsed still get their SQL checked, so one pass shows everything.
+            let (_, sql_errors) = plan_all(&rejected.flows).await;
+            let mut errors = rejected.errors;
+            errors.extend(sql_errors);
+            errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+            Err(print_config_errors(&errors))
+        }
+    }
+}
+
+/// `sluice validate CONFIG`.
+pub async fn validate(path: &Path) -> ExitCode {
+    let (cfg, stages) = match load_and_plan(path).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    println!("{}: ok ({} connection(s), {} flow(s))", path.display(), cfg.connections.len(), cfg.flows.len());
+    for (i, stage) in stages {
+        use sluice_engine::connector::Transform as _;
+        let f = &cfg.flows[i];
+        println!(
+            "\nflow {} ({}): {} -> {}\noutput schema:",
+            f.name,
+            match f.trigger {
+                Trigger::OnDemand => "on_demand",
+                Trigger::Continuous => "continuous",
+            },
+            f.source_connection,
+            f.destination_connection
+        );
+        for line in sluice_sql::describe_schema(&stage.output_schema()).lines() {
+            println!("  {line}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `sluice broker`.
+pub async fn broker(data_dir: PathBuf, listen: &str, memory: bool) -> ExitCode {
+    let storage = if memory { BrokerStorage::Memory } else { BrokerStorage::Sqlite(data_dir.clone()) };
+    let broker = match EmbeddedBroker::start(storage, listen).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("sluice broker listening on {} (data: {})", broker.bootstrap, if memory { "memory".into() } else { data_dir.display().to_string() });
+    let shutdown = shutdown_signal();
+    tokio::select! {
+        _ = broker.wait() => {
+            eprintln!("error: the broker stopped");
+            ExitCode::from(1)
+        }
+        _ = shutdown.cancelled() => ExitCode::SUCCESS,
+    }
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested: finishing in-flight batches");
+        t.cancel();
+    });
+    token
+}
+
+/// `sluice run CONFIG [--flow NAME]`.
+pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
+    let (cfg, stages) = match load_and_plan(path).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if let Some(name) = only {
+        if !cfg.flows.iter().any(|f| f.name == name) {
+            let names: Vec<&str> = cfg.flows.iter().map(|f| f.name.as_str()).collect();
+            eprintln!("error: no flow named `{name}` (flows: {})", names.join(", "));
+            return ExitCode::from(2);
+        }
+    }
+    let shutdown = shutdown_signal();
+    // Keep the embedded broker alive for the whole run.
+    let (_broker, own) = match &cfg.kafka {
+        KafkaSection::External(s) => (None, s.clone()),
+        KafkaSection::Embedded { storage, listen, settings } => match EmbeddedBroker::start(storage.clone(), listen).await {
+            Ok(b) => {
+                let mut s = settings.clone();
+                s.bootstrap_servers = b.bootstrap.clone();
+                tracing::info!(bootstrap = %b.bootstrap, "embedded broker started");
+                (Some(b), s)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let mut tasks = Vec::new();
+    let mut ledgers = Vec::new();
+    for (i, stage) in stages {
+        let flow = cfg.flows[i].clone();
+        if only.is_some_and(|n| n != flow.name) {
+            continue;
+        }
+        let ledger = Ledger::shared();
+        ledgers.push((flow.name.clone(), ledger.clone(), flow.trigger));
+        let ctx = FlowContext {
+            flow: flow.name.clone(),
+            kafka: own.clone(),
+            batch: BatchSettings::default(),
+            ledger,
+            shutdown: shutdown.clone(),
+        };
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = run_flow(&cfg, &flow, ctx.clone(), stage).await;
+            (flow.name.clone(), r, started.elapsed(), ctx.ledger.snapshot())
+        }));
+    }
+    let progress = progress_line(&ledgers, shutdown.clone());
+    let mut failed = false;
+    for t in tasks {
+        match t.await {
+            Ok((name, Ok(dest), elapsed, snap)) => println!("{}", summary_line(&name, &snap, elapsed, &dest)),
+            Ok((name, Err(e), _, _)) => {
+                eprintln!("error: flow `{name}` failed: {e:#}");
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("error: a flow task stopped unexpectedly: {e}");
+                failed = true;
+            }
+        }
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+fn summary_line(name: &str, s: &LedgerSnapshot, elapsed: Duration, dest: &str) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    format!(
+        "flow {name}: read {}, delivered {} to {dest}, filtered {}, to DLQ {} ({}) in {:.2} s ({:.0} records/s)",
+        s.source_read.max(s.consumed),
+        s.delivered,
+        s.filtered,
+        s.dlq(),
+        kafka::dlq_topic(name),
+        secs,
+        s.source_read.max(s.consumed) as f64 / secs
+    )
+}
+
+/// A progress line on a terminal for on-demand runs; nothing otherwise.
+fn progress_line(ledgers: &[(String, Arc<Ledger>, Trigger)], stop: CancellationToken) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() || !ledgers.iter().any(|(_, _, t)| *t == Trigger::OnDemand) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    let ledgers: Vec<(String, Arc<Ledger>)> = ledgers.iter().map(|(n, l, _)| (n.clone(), l.clone())).collect();
+    let b = bar.clone();
+    let started = Instant::now();
+    tokio::spawn(async move {
+        while !b.is_finished() && !stop.is_cancelled() {
+            let parts: Vec<String> = ledgers
+                .iter()
+                .map(|(n, l)| {
+                    let s = l.snapshot();
+                    let rate = s.source_read.max(s.consumed) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    format!("{n}: read {} · delivered {} · DLQ {} · {:.0}/s", s.source_read.max(s.consumed), s.delivered, s.dlq(), rate)
+                })
+                .collect();
+            b.set_message(parts.join("  |  "));
+            b.tick();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Some(bar)
+}
+
+/// Runs one flow to its end; returns a description of where rows went.
+async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) -> anyhow::Result<String> {
+    let own = &ctx.kafka;
+    // invariant: the loader checked that both connections exist.
+    let src_conn = cfg.connections.get(&flow.source_connection).context("source connection vanished")?;
+    let dst_conn = cfg.connections.get(&flow.destination_connection).context("destination connection vanished")?;
+    let input = sluice_connectors::build_source(src_conn, &flow.source_object, &flow.source, own)
+        .with_context(|| format!("building source of flow `{}`", flow.name))?;
+    let changes = kafka::changes_topic(&flow.name);
+    let dlq = kafka::dlq_topic(&flow.name);
+    match &input {
+        Input::Source(_) => own.ensure_topics(&[&changes, &dlq, kafka::POSITIONS_TOPIC]).await?,
+        Input::Topic { .. } => own.ensure_topics(&[&dlq]).await?,
+    }
+    let sink = sluice_connectors::build_sink(dst_conn, &flow.destination_object, &flow.destination, own, &flow.name)
+        .await
+        .with_context(|| format!("building destination of flow `{}`", flow.name))?;
+    let dest = sink.describe();
+    let (stop_tx, stop_rx) = watch::channel(None);
+    match input {
+        Input::Source(source) => {
+            let resume = match flow.trigger {
+                Trigger::Continuous => runtime::load_position(own, &flow.name).await?,
+                // An on-demand run is a full pull: it starts at the beginning of the source.
+                Trigger::OnDemand => None,
+            };
+            if let Some(p) = &resume {
+                tracing::info!(flow = %flow.name, position = %p, "resuming source");
+            }
+            let source_half = async {
+                runtime::run_source(&ctx, source, resume, true).await?;
+                match flow.trigger {
+                    Trigger::OnDemand => {
+                        let marks = kafka::high_watermarks(own, &changes).await?;
+                        let _ = stop_tx.send(Some(marks));
+                    }
+                    Trigger::Continuous => ctx.shutdown.cancelled().await,
+                }
+                Ok::<(), anyhow::Error>(())
+            };
+            let input = SinkInput { kafka: own.clone(), topic: changes.clone() };
+            let sink_half = async { Ok::<_, anyhow::Error>(runtime::run_sink(&ctx, input, Box::new(stage), sink, stop_rx).await?) };
+            tokio::try_join!(source_half, sink_half)?;
+        }
+        Input::Topic { kafka: theirs, topic, .. } => {
+            if flow.trigger == Trigger::OnDemand {
+                let marks = kafka::high_watermarks(&theirs, &topic).await?;
+                let _ = stop_tx.send(Some(marks));
+            }
+            let input = SinkInput { kafka: theirs, topic };
+            runtime::run_sink(&ctx, input, Box::new(stage), sink, stop_rx).await?;
+        }
+    }
+    Ok(dest)
+}
+
+#[allow(dead_code)]
+fn _settings_type_check(_: &KafkaSettings) {}

@@ -1,0 +1,364 @@
+//! The end-to-end test harness: real processes, real sockets, nothing mocked.
+//!
+//! - [`Broker`] runs `sluice broker` as a child process on a loopback port, with its log in a
+//!   temporary directory, and can SIGKILL and restart it on the same data.
+//! - [`Sluice`] runs the `sluice` binary with its output captured to files (pipes could fill up
+//!   and stall a long-running child), and can SIGKILL it, SIGTERM it or wait for it — always
+//!   within a bound, so a hung child fails the test instead of hanging CI.
+//! - [`read_topic`] and [`produce`] talk to the broker with rdkafka, the same client users run.
+//! - [`read_jsonl`] reads a file sink's output for an oracle.
+//!
+//! Every child is killed when its handle drops, including when a test panics.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The binary under test, built by cargo for this test run.
+pub fn sluice_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding a probe socket");
+    l.local_addr().expect("probe socket address").port()
+}
+
+/// Polls `cond` every 100 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `sluice broker` child process with its data in a temporary directory.
+pub struct Broker {
+    child: Option<Child>,
+    /// `127.0.0.1:port`, for `bootstrap.servers`.
+    pub addr: String,
+    dir: TempDir,
+}
+
+impl Broker {
+    /// Starts a broker on a free port and waits until it accepts connections.
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("creating broker directory");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut b = Broker { child: None, addr, dir };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let log = File::create(self.dir.path().join(format!("broker-{}.log", now_nanos()))).expect("broker log");
+        let child = Command::new(sluice_bin())
+            .args(["broker", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen", &self.addr])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("broker log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning sluice broker");
+        self.child = Some(child);
+        let addr = self.addr.clone();
+        assert!(
+            wait_until(Duration::from_secs(30), || TcpStream::connect(&addr).is_ok()),
+            "sluice broker did not listen on {addr} within 30 s"
+        );
+    }
+
+    /// SIGKILLs the broker: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and data.
+    pub fn restart(&mut self) {
+        self.kill9();
+        // The old socket may linger for a moment; the new process binds with SO_REUSEADDR
+        // semantics of tokio's listener, so retry briefly if it raced.
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// What a finished `sluice` process left.
+#[derive(Debug)]
+pub struct Finished {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it printed on stdout.
+    pub stdout: String,
+    /// Everything it printed on stderr.
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The exit code (`None` when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// A running `sluice` process.
+pub struct Sluice {
+    child: Option<Child>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+/// Starts `sluice ARGS…` in `cwd` with extra environment variables.
+pub fn spawn(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Sluice {
+    let stamp = now_nanos();
+    let out = cwd.join(format!(".sluice-test-{stamp}.out"));
+    let err = cwd.join(format!(".sluice-test-{stamp}.err"));
+    let mut cmd = Command::new(sluice_bin());
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).expect("stdout file"))
+        .stderr(File::create(&err).expect("stderr file"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawning sluice");
+    Sluice { child: Some(child), out, err }
+}
+
+/// Runs `sluice ARGS…` to its end, failing the test if it takes longer than `limit`.
+pub fn run(args: &[&str], cwd: &Path, env: &[(&str, &str)], limit: Duration) -> Finished {
+    spawn(args, cwd, env).wait(limit)
+}
+
+impl Sluice {
+    /// The process id.
+    pub fn pid(&self) -> Pid {
+        // invariant: the child is present until wait or kill take it.
+        Pid::from_raw(self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0))
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits for the process to end; SIGKILLs it and fails the test after `limit`.
+    pub fn wait(mut self, limit: Duration) -> Finished {
+        let mut child = self.child.take().expect("process already waited for");
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("waiting for sluice") {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "sluice did not finish within {limit:?}\nstderr:\n{}",
+                    std::fs::read_to_string(&self.err).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Finished {
+            status,
+            stdout: std::fs::read_to_string(&self.out).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.err).unwrap_or_default(),
+        }
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill9(mut self) -> Finished {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+        }
+        self.wait(Duration::from_secs(10))
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for a clean exit.
+    pub fn terminate(self, limit: Duration) -> Finished {
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        self.wait(limit)
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The JSON lines of a file sink's output. A torn last line (a write cut by SIGKILL) is counted
+/// in the second value, not parsed.
+pub fn read_jsonl(path: &Path) -> (Vec<Value>, usize) {
+    let Ok(f) = File::open(path) else { return (Vec::new(), 0) };
+    let mut rows = Vec::new();
+    let mut torn = 0;
+    for line in BufReader::new(f).lines() {
+        let Ok(line) = line else {
+            torn += 1;
+            continue;
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(&line) {
+            Ok(v) => rows.push(v),
+            Err(_) => torn += 1,
+        }
+    }
+    (rows, torn)
+}
+
+/// How many times each value of integer field `field` occurs in `rows`.
+pub fn counts_of(rows: &[Value], field: &str) -> HashMap<i64, usize> {
+    let mut m = HashMap::new();
+    for r in rows {
+        let v = r.get(field).and_then(Value::as_i64).unwrap_or_else(|| panic!("row without integer `{field}`: {r}"));
+        *m.entry(v).or_insert(0) += 1;
+    }
+    m
+}
+
+/// One message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    /// The key, as text.
+    pub key: Option<String>,
+    /// The payload bytes.
+    pub payload: Vec<u8>,
+    /// Header name to value, as text.
+    pub headers: HashMap<String, String>,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+fn client(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+/// Reads every message of `topic` from the beginning up to its current end.
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Msg> {
+    let limit = Duration::from_secs(20);
+    let consumer: BaseConsumer = client(bootstrap)
+        .set("group.id", format!("sluice-test-reader-{}", now_nanos()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("creating test consumer");
+    let md = consumer.fetch_metadata(Some(topic), limit).expect("fetching topic metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), limit).expect("fetching watermarks");
+            if high > low {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning).expect("assigning partition");
+                ends.insert(p.id(), high);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    consumer.assign(&tpl).expect("assigning partitions");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "reading {topic} did not reach its end within 60 s");
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = m.expect("consuming test topic");
+        let mut headers = HashMap::new();
+        if let Some(h) = m.headers() {
+            for i in 0..h.count() {
+                let hd = h.get(i);
+                headers.insert(hd.key.to_owned(), String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned());
+            }
+        }
+        out.push(Msg {
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+            partition: m.partition(),
+            offset: m.offset(),
+        });
+        if ends.get(&m.partition()).is_some_and(|h| m.offset() + 1 >= *h) {
+            ends.remove(&m.partition());
+        }
+    }
+    out
+}
+
+/// Creates `topic` with `partitions` partitions (if missing) and produces `(key, payload)`
+/// messages to it, waiting for every acknowledgement.
+pub fn produce(bootstrap: &str, topic: &str, partitions: i32, messages: &[(Option<String>, Vec<u8>)]) {
+    let rt = tokio::runtime::Runtime::new().expect("test runtime");
+    let mut settings = sluice_engine::kafka::KafkaSettings::plaintext(bootstrap);
+    settings.partitions = partitions;
+    rt.block_on(settings.ensure_topics(&[topic])).expect("creating test topic");
+    let producer: BaseProducer = client(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .expect("creating test producer");
+    for (k, p) in messages {
+        let mut rec = BaseRecord::<String, Vec<u8>>::to(topic).payload(p);
+        if let Some(k) = k {
+            rec = rec.key(k);
+        }
+        let mut rec = rec;
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    producer.poll(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flushing test producer");
+}
