@@ -59,6 +59,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("SLUICE_LOG")
                 .unwrap_or_else(|_| EnvFilter::new("warn,sluice=info,sluice_engine=info,sluice_connectors=info,sluice_sql=info")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -114,8 +114,8 @@ pub async fn broker(data_dir: PathBuf, listen: &str, memory: bool) -> ExitCode {
     println!("sluice broker listening on {} (data: {})", broker.bootstrap, if memory { "memory".into() } else { data_dir.display().to_string() });
     let shutdown = shutdown_signal();
     tokio::select! {
-        _ = broker.wait() => {
-            eprintln!("error: the broker stopped");
+        r = broker.wait() => {
+            eprintln!("error: {}", r.err().unwrap_or_else(|| "the broker stopped".into()));
             ExitCode::from(1)
         }
         _ = shutdown.cancelled() => ExitCode::SUCCESS,

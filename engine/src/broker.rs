@@ -9,7 +9,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 /// Where the embedded broker keeps its log.
@@ -48,11 +49,19 @@ pub enum BrokerError {
 }
 
 /// A running embedded broker.
+///
+/// The broker runs on its own runtime, on its own threads. Sharing the flows' runtime would let
+/// a flow's blocking client call (librdkafka's synchronous commit, a file sink's fsync) occupy
+/// the very worker thread the broker needs to answer that call — on a two-core machine that is
+/// a deadlock, not a slowdown.
 #[derive(Debug)]
 pub struct EmbeddedBroker {
     /// `host:port` for rdkafka's `bootstrap.servers`.
     pub bootstrap: String,
-    task: Option<JoinHandle<()>>,
+    /// Cancelled to stop the broker (on drop).
+    stop: CancellationToken,
+    /// Resolves when the broker's runtime has ended, with the reason if it failed.
+    stopped: Option<oneshot::Receiver<Result<(), String>>>,
 }
 
 impl EmbeddedBroker {
@@ -68,49 +77,94 @@ impl EmbeddedBroker {
             BrokerStorage::Memory => Url::parse("memory://sluice/").map_err(|e| BrokerError::Start(e.to_string()))?,
         };
         let endpoint = Url::parse(&format!("tcp://{addr}")).map_err(|e| BrokerError::Start(e.to_string()))?;
-        let mut broker = tansu_broker::broker::Broker::<
-            tansu_broker::coordinator::group::administrator::Controller<tansu_storage::StorageContainer>,
-            tansu_storage::StorageContainer,
-        >::builder()
-            .node_id(0)
-            .cluster_id("sluice")
-            .incarnation_id(uuid::Uuid::new_v4())
-            .advertised_listener(endpoint.clone())
-            .storage(storage_url)
-            .listener(endpoint)
-            .silent(true)
-            .build()
-            .await
-            .map_err(|e| BrokerError::Start(e.to_string()))?;
-        broker.register().await.map_err(|e| BrokerError::Start(e.to_string()))?;
-        let task = tokio::spawn(async move {
-            if let Err(e) = broker.listen(tokio::time::Instant::now()).await {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        });
+        let stop = CancellationToken::new();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
+        let (stopped_tx, stopped_rx) = oneshot::channel::<Result<(), String>>();
+        let token = stop.clone();
+        std::thread::Builder::new()
+            .name("sluice-broker".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("sluice-broker")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("starting broker runtime: {e}")));
+                        return;
+                    }
+                };
+                let result = rt.block_on(serve(storage_url, endpoint, token, ready_tx));
+                let _ = stopped_tx.send(result);
+            })
+            .map_err(|e| BrokerError::Start(format!("starting broker thread: {e}")))?;
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(BrokerError::Start(e)),
+            Err(_) => return Err(BrokerError::Start("broker thread ended before it was ready".into())),
+        }
         // Wait until the listener accepts connections so the first client does not race it.
-        for _ in 0..100 {
+        for _ in 0..250 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        Ok(EmbeddedBroker { bootstrap: addr.to_string(), task: Some(task) })
+        Ok(EmbeddedBroker { bootstrap: addr.to_string(), stop, stopped: Some(stopped_rx) })
     }
 
-    /// Runs until the broker task ends (it only ends on error).
-    pub async fn wait(mut self) {
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+    /// Runs until the broker stops; `Err` says why if it failed.
+    pub async fn wait(mut self) -> Result<(), String> {
+        match self.stopped.take() {
+            Some(rx) => rx.await.unwrap_or_else(|_| Err("broker thread ended unexpectedly".into())),
+            None => Ok(()),
         }
+    }
+}
+
+/// Builds and runs tansu's broker until `stop` is cancelled; reports readiness on `ready`.
+async fn serve(
+    storage: Url,
+    endpoint: Url,
+    stop: CancellationToken,
+    ready: oneshot::Sender<Result<(), String>>,
+) -> Result<(), String> {
+    let built = tansu_broker::broker::Broker::<
+        tansu_broker::coordinator::group::administrator::Controller<tansu_storage::StorageContainer>,
+        tansu_storage::StorageContainer,
+    >::builder()
+    .node_id(0)
+    .cluster_id("sluice")
+    .incarnation_id(uuid::Uuid::new_v4())
+    .advertised_listener(endpoint.clone())
+    .storage(storage)
+    .listener(endpoint)
+    .silent(true)
+    .build()
+    .await;
+    let mut broker = match built {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return Ok(());
+        }
+    };
+    if let Err(e) = broker.register().await {
+        let _ = ready.send(Err(e.to_string()));
+        return Ok(());
+    }
+    let _ = ready.send(Ok(()));
+    tokio::select! {
+        r = broker.listen(tokio::time::Instant::now()) => r.map(|_| ()).map_err(|e| format!("embedded broker stopped: {e}")),
+        _ = stop.cancelled() => Ok(()),
     }
 }
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
+        self.stop.cancel();
     }
 }
 

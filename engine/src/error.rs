@@ -106,15 +106,14 @@ pub enum FlowError {
     #[error(transparent)]
     Transform(#[from] TransformError),
     /// Talking to Kafka failed.
-    #[error("flow `{flow}`: {context}: {source}")]
+    #[error("flow `{flow}`: {context}: {message}")]
     Kafka {
         /// The flow.
         flow: String,
         /// What was being done.
         context: String,
-        /// The client's error.
-        #[source]
-        source: rdkafka::error::KafkaError,
+        /// The client's error, with the cluster's secrets redacted.
+        message: String,
     },
     /// The Kafka cluster could not be reached or set up.
     #[error(transparent)]

@@ -40,7 +40,7 @@ pub struct KafkaSettings {
 pub enum KafkaSetupError {
     /// No broker answered in time.
     #[error(
-        "connecting to Kafka at {servers}: no broker answered within {secs} s ({source}); check \
+        "connecting to Kafka at {servers}: no broker answered within {secs} s ({message}); check \
          `kafka.bootstrap_servers` and that the brokers are running"
     )]
     Unreachable {
@@ -48,18 +48,17 @@ pub enum KafkaSetupError {
         servers: String,
         /// The timeout, in seconds.
         secs: u64,
-        /// The client's error.
-        #[source]
-        source: KafkaError,
+        /// The client's error, with secrets redacted.
+        message: String,
     },
-    /// Building a client failed (usually a bad property).
-    #[error("{context}: {source}")]
+    /// Building or using a client failed (usually a bad property).
+    #[error("{context}: {message}")]
     Client {
         /// What was being done.
         context: String,
-        /// The client's error.
-        #[source]
-        source: KafkaError,
+        /// The client's error, with secrets redacted: librdkafka quotes property values in its
+        /// configuration errors, passwords included.
+        message: String,
     },
     /// The broker refused to create a topic.
     #[error("creating topic `{topic}`: {message}")]
@@ -82,6 +81,25 @@ impl KafkaSettings {
             replication_factor: 1,
             connect_timeout: Duration::from_secs(15),
         }
+    }
+
+    /// `text` with every secret value of these settings replaced by `*****`.
+    ///
+    /// librdkafka quotes a property's value when it refuses it ("… not supported in this build:
+    /// … ssl.key.password <value>"), so every client error built from these settings passes
+    /// through here before it can reach a message or a log line.
+    pub fn redact(&self, text: impl std::fmt::Display) -> String {
+        let mut out = text.to_string();
+        for (_, secret) in &self.secrets {
+            if !secret.expose().is_empty() {
+                out = out.replace(secret.expose(), "*****");
+            }
+        }
+        out
+    }
+
+    fn client_error(&self, context: String, e: KafkaError) -> KafkaSetupError {
+        KafkaSetupError::Client { context, message: self.redact(e) }
     }
 
     /// A client config with the connection settings and nothing role-specific.
@@ -108,10 +126,7 @@ impl KafkaSettings {
             // Bounded: a message that cannot be delivered fails instead of waiting forever.
             .set("message.timeout.ms", "60000")
             .create()
-            .map_err(|source| KafkaSetupError::Client {
-                context: format!("creating Kafka producer `{client_id}`"),
-                source,
-            })
+            .map_err(|e| self.client_error(format!("creating Kafka producer `{client_id}`"), e))
     }
 
     /// A consumer in `group` that commits only what the caller tells it to: automatic commit and
@@ -126,10 +141,7 @@ impl KafkaSettings {
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "30000")
             .create()
-            .map_err(|source| KafkaSetupError::Client {
-                context: format!("creating Kafka consumer in group `{group}`"),
-                source,
-            })
+            .map_err(|e| self.client_error(format!("creating Kafka consumer in group `{group}`"), e))
     }
 
     /// Fails with a clear error if no broker answers within `connect_timeout`.
@@ -144,10 +156,10 @@ impl KafkaSettings {
         .await;
         match res {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(KafkaSetupError::Unreachable {
+            Ok(Err(e)) => Err(KafkaSetupError::Unreachable {
                 servers,
                 secs: timeout.as_secs(),
-                source,
+                message: self.redact(e),
             }),
             Err(join) => Err(KafkaSetupError::CreateTopic {
                 topic: String::new(),
@@ -162,10 +174,7 @@ impl KafkaSettings {
         let admin: AdminClient<DefaultClientContext> =
             self.client_config()
                 .create()
-                .map_err(|source| KafkaSetupError::Client {
-                    context: "creating Kafka admin client".into(),
-                    source,
-                })?;
+                .map_err(|e| self.client_error("creating Kafka admin client".into(), e))?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(self.replication_factor)))
@@ -174,10 +183,7 @@ impl KafkaSettings {
         let results = admin
             .create_topics(new.iter(), &opts)
             .await
-            .map_err(|source| KafkaSetupError::Client {
-                context: format!("creating topics {}", topics.join(", ")),
-                source,
-            })?;
+            .map_err(|e| self.client_error(format!("creating topics {}", topics.join(", ")), e))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -213,10 +219,7 @@ pub async fn high_watermarks(
     .await;
     match res {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(KafkaSetupError::Client {
-            context: "reading topic watermarks".into(),
-            source,
-        }),
+        Ok(Err(e)) => Err(settings.client_error("reading topic watermarks".into(), e)),
         Err(join) => Err(KafkaSetupError::CreateTopic {
             topic: String::new(),
             message: format!("watermark task failed: {join}"),

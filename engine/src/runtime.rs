@@ -149,7 +149,7 @@ pub struct FlowContext {
 impl FlowContext {
     fn kafka_err(&self, context: impl Into<String>) -> impl FnOnce(KafkaError) -> FlowError + '_ {
         let context = context.into();
-        move |source| FlowError::Kafka { flow: self.flow.clone(), context, source }
+        move |e| FlowError::Kafka { flow: self.flow.clone(), context, message: self.kafka.redact(e) }
     }
 }
 
@@ -209,10 +209,10 @@ pub async fn load_position(settings: &KafkaSettings, flow: &str) -> Result<Optio
     })
     .await;
     match res {
-        Ok(r) => r.map_err(|source| FlowError::Kafka {
+        Ok(r) => r.map_err(|e| FlowError::Kafka {
             flow: flow2,
             context: format!("reading positions from {}", kafka::POSITIONS_TOPIC),
-            source,
+            message: settings.redact(e),
         }),
         Err(_) => Ok(None),
     }
@@ -490,7 +490,9 @@ fn commit(
     for (&p, &o) in &next {
         tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
     }
-    consumer.commit(&tpl, CommitMode::Sync)?;
+    // A synchronous commit blocks this thread until the broker answers; tell the runtime so
+    // its other tasks move to another worker meanwhile.
+    tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?;
     committed.extend(next);
     Ok(())
 }
@@ -514,7 +516,7 @@ fn reached(
         for p in &missing {
             tpl.add_partition(topic, *p);
         }
-        let got = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        let got = tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(10)))?;
         for e in got.elements() {
             if let Offset::Offset(o) = e.offset() {
                 known.insert(e.partition(), o);
