@@ -104,10 +104,23 @@ impl KafkaSettings {
 
     /// A client config with the connection settings and nothing role-specific.
     pub fn client_config(&self) -> ClientConfig {
+        self.config_with(&[], &[])
+    }
+
+    /// A client config: sluice's `defaults` for the role, then the user's options (which may
+    /// override a default), then the settings the role's guarantees depend on (which nothing
+    /// overrides), then secrets.
+    fn config_with(&self, defaults: &[(&str, &str)], forced: &[(&str, &str)]) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in defaults {
+            cfg.set(*k, *v);
+        }
         for (k, v) in &self.options {
             cfg.set(k, v);
+        }
+        for (k, v) in forced {
+            cfg.set(*k, *v);
         }
         for (k, v) in &self.secrets {
             cfg.set(k, v.expose());
@@ -118,13 +131,13 @@ impl KafkaSettings {
     /// The producer every source writes through: idempotent, acks from all in-sync replicas,
     /// so a retried send never duplicates or reorders within a partition.
     pub fn producer(&self, client_id: &str) -> Result<FutureProducer, KafkaSetupError> {
-        self.client_config()
-            .set("client.id", client_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
+        let defaults = [
+            ("client.id", client_id),
+            ("linger.ms", "5"),
             // Bounded: a message that cannot be delivered fails instead of waiting forever.
-            .set("message.timeout.ms", "60000")
+            ("message.timeout.ms", "60000"),
+        ];
+        self.config_with(&defaults, &[("enable.idempotence", "true"), ("acks", "all")])
             .create()
             .map_err(|e| self.client_error(format!("creating Kafka producer `{client_id}`"), e))
     }
@@ -132,14 +145,21 @@ impl KafkaSettings {
     /// A consumer in `group` that commits only what the caller tells it to: automatic commit and
     /// automatic offset store are both off, so nothing is committed before it is delivered.
     pub fn consumer(&self, group: &str, client_id: &str) -> Result<StreamConsumer, KafkaSetupError> {
-        self.client_config()
-            .set("group.id", group)
-            .set("client.id", client_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "30000")
+        let defaults = [
+            ("client.id", client_id),
+            // A worker that dies holds its partitions until its session expires; 10 s (as
+            // Vector and Kafka Connect's workers use) bounds that pause after a crash.
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "3000"),
+        ];
+        let forced = [
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+        ];
+        self.config_with(&defaults, &forced)
             .create()
             .map_err(|e| self.client_error(format!("creating Kafka consumer in group `{group}`"), e))
     }

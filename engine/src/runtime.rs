@@ -368,6 +368,7 @@ pub async fn run_sink(
     // Next offset to read per partition, as far as this worker committed it.
     let mut committed: Option<HashMap<i32, i64>> = None;
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(ctx.batch.max_records);
+    let mut watchdog = Watchdog::new(&input.topic);
     loop {
         if let Some(target) = stop_at.borrow().clone() {
             let done = reached(&consumer, &input.topic, &target, &mut committed)
@@ -386,7 +387,10 @@ pub async fn run_sink(
             _ = stop_at.changed() => None,
             _ = ctx.shutdown.cancelled() => None,
         };
-        let Some(first) = first else { continue };
+        let Some(first) = first else {
+            watchdog.check(&consumer, &input, &ctx.flow);
+            continue;
+        };
         batch.push(first.map_err(ctx.kafka_err(format!("consuming {}", input.topic)))?.detach());
         let deadline = tokio::time::Instant::now() + ctx.batch.linger;
         while batch.len() < ctx.batch.max_records {
@@ -524,4 +528,100 @@ fn reached(
         }
     }
     Ok(target.iter().all(|(p, high)| *high <= 0 || known.get(p).is_some_and(|o| o >= high)))
+}
+
+/// Notices a worker left with no partitions while its topic has undelivered records that no one
+/// is delivering, and rejoins the group.
+///
+/// Having no partitions is normal when a group has more workers than partitions, so that alone
+/// proves nothing. But if the group's committed offsets trail the topic's end and have not moved
+/// for a whole stall window, the partitions are held by no live worker. A broker's group
+/// coordinator can end a rebalance that way when the leader it was waiting for died mid-way (the
+/// embedded broker does, after a worker is killed); leaving and rejoining starts a fresh
+/// rebalance. A healthy group is never disturbed: someone is committing.
+struct Watchdog {
+    topic: String,
+    /// When the worker was last seen with partitions or the group last made progress.
+    since: Instant,
+    /// The group's committed offsets and the topic's ends at the last check.
+    last: Option<Vec<(i32, i64, i64)>>,
+    next_check: Instant,
+}
+
+/// How long undelivered records may sit with no partition owner before the worker rejoins.
+const STALL_WINDOW: Duration = Duration::from_secs(15);
+/// How often an idle worker with no partitions looks at the group's progress.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+
+impl Watchdog {
+    fn new(topic: &str) -> Self {
+        let now = Instant::now();
+        Watchdog { topic: topic.to_owned(), since: now, last: None, next_check: now + WATCH_EVERY }
+    }
+
+    fn check(&mut self, consumer: &StreamConsumer, input: &SinkInput, flow: &str) {
+        let now = Instant::now();
+        if now < self.next_check {
+            return;
+        }
+        self.next_check = now + WATCH_EVERY;
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        if assigned > 0 {
+            self.since = now;
+            self.last = None;
+            return;
+        }
+        // Both calls wait on the network; a failure just skips this round.
+        let Ok(progress) = tokio::task::block_in_place(|| group_progress(consumer, &self.topic, input.kafka.connect_timeout)) else {
+            return;
+        };
+        let lagging = progress.iter().any(|(_, committed, end)| committed < end);
+        if !lagging || self.last.as_ref() != Some(&progress) {
+            self.since = now;
+            self.last = Some(progress);
+            return;
+        }
+        if now.duration_since(self.since) < STALL_WINDOW {
+            return;
+        }
+        tracing::warn!(
+            flow = %flow,
+            topic = %self.topic,
+            stalled_secs = now.duration_since(self.since).as_secs(),
+            "no partitions assigned while undelivered records sit unowned; rejoining the group"
+        );
+        consumer.unsubscribe();
+        if let Err(e) = consumer.subscribe(&[self.topic.as_str()]) {
+            tracing::warn!(flow = %flow, topic = %self.topic, error = %e, "rejoining the group");
+        }
+        self.since = now;
+        self.last = None;
+    }
+}
+
+/// Per partition of `topic`: (partition, the group's committed offset or 0, the end offset).
+fn group_progress(consumer: &StreamConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+            let (_, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+            ends.push((p.id(), high));
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut out = Vec::with_capacity(ends.len());
+    for (p, high) in ends {
+        let c = committed
+            .find_partition(topic, p)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .unwrap_or(0);
+        out.push((p, c, high));
+    }
+    Ok(out)
 }
