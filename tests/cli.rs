@@ -6,15 +6,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Broker, counts_of, free_port, read_jsonl, run};
+use common::{write, Broker, counts_of, free_port, read_jsonl, run};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("writing test file");
-    p.display().to_string()
-}
 
 fn repo_file(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

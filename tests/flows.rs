@@ -7,17 +7,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Broker, counts_of, produce, read_jsonl, read_topic, run, spawn, wait_until};
+use common::{write, Broker, counts_of, produce, read_jsonl, read_topic, run, spawn, wait_until};
 use serde_json::{Value, json};
 use sluice_connectors::generate::{GenerateOptions, GenerateSource};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("writing test file");
-    p.display().to_string()
-}
 
 /// The rows `generate` makes for `count` records with these settings, as the oracle sees them.
 fn generated(count: u64, keys: u64, seed: u64) -> Vec<Value> {

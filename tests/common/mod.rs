@@ -41,6 +41,13 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("probe socket address").port()
 }
 
+/// Writes `text` to `dir/name` and returns the path as text (for command lines).
+pub fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("writing test file");
+    p.display().to_string()
+}
+
 /// Polls `cond` every 100 ms until it holds or `limit` passes; returns whether it held.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
