@@ -145,6 +145,16 @@ impl KafkaSettings {
     /// A consumer in `group` that commits only what the caller tells it to: automatic commit and
     /// automatic offset store are both off, so nothing is committed before it is delivered.
     pub fn consumer(&self, group: &str, client_id: &str) -> Result<StreamConsumer, KafkaSetupError> {
+        self.consumer_with_context(group, client_id, rdkafka::consumer::DefaultConsumerContext)
+    }
+
+    /// [`KafkaSettings::consumer`] with a context that sees rebalances.
+    pub fn consumer_with_context<C: rdkafka::consumer::ConsumerContext + 'static>(
+        &self,
+        group: &str,
+        client_id: &str,
+        context: C,
+    ) -> Result<StreamConsumer<C>, KafkaSetupError> {
         let defaults = [
             ("client.id", client_id),
             // A worker that dies holds its partitions until its session expires; 10 s (as
@@ -160,7 +170,7 @@ impl KafkaSettings {
             ("enable.partition.eof", "false"),
         ];
         self.config_with(&defaults, &forced)
-            .create()
+            .create_with_context(context)
             .map_err(|e| self.client_error(format!("creating Kafka consumer in group `{group}`"), e))
     }
 

@@ -11,6 +11,7 @@
 //! - [`broker`]: the embedded Kafka-protocol broker (tansu), for one-machine set-ups.
 //! - [`runtime`]: the source task and the sink worker, which keep the at-least-once promises.
 //! - [`ledger`]: per-flow counters for the progress line and the run summary.
+//! - [`offsets`]: which offsets a sink worker may commit (the contiguous finished prefix).
 //! - [`error`]: the engine's error enums.
 
 pub mod broker;
@@ -18,6 +19,7 @@ pub mod connector;
 pub mod error;
 pub mod kafka;
 pub mod ledger;
+pub mod offsets;
 pub mod record;
 pub mod runtime;
 pub mod schema;

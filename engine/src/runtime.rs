@@ -30,6 +30,7 @@ use crate::connector::{InputMessage, Poll, Position, Sink, Source, SourceItem, T
 use crate::error::FlowError;
 use crate::kafka::{self, KafkaSettings};
 use crate::ledger::Ledger;
+use crate::offsets::OffsetTracker;
 use crate::record::now_ms;
 
 /// Tuning shared by both halves of a flow.
@@ -346,6 +347,34 @@ pub struct SinkInput {
     pub topic: String,
 }
 
+/// The sink worker's consumer context: it notes partitions revoked by a rebalance, so the
+/// worker can drop their messages from the batch in hand (the new owner reads them again from
+/// the committed offset) and never commits for them again.
+#[derive(Default)]
+pub struct SinkConsumerContext {
+    revoked: std::sync::Mutex<Vec<i32>>,
+}
+
+impl SinkConsumerContext {
+    fn take_revoked(&self) -> Vec<i32> {
+        self.revoked.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    }
+}
+
+impl rdkafka::ClientContext for SinkConsumerContext {}
+
+impl rdkafka::consumer::ConsumerContext for SinkConsumerContext {
+    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            if let Ok(mut v) = self.revoked.lock() {
+                v.extend(tpl.elements().iter().map(|e| e.partition()));
+            }
+        }
+    }
+}
+
+type SinkConsumer = StreamConsumer<SinkConsumerContext>;
+
 /// Consumes the flow's input topic, runs the transform and the sink, commits what was delivered.
 ///
 /// Stops when `stop_at` names watermarks and every partition's committed offset reached them,
@@ -358,7 +387,8 @@ pub async fn run_sink(
     mut stop_at: StopAt,
 ) -> Result<SinkSummary, FlowError> {
     let group = kafka::sink_group(&ctx.flow);
-    let consumer: StreamConsumer = input.kafka.consumer(&group, &format!("sluice.{}.sink", ctx.flow))?;
+    let consumer: SinkConsumer =
+        input.kafka.consumer_with_context(&group, &format!("sluice.{}.sink", ctx.flow), SinkConsumerContext::default())?;
     consumer
         .subscribe(&[input.topic.as_str()])
         .map_err(ctx.kafka_err(format!("subscribing to {}", input.topic)))?;
@@ -367,6 +397,7 @@ pub async fn run_sink(
     let mut summary = SinkSummary::default();
     // Next offset to read per partition, as far as this worker committed it.
     let mut committed: Option<HashMap<i32, i64>> = None;
+    let mut tracker = OffsetTracker::new();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(ctx.batch.max_records);
     let mut watchdog = Watchdog::new(&input.topic);
     loop {
@@ -388,24 +419,37 @@ pub async fn run_sink(
             _ = ctx.shutdown.cancelled() => None,
         };
         let Some(first) = first else {
+            drop_revoked(&consumer, &mut batch, &mut tracker, committed.as_mut());
             watchdog.check(&consumer, &input, &ctx.flow);
             continue;
         };
-        batch.push(first.map_err(ctx.kafka_err(format!("consuming {}", input.topic)))?.detach());
+        drop_revoked(&consumer, &mut batch, &mut tracker, committed.as_mut());
+        let m = first.map_err(ctx.kafka_err(format!("consuming {}", input.topic)))?.detach();
+        tracker.read(m.partition(), m.offset());
+        batch.push(m);
         let deadline = tokio::time::Instant::now() + ctx.batch.linger;
         while batch.len() < ctx.batch.max_records {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(m) => batch.push(m.map_err(ctx.kafka_err(format!("consuming {}", input.topic)))?.detach()),
-                Err(_) => break,
-            }
+            let Ok(m) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
+            // A rebalance runs inside `recv`: what was read before it for a revoked partition
+            // is now someone else's to deliver.
+            drop_revoked(&consumer, &mut batch, &mut tracker, committed.as_mut());
+            let m = m.map_err(ctx.kafka_err(format!("consuming {}", input.topic)))?.detach();
+            tracker.read(m.partition(), m.offset());
+            batch.push(m);
+        }
+        if batch.is_empty() {
+            continue;
         }
         let span = tracing::info_span!("batch", flow = %ctx.flow, stage = "sink", topic = %input.topic, partition = %partitions_of(&batch), records = batch.len());
         let n = batch.len();
         let done = process_batch(ctx, &input.topic, &batch, transform.as_mut(), sink.as_mut(), &dlq)
             .instrument(span)
             .await?;
-        commit(&consumer, &input.topic, &batch, committed.get_or_insert_with(HashMap::new))
-            .map_err(ctx.kafka_err(format!("committing offsets of {group}")))?;
+        // Every message of the batch is now delivered, filtered or durably dead-lettered.
+        for m in &batch {
+            tracker.finish(m.partition(), m.offset());
+        }
+        commit(ctx, &consumer, &input.topic, &mut tracker, committed.get_or_insert_with(HashMap::new))?;
         Ledger::add(&ctx.ledger.consumed, n);
         Ledger::add(&ctx.ledger.delivered, done.delivered as usize);
         Ledger::add(&ctx.ledger.filtered, done.filtered as usize);
@@ -420,6 +464,31 @@ pub async fn run_sink(
         .await
         .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source })?;
     Ok(summary)
+}
+
+/// Removes from the batch in hand the messages of partitions a rebalance took away, and stops
+/// tracking them: the partition's new owner reads them again from the committed offset.
+fn drop_revoked(
+    consumer: &SinkConsumer,
+    batch: &mut Vec<OwnedMessage>,
+    tracker: &mut OffsetTracker,
+    committed: Option<&mut HashMap<i32, i64>>,
+) {
+    let revoked = consumer.context().take_revoked();
+    if revoked.is_empty() {
+        return;
+    }
+    let before = batch.len();
+    batch.retain(|m| !revoked.contains(&m.partition()));
+    for p in &revoked {
+        tracker.forget(*p);
+    }
+    if let Some(c) = committed {
+        for p in &revoked {
+            c.remove(p);
+        }
+    }
+    tracing::info!(partitions = ?revoked, dropped = before - batch.len(), "partitions revoked; their undelivered messages are left to the new owner");
 }
 
 fn partitions_of(batch: &[OwnedMessage]) -> String {
@@ -477,33 +546,62 @@ async fn process_batch(
     })
 }
 
-/// Commits, per partition, the offset after the last message of the batch. The worker handles a
-/// batch as a whole and in order, so everything before that offset was delivered or dead-lettered.
+/// Commits what the tracker says is finished: per partition, the contiguous prefix of
+/// delivered or dead-lettered messages.
+///
+/// A commit refused because the group is rebalancing or this worker lost its membership is
+/// not a failure of the flow: those partitions now belong to another worker, which resumes
+/// from the last successful commit and delivers the rest again (duplicates, never loss).
 fn commit(
-    consumer: &StreamConsumer,
+    ctx: &FlowContext,
+    consumer: &SinkConsumer,
     topic: &str,
-    batch: &[OwnedMessage],
+    tracker: &mut OffsetTracker,
     committed: &mut HashMap<i32, i64>,
-) -> Result<(), KafkaError> {
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    for m in batch {
-        let e = next.entry(m.partition()).or_insert(0);
-        *e = (*e).max(m.offset() + 1);
+) -> Result<(), FlowError> {
+    let next = tracker.to_commit();
+    if next.is_empty() {
+        return Ok(());
     }
     let mut tpl = TopicPartitionList::new();
-    for (&p, &o) in &next {
-        tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
+    for &(p, o) in &next {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))
+            .map_err(ctx.kafka_err(format!("committing offsets of {topic}")))?;
     }
     // A synchronous commit blocks this thread until the broker answers; tell the runtime so
     // its other tasks move to another worker meanwhile.
-    tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?;
-    committed.extend(next);
-    Ok(())
+    match tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)) {
+        Ok(()) => {
+            for (p, o) in next {
+                tracker.committed(p, o);
+                committed.insert(p, o);
+            }
+            Ok(())
+        }
+        Err(KafkaError::ConsumerCommit(code)) if lost_membership(code) => {
+            tracing::warn!(flow = %ctx.flow, topic, error = %code, "commit refused during a rebalance; the partitions' new owner redelivers from the last commit");
+            Ok(())
+        }
+        Err(e) => Err(ctx.kafka_err(format!("committing offsets of {topic}"))(e)),
+    }
+}
+
+/// Whether a commit error means the group moved on without this worker (rather than a fault).
+fn lost_membership(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::RebalanceInProgress
+            | RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::UnknownMemberId
+            | RDKafkaErrorCode::FencedInstanceId
+            | RDKafkaErrorCode::AssignmentLost
+            | RDKafkaErrorCode::State
+    )
 }
 
 /// Whether every partition's committed offset reached its target watermark.
 fn reached(
-    consumer: &StreamConsumer,
+    consumer: &SinkConsumer,
     topic: &str,
     target: &[(i32, i64)],
     committed: &mut Option<HashMap<i32, i64>>,
@@ -559,7 +657,7 @@ impl Watchdog {
         Watchdog { topic: topic.to_owned(), since: now, last: None, next_check: now + WATCH_EVERY }
     }
 
-    fn check(&mut self, consumer: &StreamConsumer, input: &SinkInput, flow: &str) {
+    fn check(&mut self, consumer: &SinkConsumer, input: &SinkInput, flow: &str) {
         let now = Instant::now();
         if now < self.next_check {
             return;
@@ -600,7 +698,7 @@ impl Watchdog {
 }
 
 /// Per partition of `topic`: (partition, the group's committed offset or 0, the end offset).
-fn group_progress(consumer: &StreamConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+fn group_progress(consumer: &SinkConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
     let md = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
