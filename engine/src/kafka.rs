@@ -142,6 +142,16 @@ impl KafkaSettings {
             .map_err(|e| self.client_error(format!("creating Kafka producer `{client_id}`"), e))
     }
 
+    /// The producer of a flow's dead letters: as [`KafkaSettings::producer`], but it accepts
+    /// messages as large as any the worker can consume, so an oversized record can be
+    /// dead-lettered whole instead of stopping the flow.
+    pub fn dlq_producer(&self, client_id: &str) -> Result<FutureProducer, KafkaSetupError> {
+        let defaults = [("client.id", client_id), ("linger.ms", "5"), ("message.timeout.ms", "60000"), ("message.max.bytes", "134217728")];
+        self.config_with(&defaults, &[("enable.idempotence", "true"), ("acks", "all")])
+            .create()
+            .map_err(|e| self.client_error(format!("creating Kafka producer `{client_id}`"), e))
+    }
+
     /// A consumer in `group` that commits only what the caller tells it to: automatic commit and
     /// automatic offset store are both off, so nothing is committed before it is delivered.
     pub fn consumer(&self, group: &str, client_id: &str) -> Result<StreamConsumer, KafkaSetupError> {
@@ -161,6 +171,10 @@ impl KafkaSettings {
             // Vector and Kafka Connect's workers use) bounds that pause after a crash.
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "3000"),
+            // Brokers that do not return a message larger than the partition fetch size would
+            // leave the worker stuck in front of one big record; allow up to 32 MiB so it can
+            // be read and dead-lettered.
+            ("max.partition.fetch.bytes", "33554432"),
         ];
         let forced = [
             ("group.id", group),

@@ -371,6 +371,17 @@ impl rdkafka::consumer::ConsumerContext for SinkConsumerContext {
             }
         }
     }
+
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        match rebalance {
+            rdkafka::consumer::Rebalance::Assign(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?parts, "partitions assigned");
+            }
+            rdkafka::consumer::Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+            rdkafka::consumer::Rebalance::Revoke(_) => {}
+        }
+    }
 }
 
 type SinkConsumer = StreamConsumer<SinkConsumerContext>;
@@ -392,7 +403,7 @@ pub async fn run_sink(
     consumer
         .subscribe(&[input.topic.as_str()])
         .map_err(ctx.kafka_err(format!("subscribing to {}", input.topic)))?;
-    let dlq_producer = ctx.kafka.producer(&format!("sluice.{}.dlq", ctx.flow))?;
+    let dlq_producer = ctx.kafka.dlq_producer(&format!("sluice.{}.dlq", ctx.flow))?;
     let dlq = DeadLetters::new(dlq_producer, &ctx.flow);
     let mut summary = SinkSummary::default();
     // Next offset to read per partition, as far as this worker committed it.
@@ -400,6 +411,7 @@ pub async fn run_sink(
     let mut tracker = OffsetTracker::new();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(ctx.batch.max_records);
     let mut watchdog = Watchdog::new(&input.topic);
+    let mut commit_failing_since: Option<Instant> = None;
     loop {
         if let Some(target) = stop_at.borrow().clone() {
             let done = reached(&consumer, &input.topic, &target, &mut committed)
@@ -424,18 +436,35 @@ pub async fn run_sink(
             continue;
         };
         drop_revoked(&consumer, &mut batch, &mut tracker, committed.as_mut());
-        let m = first.map_err(ctx.kafka_err(format!("consuming {}", input.topic)))?.detach();
-        tracker.read(m.partition(), m.offset());
-        batch.push(m);
+        match first {
+            Ok(m) => {
+                let m = m.detach();
+                tracker.read(m.partition(), m.offset());
+                batch.push(m);
+            }
+            Err(e) => {
+                consume_error(ctx, &input.topic, e)?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
         let deadline = tokio::time::Instant::now() + ctx.batch.linger;
         while batch.len() < ctx.batch.max_records {
             let Ok(m) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
             // A rebalance runs inside `recv`: what was read before it for a revoked partition
             // is now someone else's to deliver.
             drop_revoked(&consumer, &mut batch, &mut tracker, committed.as_mut());
-            let m = m.map_err(ctx.kafka_err(format!("consuming {}", input.topic)))?.detach();
-            tracker.read(m.partition(), m.offset());
-            batch.push(m);
+            match m {
+                Ok(m) => {
+                    let m = m.detach();
+                    tracker.read(m.partition(), m.offset());
+                    batch.push(m);
+                }
+                Err(e) => {
+                    consume_error(ctx, &input.topic, e)?;
+                    break;
+                }
+            }
         }
         if batch.is_empty() {
             continue;
@@ -449,7 +478,20 @@ pub async fn run_sink(
         for m in &batch {
             tracker.finish(m.partition(), m.offset());
         }
-        commit(ctx, &consumer, &input.topic, &mut tracker, committed.get_or_insert_with(HashMap::new))?;
+        match commit(ctx, &consumer, &input.topic, &mut tracker, committed.get_or_insert_with(HashMap::new)) {
+            Ok(()) => commit_failing_since = None,
+            // The finished offsets stay in the tracker and go with the next commit; only a
+            // crash before then re-delivers them. A cluster that refuses commits for long is
+            // a failure to report, not to wait out forever.
+            Err(e) => {
+                let since = *commit_failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > COMMIT_FAILURE_LIMIT {
+                    return Err(e);
+                }
+                tracing::warn!(flow = %ctx.flow, error = %e, "commit failed; retrying with the next batch");
+            }
+        }
+        watchdog.check(&consumer, &input, &ctx.flow);
         Ledger::add(&ctx.ledger.consumed, n);
         Ledger::add(&ctx.ledger.delivered, done.delivered as usize);
         Ledger::add(&ctx.ledger.filtered, done.filtered as usize);
@@ -464,6 +506,31 @@ pub async fn run_sink(
         .await
         .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source })?;
     Ok(summary)
+}
+
+/// How long commits may keep failing (a broker restarting, a coordinator moving) before the
+/// flow stops with the error.
+const COMMIT_FAILURE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Decides what a consume error means. librdkafka reports a broker going away, a transport
+/// failure or a coordinator moving as consumer errors while it reconnects on its own; those are
+/// logged and the worker goes on. Errors that will not heal (the topic is gone or forbidden)
+/// stop the flow.
+fn consume_error(ctx: &FlowContext, topic: &str, e: KafkaError) -> Result<(), FlowError> {
+    let fatal = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::Fatal
+        )
+    );
+    if fatal {
+        return Err(ctx.kafka_err(format!("consuming {topic}"))(e));
+    }
+    tracing::warn!(flow = %ctx.flow, topic, error = %ctx.kafka.redact(&e), "consuming; the client reconnects and the worker goes on");
+    Ok(())
 }
 
 /// Removes from the batch in hand the messages of partitions a rebalance took away, and stops
@@ -628,33 +695,49 @@ fn reached(
     Ok(target.iter().all(|(p, high)| *high <= 0 || known.get(p).is_some_and(|o| o >= high)))
 }
 
-/// Notices a worker left with no partitions while its topic has undelivered records that no one
-/// is delivering, and rejoins the group.
+/// Notices partitions with undelivered records that no live worker is delivering, and rejoins
+/// the group so a fresh rebalance hands them out.
 ///
-/// Having no partitions is normal when a group has more workers than partitions, so that alone
-/// proves nothing. But if the group's committed offsets trail the topic's end and have not moved
-/// for a whole stall window, the partitions are held by no live worker. A broker's group
-/// coordinator can end a rebalance that way when the leader it was waiting for died mid-way (the
-/// embedded broker does, after a worker is killed); leaving and rejoining starts a fresh
-/// rebalance. A healthy group is never disturbed: someone is committing.
+/// A partition another worker owns is normally that worker's business: it commits as it goes.
+/// But if the group's committed offset of a partition this worker does not own trails the
+/// partition's end and has not moved for a whole stall window, nobody is delivering it. A
+/// broker's group coordinator can end a rebalance that way when a member dies mid-way (the
+/// embedded broker assigns a dead member's partitions to the dead member); leaving and
+/// rejoining starts a fresh rebalance. A worker that owns every partition never looks, and a
+/// healthy group is never disturbed: someone is committing. If rejoining does not help (a live
+/// owner is stuck retrying a failing destination), the window doubles each time, up to
+/// [`STALL_WINDOW_MAX`], so the group is not kept rebalancing.
 struct Watchdog {
     topic: String,
-    /// When the worker was last seen with partitions or the group last made progress.
+    /// When the unowned partitions' progress was last seen to change.
     since: Instant,
-    /// The group's committed offsets and the topic's ends at the last check.
+    /// The unowned, lagging partitions at the last check: (partition, committed, end).
     last: Option<Vec<(i32, i64, i64)>>,
     next_check: Instant,
+    /// How long unowned records may sit still before this worker rejoins.
+    window: Duration,
+    /// The topic's partition count, once known.
+    partitions: Option<usize>,
 }
 
-/// How long undelivered records may sit with no partition owner before the worker rejoins.
+/// The first stall window (three default session timeouts).
 const STALL_WINDOW: Duration = Duration::from_secs(15);
-/// How often an idle worker with no partitions looks at the group's progress.
+/// The longest stall window.
+const STALL_WINDOW_MAX: Duration = Duration::from_secs(300);
+/// How often the worker looks at the group's progress.
 const WATCH_EVERY: Duration = Duration::from_secs(5);
 
 impl Watchdog {
     fn new(topic: &str) -> Self {
         let now = Instant::now();
-        Watchdog { topic: topic.to_owned(), since: now, last: None, next_check: now + WATCH_EVERY }
+        Watchdog {
+            topic: topic.to_owned(),
+            since: now,
+            last: None,
+            next_check: now + WATCH_EVERY,
+            window: STALL_WINDOW,
+            partitions: None,
+        }
     }
 
     fn check(&mut self, consumer: &SinkConsumer, input: &SinkInput, flow: &str) {
@@ -663,35 +746,45 @@ impl Watchdog {
             return;
         }
         self.next_check = now + WATCH_EVERY;
-        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-        if assigned > 0 {
+        let assigned: Vec<i32> = consumer
+            .assignment()
+            .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default();
+        if self.partitions.is_some_and(|n| assigned.len() >= n) {
             self.since = now;
             self.last = None;
             return;
         }
-        // Both calls wait on the network; a failure just skips this round.
+        // These calls wait on the network; a failure just skips this round.
         let Ok(progress) = tokio::task::block_in_place(|| group_progress(consumer, &self.topic, input.kafka.connect_timeout)) else {
             return;
         };
-        let lagging = progress.iter().any(|(_, committed, end)| committed < end);
-        if !lagging || self.last.as_ref() != Some(&progress) {
+        self.partitions = Some(progress.len());
+        let unowned: Vec<(i32, i64, i64)> =
+            progress.into_iter().filter(|(p, committed, end)| !assigned.contains(p) && committed < end).collect();
+        if unowned.is_empty() {
+            self.window = STALL_WINDOW;
+        }
+        if unowned.is_empty() || self.last.as_ref() != Some(&unowned) {
             self.since = now;
-            self.last = Some(progress);
+            self.last = Some(unowned);
             return;
         }
-        if now.duration_since(self.since) < STALL_WINDOW {
+        if now.duration_since(self.since) < self.window {
             return;
         }
         tracing::warn!(
             flow = %flow,
             topic = %self.topic,
+            partitions = ?unowned.iter().map(|(p, _, _)| *p).collect::<Vec<_>>(),
             stalled_secs = now.duration_since(self.since).as_secs(),
-            "no partitions assigned while undelivered records sit unowned; rejoining the group"
+            "undelivered records sit in partitions no live worker is delivering; rejoining the group"
         );
         consumer.unsubscribe();
         if let Err(e) = consumer.subscribe(&[self.topic.as_str()]) {
             tracing::warn!(flow = %flow, topic = %self.topic, error = %e, "rejoining the group");
         }
+        self.window = (self.window * 2).min(STALL_WINDOW_MAX);
         self.since = now;
         self.last = None;
     }

@@ -33,6 +33,11 @@ use sluice_engine::schema::RowSchema;
 /// The table name queries read from.
 pub const SOURCE_TABLE: &str = "source";
 
+/// The largest payload the stage decodes (Kafka's default `max.message.bytes`); a larger one
+/// is rejected to the DLQ whole. A record this size is almost always a mistake upstream, and
+/// decoding it would hold the batch's memory hostage.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
 /// A flow's planned SQL stage.
 pub struct SqlStage {
     flow: String,
@@ -210,6 +215,14 @@ impl SqlStage {
         let mut payloads: Vec<&[u8]> = Vec::with_capacity(input.len());
         for (index, m) in input.iter().enumerate() {
             match m.payload {
+                Some(p) if p.len() > MAX_RECORD_BYTES => rejected.push(RejectedRow {
+                    index,
+                    reason: format!("decode: record of {} bytes is over the {MAX_RECORD_BYTES}-byte limit", p.len()),
+                }),
+                Some(p) if nesting_exceeds(p, MAX_NESTING) => rejected.push(RejectedRow {
+                    index,
+                    reason: format!("decode: JSON nested deeper than {MAX_NESTING} levels"),
+                }),
                 Some(p) if std::str::from_utf8(p).is_ok() => {
                     good.push(m);
                     payloads.push(p);
@@ -226,7 +239,7 @@ impl SqlStage {
         let mut batches = Vec::new();
         for (index, m) in input.iter().enumerate() {
             let Some(p) = m.payload else { continue };
-            if std::str::from_utf8(p).is_err() {
+            if p.len() > MAX_RECORD_BYTES || nesting_exceeds(p, MAX_NESTING) || std::str::from_utf8(p).is_err() {
                 continue;
             }
             match self.decode_all(&[p]).and_then(|d| self.input_batch(&d, &[m])) {
@@ -243,6 +256,45 @@ impl SqlStage {
     pub fn row_schema(&self) -> SchemaRef {
         self.row.clone()
     }
+}
+
+/// The deepest JSON nesting a payload may have (serde_json's own limit). Deeper input is
+/// almost certainly hostile; it is rejected before any decoder walks it.
+pub const MAX_NESTING: usize = 128;
+
+/// Whether `json` nests objects and arrays more than `max` levels deep.
+///
+/// Cheap on ordinary records: a payload with no more than `max` opening brackets in all cannot
+/// nest deeper, and counting bytes is a vectorised loop; only payloads with many brackets get
+/// the exact scan, which skips brackets inside strings.
+fn nesting_exceeds(json: &[u8], max: usize) -> bool {
+    if json.iter().filter(|b| **b == b'{' || **b == b'[').count() <= max {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn merge_nulls(col: &ArrayRef, parent: Option<&arrow_buffer::NullBuffer>) -> Result<ArrayRef, String> {
@@ -336,6 +388,18 @@ mod tests {
             assert!(text.contains("| 4  | D    | u   |"), "{text}");
             assert!(!text.contains("| 2 "), "{text}");
         }
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        assert!(!nesting_exceeds(br#"{"a":[1,{"b":2}]}"#, 3));
+        assert!(nesting_exceeds(br#"{"a":[1,{"b":[2]}]}"#, 3));
+        let quoted = format!(r#"{{"s":"{}"}}"#, "[".repeat(500));
+        assert!(!nesting_exceeds(quoted.as_bytes(), 3), "brackets inside a string do not nest");
+        let escaped = format!(r#"{{"s":"\"{}"}}"#, "[".repeat(500));
+        assert!(!nesting_exceeds(escaped.as_bytes(), 3), "an escaped quote does not end the string");
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(nesting_exceeds(deep.as_bytes(), 128));
     }
 
     #[tokio::test]

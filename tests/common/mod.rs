@@ -349,6 +349,7 @@ pub fn produce(bootstrap: &str, topic: &str, partitions: i32, messages: &[(Optio
     let producer: BaseProducer = client(bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("message.max.bytes", "33554432")
         .create()
         .expect("creating test producer");
     for (k, p) in messages {
