@@ -221,7 +221,12 @@ impl KafkaSettings {
                 .map_err(|e| self.client_error("creating Kafka admin client".into(), e))?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(self.replication_factor)))
+            .map(|t| {
+                let topic = NewTopic::new(t, self.partitions, TopicReplication::Fixed(self.replication_factor));
+                // Positions are keyed by flow and only the latest matters: compaction keeps
+                // the topic small however long sluice runs.
+                if *t == POSITIONS_TOPIC { topic.set("cleanup.policy", "compact") } else { topic }
+            })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(self.connect_timeout));
         let results = admin
