@@ -38,6 +38,11 @@ enum Command {
         /// A YAML file, or a directory of them.
         config: PathBuf,
     },
+    /// Inspect a flow's dead-letter topic.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Run the embedded Kafka-protocol broker on its own.
     Broker {
         /// Where the broker keeps its log.
@@ -49,6 +54,20 @@ enum Command {
         /// Keep the log in memory instead of under --data-dir (for benchmarks).
         #[arg(long)]
         memory: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Print the dead letters of a flow: where each came from, why, and its payload.
+    Show {
+        /// A YAML file, or a directory of them (for the cluster's address).
+        config: PathBuf,
+        /// The flow.
+        flow: String,
+        /// Print at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
 }
 
@@ -74,6 +93,7 @@ fn main() -> ExitCode {
             Command::Run { config, flow } => run::run(&config, flow.as_deref()).await,
             Command::Validate { config } => run::validate(&config).await,
             Command::Broker { data_dir, listen, memory } => run::broker(data_dir, &listen, memory).await,
+            Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => run::dlq_show(&config, &flow, limit).await,
         }
     })
 }

@@ -141,6 +141,75 @@ fn shutdown_signal() -> CancellationToken {
     token
 }
 
+/// Starts the embedded broker when the config asks for one; returns it (to keep it alive) and
+/// the settings that reach sluice's cluster.
+async fn own_cluster(cfg: &Config) -> Result<(Option<EmbeddedBroker>, KafkaSettings), ExitCode> {
+    match &cfg.kafka {
+        KafkaSection::External(s) => Ok((None, s.clone())),
+        KafkaSection::Embedded { storage, listen, settings } => match EmbeddedBroker::start(storage.clone(), listen).await {
+            Ok(b) => {
+                let mut s = settings.clone();
+                s.bootstrap_servers = b.bootstrap.clone();
+                tracing::info!(bootstrap = %b.bootstrap, "embedded broker started");
+                Ok((Some(b), s))
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(ExitCode::from(1))
+            }
+        },
+    }
+}
+
+/// `sluice dlq show CONFIG FLOW`.
+pub async fn dlq_show(path: &Path, flow: &str, limit: usize) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(rejected) => return print_config_errors(&rejected.errors),
+    };
+    if !cfg.flows.iter().any(|f| f.name == flow) {
+        let names: Vec<&str> = cfg.flows.iter().map(|f| f.name.as_str()).collect();
+        eprintln!("error: no flow named `{flow}` (flows: {})", names.join(", "));
+        return ExitCode::from(2);
+    }
+    let (_broker, own) = match own_cluster(&cfg).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let topic = kafka::dlq_topic(flow);
+    let letters = match kafka::read_topic(&own, &topic, limit).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("{topic}: {} dead letter{}", letters.len(), if letters.len() == 1 { "" } else { "s" });
+    for m in &letters {
+        let h = |k: &str| m.header(k).unwrap_or("?").to_owned();
+        println!("\n[{}:{}] stage {} · attempts {} · at {} ms", m.partition, m.offset, h("sluice.stage"), h("sluice.attempts"), h("sluice.ts_ms"));
+        println!("  error:   {}", h("sluice.error"));
+        if let (Some(t), Some(p), Some(o)) = (m.header("sluice.topic"), m.header("sluice.partition"), m.header("sluice.offset")) {
+            println!("  from:    {t} partition {p} offset {o}");
+        }
+        if let Some(k) = &m.key {
+            println!("  key:     {}", shorten(k));
+        }
+        println!("  payload: {}", m.payload.as_deref().map_or_else(|| "(none)".to_owned(), shorten));
+    }
+    ExitCode::SUCCESS
+}
+
+/// Bytes as text for a terminal: lossy UTF-8, at most 300 characters.
+fn shorten(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out: String = text.chars().take(300).collect();
+    if text.chars().count() > 300 {
+        out.push_str(&format!("… ({} bytes)", bytes.len()));
+    }
+    out
+}
+
 /// `sluice run CONFIG [--flow NAME]`.
 pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
     let (cfg, stages) = match load_and_plan(path).await {
@@ -156,20 +225,9 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
     }
     let shutdown = shutdown_signal();
     // Keep the embedded broker alive for the whole run.
-    let (_broker, own) = match &cfg.kafka {
-        KafkaSection::External(s) => (None, s.clone()),
-        KafkaSection::Embedded { storage, listen, settings } => match EmbeddedBroker::start(storage.clone(), listen).await {
-            Ok(b) => {
-                let mut s = settings.clone();
-                s.bootstrap_servers = b.bootstrap.clone();
-                tracing::info!(bootstrap = %b.bootstrap, "embedded broker started");
-                (Some(b), s)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        },
+    let (_broker, own) = match own_cluster(&cfg).await {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let mut tasks = Vec::new();
     let mut ledgers = Vec::new();

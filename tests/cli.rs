@@ -181,7 +181,14 @@ flows:
 #[test]
 fn help_is_everywhere() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [vec!["--help"], vec!["run", "--help"], vec!["validate", "--help"], vec!["broker", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["validate", "--help"],
+        vec!["broker", "--help"],
+        vec!["dlq", "--help"],
+        vec!["dlq", "show", "--help"],
+    ] {
         let done = run(&args, dir.path(), &[], Duration::from_secs(30));
         assert_eq!(done.code(), Some(0), "{args:?}");
         assert!(done.stdout.contains("Usage:"), "{args:?}: {}", done.stdout);

@@ -212,6 +212,15 @@ flows:
     assert!(String::from_utf8_lossy(&schema.payload).contains("forty-one"));
     assert!(schema.headers.contains_key("sluice.offset") && schema.headers.contains_key("sluice.partition"));
     assert!(done.stdout.contains("to DLQ 2"), "{}", done.stdout);
+
+    // `sluice dlq show` tells the user what happened to each.
+    let shown = run(&["dlq", "show", &cfg, "people"], dir.path(), &[], LIMIT);
+    assert_eq!(shown.code(), Some(0), "{}", shown.stderr);
+    let out = &shown.stdout;
+    assert!(out.contains("sluice.people.dlq: 2 dead letters"), "{out}");
+    assert!(out.contains("stage decode") && out.contains("line 3: invalid JSON"), "{out}");
+    assert!(out.contains("stage sql") && out.contains("from:    sluice.people.changes partition"), "{out}");
+    assert!(out.contains("forty-one"), "{out}");
 }
 
 #[test]

@@ -276,6 +276,85 @@ pub async fn high_watermarks(
     }
 }
 
+/// One message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key bytes, if any.
+    pub key: Option<Vec<u8>>,
+    /// Payload bytes, if any.
+    pub payload: Option<Vec<u8>>,
+    /// Headers, values as (lossy) text.
+    pub headers: Vec<(String, String)>,
+}
+
+impl StoredMessage {
+    /// The value of header `name`, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `topic` from its start up to its end as of now, at most `limit` messages, in
+/// partition then offset order. A topic that does not exist reads as empty.
+pub async fn read_topic(settings: &KafkaSettings, topic: &str, limit: usize) -> Result<Vec<StoredMessage>, KafkaSetupError> {
+    use rdkafka::message::{Headers, Message};
+    let cfg = settings.client_config();
+    let timeout = settings.connect_timeout;
+    let topic_name = topic.to_owned();
+    let res = tokio::task::spawn_blocking(move || -> Result<Vec<StoredMessage>, KafkaError> {
+        let consumer: rdkafka::consumer::BaseConsumer = {
+            let mut cfg = cfg;
+            cfg.set("group.id", "sluice.reader").set("enable.auto.commit", "false").create()?
+        };
+        let md = consumer.fetch_metadata(Some(&topic_name), timeout)?;
+        let mut out = Vec::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (low, high) = consumer.fetch_watermarks(&topic_name, p.id(), timeout)?;
+                if high <= low {
+                    continue;
+                }
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                tpl.add_partition_offset(&topic_name, p.id(), rdkafka::Offset::Offset(low))?;
+                consumer.assign(&tpl)?;
+                let deadline = std::time::Instant::now() + timeout;
+                let mut next = low;
+                while next < high && out.len() < limit && std::time::Instant::now() < deadline {
+                    let Some(m) = consumer.poll(std::time::Duration::from_millis(200)) else { continue };
+                    let m = m?;
+                    next = m.offset() + 1;
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| (x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(StoredMessage {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                        headers,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await;
+    match res {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(settings.client_error(format!("reading {topic}"), e)),
+        Err(join) => Err(KafkaSetupError::CreateTopic { topic: topic.to_owned(), message: format!("reader task failed: {join}") }),
+    }
+}
+
 /// The topic a flow's source writes its change records to.
 pub fn changes_topic(flow: &str) -> String {
     format!("sluice.{flow}.changes")
