@@ -216,13 +216,12 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    if let Some(name) = only {
-        if !cfg.flows.iter().any(|f| f.name == name) {
+    if let Some(name) = only
+        && !cfg.flows.iter().any(|f| f.name == name) {
             let names: Vec<&str> = cfg.flows.iter().map(|f| f.name.as_str()).collect();
             eprintln!("error: no flow named `{name}` (flows: {})", names.join(", "));
             return ExitCode::from(2);
         }
-    }
     let shutdown = shutdown_signal();
     // Keep the embedded broker alive for the whole run.
     let (_broker, own) = match own_cluster(&cfg).await {
@@ -257,6 +256,13 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
     for t in tasks {
         match t.await {
             Ok((name, Ok(dest), elapsed, snap)) => println!("{}", summary_line(&name, &snap, elapsed, &dest)),
+            Ok((name, Err(e), _, _))
+                if matches!(e.downcast_ref::<sluice_engine::error::FlowError>(), Some(sluice_engine::error::FlowError::StoppedWhileRetrying { .. })) =>
+            {
+                // A requested stop, not a failure: the batch being retried was not committed
+                // and is delivered again on the next run.
+                eprintln!("flow `{name}`: stopped while retrying a write; the uncommitted batch is delivered on the next run");
+            }
             Ok((name, Err(e), _, _)) => {
                 eprintln!("error: flow `{name}` failed: {e:#}");
                 failed = true;

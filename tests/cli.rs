@@ -1,6 +1,8 @@
 //! The command line as a user meets it: the quickstart, `validate`, bad configs, an unreachable
 //! cluster, and secrets that must never be printed.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

@@ -4,6 +4,8 @@
 //! Oracle: records carry a unique `seq` and a per-key `version`. Nothing may be lost; duplicates
 //! are bounded; once duplicates are removed each key's versions arrive in order.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{BTreeSet, HashMap};

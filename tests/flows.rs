@@ -1,6 +1,8 @@
 //! End-to-end flows against a `sluice broker` child process: every hop real (source → Kafka
 //! topic → DataFusion → sink), every record checked by an oracle.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -300,6 +300,7 @@ impl Sink for FileSink {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

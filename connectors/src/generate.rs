@@ -159,6 +159,7 @@ impl Source for GenerateSource {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -185,6 +185,7 @@ fn sqlite_url(file: &Path) -> Result<Url, BrokerError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -37,6 +37,17 @@ pub enum ConnectorError {
     /// The connector's options or the data do not fit together.
     #[error("{0}")]
     User(String),
+    /// The destination failed in a way that may pass: a timeout, a reset connection, a 5xx,
+    /// throttling. The runtime backs off and tries again, within bounds.
+    #[error("{context}: {message}")]
+    Retriable {
+        /// What was being done.
+        context: String,
+        /// What went wrong.
+        message: String,
+        /// How long the destination asked to be left alone (e.g. HTTP `Retry-After`).
+        retry_after: Option<std::time::Duration>,
+    },
     /// Anything else a connector reports, with its context.
     #[error("{context}: {message}")]
     Other {
@@ -62,9 +73,24 @@ impl ConnectorError {
     pub fn domain(&self) -> Domain {
         match self {
             ConnectorError::User(_) => Domain::User,
-            ConnectorError::Io { .. } | ConnectorError::Kafka { .. } | ConnectorError::Other { .. } => {
-                Domain::External
-            }
+            ConnectorError::Io { .. }
+            | ConnectorError::Kafka { .. }
+            | ConnectorError::Retriable { .. }
+            | ConnectorError::Other { .. } => Domain::External,
+        }
+    }
+
+    /// Whether trying the same write again may succeed: external failures may pass, a user's
+    /// mistake will not.
+    pub fn is_retriable(&self) -> bool {
+        self.domain() == Domain::External
+    }
+
+    /// The wait the destination asked for, if it asked.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ConnectorError::Retriable { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -114,6 +140,26 @@ pub enum FlowError {
         context: String,
         /// The client's error, with the cluster's secrets redacted.
         message: String,
+    },
+    /// A write kept failing after every retry the policy allows.
+    #[error("flow `{flow}`: giving up after {attempts} attempts over {secs} s: {source}")]
+    RetriesExhausted {
+        /// The flow.
+        flow: String,
+        /// Attempts made.
+        attempts: usize,
+        /// Seconds spent.
+        secs: u64,
+        /// The last failure.
+        #[source]
+        source: ConnectorError,
+    },
+    /// Shutdown was requested while a write was being retried; the batch was not committed
+    /// and is delivered again after a restart.
+    #[error("flow `{flow}`: stopped while retrying a write")]
+    StoppedWhileRetrying {
+        /// The flow.
+        flow: String,
     },
     /// The Kafka cluster could not be reached or set up.
     #[error(transparent)]

@@ -69,6 +69,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -345,6 +345,7 @@ pub fn describe_schema(schema: &Schema) -> String {
 
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use sluice_engine::schema::ColumnType;

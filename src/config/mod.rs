@@ -375,8 +375,8 @@ impl Loader {
             Ok(k) => k,
             Err(e) => return self.err(file, e),
         };
-        if let Some(opts) = node.get("options") {
-            if let Kind::Map(entries) = &opts.kind {
+        if let Some(opts) = node.get("options")
+            && let Kind::Map(entries) = &opts.kind {
                 for (key, _) in entries {
                     let name = key.as_str().unwrap_or_default();
                     if let Err(m) = sluice_engine::kafka::check_option(name) {
@@ -384,7 +384,6 @@ impl Loader {
                     }
                 }
             }
-        }
         let timeout = Duration::from_secs(k.connect_timeout_secs);
         self.kafka = match (k.embedded, k.bootstrap_servers) {
             (Some(_), Some(_)) | (None, None) => {
@@ -545,6 +544,7 @@ fn quoted(names: &[&str]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

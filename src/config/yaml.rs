@@ -429,7 +429,22 @@ impl<'de, 'a, I: Iterator<Item = &'de (Node, Node)>> MapAccess<'de> for Map<'a, 
     }
 }
 
+impl<'a> De<'a> {
+    /// A deserializer for `node` at `path`.
+    pub fn new(node: &'a Node, path: &str) -> Self {
+        De { node, path: path.to_owned() }
+    }
+}
+
+impl Error {
+    /// This error with a location attached if it has none yet.
+    pub fn located(self, path: &str, line: usize) -> Self {
+        self.locate(path, line)
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde::Deserialize;
@@ -481,16 +496,3 @@ mod tests {
     }
 }
 
-impl<'a> De<'a> {
-    /// A deserializer for `node` at `path`.
-    pub fn new(node: &'a Node, path: &str) -> Self {
-        De { node, path: path.to_owned() }
-    }
-}
-
-impl Error {
-    /// This error with a location attached if it has none yet.
-    pub fn located(self, path: &str, line: usize) -> Self {
-        self.locate(path, line)
-    }
-}
