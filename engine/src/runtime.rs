@@ -506,17 +506,9 @@ pub async fn run_sink(
             continue;
         };
         drop_revoked(&consumer, &mut batch, &mut tracker, committed.as_mut());
-        match first {
-            Ok(m) => {
-                let m = m.detach();
-                tracker.read(m.partition(), m.offset());
-                batch.push(m);
-            }
-            Err(e) => {
-                consume_error(ctx, &input.topic, e)?;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
+        if !take(ctx, &input.topic, first, &mut batch, &mut tracker)? {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         }
         let deadline = tokio::time::Instant::now() + ctx.batch.linger;
         while batch.len() < ctx.batch.max_records {
@@ -524,16 +516,8 @@ pub async fn run_sink(
             // A rebalance runs inside `recv`: what was read before it for a revoked partition
             // is now someone else's to deliver.
             drop_revoked(&consumer, &mut batch, &mut tracker, committed.as_mut());
-            match m {
-                Ok(m) => {
-                    let m = m.detach();
-                    tracker.read(m.partition(), m.offset());
-                    batch.push(m);
-                }
-                Err(e) => {
-                    consume_error(ctx, &input.topic, e)?;
-                    break;
-                }
+            if !take(ctx, &input.topic, m, &mut batch, &mut tracker)? {
+                break;
             }
         }
         if batch.is_empty() {
@@ -601,6 +585,26 @@ fn consume_error(ctx: &FlowContext, topic: &str, e: KafkaError) -> Result<(), Fl
     }
     tracing::warn!(flow = %ctx.flow, topic, error = %ctx.kafka.redact(&e), "consuming; the client reconnects and the worker goes on");
     Ok(())
+}
+
+/// Adds a received message to the batch and the tracker; returns whether there was one (a
+/// consume error is judged by [`consume_error`]).
+fn take(
+    ctx: &FlowContext,
+    topic: &str,
+    received: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+    batch: &mut Vec<OwnedMessage>,
+    tracker: &mut OffsetTracker,
+) -> Result<bool, FlowError> {
+    match received {
+        Ok(m) => {
+            let m = m.detach();
+            tracker.read(m.partition(), m.offset());
+            batch.push(m);
+            Ok(true)
+        }
+        Err(e) => consume_error(ctx, topic, e).map(|()| false),
+    }
 }
 
 /// Removes from the batch in hand the messages of partitions a rebalance took away, and stops
