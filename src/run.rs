@@ -243,6 +243,7 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
             batch: BatchSettings::default(),
             ledger,
             shutdown: shutdown.clone(),
+            errors: Arc::new(sluice_engine::errors_policy::ErrorGate::new(flow.errors.clone())),
         };
         let cfg = cfg.clone();
         tasks.push(tokio::spawn(async move {
@@ -282,12 +283,13 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
 fn summary_line(name: &str, s: &LedgerSnapshot, elapsed: Duration, dest: &str) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
     format!(
-        "flow {name}: read {}, delivered {} to {dest}, filtered {}, to DLQ {} ({}) in {:.2} s ({:.0} records/s)",
+        "flow {name}: read {}, delivered {} to {dest}, filtered {}, to DLQ {} ({}), dropped {} in {:.2} s ({:.0} records/s)",
         s.source_read.max(s.consumed),
         s.delivered,
         s.filtered,
         s.dlq(),
         kafka::dlq_topic(name),
+        s.dropped,
         secs,
         s.source_read.max(s.consumed) as f64 / secs
     )

@@ -274,3 +274,48 @@ flows:
     // No copy of the input topic was made.
     assert!(read_topic(&broker.addr, "sluice.big-payments.changes").is_empty());
 }
+
+#[test]
+fn error_policies_drop_or_stop_on_bad_records() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "{\"id\":1}\n{\"id\":2}\nnot json\n{\"id\":\"three\"}\n{\"id\":5}\n").unwrap();
+    let config = |flow: &str, errors: &str| {
+        write(
+            dir.path(),
+            &format!("{flow}.yaml"),
+            &format!(
+                r#"
+kafka:
+  bootstrap_servers: {addr}
+connections:
+  files: {{type: file, path: {root}}}
+flows:
+  - name: {flow}
+    source: {{connection: files, object: in.jsonl, schema: {{id: int64}}}}
+    destination: {{connection: files, object: {flow}.out.jsonl}}
+    errors: {errors}
+"#,
+                addr = broker.addr,
+                root = dir.path().display(),
+            ),
+        )
+    };
+    // drop: both bad records are counted and gone; the good ones arrive.
+    let done = run(&["run", &config("dropper", "{policy: drop}")], dir.path(), &[], LIMIT);
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    assert!(done.stdout.contains("to DLQ 0") && done.stdout.contains("dropped 2"), "{}", done.stdout);
+    let ids: BTreeSet<i64> = read_jsonl(&dir.path().join("dropper.out.jsonl")).0.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, BTreeSet::from([1, 2, 5]));
+    assert!(read_topic(&broker.addr, "sluice.dropper.dlq").is_empty());
+
+    // fail: the first bad record stops the flow with its reason and exit code 1.
+    let done = run(&["run", &config("strict", "{policy: fail}")], dir.path(), &[], LIMIT);
+    assert_eq!(done.code(), Some(1), "{}", done.stderr);
+    assert!(done.stderr.contains("stopped by a bad record") && done.stderr.contains("line 3"), "{}", done.stderr);
+
+    // A threshold: more than one bad record per minute stops the flow, naming the limit.
+    let done = run(&["run", &config("limited", "{max_errors: 1, window_secs: 60}")], dir.path(), &[], LIMIT);
+    assert_eq!(done.code(), Some(1), "{}", done.stderr);
+    assert!(done.stderr.contains("exceed errors.max_errors = 1"), "{}", done.stderr);
+}

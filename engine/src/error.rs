@@ -141,6 +141,14 @@ pub enum FlowError {
         /// The client's error, with the cluster's secrets redacted.
         message: String,
     },
+    /// A bad record stopped the flow, as its error policy says.
+    #[error("flow `{flow}`: stopped by a bad record: {why}")]
+    BadRecord {
+        /// The flow.
+        flow: String,
+        /// Which record, where, and why.
+        why: String,
+    },
     /// A write kept failing after every retry the policy allows.
     #[error("flow `{flow}`: giving up after {attempts} attempts over {secs} s: {source}")]
     RetriesExhausted {

@@ -175,6 +175,11 @@ impl KafkaSettings {
             // leave the worker stuck in front of one big record; allow up to 32 MiB so it can
             // be read and dead-lettered.
             ("max.partition.fetch.bytes", "33554432"),
+            // Backpressure: the worker reads only while it has room in its batch, and librdkafka
+            // prefetches only this much ahead of it (its default is 64 MiB), so a slow
+            // destination holds consumption back instead of growing memory.
+            ("queued.max.messages.kbytes", "16384"),
+            ("queued.min.messages", "10000"),
         ];
         let forced = [
             ("group.id", group),

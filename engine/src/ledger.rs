@@ -1,7 +1,7 @@
 //! Per-flow delivery counters, shared by a flow's tasks and read by the progress line.
 //!
-//! Every record read ends up in exactly one of delivered, filtered or dlq (or is still in
-//! flight), so the counters balance: `read = delivered + filtered + dlq + in_flight`.
+//! Every record read ends up in exactly one of delivered, filtered, dlq or dropped (or is still
+//! in flight), so the counters balance: `read = delivered + filtered + dlq + dropped + in_flight`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +23,8 @@ pub struct Ledger {
     pub filtered: AtomicU64,
     /// Consumed messages the SQL stage refused, written to the DLQ.
     pub sink_dlq: AtomicU64,
+    /// Bad records dropped under `errors.policy: drop`, from either half.
+    pub dropped: AtomicU64,
 }
 
 /// A point-in-time copy of a [`Ledger`].
@@ -42,6 +44,8 @@ pub struct LedgerSnapshot {
     pub filtered: u64,
     /// See [`Ledger::sink_dlq`].
     pub sink_dlq: u64,
+    /// See [`Ledger::dropped`].
+    pub dropped: u64,
 }
 
 impl LedgerSnapshot {
@@ -73,6 +77,7 @@ impl Ledger {
             delivered: r(&self.delivered),
             filtered: r(&self.filtered),
             sink_dlq: r(&self.sink_dlq),
+            dropped: r(&self.dropped),
         }
     }
 }

@@ -13,10 +13,12 @@
 //! - [`ledger`]: per-flow counters for the progress line and the run summary.
 //! - [`offsets`]: which offsets a sink worker may commit (the contiguous finished prefix).
 //! - [`error`]: the engine's error enums.
+//! - [`errors_policy`]: what a flow does with bad records (dlq, drop, fail, a threshold).
 
 pub mod broker;
 pub mod connector;
 pub mod error;
+pub mod errors_policy;
 pub mod kafka;
 pub mod ledger;
 pub mod offsets;

@@ -29,6 +29,7 @@ use tracing::Instrument;
 use crate::connector::{InputMessage, Poll, Position, Sink, Source, SourceItem, Transform};
 use crate::error::FlowError;
 use crate::kafka::{self, KafkaSettings};
+use crate::errors_policy::{ErrorGate, ErrorMode};
 use crate::ledger::Ledger;
 use crate::offsets::OffsetTracker;
 use crate::record::now_ms;
@@ -219,6 +220,8 @@ pub struct FlowContext {
     pub ledger: Arc<Ledger>,
     /// Cancelled on SIGTERM/SIGINT: both halves finish their batch, commit and stop.
     pub shutdown: CancellationToken,
+    /// What to do with bad records.
+    pub errors: Arc<ErrorGate>,
 }
 
 impl FlowContext {
@@ -358,14 +361,20 @@ pub async fn run_source(
                         last_position = Some(position);
                     }
                     SourceItem::Malformed { payload, reason, position } => {
-                        tracing::debug!(flow = %ctx.flow, %reason, "malformed source input to the DLQ");
-                        let origin = Origin { stage: "decode", kafka: None };
-                        futures.push(
-                            dlq.send(None, &payload, &reason, origin)
-                                .await
-                                .map_err(ctx.kafka_err(format!("producing to {}", kafka::dlq_topic(&ctx.flow))))?,
-                        );
-                        dead += 1;
+                        ctx.errors.admit(&ctx.flow, "decode", 1, &reason)?;
+                        if ctx.errors.mode() == ErrorMode::Drop {
+                            tracing::debug!(flow = %ctx.flow, %reason, "malformed source input dropped");
+                            Ledger::add(&ctx.ledger.dropped, 1);
+                        } else {
+                            tracing::debug!(flow = %ctx.flow, %reason, "malformed source input to the DLQ");
+                            let origin = Origin { stage: "decode", kafka: None };
+                            futures.push(
+                                dlq.send(None, &payload, &reason, origin)
+                                    .await
+                                    .map_err(ctx.kafka_err(format!("producing to {}", kafka::dlq_topic(&ctx.flow))))?,
+                            );
+                            dead += 1;
+                        }
                         last_position = Some(position);
                     }
                 }
@@ -659,9 +668,13 @@ async fn process_batch(
         .map(|m| InputMessage { key: m.key(), payload: m.payload(), timestamp_ms: m.timestamp().to_millis() })
         .collect();
     let out = transform.process(&inputs).await?;
+    if let Some(first) = out.rejected.first() {
+        ctx.errors.admit(&ctx.flow, "sql", out.rejected.len() as u64, &first.reason)?;
+    }
+    let dropping = ctx.errors.mode() == ErrorMode::Drop;
     // Dead letters first: their acknowledgement must precede the commit as much as the sink's.
     let mut futures = Vec::with_capacity(out.rejected.len());
-    for r in &out.rejected {
+    for r in out.rejected.iter().filter(|_| !dropping) {
         let m = &batch[r.index];
         let origin = Origin { stage: "sql", kafka: Some((topic, m.partition(), m.offset())) };
         futures.push(
@@ -677,11 +690,14 @@ async fn process_batch(
     if rows > 0 {
         write_with_retry(&ctx.flow, sink, &out.batches, &ctx.batch.retry, &ctx.shutdown).await?;
     }
-    let dead = out.rejected.len();
+    let bad = out.rejected.len();
+    if dropping {
+        Ledger::add(&ctx.ledger.dropped, bad);
+    }
     Ok(BatchDone {
         delivered: rows as u64,
-        filtered: batch.len().saturating_sub(dead + rows) as u64,
-        dlq: dead as u64,
+        filtered: batch.len().saturating_sub(bad + rows) as u64,
+        dlq: if dropping { 0 } else { bad as u64 },
     })
 }
 

@@ -29,6 +29,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use sluice_connectors::{Connection, SinkOptions, SourceOptions};
 use sluice_engine::broker::BrokerStorage;
+use sluice_engine::errors_policy::ErrorPolicy;
 use sluice_engine::kafka::{KafkaSecurity, KafkaSettings};
 use sluice_engine::schema::RowSchema;
 
@@ -180,6 +181,9 @@ struct FlowConfig {
     /// `on_demand` (default) or `continuous`.
     #[serde(default)]
     trigger: Trigger,
+    /// What to do with records that cannot be processed.
+    #[serde(default)]
+    errors: ErrorPolicy,
 }
 
 /// A flow's source or destination as written.
@@ -231,6 +235,8 @@ pub struct Flow {
     pub destination: SinkOptions,
     /// How it runs.
     pub trigger: Trigger,
+    /// What to do with bad records.
+    pub errors: ErrorPolicy,
 }
 
 /// A loaded, checked config.
@@ -505,6 +511,7 @@ impl Loader {
             destination_object: f.destination.object,
             destination,
             trigger: f.trigger,
+            errors: f.errors,
         });
     }
 
