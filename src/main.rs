@@ -38,6 +38,11 @@ enum Command {
         /// A YAML file, or a directory of them.
         config: PathBuf,
     },
+    /// Show each flow's latest run: status and counts.
+    Status {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+    },
     /// Inspect a flow's dead-letter topic.
     Dlq {
         #[command(subcommand)]
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
             Command::Run { config, flow } => run::run(&config, flow.as_deref()).await,
             Command::Validate { config } => run::validate(&config).await,
             Command::Broker { data_dir, listen, memory } => run::broker(data_dir, &listen, memory).await,
+            Command::Status { config } => run::status(&config).await,
             Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => run::dlq_show(&config, &flow, limit).await,
         }
     })

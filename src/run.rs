@@ -10,7 +10,8 @@ use sluice_connectors::Input;
 use sluice_engine::broker::{BrokerStorage, EmbeddedBroker};
 use sluice_engine::connector::PayloadFormat;
 use sluice_engine::kafka::{self, KafkaSettings};
-use sluice_engine::ledger::{Ledger, LedgerSnapshot};
+use sluice_engine::error::FlowError;
+use sluice_engine::ledger::{Ledger, LedgerSnapshot, RunStatus};
 use sluice_engine::runtime::{self, BatchSettings, FlowContext, SinkInput};
 use sluice_sql::SqlStage;
 use tokio::sync::watch;
@@ -248,7 +249,16 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
         let cfg = cfg.clone();
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
+            let run_id = uuid_like();
+            let reporter = runtime::RunReporter::start(&ctx.kafka, &flow.name, &run_id, ctx.ledger.clone());
             let r = run_flow(&cfg, &flow, ctx.clone(), stage).await;
+            let (status, error) = match &r {
+                Ok(_) if ctx.shutdown.is_cancelled() => (RunStatus::Stopped, None),
+                Ok(_) => (RunStatus::Succeeded, None),
+                Err(e) if is_stop(e) => (RunStatus::Stopped, None),
+                Err(e) => (RunStatus::Failed, Some(format!("{e:#}"))),
+            };
+            reporter.finish(status, error).await;
             (flow.name.clone(), r, started.elapsed(), ctx.ledger.snapshot())
         }));
     }
@@ -257,9 +267,7 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
     for t in tasks {
         match t.await {
             Ok((name, Ok(dest), elapsed, snap)) => println!("{}", summary_line(&name, &snap, elapsed, &dest)),
-            Ok((name, Err(e), _, _))
-                if matches!(e.downcast_ref::<sluice_engine::error::FlowError>(), Some(sluice_engine::error::FlowError::StoppedWhileRetrying { .. })) =>
-            {
+            Ok((name, Err(e), _, _)) if is_stop(&e) => {
                 // A requested stop, not a failure: the batch being retried was not committed
                 // and is delivered again on the next run.
                 eprintln!("flow `{name}`: stopped while retrying a write; the uncommitted batch is delivered on the next run");
@@ -278,6 +286,66 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
         p.finish_and_clear();
     }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// Whether a flow's error is a requested stop rather than a failure.
+fn is_stop(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<FlowError>(), Some(FlowError::StoppedWhileRetrying { .. }))
+}
+
+/// A run id: the start time and the process id, unique enough to tell runs apart.
+fn uuid_like() -> String {
+    format!("{:x}-{:x}", sluice_engine::record::now_ms(), std::process::id())
+}
+
+/// `sluice status CONFIG`: each flow's latest run.
+pub async fn status(path: &Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(rejected) => return print_config_errors(&rejected.errors),
+    };
+    let (_broker, own) = match own_cluster(&cfg).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let runs = match runtime::latest_runs(&own).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let now = sluice_engine::record::now_ms();
+    for f in &cfg.flows {
+        let Some(r) = runs.get(&f.name) else {
+            println!("flow {}: never run", f.name);
+            continue;
+        };
+        let c = &r.counts;
+        let status = match r.status {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Stopped => "stopped",
+            RunStatus::Failed => "failed",
+        };
+        println!(
+            "flow {}: {status} · run {} · started {} s ago · updated {} s ago\n  read {} = delivered {} + filtered {} + dlq {} + dropped {} + in flight {}",
+            f.name,
+            r.run_id,
+            (now - r.started_ms).max(0) / 1000,
+            (now - r.updated_ms).max(0) / 1000,
+            c.read(),
+            c.delivered,
+            c.filtered,
+            c.dlq(),
+            c.dropped,
+            c.in_flight(),
+        );
+        if let Some(e) = &r.error {
+            println!("  error: {e}");
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn summary_line(name: &str, s: &LedgerSnapshot, elapsed: Duration, dest: &str) -> String {

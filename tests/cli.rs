@@ -189,6 +189,7 @@ fn help_is_everywhere() {
         vec!["validate", "--help"],
         vec!["broker", "--help"],
         vec!["dlq", "--help"],
+        vec!["status", "--help"],
         vec!["dlq", "show", "--help"],
     ] {
         let done = run(&args, dir.path(), &[], Duration::from_secs(30));

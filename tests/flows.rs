@@ -72,6 +72,16 @@ flows:
     assert!(done.stdout.contains(&format!("read {count},")), "{}", done.stdout);
     assert!(done.stdout.contains(&format!("filtered {}", count as usize - rows.len())), "{}", done.stdout);
 
+    // `sluice status` shows the run, and its counts balance.
+    let status = run(&["status", &cfg], dir.path(), &[], LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", status.stderr);
+    let expect = format!(
+        "read {count} = delivered {} + filtered {} + dlq 0 + dropped 0 + in flight 0",
+        rows.len(),
+        count as usize - rows.len()
+    );
+    assert!(status.stdout.contains("flow exact: succeeded") && status.stdout.contains(&expect), "{}", status.stdout);
+
     // The changes topic carries Debezium envelopes keyed by id.
     let msgs = read_topic(&broker.addr, "sluice.exact.changes");
     assert_eq!(msgs.len(), count as usize);
@@ -310,9 +320,12 @@ flows:
     assert!(read_topic(&broker.addr, "sluice.dropper.dlq").is_empty());
 
     // fail: the first bad record stops the flow with its reason and exit code 1.
-    let done = run(&["run", &config("strict", "{policy: fail}")], dir.path(), &[], LIMIT);
+    let strict = config("strict", "{policy: fail}");
+    let done = run(&["run", &strict], dir.path(), &[], LIMIT);
     assert_eq!(done.code(), Some(1), "{}", done.stderr);
     assert!(done.stderr.contains("stopped by a bad record") && done.stderr.contains("line 3"), "{}", done.stderr);
+    let status = run(&["status", &strict], dir.path(), &[], LIMIT);
+    assert!(status.stdout.contains("flow strict: failed") && status.stdout.contains("error: ") && status.stdout.contains("line 3"), "{}", status.stdout);
 
     // A threshold: more than one bad record per minute stops the flow, naming the limit.
     let done = run(&["run", &config("limited", "{max_errors: 1, window_secs: 60}")], dir.path(), &[], LIMIT);

@@ -230,7 +230,7 @@ impl KafkaSettings {
                 let topic = NewTopic::new(t, self.partitions, TopicReplication::Fixed(self.replication_factor));
                 // Positions are keyed by flow and only the latest matters: compaction keeps
                 // the topic small however long sluice runs.
-                if *t == POSITIONS_TOPIC { topic.set("cleanup.policy", "compact") } else { topic }
+                if *t == POSITIONS_TOPIC || *t == RUNS_TOPIC { topic.set("cleanup.policy", "compact") } else { topic }
             })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(self.connect_timeout));
@@ -372,6 +372,9 @@ pub fn dlq_topic(flow: &str) -> String {
 
 /// The compacted topic holding each flow's last durable source position.
 pub const POSITIONS_TOPIC: &str = "sluice.positions";
+
+/// The compacted topic holding each flow's latest run record.
+pub const RUNS_TOPIC: &str = "sluice.runs";
 
 /// The consumer group of a flow's sink workers.
 pub fn sink_group(flow: &str) -> String {

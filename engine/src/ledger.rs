@@ -28,7 +28,7 @@ pub struct Ledger {
 }
 
 /// A point-in-time copy of a [`Ledger`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct LedgerSnapshot {
     /// See [`Ledger::source_read`].
     pub source_read: u64,
@@ -52,6 +52,68 @@ impl LedgerSnapshot {
     /// Everything that went to the DLQ, from either side.
     pub fn dlq(&self) -> u64 {
         self.source_dlq + self.sink_dlq
+    }
+
+    /// Records read: by the source, or (for a flow reading a topic directly) by the worker.
+    pub fn read(&self) -> u64 {
+        if self.source_read > 0 { self.source_read } else { self.consumed }
+    }
+
+    /// Records read and not yet delivered, filtered, dead-lettered or dropped. Each record
+    /// ends in exactly one of those, so `read = delivered + filtered + dlq + dropped +
+    /// in_flight`. (Rows are counted as records: the SQL stage is one row in, at most one out.)
+    pub fn in_flight(&self) -> u64 {
+        self.read().saturating_sub(self.delivered + self.filtered + self.dlq() + self.dropped)
+    }
+}
+
+/// How a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Still going.
+    Running,
+    /// Finished: an on-demand run that delivered everything.
+    Succeeded,
+    /// Stopped on request (SIGTERM, Ctrl-C).
+    Stopped,
+    /// Stopped by an error.
+    Failed,
+}
+
+/// A flow's run record: what `sluice status` shows, kept in the compacted `sluice.runs` topic
+/// under the flow's name, so the latest run of each flow is always there to read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunRecord {
+    /// The flow.
+    pub flow: String,
+    /// This run's id.
+    pub run_id: String,
+    /// How it stands.
+    pub status: RunStatus,
+    /// When it started, ms since the epoch.
+    pub started_ms: i64,
+    /// When this record was written, ms since the epoch.
+    pub updated_ms: i64,
+    /// The counters.
+    pub counts: LedgerSnapshot,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counts_balance() {
+        let s = LedgerSnapshot { source_read: 100, produced: 98, source_dlq: 2, consumed: 98, delivered: 60, filtered: 30, sink_dlq: 3, dropped: 1 };
+        assert_eq!(s.read(), 100);
+        assert_eq!(s.in_flight(), 4);
+        assert_eq!(s.read(), s.delivered + s.filtered + s.dlq() + s.dropped + s.in_flight());
+        let direct = LedgerSnapshot { consumed: 10, delivered: 10, ..LedgerSnapshot::default() };
+        assert_eq!((direct.read(), direct.in_flight()), (10, 0));
     }
 }
 
