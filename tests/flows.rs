@@ -157,6 +157,7 @@ flows:
     let missing: Vec<u64> = (0..count).filter(|s| !seqs.contains_key(&(*s as i64))).collect();
     assert!(missing.is_empty(), "lost {} records, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
     let dups = rows.len() - seqs.len();
+    assert!(dups <= kills * 5000, "more duplicates ({dups}) than one in-flight batch per kill");
     eprintln!("continuous kill test: {count} generated, {} delivered, {dups} duplicates, {kills} kills", rows.len());
     let mut last: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
     let mut seen = BTreeSet::new();
