@@ -17,6 +17,8 @@ use crate::record::ChangeRecord;
 pub type Position = serde_json::Value;
 
 /// One thing a source read.
+// The large variant is the common one; boxing it would cost an allocation per record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SourceItem {
     /// A well-formed change.
@@ -85,6 +87,9 @@ pub struct Transformed {
     pub batches: Vec<RecordBatch>,
     /// Input rows that go to the DLQ instead.
     pub rejected: Vec<RejectedRow>,
+    /// For each output row, in order, the index of the input message it came from — when the
+    /// query is row-wise (an aggregate has no such mapping).
+    pub origins: Option<Vec<usize>>,
 }
 
 impl Transformed {

@@ -124,9 +124,10 @@ pub enum FlowError {
     Connector {
         /// The flow.
         flow: String,
-        /// What failed.
+        /// What failed (boxed: connector errors are large, and results carrying them are
+        /// returned on every batch).
         #[source]
-        source: ConnectorError,
+        source: Box<ConnectorError>,
     },
     /// The SQL stage failed.
     #[error(transparent)]
@@ -160,7 +161,7 @@ pub enum FlowError {
         secs: u64,
         /// The last failure.
         #[source]
-        source: ConnectorError,
+        source: Box<ConnectorError>,
     },
     /// Shutdown was requested while a write was being retried; the batch was not committed
     /// and is delivered again after a restart.

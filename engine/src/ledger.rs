@@ -101,22 +101,6 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_counts_balance() {
-        let s = LedgerSnapshot { source_read: 100, produced: 98, source_dlq: 2, consumed: 98, delivered: 60, filtered: 30, sink_dlq: 3, dropped: 1 };
-        assert_eq!(s.read(), 100);
-        assert_eq!(s.in_flight(), 4);
-        assert_eq!(s.read(), s.delivered + s.filtered + s.dlq() + s.dropped + s.in_flight());
-        let direct = LedgerSnapshot { consumed: 10, delivered: 10, ..LedgerSnapshot::default() };
-        assert_eq!((direct.read(), direct.in_flight()), (10, 0));
-    }
-}
-
 impl Ledger {
     /// A new, zeroed ledger behind an `Arc`.
     pub fn shared() -> Arc<Ledger> {
@@ -141,5 +125,21 @@ impl Ledger {
             sink_dlq: r(&self.sink_dlq),
             dropped: r(&self.dropped),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counts_balance() {
+        let s = LedgerSnapshot { source_read: 100, produced: 98, source_dlq: 2, consumed: 98, delivered: 60, filtered: 30, sink_dlq: 3, dropped: 1 };
+        assert_eq!(s.read(), 100);
+        assert_eq!(s.in_flight(), 4);
+        assert_eq!(s.read(), s.delivered + s.filtered + s.dlq() + s.dropped + s.in_flight());
+        let direct = LedgerSnapshot { consumed: 10, delivered: 10, ..LedgerSnapshot::default() };
+        assert_eq!((direct.read(), direct.in_flight()), (10, 0));
     }
 }

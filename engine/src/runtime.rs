@@ -105,10 +105,10 @@ pub async fn write_with_retry(
             flow: flow.to_owned(),
             attempts,
             secs: started.elapsed().as_secs(),
-            source,
+            source: Box::new(source),
         };
         if !err.is_retriable() {
-            return Err(FlowError::Connector { flow: flow.to_owned(), source: err });
+            return Err(FlowError::Connector { flow: flow.to_owned(), source: Box::new(err) });
         }
         let Some(delay) = delays.next() else { return Err(give_up(err)) };
         let delay = delay.max(err.retry_after().unwrap_or_default());
@@ -265,14 +265,17 @@ impl RunReporter {
             }
             let Ok(producer) = s.producer("sluice.runs") else { return };
             loop {
-                let rec = r.lock().map(|mut rec| {
-                    rec.counts = l.snapshot();
-                    rec.updated_ms = now_ms();
-                    rec.clone()
-                });
-                // `.ok()` first: a poisoned lock's error holds the guard, which must not live
+                // `.ok()` at once: a poisoned lock's error holds the guard, which must not live
                 // across the await below.
-                if let Some(rec) = rec.ok() {
+                let rec = r
+                    .lock()
+                    .map(|mut rec| {
+                        rec.counts = l.snapshot();
+                        rec.updated_ms = now_ms();
+                        rec.clone()
+                    })
+                    .ok();
+                if let Some(rec) = rec {
                     let _ = publish_run(&producer, &rec).await;
                 }
                 tokio::time::sleep(REPORT_EVERY).await;
@@ -412,7 +415,7 @@ pub async fn run_source(
     source
         .open(resume)
         .await
-        .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source })?;
+        .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
     let mut summary = SourceSummary::default();
     loop {
         if ctx.shutdown.is_cancelled() {
@@ -422,7 +425,7 @@ pub async fn run_source(
             p = source.poll(ctx.batch.max_records) => p,
             _ = ctx.shutdown.cancelled() => break,
         }
-        .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source })?;
+        .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
         let items = match polled {
             Poll::Items(items) => items,
             Poll::Idle => {
@@ -660,7 +663,7 @@ pub async fn run_sink(
     }
     sink.close()
         .await
-        .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source })?;
+        .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
     Ok(summary)
 }
 

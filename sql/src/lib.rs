@@ -50,6 +50,10 @@ pub struct SqlStage {
     input: SchemaRef,
     slot: Arc<Mutex<Option<RecordBatch>>>,
     plan: Arc<dyn ExecutionPlan>,
+    /// The plan's output without the lineage column.
+    output: SchemaRef,
+    /// Where the lineage column sits in the plan's output, when the plan kept it.
+    lineage: Option<usize>,
     task_ctx: Arc<TaskContext>,
 }
 
@@ -77,12 +81,47 @@ impl PartitionStream for CurrentBatch {
     }
 }
 
+/// The hidden column that carries each row's index in its input batch through the plan, so an
+/// output row can be traced back to the Kafka message it came from (for dead-lettering a row
+/// the destination refused). Stripped from every output.
+pub const ROW_COLUMN: &str = "__sluice_row";
+
 fn input_schema(row: &SchemaRef) -> SchemaRef {
     let mut fields: Vec<Field> = row.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("_op", DataType::Utf8, false));
     fields.push(Field::new("_key", DataType::Utf8, true));
     fields.push(Field::new("_ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true));
+    fields.push(Field::new(ROW_COLUMN, DataType::UInt32, false));
     Arc::new(Schema::new(fields))
+}
+
+/// Carries [`ROW_COLUMN`] through every projection of a row-wise plan (filters, aliases,
+/// sorts and limits keep it by themselves). Plans that merge rows (aggregates, joins, unions)
+/// lose it, and then the stage simply has no lineage.
+fn with_lineage(plan: datafusion::logical_expr::LogicalPlan) -> datafusion::error::Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed as T, TreeNode};
+    use datafusion::logical_expr::{LogicalPlan, Projection};
+    plan.transform_up(|node| {
+        // Nodes that cache a schema (aliases) are rebuilt around their new children as they
+        // were, so refresh it before looking at what flows up.
+        let node = node.recompute_schema()?;
+        let LogicalPlan::Projection(p) = &node else { return Ok(T::yes(node)) };
+        let has = |schema: &datafusion::common::DFSchema| schema.fields().iter().any(|f| f.name() == ROW_COLUMN);
+        if !has(p.input.schema()) || has(&p.schema) {
+            return Ok(T::yes(node));
+        }
+        let (qualifier, _) = p
+            .input
+            .schema()
+            .iter()
+            .find(|(_, f)| f.name() == ROW_COLUMN)
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("lineage column vanished".into()))?;
+        let column = datafusion::common::Column::new(qualifier.cloned(), ROW_COLUMN);
+        let mut exprs = p.expr.clone();
+        exprs.push(datafusion::logical_expr::Expr::Column(column));
+        Ok(T::yes(LogicalPlan::Projection(Projection::try_new(exprs, p.input.clone())?)))
+    })
+    .map(|t| t.data)
 }
 
 fn decode_schema(row: &SchemaRef, format: PayloadFormat) -> SchemaRef {
@@ -130,7 +169,13 @@ impl SqlStage {
         // Only queries: no DDL, no DML, no SET. (The full sandbox is the SQL stage's own issue.)
         let opts = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let df = ctx.sql_with_options(sql, opts).await.map_err(|e| plan_err(e.to_string()))?;
-        let plan = df.create_physical_plan().await.map_err(|e| plan_err(e.to_string()))?;
+        let logical = with_lineage(df.logical_plan().clone()).map_err(|e| plan_err(e.to_string()))?;
+        let plan = ctx.state().create_physical_plan(&logical).await.map_err(|e| plan_err(e.to_string()))?;
+        let plan_schema = plan.schema();
+        let lineage = plan_schema.index_of(ROW_COLUMN).ok();
+        let output = Arc::new(Schema::new(
+            plan_schema.fields().iter().filter(|f| f.name() != ROW_COLUMN).cloned().collect::<Vec<_>>(),
+        ));
         Ok(SqlStage {
             flow: flow.to_owned(),
             format,
@@ -139,6 +184,8 @@ impl SqlStage {
             input,
             slot,
             plan,
+            output,
+            lineage,
             task_ctx: ctx.task_ctx(),
         })
     }
@@ -169,7 +216,7 @@ impl SqlStage {
     }
 
     /// Builds the `source` batch from decoded payloads and the messages' keys and timestamps.
-    fn input_batch(&self, decoded: &RecordBatch, msgs: &[&InputMessage<'_>]) -> Result<RecordBatch, String> {
+    fn input_batch(&self, decoded: &RecordBatch, msgs: &[&InputMessage<'_>], indices: &[u32]) -> Result<RecordBatch, String> {
         let n = msgs.len();
         let mut keys = StringBuilder::with_capacity(n, n * 16);
         for m in msgs {
@@ -205,6 +252,7 @@ impl SqlStage {
         columns.push(op);
         columns.push(Arc::new(keys.finish()));
         columns.push(ts);
+        columns.push(Arc::new(arrow_array::UInt32Array::from(indices.to_vec())));
         RecordBatch::try_new(self.input.clone(), columns).map_err(|e| e.to_string())
     }
 
@@ -212,6 +260,7 @@ impl SqlStage {
     fn decode_batch(&self, input: &[InputMessage<'_>]) -> (Option<RecordBatch>, Vec<RejectedRow>) {
         let mut rejected = Vec::new();
         let mut good: Vec<&InputMessage<'_>> = Vec::with_capacity(input.len());
+        let mut indices: Vec<u32> = Vec::with_capacity(input.len());
         let mut payloads: Vec<&[u8]> = Vec::with_capacity(input.len());
         for (index, m) in input.iter().enumerate() {
             match m.payload {
@@ -225,13 +274,14 @@ impl SqlStage {
                 }),
                 Some(p) if std::str::from_utf8(p).is_ok() => {
                     good.push(m);
+                    indices.push(index as u32);
                     payloads.push(p);
                 }
                 Some(_) => rejected.push(RejectedRow { index, reason: "decode: payload is not valid UTF-8".into() }),
                 None => rejected.push(RejectedRow { index, reason: "decode: message has no payload".into() }),
             }
         }
-        let whole = self.decode_all(&payloads).and_then(|d| self.input_batch(&d, &good));
+        let whole = self.decode_all(&payloads).and_then(|d| self.input_batch(&d, &good, &indices));
         if let Ok(b) = whole {
             return (Some(b), rejected);
         }
@@ -242,7 +292,7 @@ impl SqlStage {
             if p.len() > MAX_RECORD_BYTES || nesting_exceeds(p, MAX_NESTING) || std::str::from_utf8(p).is_err() {
                 continue;
             }
-            match self.decode_all(&[p]).and_then(|d| self.input_batch(&d, &[m])) {
+            match self.decode_all(&[p]).and_then(|d| self.input_batch(&d, &[m], &[index as u32])) {
                 Ok(b) => batches.push(b),
                 Err(reason) => rejected.push(RejectedRow { index, reason: format!("decode: {reason}") }),
             }
@@ -314,13 +364,13 @@ fn arrow_select_concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Option<Re
 #[async_trait]
 impl Transform for SqlStage {
     fn output_schema(&self) -> SchemaRef {
-        self.plan.schema()
+        self.output.clone()
     }
 
     async fn process(&mut self, input: &[InputMessage<'_>]) -> Result<Transformed, TransformError> {
         let (batch, rejected) = self.decode_batch(input);
         let Some(batch) = batch else {
-            return Ok(Transformed { batches: Vec::new(), rejected });
+            return Ok(Transformed { batches: Vec::new(), rejected, origins: self.lineage.map(|_| Vec::new()) });
         };
         if let Ok(mut slot) = self.slot.lock() {
             *slot = Some(batch);
@@ -328,8 +378,20 @@ impl Transform for SqlStage {
         let batches = datafusion::physical_plan::collect(self.plan.clone(), self.task_ctx.clone())
             .await
             .map_err(|e| TransformError::Execute { flow: self.flow.clone(), message: e.to_string() })?;
-        let batches = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
-        Ok(Transformed { batches, rejected })
+        let mut out = Vec::with_capacity(batches.len());
+        let mut origins = self.lineage.map(|_| Vec::new());
+        for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
+            let Some(i) = self.lineage else {
+                out.push(b);
+                continue;
+            };
+            if let (Some(o), Some(rows)) = (origins.as_mut(), b.column(i).as_any().downcast_ref::<arrow_array::UInt32Array>()) {
+                o.extend(rows.values().iter().map(|r| *r as usize));
+            }
+            let keep: Vec<usize> = (0..b.num_columns()).filter(|c| *c != i).collect();
+            out.push(b.project(&keep).map_err(|e| TransformError::Execute { flow: self.flow.clone(), message: e.to_string() })?);
+        }
+        Ok(Transformed { batches: out, rejected, origins })
     }
 }
 
@@ -389,6 +451,33 @@ mod tests {
             assert!(text.contains("| 4  | D    | u   |"), "{text}");
             assert!(!text.contains("| 2 "), "{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn output_rows_trace_back_to_their_input_messages() {
+        let input = [
+            msg(r#"{"after":{"id":1,"name":"a","amount":50},"op":"c","ts_ms":1}"#),
+            msg(r#"{"after":{"id":2,"name":"b","amount":5},"op":"c","ts_ms":1}"#),
+            msg(r#"{"after":{"id":"bad"},"op":"c","ts_ms":1}"#),
+            msg(r#"{"after":{"id":4,"name":"d","amount":70},"op":"u","ts_ms":1}"#),
+        ];
+        for sql in [
+            "SELECT id, upper(name) AS n FROM source WHERE amount > 10",
+            "SELECT n FROM (SELECT id, name AS n, amount FROM source) t WHERE amount > 10 ORDER BY n LIMIT 5",
+            "SELECT * FROM source WHERE amount > 10",
+        ] {
+            let mut s = SqlStage::new("t", &schema(), PayloadFormat::Debezium, Some(sql)).await.unwrap();
+            assert!(s.output_schema().index_of(ROW_COLUMN).is_err(), "{sql}: lineage column leaked into the output schema");
+            let out = s.process(&input).await.unwrap();
+            // Rows 0 and 3 pass; row 2 was rejected; the indices are the input's, not the decoded subset's.
+            assert_eq!(out.origins, Some(vec![0, 3]), "{sql}");
+            assert!(out.batches.iter().all(|b| b.schema().index_of(ROW_COLUMN).is_err()), "{sql}");
+            assert_eq!(out.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![2]);
+        }
+        let mut agg = SqlStage::new("t", &schema(), PayloadFormat::Debezium, Some("SELECT count(*) AS n FROM source")).await.unwrap();
+        let out = agg.process(&input).await.unwrap();
+        assert_eq!(out.origins, None, "an aggregate has no per-row lineage");
+        assert_eq!(out.rows(), 1);
     }
 
     #[test]
