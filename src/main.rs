@@ -79,10 +79,9 @@ enum DlqCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("warn,sluice=info,sluice_engine=info,sluice_connectors=info,sluice_sql=info")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
+            EnvFilter::new("warn,sluice=info,sluice_engine=info,sluice_connectors=info,sluice_sql=info")
+        }))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
@@ -99,7 +98,9 @@ fn main() -> ExitCode {
             Command::Validate { config } => run::validate(&config).await,
             Command::Broker { data_dir, listen, memory } => run::broker(data_dir, &listen, memory).await,
             Command::Status { config } => run::status(&config).await,
-            Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => run::dlq_show(&config, &flow, limit).await,
+            Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => {
+                run::dlq_show(&config, &flow, limit).await
+            }
         }
     })
 }

@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use sluice_connectors::Input;
 use sluice_engine::broker::{BrokerStorage, EmbeddedBroker};
 use sluice_engine::connector::PayloadFormat;
-use sluice_engine::kafka::{self, KafkaSettings};
 use sluice_engine::error::FlowError;
+use sluice_engine::kafka::{self, KafkaSettings};
 use sluice_engine::ledger::{Ledger, LedgerSnapshot, RunStatus};
 use sluice_engine::runtime::{self, BatchSettings, FlowContext, SinkInput};
 use sluice_sql::SqlStage;
@@ -112,7 +112,11 @@ pub async fn broker(data_dir: PathBuf, listen: &str, memory: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    println!("sluice broker listening on {} (data: {})", broker.bootstrap, if memory { "memory".into() } else { data_dir.display().to_string() });
+    println!(
+        "sluice broker listening on {} (data: {})",
+        broker.bootstrap,
+        if memory { "memory".into() } else { data_dir.display().to_string() }
+    );
     let shutdown = shutdown_signal();
     tokio::select! {
         r = broker.wait() => {
@@ -147,18 +151,20 @@ fn shutdown_signal() -> CancellationToken {
 async fn own_cluster(cfg: &Config) -> Result<(Option<EmbeddedBroker>, KafkaSettings), ExitCode> {
     match &cfg.kafka {
         KafkaSection::External(s) => Ok((None, s.clone())),
-        KafkaSection::Embedded { storage, listen, settings } => match EmbeddedBroker::start(storage.clone(), listen).await {
-            Ok(b) => {
-                let mut s = settings.clone();
-                s.bootstrap_servers = b.bootstrap.clone();
-                tracing::info!(bootstrap = %b.bootstrap, "embedded broker started");
-                Ok((Some(b), s))
+        KafkaSection::Embedded { storage, listen, settings } => {
+            match EmbeddedBroker::start(storage.clone(), listen).await {
+                Ok(b) => {
+                    let mut s = settings.clone();
+                    s.bootstrap_servers = b.bootstrap.clone();
+                    tracing::info!(bootstrap = %b.bootstrap, "embedded broker started");
+                    Ok((Some(b), s))
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Err(ExitCode::from(1))
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                Err(ExitCode::from(1))
-            }
-        },
+        }
     }
 }
 
@@ -188,9 +194,18 @@ pub async fn dlq_show(path: &Path, flow: &str, limit: usize) -> ExitCode {
     println!("{topic}: {} dead letter{}", letters.len(), if letters.len() == 1 { "" } else { "s" });
     for m in &letters {
         let h = |k: &str| m.header(k).unwrap_or("?").to_owned();
-        println!("\n[{}:{}] stage {} · attempts {} · at {} ms", m.partition, m.offset, h("sluice.stage"), h("sluice.attempts"), h("sluice.ts_ms"));
+        println!(
+            "\n[{}:{}] stage {} · attempts {} · at {} ms",
+            m.partition,
+            m.offset,
+            h("sluice.stage"),
+            h("sluice.attempts"),
+            h("sluice.ts_ms")
+        );
         println!("  error:   {}", h("sluice.error"));
-        if let (Some(t), Some(p), Some(o)) = (m.header("sluice.topic"), m.header("sluice.partition"), m.header("sluice.offset")) {
+        if let (Some(t), Some(p), Some(o)) =
+            (m.header("sluice.topic"), m.header("sluice.partition"), m.header("sluice.offset"))
+        {
             println!("  from:    {t} partition {p} offset {o}");
         }
         if let Some(k) = &m.key {
@@ -218,11 +233,12 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
         Err(code) => return code,
     };
     if let Some(name) = only
-        && !cfg.flows.iter().any(|f| f.name == name) {
-            let names: Vec<&str> = cfg.flows.iter().map(|f| f.name.as_str()).collect();
-            eprintln!("error: no flow named `{name}` (flows: {})", names.join(", "));
-            return ExitCode::from(2);
-        }
+        && !cfg.flows.iter().any(|f| f.name == name)
+    {
+        let names: Vec<&str> = cfg.flows.iter().map(|f| f.name.as_str()).collect();
+        eprintln!("error: no flow named `{name}` (flows: {})", names.join(", "));
+        return ExitCode::from(2);
+    }
     let shutdown = shutdown_signal();
     // Keep the embedded broker alive for the whole run.
     let (_broker, own) = match own_cluster(&cfg).await {
@@ -270,7 +286,9 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
             Ok((name, Err(e), _, _)) if is_stop(&e) => {
                 // A requested stop, not a failure: the batch being retried was not committed
                 // and is delivered again on the next run.
-                eprintln!("flow `{name}`: stopped while retrying a write; the uncommitted batch is delivered on the next run");
+                eprintln!(
+                    "flow `{name}`: stopped while retrying a write; the uncommitted batch is delivered on the next run"
+                );
             }
             Ok((name, Err(e), _, _)) => {
                 eprintln!("error: flow `{name}` failed: {e:#}");
@@ -364,7 +382,10 @@ fn summary_line(name: &str, s: &LedgerSnapshot, elapsed: Duration, dest: &str) -
 }
 
 /// A progress line on a terminal for on-demand runs; nothing otherwise.
-fn progress_line(ledgers: &[(String, Arc<Ledger>, Trigger)], stop: CancellationToken) -> Option<indicatif::ProgressBar> {
+fn progress_line(
+    ledgers: &[(String, Arc<Ledger>, Trigger)],
+    stop: CancellationToken,
+) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() || !ledgers.iter().any(|(_, _, t)| *t == Trigger::OnDemand) {
         return None;
@@ -380,7 +401,13 @@ fn progress_line(ledgers: &[(String, Arc<Ledger>, Trigger)], stop: CancellationT
                 .map(|(n, l)| {
                     let s = l.snapshot();
                     let rate = s.source_read.max(s.consumed) as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                    format!("{n}: read {} · delivered {} · DLQ {} · {:.0}/s", s.source_read.max(s.consumed), s.delivered, s.dlq(), rate)
+                    format!(
+                        "{n}: read {} · delivered {} · DLQ {} · {:.0}/s",
+                        s.source_read.max(s.consumed),
+                        s.delivered,
+                        s.dlq(),
+                        rate
+                    )
                 })
                 .collect();
             b.set_message(parts.join("  |  "));
@@ -432,7 +459,8 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
                 Ok::<(), anyhow::Error>(())
             };
             let input = SinkInput { kafka: own.clone(), topic: changes.clone() };
-            let sink_half = async { Ok::<_, anyhow::Error>(runtime::run_sink(&ctx, input, Box::new(stage), sink, stop_rx).await?) };
+            let sink_half =
+                async { Ok::<_, anyhow::Error>(runtime::run_sink(&ctx, input, Box::new(stage), sink, stop_rx).await?) };
             tokio::try_join!(source_half, sink_half)?;
         }
         Input::Topic { kafka: theirs, topic, .. } => {

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{write, Broker, counts_of, free_port, read_jsonl, run};
+use common::{Broker, counts_of, free_port, read_jsonl, run, write};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -165,7 +165,8 @@ flows:
     let ran = run(&["run", &cfg], dir.path(), &env, LIMIT);
     assert_ne!(ran.code(), Some(0), "a SASL handshake against a plaintext broker cannot succeed");
     // A broken config that names the secret's connection.
-    let broken = write(dir.path(), "broken.yaml", &std::fs::read_to_string(&cfg).unwrap().replace("username: svc", "user: svc"));
+    let broken =
+        write(dir.path(), "broken.yaml", &std::fs::read_to_string(&cfg).unwrap().replace("username: svc", "user: svc"));
     let bad = run(&["validate", &broken], dir.path(), &env, LIMIT);
     assert_eq!(bad.code(), Some(2));
     for (what, text) in [

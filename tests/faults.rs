@@ -37,7 +37,8 @@ fn oracle(rows: &[Value], count: u64) -> Verdict {
     let mut last: HashMap<i64, i64> = HashMap::new();
     let mut seen = BTreeSet::new();
     for r in rows {
-        let (seq, id, version) = (r["seq"].as_i64().unwrap(), r["id"].as_i64().unwrap(), r["version"].as_i64().unwrap());
+        let (seq, id, version) =
+            (r["seq"].as_i64().unwrap(), r["id"].as_i64().unwrap(), r["version"].as_i64().unwrap());
         if !seen.insert(seq) {
             continue;
         }
@@ -104,7 +105,11 @@ fn sigterm_under_load_drains_with_no_loss_and_no_duplicates() {
     let file = dir.path().join("out/drain.jsonl");
     for threshold in [5_000usize, 15_000] {
         let p = spawn(&["run", &cfg], dir.path(), &[]);
-        assert!(wait_until(Duration::from_secs(90), || read_jsonl(&file).0.len() >= threshold), "{}", p.stderr_so_far());
+        assert!(
+            wait_until(Duration::from_secs(90), || read_jsonl(&file).0.len() >= threshold),
+            "{}",
+            p.stderr_so_far()
+        );
         let done = p.terminate(Duration::from_secs(30));
         assert_eq!(done.code(), Some(0), "SIGTERM drains and exits 0:\n{}", done.stderr);
     }
@@ -196,7 +201,10 @@ fn two_workers_one_killed_the_other_takes_over() {
     let msgs: Vec<(Option<String>, Vec<u8>)> = (0..count)
         .map(|seq| {
             let id = seq % 40;
-            (Some(format!("{{\"id\":{id}}}")), format!("{{\"seq\":{seq},\"id\":{id},\"version\":{}}}", seq / 40).into_bytes())
+            (
+                Some(format!("{{\"id\":{id}}}")),
+                format!("{{\"seq\":{seq},\"id\":{id},\"version\":{}}}", seq / 40).into_bytes(),
+            )
         })
         .collect();
     produce(&broker.addr, "shared-in", 4, &msgs);
@@ -231,7 +239,10 @@ flows:
     assert!(wait_until(Duration::from_secs(90), || out_len() >= 1), "{}", a.stderr_so_far());
     a.kill9();
     let ok = wait_until(Duration::from_secs(150), || {
-        let rows: Vec<Value> = read_topic(&broker.addr, "shared-out").iter().map(|m| serde_json::from_slice(&m.payload).unwrap()).collect();
+        let rows: Vec<Value> = read_topic(&broker.addr, "shared-out")
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect();
         counts_of(&rows, "seq").len() as i64 >= count
     });
     let stderr = b.stderr_so_far();
@@ -239,7 +250,8 @@ flows:
     eprintln!("survivor's log:\n{stderr}");
     assert!(ok, "the survivor did not deliver everything");
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
-    let rows: Vec<Value> = read_topic(&broker.addr, "shared-out").iter().map(|m| serde_json::from_slice(&m.payload).unwrap()).collect();
+    let rows: Vec<Value> =
+        read_topic(&broker.addr, "shared-out").iter().map(|m| serde_json::from_slice(&m.payload).unwrap()).collect();
     let v = oracle(&rows, count as u64);
     assert!(v.duplicates <= IN_FLIGHT_WINDOW, "duplicates beyond the killed worker's in-flight batch: {v:?}");
     eprintln!("FAULT two workers, one killed: sent {count}, lost 0, duplicated {}, dlq 0", v.duplicates);

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{write, Broker, counts_of, produce, read_jsonl, read_topic, run, spawn, wait_until};
+use common::{Broker, counts_of, produce, read_jsonl, read_topic, run, spawn, wait_until, write};
 use serde_json::{Value, json};
 use sluice_connectors::generate::{GenerateOptions, GenerateSource};
 
@@ -162,7 +162,8 @@ flows:
     let mut last: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
     let mut seen = BTreeSet::new();
     for r in &rows {
-        let (seq, id, version) = (r["seq"].as_i64().unwrap(), r["id"].as_i64().unwrap(), r["version"].as_i64().unwrap());
+        let (seq, id, version) =
+            (r["seq"].as_i64().unwrap(), r["id"].as_i64().unwrap(), r["version"].as_i64().unwrap());
         if !seen.insert(seq) {
             continue;
         }
@@ -217,11 +218,17 @@ flows:
     // the SQL stage's decoder). Both are in the DLQ with the reason; nothing else is.
     let dlq = read_topic(&broker.addr, "sluice.people.dlq");
     assert_eq!(dlq.len(), 2, "{dlq:#?}");
-    let decode = dlq.iter().find(|m| m.headers.get("sluice.error").is_some_and(|e| e.contains("line 3"))).expect("line 3 in the DLQ");
+    let decode = dlq
+        .iter()
+        .find(|m| m.headers.get("sluice.error").is_some_and(|e| e.contains("line 3")))
+        .expect("line 3 in the DLQ");
     assert_eq!(decode.payload, b"{\"id\":3,\"name\":oops}");
     assert_eq!(decode.headers["sluice.stage"], "decode");
     assert_eq!(decode.headers["sluice.flow"], "people");
-    let schema = dlq.iter().find(|m| m.headers.get("sluice.stage").is_some_and(|s| s == "sql")).expect("schema misfit in the DLQ");
+    let schema = dlq
+        .iter()
+        .find(|m| m.headers.get("sluice.stage").is_some_and(|s| s == "sql"))
+        .expect("schema misfit in the DLQ");
     assert!(String::from_utf8_lossy(&schema.payload).contains("forty-one"));
     assert!(schema.headers.contains_key("sluice.offset") && schema.headers.contains_key("sluice.partition"));
     assert!(done.stdout.contains("to DLQ 2"), "{}", done.stdout);
@@ -242,7 +249,12 @@ fn kafka_topic_in_sql_kafka_topic_out() {
     let dir = tempfile::tempdir().unwrap();
     let n = 5_000i64;
     let msgs: Vec<(Option<String>, Vec<u8>)> = (0..n)
-        .map(|i| (Some(format!("{{\"id\":{i}}}")), format!("{{\"id\":{i},\"amount\":{},\"name\":\"n{i}\"}}", i % 1000).into_bytes()))
+        .map(|i| {
+            (
+                Some(format!("{{\"id\":{i}}}")),
+                format!("{{\"id\":{i},\"amount\":{},\"name\":\"n{i}\"}}", i % 1000).into_bytes(),
+            )
+        })
         .collect();
     produce(&broker.addr, "payments", 2, &msgs);
     let cfg = write(
@@ -290,7 +302,8 @@ flows:
 fn error_policies_drop_or_stop_on_bad_records() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("in.jsonl"), "{\"id\":1}\n{\"id\":2}\nnot json\n{\"id\":\"three\"}\n{\"id\":5}\n").unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "{\"id\":1}\n{\"id\":2}\nnot json\n{\"id\":\"three\"}\n{\"id\":5}\n")
+        .unwrap();
     let config = |flow: &str, errors: &str| {
         write(
             dir.path(),
@@ -316,7 +329,8 @@ flows:
     let done = run(&["run", &config("dropper", "{policy: drop}")], dir.path(), &[], LIMIT);
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
     assert!(done.stdout.contains("to DLQ 0") && done.stdout.contains("dropped 2"), "{}", done.stdout);
-    let ids: BTreeSet<i64> = read_jsonl(&dir.path().join("dropper.out.jsonl")).0.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let ids: BTreeSet<i64> =
+        read_jsonl(&dir.path().join("dropper.out.jsonl")).0.iter().map(|r| r["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, BTreeSet::from([1, 2, 5]));
     assert!(read_topic(&broker.addr, "sluice.dropper.dlq").is_empty());
 
@@ -326,7 +340,13 @@ flows:
     assert_eq!(done.code(), Some(1), "{}", done.stderr);
     assert!(done.stderr.contains("stopped by a bad record") && done.stderr.contains("line 3"), "{}", done.stderr);
     let status = run(&["status", &strict], dir.path(), &[], LIMIT);
-    assert!(status.stdout.contains("flow strict: failed") && status.stdout.contains("error: ") && status.stdout.contains("line 3"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("flow strict: failed")
+            && status.stdout.contains("error: ")
+            && status.stdout.contains("line 3"),
+        "{}",
+        status.stdout
+    );
 
     // A threshold: more than one bad record per minute stops the flow, naming the limit.
     let done = run(&["run", &config("limited", "{max_errors: 1, window_secs: 60}")], dir.path(), &[], LIMIT);

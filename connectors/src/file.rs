@@ -173,9 +173,8 @@ impl Source for FileSource {
             let next: Option<Result<Map<String, Value>, (Vec<u8>, String)>> = match self.reader.as_mut() {
                 Some(Reader::Lines(r)) => {
                     let mut buf = Vec::new();
-                    let n = r
-                        .read_until(b'\n', &mut buf)
-                        .map_err(|e| ConnectorError::io(format!("reading {name}"), e))?;
+                    let n =
+                        r.read_until(b'\n', &mut buf).map_err(|e| ConnectorError::io(format!("reading {name}"), e))?;
                     if n == 0 {
                         None
                     } else {
@@ -273,11 +272,11 @@ impl FileSink {
 
 /// Encodes batches as JSON lines (explicit nulls), straight from the Arrow columns.
 pub fn encode_json_lines(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(), ConnectorError> {
-    let mut w = arrow_json::WriterBuilder::new()
-        .with_explicit_nulls(true)
-        .build::<_, arrow_json::writer::LineDelimited>(out);
+    let mut w =
+        arrow_json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow_json::writer::LineDelimited>(out);
     for b in batches {
-        w.write(b).map_err(|e| ConnectorError::Other { context: "encoding rows as JSON".into(), message: e.to_string() })?;
+        w.write(b)
+            .map_err(|e| ConnectorError::Other { context: "encoding rows as JSON".into(), message: e.to_string() })?;
     }
     w.finish().map_err(|e| ConnectorError::Other { context: "encoding rows as JSON".into(), message: e.to_string() })
 }
@@ -309,7 +308,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jsonl"), "{\"id\":1}\n{oops\n\n[1]\n{\"id\":2}\n").unwrap();
         let conn = FileConnection { path: dir.path().to_owned() };
-        let mut s = FileSource::new(&conn, "a.jsonl", FileSourceOptions { format: None, key: vec!["id".into()] }).unwrap();
+        let mut s =
+            FileSource::new(&conn, "a.jsonl", FileSourceOptions { format: None, key: vec!["id".into()] }).unwrap();
         s.open(None).await.unwrap();
         let Poll::Items(items) = s.poll(100).await.unwrap() else { panic!() };
         let kinds: Vec<String> = items

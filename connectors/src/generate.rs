@@ -180,9 +180,7 @@ mod tests {
         let Poll::Items(tail) = b.poll(1000).await.unwrap() else { panic!() };
         assert_eq!(tail.len(), 40);
         for (x, y) in all[60..].iter().zip(&tail) {
-            let (SourceItem::Record { record: x, .. }, SourceItem::Record { record: y, .. }) = (x, y) else {
-                panic!()
-            };
+            let (SourceItem::Record { record: x, .. }, SourceItem::Record { record: y, .. }) = (x, y) else { panic!() };
             assert_eq!(x.after, y.after);
             assert_eq!(x.key, y.key);
         }

@@ -72,13 +72,14 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// A sink producing to `topic`, which is created if missing.
     pub async fn new(settings: &KafkaSettings, topic: &str, flow: &str) -> Result<Self, ConnectorError> {
-        settings
-            .ensure_topics(&[topic])
-            .await
-            .map_err(|e| ConnectorError::Other { context: format!("preparing topic `{topic}`"), message: e.to_string() })?;
-        let producer = settings
-            .producer(&format!("sluice.{flow}.sink"))
-            .map_err(|e| ConnectorError::Other { context: "creating Kafka sink producer".into(), message: e.to_string() })?;
+        settings.ensure_topics(&[topic]).await.map_err(|e| ConnectorError::Other {
+            context: format!("preparing topic `{topic}`"),
+            message: e.to_string(),
+        })?;
+        let producer = settings.producer(&format!("sluice.{flow}.sink")).map_err(|e| ConnectorError::Other {
+            context: "creating Kafka sink producer".into(),
+            message: e.to_string(),
+        })?;
         Ok(KafkaSink { producer, topic: topic.to_owned() })
     }
 }
@@ -117,7 +118,10 @@ impl Sink for KafkaSink {
                 let f = loop {
                     match self.producer.send_result(rec) {
                         Ok(f) => break f,
-                        Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                        Err((
+                            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                            back,
+                        )) => {
                             rec = back;
                             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                         }
@@ -131,7 +135,12 @@ impl Sink for KafkaSink {
             match f.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => return Err(ConnectorError::kafka(format!("delivering to `{}`", self.topic), e)),
-                Err(_) => return Err(ConnectorError::kafka(format!("delivering to `{}`", self.topic), rdkafka::error::KafkaError::Canceled)),
+                Err(_) => {
+                    return Err(ConnectorError::kafka(
+                        format!("delivering to `{}`", self.topic),
+                        rdkafka::error::KafkaError::Canceled,
+                    ));
+                }
             }
         }
         Ok(())

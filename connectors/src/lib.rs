@@ -141,13 +141,18 @@ pub fn build_source(
         (Connection::Generate(_), SourceOptions::Generate(o)) => {
             Input::Source(Box::new(generate::GenerateSource::new(object, o.clone())?))
         }
-        (Connection::File(c), SourceOptions::File(o)) => Input::Source(Box::new(file::FileSource::new(c, object, o.clone())?)),
-        (Connection::Kafka(c), SourceOptions::Kafka(o)) => Input::Topic {
-            kafka: c.settings(own)?,
-            topic: object.to_owned(),
-            format: o.format,
-        },
-        _ => return Err(ConnectorError::User(format!("connection of type `{}` does not match its options", conn.kind()))),
+        (Connection::File(c), SourceOptions::File(o)) => {
+            Input::Source(Box::new(file::FileSource::new(c, object, o.clone())?))
+        }
+        (Connection::Kafka(c), SourceOptions::Kafka(o)) => {
+            Input::Topic { kafka: c.settings(own)?, topic: object.to_owned(), format: o.format }
+        }
+        _ => {
+            return Err(ConnectorError::User(format!(
+                "connection of type `{}` does not match its options",
+                conn.kind()
+            )));
+        }
     })
 }
 
@@ -162,7 +167,14 @@ pub async fn build_sink(
     Ok(match (conn, options) {
         (Connection::File(c), SinkOptions::File(o)) => Box::new(file::FileSink::new(c, object, o.clone())?),
         (Connection::Stdout(_), SinkOptions::Stdout(_)) => Box::new(stdout::StdoutSink),
-        (Connection::Kafka(c), SinkOptions::Kafka(_)) => Box::new(kafka::KafkaSink::new(&c.settings(own)?, object, flow).await?),
-        _ => return Err(ConnectorError::User(format!("connection of type `{}` does not match its options", conn.kind()))),
+        (Connection::Kafka(c), SinkOptions::Kafka(_)) => {
+            Box::new(kafka::KafkaSink::new(&c.settings(own)?, object, flow).await?)
+        }
+        _ => {
+            return Err(ConnectorError::User(format!(
+                "connection of type `{}` does not match its options",
+                conn.kind()
+            )));
+        }
     })
 }

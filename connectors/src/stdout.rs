@@ -29,9 +29,7 @@ impl Sink for StdoutSink {
         let mut buf = Vec::new();
         encode_json_lines(batches, &mut buf)?;
         let mut out = std::io::stdout().lock();
-        out.write_all(&buf)
-            .and_then(|()| out.flush())
-            .map_err(|e| ConnectorError::io("writing rows to stdout", e))
+        out.write_all(&buf).and_then(|()| out.flush()).map_err(|e| ConnectorError::io("writing rows to stdout", e))
     }
 
     fn describe(&self) -> String {

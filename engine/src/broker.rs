@@ -70,8 +70,7 @@ impl EmbeddedBroker {
         let addr = resolve_port(listen)?;
         let storage_url = match &storage {
             BrokerStorage::Sqlite(dir) => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|source| BrokerError::DataDir { path: dir.clone(), source })?;
+                std::fs::create_dir_all(dir).map_err(|source| BrokerError::DataDir { path: dir.clone(), source })?;
                 sqlite_url(&dir.join("broker.db"))?
             }
             BrokerStorage::Memory => Url::parse("memory://sluice/").map_err(|e| BrokerError::Start(e.to_string()))?,
@@ -179,8 +178,7 @@ fn resolve_port(listen: &str) -> Result<SocketAddr, BrokerError> {
 /// absolute path replaces what it is pushed onto; so an absolute file path written after an
 /// empty host (`sqlite:////abs/file`) lands exactly at that path.
 fn sqlite_url(file: &Path) -> Result<Url, BrokerError> {
-    let abs = std::path::absolute(file)
-        .map_err(|source| BrokerError::DataDir { path: file.to_owned(), source })?;
+    let abs = std::path::absolute(file).map_err(|source| BrokerError::DataDir { path: file.to_owned(), source })?;
     Url::parse(&format!("sqlite:///{}", abs.display())).map_err(|e| BrokerError::Start(e.to_string()))
 }
 

@@ -146,7 +146,12 @@ impl KafkaSettings {
     /// messages as large as any the worker can consume, so an oversized record can be
     /// dead-lettered whole instead of stopping the flow.
     pub fn dlq_producer(&self, client_id: &str) -> Result<FutureProducer, KafkaSetupError> {
-        let defaults = [("client.id", client_id), ("linger.ms", "5"), ("message.timeout.ms", "60000"), ("message.max.bytes", "134217728")];
+        let defaults = [
+            ("client.id", client_id),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "60000"),
+            ("message.max.bytes", "134217728"),
+        ];
         self.config_with(&defaults, &[("enable.idempotence", "true"), ("acks", "all")])
             .create()
             .map_err(|e| self.client_error(format!("creating Kafka producer `{client_id}`"), e))
@@ -205,11 +210,9 @@ impl KafkaSettings {
         .await;
         match res {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(KafkaSetupError::Unreachable {
-                servers,
-                secs: timeout.as_secs(),
-                message: self.redact(e),
-            }),
+            Ok(Err(e)) => {
+                Err(KafkaSetupError::Unreachable { servers, secs: timeout.as_secs(), message: self.redact(e) })
+            }
             Err(join) => Err(KafkaSetupError::CreateTopic {
                 topic: String::new(),
                 message: format!("metadata task failed: {join}"),
@@ -221,9 +224,7 @@ impl KafkaSettings {
     pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaSetupError> {
         self.check_reachable().await?;
         let admin: AdminClient<DefaultClientContext> =
-            self.client_config()
-                .create()
-                .map_err(|e| self.client_error("creating Kafka admin client".into(), e))?;
+            self.client_config().create().map_err(|e| self.client_error("creating Kafka admin client".into(), e))?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|t| {
@@ -251,10 +252,7 @@ impl KafkaSettings {
 }
 
 /// The high watermark (next offset to be written) of each partition of `topic`.
-pub async fn high_watermarks(
-    settings: &KafkaSettings,
-    topic: &str,
-) -> Result<Vec<(i32, i64)>, KafkaSetupError> {
+pub async fn high_watermarks(settings: &KafkaSettings, topic: &str) -> Result<Vec<(i32, i64)>, KafkaSetupError> {
     let cfg = settings.client_config();
     let timeout = settings.connect_timeout;
     let topic = topic.to_owned();
@@ -305,7 +303,11 @@ impl StoredMessage {
 
 /// Reads `topic` from its start up to its end as of now, at most `limit` messages, in
 /// partition then offset order. A topic that does not exist reads as empty.
-pub async fn read_topic(settings: &KafkaSettings, topic: &str, limit: usize) -> Result<Vec<StoredMessage>, KafkaSetupError> {
+pub async fn read_topic(
+    settings: &KafkaSettings,
+    topic: &str,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, KafkaSetupError> {
     use rdkafka::message::{Headers, Message};
     let cfg = settings.client_config();
     let timeout = settings.connect_timeout;
@@ -336,7 +338,12 @@ pub async fn read_topic(settings: &KafkaSettings, topic: &str, limit: usize) -> 
                         .headers()
                         .map(|h| {
                             h.iter()
-                                .map(|x| (x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                                .map(|x| {
+                                    (
+                                        x.key.to_owned(),
+                                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                                    )
+                                })
                                 .collect()
                         })
                         .unwrap_or_default();
@@ -356,7 +363,10 @@ pub async fn read_topic(settings: &KafkaSettings, topic: &str, limit: usize) -> 
     match res {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(settings.client_error(format!("reading {topic}"), e)),
-        Err(join) => Err(KafkaSetupError::CreateTopic { topic: topic.to_owned(), message: format!("reader task failed: {join}") }),
+        Err(join) => Err(KafkaSetupError::CreateTopic {
+            topic: topic.to_owned(),
+            message: format!("reader task failed: {join}"),
+        }),
     }
 }
 
@@ -479,7 +489,11 @@ pub fn check_option(key: &str) -> Result<(), String> {
         " (it runs a command)"
     } else if key.contains("library") || key.contains("plugin") || key.contains("engine") {
         " (it loads code)"
-    } else if key == "bootstrap.servers" || key.starts_with("sasl.") || key.starts_with("ssl.") || key == "security.protocol" {
+    } else if key == "bootstrap.servers"
+        || key.starts_with("sasl.")
+        || key.starts_with("ssl.")
+        || key == "security.protocol"
+    {
         " (set it under `bootstrap_servers` or `security:`)"
     } else {
         ""

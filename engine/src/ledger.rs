@@ -135,7 +135,16 @@ mod tests {
 
     #[test]
     fn the_counts_balance() {
-        let s = LedgerSnapshot { source_read: 100, produced: 98, source_dlq: 2, consumed: 98, delivered: 60, filtered: 30, sink_dlq: 3, dropped: 1 };
+        let s = LedgerSnapshot {
+            source_read: 100,
+            produced: 98,
+            source_dlq: 2,
+            consumed: 98,
+            delivered: 60,
+            filtered: 30,
+            sink_dlq: 3,
+            dropped: 1,
+        };
         assert_eq!(s.read(), 100);
         assert_eq!(s.in_flight(), 4);
         assert_eq!(s.read(), s.delivered + s.filtered + s.dlq() + s.dropped + s.in_flight());

@@ -46,7 +46,10 @@ impl OffsetTracker {
     pub fn read(&mut self, partition: i32, offset: i64) {
         // The first offset read is where the consumer was positioned: the group's committed
         // offset (or the reset point), so there is nothing to commit until it is finished.
-        let p = self.partitions.entry(partition).or_insert_with(|| Partition { committed: Some(offset), ..Partition::default() });
+        let p = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| Partition { committed: Some(offset), ..Partition::default() });
         p.open.insert(offset, false);
         p.next = p.next.max(offset + 1);
     }

@@ -28,8 +28,8 @@ use tracing::Instrument;
 
 use crate::connector::{InputMessage, Poll, Position, Sink, Source, SourceItem, Transform};
 use crate::error::FlowError;
-use crate::kafka::{self, KafkaSettings};
 use crate::errors_policy::{ErrorGate, ErrorMode};
+use crate::kafka::{self, KafkaSettings};
 use crate::ledger::{Ledger, LedgerSnapshot, RunRecord, RunStatus};
 use crate::offsets::OffsetTracker;
 use crate::record::now_ms;
@@ -311,7 +311,8 @@ impl RunReporter {
 
 async fn publish_run(producer: &FutureProducer, rec: &RunRecord) -> Result<(), KafkaError> {
     let payload = serde_json::to_vec(rec).unwrap_or_default();
-    let f = enqueue(producer, FutureRecord::to(kafka::RUNS_TOPIC).key(rec.flow.as_bytes()).payload(payload.as_slice())).await?;
+    let f = enqueue(producer, FutureRecord::to(kafka::RUNS_TOPIC).key(rec.flow.as_bytes()).payload(payload.as_slice()))
+        .await?;
     confirm(vec![f]).await
 }
 
@@ -452,7 +453,9 @@ pub async fn run_source(
                             .key(key.as_slice())
                             .payload(payload.as_slice())
                             .timestamp(record.ts_ms);
-                        futures.push(enqueue(&producer, rec).await.map_err(ctx.kafka_err(format!("producing to {topic}")))?);
+                        futures.push(
+                            enqueue(&producer, rec).await.map_err(ctx.kafka_err(format!("producing to {topic}")))?,
+                        );
                         produced += 1;
                         last_position = Some(position);
                     }
@@ -498,9 +501,7 @@ async fn store_position(ctx: &FlowContext, producer: &FutureProducer, position: 
     let f = enqueue(producer, rec)
         .await
         .map_err(ctx.kafka_err(format!("storing position in {}", kafka::POSITIONS_TOPIC)))?;
-    confirm(vec![f])
-        .await
-        .map_err(ctx.kafka_err(format!("storing position in {}", kafka::POSITIONS_TOPIC)))
+    confirm(vec![f]).await.map_err(ctx.kafka_err(format!("storing position in {}", kafka::POSITIONS_TOPIC)))
 }
 
 /// What the sink half did in a run.
@@ -541,13 +542,21 @@ impl SinkConsumerContext {
 impl rdkafka::ClientContext for SinkConsumerContext {}
 
 impl rdkafka::consumer::ConsumerContext for SinkConsumerContext {
-    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
         if let (rdkafka::consumer::Rebalance::Revoke(tpl), Ok(mut v)) = (rebalance, self.revoked.lock()) {
             v.extend(tpl.elements().iter().map(|e| e.partition()));
         }
     }
 
-    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
         match rebalance {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -573,11 +582,12 @@ pub async fn run_sink(
     mut stop_at: StopAt,
 ) -> Result<SinkSummary, FlowError> {
     let group = kafka::sink_group(&ctx.flow);
-    let consumer: SinkConsumer =
-        input.kafka.consumer_with_context(&group, &format!("sluice.{}.sink", ctx.flow), SinkConsumerContext::default())?;
-    consumer
-        .subscribe(&[input.topic.as_str()])
-        .map_err(ctx.kafka_err(format!("subscribing to {}", input.topic)))?;
+    let consumer: SinkConsumer = input.kafka.consumer_with_context(
+        &group,
+        &format!("sluice.{}.sink", ctx.flow),
+        SinkConsumerContext::default(),
+    )?;
+    consumer.subscribe(&[input.topic.as_str()]).map_err(ctx.kafka_err(format!("subscribing to {}", input.topic)))?;
     let dlq_producer = ctx.kafka.dlq_producer(&format!("sluice.{}.dlq", ctx.flow))?;
     let dlq = DeadLetters::new(dlq_producer, &ctx.flow);
     let mut summary = SinkSummary::default();
@@ -630,9 +640,8 @@ pub async fn run_sink(
         }
         let span = tracing::info_span!("batch", flow = %ctx.flow, stage = "sink", topic = %input.topic, partition = %partitions_of(&batch), records = batch.len());
         let n = batch.len();
-        let done = process_batch(ctx, &input.topic, &batch, transform.as_mut(), sink.as_mut(), &dlq)
-            .instrument(span)
-            .await?;
+        let done =
+            process_batch(ctx, &input.topic, &batch, transform.as_mut(), sink.as_mut(), &dlq).instrument(span).await?;
         // Every message of the batch is now delivered, filtered or durably dead-lettered.
         for m in &batch {
             tracker.finish(m.partition(), m.offset());
@@ -661,9 +670,7 @@ pub async fn run_sink(
         summary.dlq += done.dlq;
         batch.clear();
     }
-    sink.close()
-        .await
-        .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
+    sink.close().await.map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
     Ok(summary)
 }
 
@@ -779,9 +786,7 @@ async fn process_batch(
                 .map_err(ctx.kafka_err(format!("producing to {}", kafka::dlq_topic(&ctx.flow))))?,
         );
     }
-    confirm(futures)
-        .await
-        .map_err(ctx.kafka_err(format!("confirming delivery to {}", kafka::dlq_topic(&ctx.flow))))?;
+    confirm(futures).await.map_err(ctx.kafka_err(format!("confirming delivery to {}", kafka::dlq_topic(&ctx.flow))))?;
     let rows = out.rows();
     if rows > 0 {
         write_with_retry(&ctx.flow, sink, &out.batches, &ctx.batch.retry, &ctx.shutdown).await?;
@@ -858,11 +863,8 @@ fn reached(
     committed: &mut Option<HashMap<i32, i64>>,
 ) -> Result<bool, KafkaError> {
     let known = committed.get_or_insert_with(HashMap::new);
-    let missing: Vec<i32> = target
-        .iter()
-        .filter(|(p, high)| *high > 0 && !known.contains_key(p))
-        .map(|(p, _)| *p)
-        .collect();
+    let missing: Vec<i32> =
+        target.iter().filter(|(p, high)| *high > 0 && !known.contains_key(p)).map(|(p, _)| *p).collect();
     if !missing.is_empty() {
         // Partitions this worker has not committed in this run: ask the group what it holds.
         let mut tpl = TopicPartitionList::new();
@@ -930,17 +932,17 @@ impl Watchdog {
             return;
         }
         self.next_check = now + WATCH_EVERY;
-        let assigned: Vec<i32> = consumer
-            .assignment()
-            .map(|a| a.elements().iter().map(|e| e.partition()).collect())
-            .unwrap_or_default();
+        let assigned: Vec<i32> =
+            consumer.assignment().map(|a| a.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default();
         if self.partitions.is_some_and(|n| assigned.len() >= n) {
             self.since = now;
             self.last = None;
             return;
         }
         // These calls wait on the network; a failure just skips this round.
-        let Ok(progress) = tokio::task::block_in_place(|| group_progress(consumer, &self.topic, input.kafka.connect_timeout)) else {
+        let Ok(progress) =
+            tokio::task::block_in_place(|| group_progress(consumer, &self.topic, input.kafka.connect_timeout))
+        else {
             return;
         };
         self.partitions = Some(progress.len());

@@ -72,12 +72,7 @@ impl RowSchema {
 
     /// The Arrow schema of the row (all columns nullable: a delete has no `after`).
     pub fn arrow(&self) -> SchemaRef {
-        Arc::new(Schema::new(
-            self.columns
-                .iter()
-                .map(|(n, t)| Field::new(n, t.arrow(), true))
-                .collect::<Vec<_>>(),
-        ))
+        Arc::new(Schema::new(self.columns.iter().map(|(n, t)| Field::new(n, t.arrow(), true)).collect::<Vec<_>>()))
     }
 }
 

@@ -98,7 +98,9 @@ fn input_schema(row: &SchemaRef) -> SchemaRef {
 /// Carries [`ROW_COLUMN`] through every projection of a row-wise plan (filters, aliases,
 /// sorts and limits keep it by themselves). Plans that merge rows (aggregates, joins, unions)
 /// lose it, and then the stage simply has no lineage.
-fn with_lineage(plan: datafusion::logical_expr::LogicalPlan) -> datafusion::error::Result<datafusion::logical_expr::LogicalPlan> {
+fn with_lineage(
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> datafusion::error::Result<datafusion::logical_expr::LogicalPlan> {
     use datafusion::common::tree_node::{Transformed as T, TreeNode};
     use datafusion::logical_expr::{LogicalPlan, Projection};
     plan.transform_up(|node| {
@@ -206,17 +208,27 @@ impl SqlStage {
                 rest = &rest[n..];
             }
         }
-        let batch = d.flush().map_err(|e| e.to_string())?.unwrap_or_else(|| RecordBatch::new_empty(self.decode.clone()));
+        let batch =
+            d.flush().map_err(|e| e.to_string())?.unwrap_or_else(|| RecordBatch::new_empty(self.decode.clone()));
         // A payload that is not one whole JSON value can merge with its neighbour; the row count
         // catches that, and the row-by-row path then finds the culprit.
         if batch.num_rows() != payloads.len() {
-            return Err(format!("expected one JSON object per message, decoded {} from {}", batch.num_rows(), payloads.len()));
+            return Err(format!(
+                "expected one JSON object per message, decoded {} from {}",
+                batch.num_rows(),
+                payloads.len()
+            ));
         }
         Ok(batch)
     }
 
     /// Builds the `source` batch from decoded payloads and the messages' keys and timestamps.
-    fn input_batch(&self, decoded: &RecordBatch, msgs: &[&InputMessage<'_>], indices: &[u32]) -> Result<RecordBatch, String> {
+    fn input_batch(
+        &self,
+        decoded: &RecordBatch,
+        msgs: &[&InputMessage<'_>],
+        indices: &[u32],
+    ) -> Result<RecordBatch, String> {
         let n = msgs.len();
         let mut keys = StringBuilder::with_capacity(n, n * 16);
         for m in msgs {
@@ -225,7 +237,11 @@ impl SqlStage {
         let (mut columns, op, ts): (Vec<ArrayRef>, ArrayRef, ArrayRef) = match self.format {
             PayloadFormat::Json => {
                 let ts: TimestampMillisecondArray = msgs.iter().map(|m| m.timestamp_ms).collect();
-                (decoded.columns().to_vec(), Arc::new(StringArray::from(vec!["c"; n])), Arc::new(ts.with_timezone("UTC")))
+                (
+                    decoded.columns().to_vec(),
+                    Arc::new(StringArray::from(vec!["c"; n])),
+                    Arc::new(ts.with_timezone("UTC")),
+                )
             }
             PayloadFormat::Debezium => {
                 let after = decoded
@@ -237,15 +253,17 @@ impl SqlStage {
                 if op.null_count() > 0 {
                     return Err("envelope has no `op`".into());
                 }
-                let ts_ms = decoded.column(1).as_any().downcast_ref::<Int64Array>().ok_or("envelope `ts_ms` is not an integer")?;
-                let ts = TimestampMillisecondArray::new(ts_ms.values().clone(), ts_ms.nulls().cloned()).with_timezone("UTC");
+                let ts_ms = decoded
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or("envelope `ts_ms` is not an integer")?;
+                let ts =
+                    TimestampMillisecondArray::new(ts_ms.values().clone(), ts_ms.nulls().cloned()).with_timezone("UTC");
                 // A delete has no `after`: its columns read as null rather than as the
                 // struct's placeholder values.
-                let cols = after
-                    .columns()
-                    .iter()
-                    .map(|c| merge_nulls(c, after.nulls()))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let cols =
+                    after.columns().iter().map(|c| merge_nulls(c, after.nulls())).collect::<Result<Vec<_>, _>>()?;
                 (cols, op, Arc::new(ts))
             }
         };
@@ -385,11 +403,16 @@ impl Transform for SqlStage {
                 out.push(b);
                 continue;
             };
-            if let (Some(o), Some(rows)) = (origins.as_mut(), b.column(i).as_any().downcast_ref::<arrow_array::UInt32Array>()) {
+            if let (Some(o), Some(rows)) =
+                (origins.as_mut(), b.column(i).as_any().downcast_ref::<arrow_array::UInt32Array>())
+            {
                 o.extend(rows.values().iter().map(|r| *r as usize));
             }
             let keep: Vec<usize> = (0..b.num_columns()).filter(|c| *c != i).collect();
-            out.push(b.project(&keep).map_err(|e| TransformError::Execute { flow: self.flow.clone(), message: e.to_string() })?);
+            out.push(
+                b.project(&keep)
+                    .map_err(|e| TransformError::Execute { flow: self.flow.clone(), message: e.to_string() })?,
+            );
         }
         Ok(Transformed { batches: out, rejected, origins })
     }
@@ -404,7 +427,6 @@ pub fn describe_schema(schema: &Schema) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
-
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -467,14 +489,19 @@ mod tests {
             "SELECT * FROM source WHERE amount > 10",
         ] {
             let mut s = SqlStage::new("t", &schema(), PayloadFormat::Debezium, Some(sql)).await.unwrap();
-            assert!(s.output_schema().index_of(ROW_COLUMN).is_err(), "{sql}: lineage column leaked into the output schema");
+            assert!(
+                s.output_schema().index_of(ROW_COLUMN).is_err(),
+                "{sql}: lineage column leaked into the output schema"
+            );
             let out = s.process(&input).await.unwrap();
             // Rows 0 and 3 pass; row 2 was rejected; the indices are the input's, not the decoded subset's.
             assert_eq!(out.origins, Some(vec![0, 3]), "{sql}");
             assert!(out.batches.iter().all(|b| b.schema().index_of(ROW_COLUMN).is_err()), "{sql}");
             assert_eq!(out.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![2]);
         }
-        let mut agg = SqlStage::new("t", &schema(), PayloadFormat::Debezium, Some("SELECT count(*) AS n FROM source")).await.unwrap();
+        let mut agg = SqlStage::new("t", &schema(), PayloadFormat::Debezium, Some("SELECT count(*) AS n FROM source"))
+            .await
+            .unwrap();
         let out = agg.process(&input).await.unwrap();
         assert_eq!(out.origins, None, "an aggregate has no per-row lineage");
         assert_eq!(out.rows(), 1);

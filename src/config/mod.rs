@@ -275,9 +275,19 @@ pub fn load(path: &Path) -> Result<Config, Rejected> {
         match std::fs::read_to_string(&f) {
             Ok(text) => match yaml::parse(&text) {
                 Ok(node) => docs.push((f, node)),
-                Err(e) => errors.push(ConfigError { file: f, line: Some(e.line), path: String::new(), message: format!("invalid YAML: {}", e.message) }),
+                Err(e) => errors.push(ConfigError {
+                    file: f,
+                    line: Some(e.line),
+                    path: String::new(),
+                    message: format!("invalid YAML: {}", e.message),
+                }),
             },
-            Err(e) => errors.push(ConfigError { file: f, line: None, path: String::new(), message: format!("reading config: {e}") }),
+            Err(e) => errors.push(ConfigError {
+                file: f,
+                line: None,
+                path: String::new(),
+                message: format!("reading config: {e}"),
+            }),
         }
     }
     let mut loader = Loader { errors, ..Loader::default() };
@@ -297,17 +307,18 @@ pub fn load(path: &Path) -> Result<Config, Rejected> {
     let kafka = loader.kafka.take();
     if kafka.is_none() && loader.errors.is_empty() {
         let file = docs.first().map(|(f, _)| f.clone()).unwrap_or_else(|| path.to_owned());
-        loader.errors.push(ConfigError { file, line: None, path: "kafka".into(), message: "missing section: say `embedded:` or `bootstrap_servers:`".into() });
+        loader.errors.push(ConfigError {
+            file,
+            line: None,
+            path: "kafka".into(),
+            message: "missing section: say `embedded:` or `bootstrap_servers:`".into(),
+        });
     }
     let kafka = match kafka {
         Some(k) if loader.errors.is_empty() => k,
         _ => return Err(Rejected { errors: loader.errors, flows: loader.flows }),
     };
-    Ok(Config {
-        kafka,
-        connections: loader.connections,
-        flows: loader.flows,
-    })
+    Ok(Config { kafka, connections: loader.connections, flows: loader.flows })
 }
 
 fn config_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
@@ -343,11 +354,21 @@ struct Loader {
 
 impl Loader {
     fn err(&mut self, file: &Path, e: yaml::Error) {
-        self.errors.push(ConfigError { file: file.to_owned(), line: e.line, path: e.path.unwrap_or_default(), message: e.message });
+        self.errors.push(ConfigError {
+            file: file.to_owned(),
+            line: e.line,
+            path: e.path.unwrap_or_default(),
+            message: e.message,
+        });
     }
 
     fn at(&mut self, file: &Path, node: &Node, path: &str, message: impl Into<String>) {
-        self.errors.push(ConfigError { file: file.to_owned(), line: Some(node.line), path: path.to_owned(), message: message.into() });
+        self.errors.push(ConfigError {
+            file: file.to_owned(),
+            line: Some(node.line),
+            path: path.to_owned(),
+            message: message.into(),
+        });
     }
 
     fn top_level(&mut self, file: &Path, root: &Node) {
@@ -370,7 +391,10 @@ impl Loader {
                     file,
                     k,
                     other.unwrap_or("?"),
-                    format!("unknown field `{}`, expected one of `kafka`, `connections`, `flows`", other.unwrap_or("?")),
+                    format!(
+                        "unknown field `{}`, expected one of `kafka`, `connections`, `flows`",
+                        other.unwrap_or("?")
+                    ),
                 ),
             }
         }
@@ -382,14 +406,15 @@ impl Loader {
             Err(e) => return self.err(file, e),
         };
         if let Some(opts) = node.get("options")
-            && let Kind::Map(entries) = &opts.kind {
-                for (key, _) in entries {
-                    let name = key.as_str().unwrap_or_default();
-                    if let Err(m) = sluice_engine::kafka::check_option(name) {
-                        self.at(file, key, &format!("kafka.options.{name}"), m);
-                    }
+            && let Kind::Map(entries) = &opts.kind
+        {
+            for (key, _) in entries {
+                let name = key.as_str().unwrap_or_default();
+                if let Err(m) = sluice_engine::kafka::check_option(name) {
+                    self.at(file, key, &format!("kafka.options.{name}"), m);
                 }
             }
+        }
         let timeout = Duration::from_secs(k.connect_timeout_secs);
         self.kafka = match (k.embedded, k.bootstrap_servers) {
             (Some(_), Some(_)) | (None, None) => {
@@ -435,12 +460,22 @@ impl Loader {
                 continue;
             }
             let Some(kind) = v.get("type").and_then(Node::as_str) else {
-                self.at(file, v, &path, format!("missing field `type`, expected one of {}", quoted(sluice_connectors::KINDS)));
+                self.at(
+                    file,
+                    v,
+                    &path,
+                    format!("missing field `type`, expected one of {}", quoted(sluice_connectors::KINDS)),
+                );
                 continue;
             };
             if !sluice_connectors::KINDS.contains(&kind) {
                 let at = v.get("type").unwrap_or(v);
-                self.at(file, at, &format!("{path}.type"), format!("unknown connector `{kind}`, expected one of {}", quoted(sluice_connectors::KINDS)));
+                self.at(
+                    file,
+                    at,
+                    &format!("{path}.type"),
+                    format!("unknown connector `{kind}`, expected one of {}", quoted(sluice_connectors::KINDS)),
+                );
                 continue;
             }
             let body = v.without("type");
@@ -476,7 +511,12 @@ impl Loader {
         let mut ok = true;
         let name_node = node.get("name").unwrap_or(node);
         if f.name.is_empty() || !f.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            self.at(file, name_node, &format!("{path}.name"), "a flow name is letters, digits, `_` and `-` (it names Kafka topics)");
+            self.at(
+                file,
+                name_node,
+                &format!("{path}.name"),
+                "a flow name is letters, digits, `_` and `-` (it names Kafka topics)",
+            );
             ok = false;
         } else if !self.flow_names.insert(f.name.clone()) {
             self.at(file, name_node, &format!("{path}.name"), format!("flow `{}` defined more than once", f.name));
@@ -484,15 +524,25 @@ impl Loader {
         }
         let src_node = node.get("source").unwrap_or(node);
         let dst_node = node.get("destination").unwrap_or(node);
-        let source = self.endpoint(file, src_node, &format!("{path}.source"), &f.source.connection, |c, d| sluice_connectors::source_options(c, d));
-        let destination = self.endpoint(file, dst_node, &format!("{path}.destination"), &f.destination.connection, |c, d| sluice_connectors::sink_options(c, d));
+        let source = self.endpoint(file, src_node, &format!("{path}.source"), &f.source.connection, |c, d| {
+            sluice_connectors::source_options(c, d)
+        });
+        let destination =
+            self.endpoint(file, dst_node, &format!("{path}.destination"), &f.destination.connection, |c, d| {
+                sluice_connectors::sink_options(c, d)
+            });
         let (Some(source), Some(destination), true) = (source, destination, ok) else { return };
         let schema = match (f.source.schema, sluice_connectors::builtin_schema(&source)) {
             (Some(declared), _) => declared,
             (None, Some(builtin)) => builtin,
             (None, None) => {
                 let conn = self.connections.get(&f.source.connection).map(Connection::kind).unwrap_or("?");
-                self.at(file, src_node, &format!("{path}.source.schema"), format!("missing: a `{conn}` source needs its columns declared as `name: type`"));
+                self.at(
+                    file,
+                    src_node,
+                    &format!("{path}.source.schema"),
+                    format!("missing: a `{conn}` source needs its columns declared as `name: type`"),
+                );
                 return;
             }
         };
@@ -526,10 +576,16 @@ impl Loader {
         let Some(conn) = self.connections.get(connection) else {
             let at = node.get("connection").unwrap_or(node);
             let known: Vec<&str> = self.connections.keys().map(String::as_str).collect();
-            let known = if known.is_empty() { "none are defined".to_owned() } else { format!("defined: {}", quoted(&known)) };
+            let known =
+                if known.is_empty() { "none are defined".to_owned() } else { format!("defined: {}", quoted(&known)) };
             // A connection that failed to parse was already reported; do not report it twice.
             if !self.connection_lines.contains_key(connection) {
-                self.at(file, at, &format!("{path}.connection"), format!("unknown connection `{connection}` ({known})"));
+                self.at(
+                    file,
+                    at,
+                    &format!("{path}.connection"),
+                    format!("unknown connection `{connection}` ({known})"),
+                );
             }
             return None;
         };
@@ -603,7 +659,8 @@ flows:
     triger: continuous
 ";
         let errs = load_str(bad).unwrap_err();
-        let text: Vec<String> = errs.iter().map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.path, e.message)).collect();
+        let text: Vec<String> =
+            errs.iter().map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.path, e.message)).collect();
         let has = |line: usize, path: &str, words: &str| {
             assert!(
                 text.iter().any(|t| t.starts_with(&format!("{line}:{path}:")) && t.contains(words)),
@@ -618,8 +675,13 @@ flows:
         // With the typos fixed, the flows' own problems show (a flow's options are checked
         // once its connection parses).
         let errs = load_str(&bad.replace("    triger: continuous\n", "").replace(", colour: red", "")).unwrap_err();
-        let text: Vec<String> = errs.iter().map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.path, e.message)).collect();
-        assert!(text.iter().any(|t| t.starts_with("13:flows[1].source.connection:") && t.contains("unknown connection `nope`")), "{text:#?}");
+        let text: Vec<String> =
+            errs.iter().map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.path, e.message)).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("13:flows[1].source.connection:") && t.contains("unknown connection `nope`")),
+            "{text:#?}"
+        );
         assert!(text.iter().any(|t| t.starts_with("10:flows[0].source.options.count:")), "{text:#?}");
     }
 }

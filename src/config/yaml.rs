@@ -89,9 +89,7 @@ pub struct SyntaxError {
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut b = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser
-        .load(&mut b, false)
-        .map_err(|e| SyntaxError { line: e.marker().line(), message: e.info().to_owned() })?;
+    parser.load(&mut b, false).map_err(|e| SyntaxError { line: e.marker().line(), message: e.info().to_owned() })?;
     if let Some(message) = b.error {
         return Err(SyntaxError { line: b.error_line, message });
     }
@@ -136,8 +134,12 @@ impl MarkedEventReceiver for Builder {
                 }
                 self.push_value(node);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push((Node { kind: Kind::Seq(Vec::new()), line }, anchor, None)),
-            Event::MappingStart(anchor, _) => self.stack.push((Node { kind: Kind::Map(Vec::new()), line }, anchor, None)),
+            Event::SequenceStart(anchor, _) => {
+                self.stack.push((Node { kind: Kind::Seq(Vec::new()), line }, anchor, None))
+            }
+            Event::MappingStart(anchor, _) => {
+                self.stack.push((Node { kind: Kind::Map(Vec::new()), line }, anchor, None))
+            }
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some((node, anchor, _)) = self.stack.pop() {
                     if anchor > 0 {
@@ -226,9 +228,7 @@ impl<'a> De<'a> {
     }
 
     fn parse<T: std::str::FromStr, V: Visitor<'a>>(&self, visitor: &V) -> Result<T, Error> {
-        self.scalar()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| de::Error::invalid_type(self.unexpected(), visitor))
+        self.scalar().and_then(|s| s.parse().ok()).ok_or_else(|| de::Error::invalid_type(self.unexpected(), visitor))
     }
 
     fn at<T>(&self, r: Result<T, Error>) -> Result<T, Error> {
@@ -309,12 +309,20 @@ impl<'de> Deserializer<'de> for De<'de> {
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let r = if self.node.is_null() { visitor.visit_none() } else { visitor.visit_some(De { node: self.node, path: self.path.clone() }) };
+        let r = if self.node.is_null() {
+            visitor.visit_none()
+        } else {
+            visitor.visit_some(De { node: self.node, path: self.path.clone() })
+        };
         self.at(r)
     }
 
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let r = if self.node.is_null() { visitor.visit_unit() } else { Err(de::Error::invalid_type(self.unexpected(), &visitor)) };
+        let r = if self.node.is_null() {
+            visitor.visit_unit()
+        } else {
+            Err(de::Error::invalid_type(self.unexpected(), &visitor))
+        };
         self.at(r)
     }
 
@@ -341,7 +349,12 @@ impl<'de> Deserializer<'de> for De<'de> {
         self.deserialize_seq(visitor)
     }
 
-    fn deserialize_tuple_struct<V: Visitor<'de>>(self, _name: &'static str, _len: usize, visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
         self.deserialize_seq(visitor)
     }
 
@@ -495,4 +508,3 @@ mod tests {
         assert!(e.line >= 2, "{e:?}");
     }
 }
-
