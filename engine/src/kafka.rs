@@ -198,18 +198,21 @@ impl KafkaSettings {
             .map_err(|e| self.client_error(format!("creating Kafka consumer in group `{group}`"), e))
     }
 
-    /// Fails with a clear error if no broker answers within `connect_timeout`.
-    pub async fn check_reachable(&self) -> Result<(), KafkaSetupError> {
+    /// Fails with a clear error if no broker answers within `connect_timeout`; otherwise returns
+    /// the names of the topics the cluster has.
+    pub async fn check_reachable(&self) -> Result<Vec<String>, KafkaSetupError> {
         let cfg = self.client_config();
         let timeout = self.connect_timeout;
         let servers = self.bootstrap_servers.clone();
         let res = tokio::task::spawn_blocking(move || {
             let consumer: rdkafka::consumer::BaseConsumer = cfg.create()?;
-            consumer.fetch_metadata(None, timeout).map(|_| ())
+            consumer
+                .fetch_metadata(None, timeout)
+                .map(|md| md.topics().iter().map(|t| t.name().to_owned()).collect::<Vec<_>>())
         })
         .await;
         match res {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(names)) => Ok(names),
             Ok(Err(e)) => {
                 Err(KafkaSetupError::Unreachable { servers, secs: timeout.as_secs(), message: self.redact(e) })
             }
@@ -222,10 +225,16 @@ impl KafkaSettings {
 
     /// Creates the topics that do not exist yet; existing ones are left as they are.
     pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaSetupError> {
-        self.check_reachable().await?;
+        let existing = self.check_reachable().await?;
+        // Ask only for what is missing: creating an existing topic is harmless to Kafka, but
+        // some brokers log it as an error on every start.
+        let missing: Vec<&str> = topics.iter().copied().filter(|t| !existing.iter().any(|e| e == t)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
         let admin: AdminClient<DefaultClientContext> =
             self.client_config().create().map_err(|e| self.client_error("creating Kafka admin client".into(), e))?;
-        let new: Vec<NewTopic<'_>> = topics
+        let new: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|t| {
                 let topic = NewTopic::new(t, self.partitions, TopicReplication::Fixed(self.replication_factor));
