@@ -474,6 +474,3 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
     }
     Ok(dest)
 }
-
-#[allow(dead_code)]
-fn _settings_type_check(_: &KafkaSettings) {}

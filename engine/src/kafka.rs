@@ -131,26 +131,24 @@ impl KafkaSettings {
     /// The producer every source writes through: idempotent, acks from all in-sync replicas,
     /// so a retried send never duplicates or reorders within a partition.
     pub fn producer(&self, client_id: &str) -> Result<FutureProducer, KafkaSetupError> {
-        let defaults = [
-            ("client.id", client_id),
-            ("linger.ms", "5"),
-            // Bounded: a message that cannot be delivered fails instead of waiting forever.
-            ("message.timeout.ms", "60000"),
-        ];
-        self.config_with(&defaults, &[("enable.idempotence", "true"), ("acks", "all")])
-            .create()
-            .map_err(|e| self.client_error(format!("creating Kafka producer `{client_id}`"), e))
+        // librdkafka's own default message size limit.
+        self.producer_with(client_id, "1000000")
     }
 
     /// The producer of a flow's dead letters: as [`KafkaSettings::producer`], but it accepts
     /// messages as large as any the worker can consume, so an oversized record can be
     /// dead-lettered whole instead of stopping the flow.
     pub fn dlq_producer(&self, client_id: &str) -> Result<FutureProducer, KafkaSetupError> {
+        self.producer_with(client_id, "134217728")
+    }
+
+    fn producer_with(&self, client_id: &str, max_message_bytes: &str) -> Result<FutureProducer, KafkaSetupError> {
         let defaults = [
             ("client.id", client_id),
             ("linger.ms", "5"),
+            // Bounded: a message that cannot be delivered fails instead of waiting forever.
             ("message.timeout.ms", "60000"),
-            ("message.max.bytes", "134217728"),
+            ("message.max.bytes", max_message_bytes),
         ];
         self.config_with(&defaults, &[("enable.idempotence", "true"), ("acks", "all")])
             .create()

@@ -236,6 +236,8 @@ impl FlowContext {
 pub struct RunReporter {
     record: Arc<std::sync::Mutex<RunRecord>>,
     settings: KafkaSettings,
+    /// `None` when no producer could be built: the run goes on unreported.
+    producer: Option<FutureProducer>,
     ledger: Arc<Ledger>,
     ticker: tokio::task::JoinHandle<()>,
 }
@@ -258,12 +260,13 @@ impl RunReporter {
             counts: LedgerSnapshot::default(),
             error: None,
         }));
-        let (r, s, l) = (record.clone(), settings.clone(), ledger.clone());
+        let producer = settings.producer("sluice.runs").ok();
+        let (r, s, l, p) = (record.clone(), settings.clone(), ledger.clone(), producer.clone());
         let ticker = tokio::spawn(async move {
+            let Some(producer) = p else { return };
             if s.ensure_topics(&[kafka::RUNS_TOPIC]).await.is_err() {
                 return;
             }
-            let Ok(producer) = s.producer("sluice.runs") else { return };
             loop {
                 // `.ok()` at once: a poisoned lock's error holds the guard, which must not live
                 // across the await below.
@@ -281,7 +284,7 @@ impl RunReporter {
                 tokio::time::sleep(REPORT_EVERY).await;
             }
         });
-        RunReporter { record, settings: settings.clone(), ledger, ticker }
+        RunReporter { record, settings: settings.clone(), producer, ledger, ticker }
     }
 
     /// Publishes the final record with `status` (and the error, if it failed). Bounded: a
@@ -297,11 +300,11 @@ impl RunReporter {
         }) else {
             return;
         };
-        let settings = self.settings;
+        let (settings, producer) = (self.settings, self.producer);
         let publish = async move {
+            // The ticker may not have got as far as creating the topic (a short run).
             settings.ensure_topics(&[kafka::RUNS_TOPIC]).await.ok()?;
-            let producer = settings.producer("sluice.runs").ok()?;
-            publish_run(&producer, &rec).await.ok()
+            publish_run(producer.as_ref()?, &rec).await.ok()
         };
         if tokio::time::timeout(FINAL_REPORT_LIMIT, publish).await.ok().flatten().is_none() {
             tracing::warn!("the run record could not be written to {}", kafka::RUNS_TOPIC);
@@ -330,65 +333,15 @@ pub async fn latest_runs(settings: &KafkaSettings) -> Result<HashMap<String, Run
 
 /// Reads the last durable position stored for `flow`, if any.
 pub async fn load_position(settings: &KafkaSettings, flow: &str) -> Result<Option<Position>, FlowError> {
-    let cfg = settings.client_config();
-    let timeout = settings.connect_timeout;
-    let flow = flow.to_owned();
-    let flow2 = flow.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<Option<Position>, KafkaError> {
-        use rdkafka::consumer::BaseConsumer;
-        let mut cfg = cfg;
-        let consumer: BaseConsumer = cfg
-            .set("group.id", "sluice.positions.reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .create()?;
-        let md = consumer.fetch_metadata(Some(kafka::POSITIONS_TOPIC), timeout)?;
-        let mut tpl = TopicPartitionList::new();
-        let mut remaining = HashMap::new();
-        for t in md.topics() {
-            for p in t.partitions() {
-                let (low, high) = consumer.fetch_watermarks(kafka::POSITIONS_TOPIC, p.id(), timeout)?;
-                if high > low {
-                    tpl.add_partition_offset(kafka::POSITIONS_TOPIC, p.id(), Offset::Beginning)?;
-                    remaining.insert(p.id(), high);
-                }
-            }
+    let mut last = None;
+    for m in kafka::read_topic(settings, kafka::POSITIONS_TOPIC, usize::MAX).await? {
+        // One flow's positions share a key, so a partition, so the last one read is the latest.
+        if let (true, Some(p)) = (m.key.as_deref() == Some(flow.as_bytes()), m.payload.as_deref()) {
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap_or_default();
+            last = v.get("position").cloned();
         }
-        if remaining.is_empty() {
-            return Ok(None);
-        }
-        consumer.assign(&tpl)?;
-        let mut last = None;
-        let deadline = Instant::now() + timeout;
-        while !remaining.is_empty() && Instant::now() < deadline {
-            let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
-            match msg {
-                Ok(m) => {
-                    if m.offset() + 1 >= remaining.get(&m.partition()).copied().unwrap_or(0) {
-                        remaining.remove(&m.partition());
-                    }
-                    if let (true, Some(p)) = (m.key() == Some(flow.as_bytes()), m.payload()) {
-                        let v: serde_json::Value = serde_json::from_slice(p).unwrap_or_default();
-                        last = v.get("position").cloned();
-                    }
-                }
-                Err(KafkaError::PartitionEOF(p)) => {
-                    remaining.remove(&p);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(last)
-    })
-    .await;
-    match res {
-        Ok(r) => r.map_err(|e| FlowError::Kafka {
-            flow: flow2,
-            context: format!("reading positions from {}", kafka::POSITIONS_TOPIC),
-            message: settings.redact(e),
-        }),
-        Err(_) => Ok(None),
     }
+    Ok(last)
 }
 
 /// What the source half did in a run.
@@ -591,11 +544,12 @@ pub async fn run_sink(
     let dlq_producer = ctx.kafka.dlq_producer(&format!("sluice.{}.dlq", ctx.flow))?;
     let dlq = DeadLetters::new(dlq_producer, &ctx.flow);
     let mut summary = SinkSummary::default();
-    // Next offset to read per partition, as far as this worker committed it.
-    let mut committed: Option<HashMap<i32, i64>> = None;
+    // Next offset to read per partition, as far as this worker committed it (or read from the
+    // group, for the on-demand stop check).
+    let mut committed: HashMap<i32, i64> = HashMap::new();
     let mut tracker = OffsetTracker::new();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(ctx.batch.max_records);
-    let mut watchdog = Watchdog::new(&input.topic);
+    let mut watchdog = Watchdog::new();
     let mut commit_failing_since: Option<Instant> = None;
     loop {
         if let Some(target) = stop_at.borrow().clone() {
@@ -616,11 +570,11 @@ pub async fn run_sink(
             _ = ctx.shutdown.cancelled() => None,
         };
         let Some(first) = first else {
-            drop_revoked(&consumer, &mut batch, &mut tracker, committed.as_mut());
+            drop_revoked(&consumer, &mut batch, &mut tracker, &mut committed);
             watchdog.check(&consumer, &input, &ctx.flow);
             continue;
         };
-        drop_revoked(&consumer, &mut batch, &mut tracker, committed.as_mut());
+        drop_revoked(&consumer, &mut batch, &mut tracker, &mut committed);
         if !take(ctx, &input.topic, first, &mut batch, &mut tracker)? {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
@@ -630,7 +584,7 @@ pub async fn run_sink(
             let Ok(m) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
             // A rebalance runs inside `recv`: what was read before it for a revoked partition
             // is now someone else's to deliver.
-            drop_revoked(&consumer, &mut batch, &mut tracker, committed.as_mut());
+            drop_revoked(&consumer, &mut batch, &mut tracker, &mut committed);
             if !take(ctx, &input.topic, m, &mut batch, &mut tracker)? {
                 break;
             }
@@ -646,7 +600,7 @@ pub async fn run_sink(
         for m in &batch {
             tracker.finish(m.partition(), m.offset());
         }
-        match commit(ctx, &consumer, &input.topic, &mut tracker, committed.get_or_insert_with(HashMap::new)) {
+        match commit(ctx, &consumer, &input.topic, &mut tracker, &mut committed) {
             Ok(()) => commit_failing_since = None,
             // The finished offsets stay in the tracker and go with the next commit; only a
             // crash before then re-delivers them. A cluster that refuses commits for long is
@@ -725,7 +679,7 @@ fn drop_revoked(
     consumer: &SinkConsumer,
     batch: &mut Vec<OwnedMessage>,
     tracker: &mut OffsetTracker,
-    committed: Option<&mut HashMap<i32, i64>>,
+    committed: &mut HashMap<i32, i64>,
 ) {
     let revoked = consumer.context().take_revoked();
     if revoked.is_empty() {
@@ -736,10 +690,8 @@ fn drop_revoked(
     for p in &revoked {
         tracker.forget(*p);
     }
-    if let Some(c) = committed {
-        for p in &revoked {
-            c.remove(p);
-        }
+    for p in &revoked {
+        committed.remove(p);
     }
     tracing::info!(partitions = ?revoked, dropped = before - batch.len(), "partitions revoked; their undelivered messages are left to the new owner");
 }
@@ -860,9 +812,8 @@ fn reached(
     consumer: &SinkConsumer,
     topic: &str,
     target: &[(i32, i64)],
-    committed: &mut Option<HashMap<i32, i64>>,
+    known: &mut HashMap<i32, i64>,
 ) -> Result<bool, KafkaError> {
-    let known = committed.get_or_insert_with(HashMap::new);
     let missing: Vec<i32> =
         target.iter().filter(|(p, high)| *high > 0 && !known.contains_key(p)).map(|(p, _)| *p).collect();
     if !missing.is_empty() {
@@ -894,7 +845,6 @@ fn reached(
 /// owner is stuck retrying a failing destination), the window doubles each time, up to
 /// [`STALL_WINDOW_MAX`], so the group is not kept rebalancing.
 struct Watchdog {
-    topic: String,
     /// When the unowned partitions' progress was last seen to change.
     since: Instant,
     /// The unowned, lagging partitions at the last check: (partition, committed, end).
@@ -914,16 +864,9 @@ const STALL_WINDOW_MAX: Duration = Duration::from_secs(300);
 const WATCH_EVERY: Duration = Duration::from_secs(5);
 
 impl Watchdog {
-    fn new(topic: &str) -> Self {
+    fn new() -> Self {
         let now = Instant::now();
-        Watchdog {
-            topic: topic.to_owned(),
-            since: now,
-            last: None,
-            next_check: now + WATCH_EVERY,
-            window: STALL_WINDOW,
-            partitions: None,
-        }
+        Watchdog { since: now, last: None, next_check: now + WATCH_EVERY, window: STALL_WINDOW, partitions: None }
     }
 
     fn check(&mut self, consumer: &SinkConsumer, input: &SinkInput, flow: &str) {
@@ -941,7 +884,7 @@ impl Watchdog {
         }
         // These calls wait on the network; a failure just skips this round.
         let Ok(progress) =
-            tokio::task::block_in_place(|| group_progress(consumer, &self.topic, input.kafka.connect_timeout))
+            tokio::task::block_in_place(|| group_progress(consumer, &input.topic, input.kafka.connect_timeout))
         else {
             return;
         };
@@ -961,14 +904,14 @@ impl Watchdog {
         }
         tracing::warn!(
             flow = %flow,
-            topic = %self.topic,
+            topic = %input.topic,
             partitions = ?unowned.iter().map(|(p, _, _)| *p).collect::<Vec<_>>(),
             stalled_secs = now.duration_since(self.since).as_secs(),
             "undelivered records sit in partitions no live worker is delivering; rejoining the group"
         );
         consumer.unsubscribe();
-        if let Err(e) = consumer.subscribe(&[self.topic.as_str()]) {
-            tracing::warn!(flow = %flow, topic = %self.topic, error = %e, "rejoining the group");
+        if let Err(e) = consumer.subscribe(&[input.topic.as_str()]) {
+            tracing::warn!(flow = %flow, topic = %input.topic, error = %e, "rejoining the group");
         }
         self.window = (self.window * 2).min(STALL_WINDOW_MAX);
         self.since = now;
