@@ -168,16 +168,24 @@ async fn own_cluster(cfg: &Config) -> Result<(Option<EmbeddedBroker>, KafkaSetti
     }
 }
 
+/// Checks that the config has flow `name`; otherwise says which it has, with exit code 2.
+fn known_flow(cfg: &Config, name: &str) -> Result<(), ExitCode> {
+    if cfg.flows.iter().any(|f| f.name == name) {
+        return Ok(());
+    }
+    let names: Vec<&str> = cfg.flows.iter().map(|f| f.name.as_str()).collect();
+    eprintln!("error: no flow named `{name}` (flows: {})", names.join(", "));
+    Err(ExitCode::from(2))
+}
+
 /// `sluice dlq show CONFIG FLOW`.
 pub async fn dlq_show(path: &Path, flow: &str, limit: usize) -> ExitCode {
     let cfg = match config::load(path) {
         Ok(c) => c,
         Err(rejected) => return print_config_errors(&rejected.errors),
     };
-    if !cfg.flows.iter().any(|f| f.name == flow) {
-        let names: Vec<&str> = cfg.flows.iter().map(|f| f.name.as_str()).collect();
-        eprintln!("error: no flow named `{flow}` (flows: {})", names.join(", "));
-        return ExitCode::from(2);
+    if let Err(code) = known_flow(&cfg, flow) {
+        return code;
     }
     let (_broker, own) = match own_cluster(&cfg).await {
         Ok(x) => x,
@@ -232,12 +240,8 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    if let Some(name) = only
-        && !cfg.flows.iter().any(|f| f.name == name)
-    {
-        let names: Vec<&str> = cfg.flows.iter().map(|f| f.name.as_str()).collect();
-        eprintln!("error: no flow named `{name}` (flows: {})", names.join(", "));
-        return ExitCode::from(2);
+    if let Some(Err(code)) = only.map(|name| known_flow(&cfg, name)) {
+        return code;
     }
     let shutdown = shutdown_signal();
     // Keep the embedded broker alive for the whole run.
