@@ -43,7 +43,7 @@ enum Command {
         /// A YAML file, or a directory of them.
         config: PathBuf,
     },
-    /// Inspect a flow's dead-letter topic.
+    /// Inspect a flow's dead-letter topic, or replay it.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
@@ -74,6 +74,14 @@ enum DlqCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Send a flow's dead letters through its SQL and destination again (after a fix). Each
+    /// dead letter is replayed once; those that fail again return to the DLQ.
+    Replay {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The flow.
+        flow: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -101,6 +109,7 @@ fn main() -> ExitCode {
             Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => {
                 run::dlq_show(&config, &flow, limit).await
             }
+            Command::Dlq { command: DlqCommand::Replay { config, flow } } => run::dlq_replay(&config, &flow).await,
         }
     })
 }

@@ -224,6 +224,89 @@ pub async fn dlq_show(path: &Path, flow: &str, limit: usize) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `sluice dlq replay CONFIG FLOW`: sends the flow's dead letters through its SQL and sink
+/// again, after a fix.
+///
+/// The replay is a sink worker whose input is the DLQ topic, in its own consumer group, so its
+/// commits mark what was replayed: a second replay resends only dead letters that arrived
+/// since. It stops at the DLQ's end as it was when the replay started; letters that fail again
+/// are appended to the DLQ with their attempt count raised (and the original topic, partition
+/// and offset kept), for the next replay.
+pub async fn dlq_replay(path: &Path, name: &str) -> ExitCode {
+    let (cfg, stages) = match load_and_plan(path).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if let Err(code) = known_flow(&cfg, name) {
+        return code;
+    }
+    let Some((i, stage)) = stages.into_iter().find(|(i, _)| cfg.flows[*i].name == name) else {
+        eprintln!("error: flow `{name}` has no planned SQL stage");
+        return ExitCode::from(1);
+    };
+    let flow = cfg.flows[i].clone();
+    let shutdown = shutdown_signal();
+    let (_broker, own) = match own_cluster(&cfg).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let ctx = FlowContext {
+        flow: flow.name.clone(),
+        kafka: own.clone(),
+        batch: BatchSettings::default(),
+        ledger: Ledger::shared(),
+        shutdown,
+        errors: Arc::new(sluice_engine::errors_policy::ErrorGate::new(flow.errors.clone())),
+    };
+    let started = Instant::now();
+    match replay(&cfg, &flow, &ctx, stage).await {
+        Ok(dest) => {
+            let s = ctx.ledger.snapshot();
+            println!(
+                "flow {name}: replayed {} dead letter(s) to {dest}: delivered {}, filtered {}, dead-lettered again {}, dropped {} in {:.1} s",
+                s.consumed,
+                s.delivered,
+                s.filtered,
+                s.sink_dlq,
+                s.dropped,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) if is_stop(&e) => {
+            eprintln!("flow `{name}`: replay stopped while retrying a write; run it again to resend the rest");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: replaying the DLQ of flow `{name}`: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn replay(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage) -> anyhow::Result<String> {
+    let own = &ctx.kafka;
+    let dlq = kafka::dlq_topic(&flow.name);
+    own.ensure_topics(&[&dlq]).await?;
+    let dst_conn = cfg.connections.get(&flow.destination_connection).context("destination connection vanished")?;
+    let sink = sluice_connectors::build_sink(
+        &flow.destination_connection,
+        dst_conn,
+        &flow.destination_object,
+        &flow.destination,
+        own,
+        &flow.name,
+    )
+    .await
+    .with_context(|| format!("building destination of flow `{}`", flow.name))?;
+    let dest = sink.describe();
+    let marks = kafka::high_watermarks(own, &dlq).await?;
+    let (_stop_tx, stop_rx) = watch::channel(Some(marks));
+    let input = SinkInput { kafka: own.clone(), topic: dlq, group: kafka::replay_group(&flow.name) };
+    runtime::run_sink(ctx, input, Box::new(stage), sink, stop_rx).await?;
+    Ok(dest)
+}
+
 /// Bytes as text for a terminal: lossy UTF-8, at most 300 characters.
 fn shorten(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
@@ -436,8 +519,15 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
         Input::Source(_) => own.ensure_topics(&[&changes, &dlq, kafka::POSITIONS_TOPIC]).await?,
         Input::Topic { .. } => own.ensure_topics(&[&dlq]).await?,
     }
-    let sink = sluice_connectors::build_sink(dst_conn, &flow.destination_object, &flow.destination, own, &flow.name)
-        .await
+    let sink = sluice_connectors::build_sink(
+        &flow.destination_connection,
+        dst_conn,
+        &flow.destination_object,
+        &flow.destination,
+        own,
+        &flow.name,
+    )
+    .await
         .with_context(|| format!("building destination of flow `{}`", flow.name))?;
     let dest = sink.describe();
     let (stop_tx, stop_rx) = watch::channel(None);
@@ -462,7 +552,7 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
                 }
                 Ok::<(), anyhow::Error>(())
             };
-            let input = SinkInput { kafka: own.clone(), topic: changes.clone() };
+            let input = SinkInput { kafka: own.clone(), topic: changes.clone(), group: kafka::sink_group(&flow.name) };
             let sink_half =
                 async { Ok::<_, anyhow::Error>(runtime::run_sink(&ctx, input, Box::new(stage), sink, stop_rx).await?) };
             tokio::try_join!(source_half, sink_half)?;
@@ -472,7 +562,7 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
                 let marks = kafka::high_watermarks(&theirs, &topic).await?;
                 let _ = stop_tx.send(Some(marks));
             }
-            let input = SinkInput { kafka: theirs, topic };
+            let input = SinkInput { kafka: theirs, topic, group: kafka::sink_group(&flow.name) };
             runtime::run_sink(&ctx, input, Box::new(stage), sink, stop_rx).await?;
         }
     }

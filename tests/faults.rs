@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
+use common::http::{Destination, Mode, Options};
 use common::{Broker, counts_of, produce, read_jsonl, read_topic, run, spawn, wait_until, write};
 use serde_json::Value;
 
@@ -255,4 +256,208 @@ flows:
     let v = oracle(&rows, count as u64);
     assert!(v.duplicates <= IN_FLIGHT_WINDOW, "duplicates beyond the killed worker's in-flight batch: {v:?}");
     eprintln!("FAULT two workers, one killed: sent {count}, lost 0, duplicated {}, dlq 0", v.duplicates);
+}
+
+/// `count` records keyed by `id` (40 keys) with a per-key `version`, padded with `pad` bytes,
+/// produced to `topic` over `partitions` partitions.
+fn produce_versioned(addr: &str, topic: &str, partitions: i32, count: i64, pad: usize) {
+    let filler = "x".repeat(pad);
+    let msgs: Vec<(Option<String>, Vec<u8>)> = (0..count)
+        .map(|seq| {
+            let id = seq % 40;
+            let body = format!("{{\"seq\":{seq},\"id\":{id},\"version\":{},\"pad\":\"{filler}\"}}", seq / 40);
+            (Some(format!("{{\"id\":{id}}}")), body.into_bytes())
+        })
+        .collect();
+    produce(addr, topic, partitions, &msgs);
+}
+
+/// A flow from topic `input` to the HTTP destination at `url`, with `options` for the sink.
+fn http_flow_config(dir: &Path, addr: &str, flow: &str, input: &str, url: &str, options: &str) -> String {
+    write(
+        dir,
+        "flow.yaml",
+        &format!(
+            r#"
+kafka:
+  bootstrap_servers: {addr}
+connections:
+  bus: {{type: kafka}}
+  hook:
+    type: http
+    url: {url}
+    timeout_secs: 1
+    allow_private_addresses: true
+    auth: {{type: bearer, token: "${{env:HOOK_TOKEN}}"}}
+flows:
+  - name: {flow}
+    source:
+      connection: bus
+      object: {input}
+      options: {{format: json}}
+      schema: {{seq: int64, id: int64, version: int64}}
+    transform:
+      sql: SELECT seq, id, version FROM source
+    destination:
+      connection: hook
+      object: /ingest
+      options: {options}
+"#
+        ),
+    )
+}
+
+/// The rows the destination accepted, with `seq`, `id` and `version`.
+fn accepted(dest: &Destination) -> Vec<Value> {
+    dest.rows()
+}
+
+#[test]
+fn http_destination_failing_hanging_and_resetting_then_recovering_gets_everything() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let count = 20_000i64;
+    produce_versioned(&broker.addr, "hook-in", 3, count, 0);
+    let dest = Destination::start(Options { mode: Mode::Error500, hang: Duration::from_secs(3), ..Options::default() });
+    let cfg = http_flow_config(dir.path(), &broker.addr, "outage", "hook-in", &dest.url, "{max_rows: 250}");
+    let p = spawn(&["run", &cfg], dir.path(), &[("HOOK_TOKEN", "t0ps3cret")]);
+    // 500s until the worker has met them a few times, then hangs past its 1 s timeout, then
+    // reset connections; then the service recovers.
+    assert!(wait_until(Duration::from_secs(60), || dest.requests() >= 3), "{}", p.stderr_so_far());
+    std::thread::sleep(Duration::from_secs(2));
+    dest.set_mode(Mode::Hang);
+    std::thread::sleep(Duration::from_secs(4));
+    dest.set_mode(Mode::Reset);
+    std::thread::sleep(Duration::from_secs(3));
+    dest.set_mode(Mode::Healthy);
+    let done = p.wait(Duration::from_secs(240));
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    for seen in ["HTTP 500 Internal Server Error: down for maintenance", "timed out", "retrying"] {
+        assert!(done.stderr.contains(seen), "the log should mention `{seen}`:\n{}", done.stderr);
+    }
+    assert!(
+        done.stderr.contains("reset") || done.stderr.contains("closed") || done.stderr.contains("connection"),
+        "the log should mention the reset connections:\n{}",
+        done.stderr
+    );
+    assert!(!done.stderr.contains("t0ps3cret"), "the token leaked into the log");
+    let v = oracle(&accepted(&dest), count as u64);
+    assert!(v.duplicates <= IN_FLIGHT_WINDOW, "{v:?}");
+    assert!(read_topic(&broker.addr, "sluice.outage.dlq").is_empty(), "a retriable failure is never dead-lettered");
+    let status = run(&["status", &cfg], dir.path(), &[("HOOK_TOKEN", "t0ps3cret")], Duration::from_secs(60));
+    assert!(status.stdout.contains(&format!("read {count} = delivered {count} + filtered 0 + dlq 0 + dropped 0 + in flight 0")), "{}", status.stdout);
+    eprintln!("FAULT http 500/hang/reset: sent {count}, lost 0, duplicated {}, dlq 0 ({} requests)", v.duplicates, dest.requests());
+}
+
+#[test]
+fn http_destination_rejecting_specific_records_dead_letters_exactly_those() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let count = 10_000i64;
+    produce_versioned(&broker.addr, "picky-in", 2, count, 0);
+    fn reject(row: &Value) -> Option<String> {
+        let seq = row["seq"].as_i64()?;
+        (seq % 997 == 13).then(|| format!("record {seq}: field seq is not accepted"))
+    }
+    let dest = Destination::start(Options { reject: Some(reject), ..Options::default() });
+    let cfg = http_flow_config(dir.path(), &broker.addr, "picky", "picky-in", &dest.url, "{max_rows: 200}");
+    let done = run(&["run", &cfg], dir.path(), &[("HOOK_TOKEN", "t")], Duration::from_secs(180));
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+
+    let refused: BTreeSet<i64> = (0..count).filter(|s| s % 997 == 13).collect();
+    let rows = accepted(&dest);
+    let got = counts_of(&rows, "seq");
+    assert!(got.values().all(|n| *n == 1), "a clean run delivers each record once");
+    let expected: BTreeSet<i64> = (0..count).filter(|s| !refused.contains(s)).collect();
+    assert_eq!(got.keys().copied().collect::<BTreeSet<i64>>(), expected, "everything else is delivered");
+
+    let dlq = read_topic(&broker.addr, "sluice.picky.dlq");
+    let mut dead = BTreeSet::new();
+    for m in &dlq {
+        let row: Value = serde_json::from_slice(&m.payload).unwrap();
+        let seq = row["seq"].as_i64().unwrap();
+        assert!(dead.insert(seq), "record {seq} dead-lettered twice");
+        assert_eq!(m.headers["sluice.stage"], "sink");
+        assert_eq!(m.headers["sluice.topic"], "picky-in");
+        assert_eq!(m.key.as_deref(), Some(format!("{{\"id\":{}}}", seq % 40).as_str()), "the original key");
+        let why = &m.headers["sluice.error"];
+        assert!(why.contains("HTTP 400") && why.contains(&format!("record {seq}: field seq is not accepted")), "{why}");
+        assert!(m.headers["sluice.offset"].parse::<i64>().is_ok());
+    }
+    assert_eq!(dead, refused, "exactly the refused records are in the DLQ");
+    // The worker went past them: the run ended (its committed offsets reached the end) and
+    // the ledger balances.
+    let status = run(&["status", &cfg], dir.path(), &[("HOOK_TOKEN", "t")], Duration::from_secs(60));
+    let n = refused.len();
+    assert!(
+        status.stdout.contains(&format!("read {count} = delivered {} + filtered 0 + dlq {n} + dropped 0 + in flight 0", count as usize - n)),
+        "{}",
+        status.stdout
+    );
+    eprintln!("FAULT http 400 for {n} records: sent {count}, lost 0, duplicated 0, dlq {n} ({} requests, {} refused)", dest.requests(), dest.refused());
+
+    // Replayed before the fix, they fail again: back in the DLQ with a second attempt, still
+    // naming where they came from.
+    let replay = run(&["dlq", "replay", &cfg, "picky"], dir.path(), &[("HOOK_TOKEN", "t")], Duration::from_secs(120));
+    assert_eq!(replay.code(), Some(0), "{}", replay.stderr);
+    assert!(replay.stdout.contains(&format!("replayed {n} dead letter(s)")) && replay.stdout.contains(&format!("dead-lettered again {n}")), "{}", replay.stdout);
+    let dlq = read_topic(&broker.addr, "sluice.picky.dlq");
+    assert_eq!(dlq.len(), 2 * n);
+    let second: Vec<_> = dlq.iter().filter(|m| m.headers["sluice.attempts"] == "2").collect();
+    assert_eq!(second.len(), n);
+    assert!(second.iter().all(|m| m.headers["sluice.topic"] == "picky-in"));
+
+    // The destination is fixed: a replay sends exactly the dead letters not replayed yet,
+    // once; another finds nothing new.
+    dest.set_reject(None);
+    let replay = run(&["dlq", "replay", &cfg, "picky"], dir.path(), &[("HOOK_TOKEN", "t")], Duration::from_secs(120));
+    assert_eq!(replay.code(), Some(0), "{}", replay.stderr);
+    assert!(replay.stdout.contains(&format!("replayed {n} dead letter(s)")) && replay.stdout.contains(&format!("delivered {n},")), "{}", replay.stdout);
+    let got = counts_of(&accepted(&dest), "seq");
+    assert_eq!(got.len() as i64, count, "after the replay every record is delivered");
+    assert!(got.values().all(|n| *n == 1), "the replay sent only the dead letters");
+    let again = run(&["dlq", "replay", &cfg, "picky"], dir.path(), &[("HOOK_TOKEN", "t")], Duration::from_secs(120));
+    assert!(again.stdout.contains("replayed 0 dead letter(s)"), "{}{}", again.stdout, again.stderr);
+}
+
+/// Peak resident memory of a process so far, in MiB (Linux's VmHWM).
+fn peak_rss_mib(pid: nix::unistd::Pid) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)
+}
+
+/// The bound on a worker's resident memory with a large backlog and a slow destination: one
+/// batch in hand (5,000 records) plus librdkafka's prefetch (16 MiB) plus the runtime, SQL
+/// engine and clients. The backlog in this test is several times larger.
+const RSS_BOUND_MIB: u64 = 200;
+
+#[test]
+fn slow_destination_bounds_memory_and_keeps_group_membership() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    // 10,000 records of about 10 KB: a 100 MB backlog.
+    let count = 10_000i64;
+    produce_versioned(&broker.addr, "slow-in", 2, count, 10_000);
+    let dest = Destination::start(Options { delay: Duration::from_millis(100), ..Options::default() });
+    // 50 rows per request at 100 ms each: a 5,000-record batch takes 10 s, the group's whole
+    // session timeout, so membership must survive on heartbeats while the worker waits.
+    let cfg = http_flow_config(dir.path(), &broker.addr, "slow", "slow-in", &dest.url, "{max_rows: 50}");
+    let p = spawn(&["run", &cfg], dir.path(), &[("HOOK_TOKEN", "t")]);
+    let pid = p.pid();
+    let mut peak = 0;
+    let ok = wait_until(Duration::from_secs(240), || {
+        peak = peak.max(peak_rss_mib(pid).unwrap_or(0));
+        counts_of(&accepted(&dest), "seq").len() as i64 >= count
+    });
+    peak = peak.max(peak_rss_mib(pid).unwrap_or(0));
+    let done = p.wait(Duration::from_secs(60));
+    assert!(ok, "not everything arrived:\n{}", done.stderr);
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    let v = oracle(&accepted(&dest), count as u64);
+    assert_eq!(v.duplicates, 0, "a worker that keeps its membership re-delivers nothing: {v:?}");
+    assert_eq!(done.stderr.matches("partitions assigned").count(), 1, "the worker was evicted and rejoined:\n{}", done.stderr);
+    assert!(!done.stderr.contains("revoked"), "{}", done.stderr);
+    assert!(peak > 0 && peak <= RSS_BOUND_MIB, "peak RSS {peak} MiB over the {RSS_BOUND_MIB} MiB bound");
+    eprintln!("FAULT slow destination (100 ms/request): sent {count} (~100 MB), lost 0, duplicated 0, dlq 0, peak RSS {peak} MiB");
 }

@@ -13,7 +13,7 @@ use arrow_array::RecordBatch;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use sluice_engine::connector::{Poll, Position, Sink, Source, SourceItem};
+use sluice_engine::connector::{Poll, Position, Sink, Source, SourceItem, WriteContext, Written};
 use sluice_engine::error::ConnectorError;
 use sluice_engine::record::{ChangeRecord, Op, now_ms};
 
@@ -283,14 +283,14 @@ pub fn encode_json_lines(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn write(&mut self, batches: &[RecordBatch]) -> Result<(), ConnectorError> {
+    async fn write(&mut self, batches: &[RecordBatch], _: WriteContext<'_>) -> Result<Written, ConnectorError> {
         let mut buf = Vec::new();
         encode_json_lines(batches, &mut buf)?;
         let ctx = || format!("writing {}", self.path.display());
         self.file.write_all(&buf).map_err(|e| ConnectorError::io(ctx(), e))?;
         // Acknowledged means on disk: offsets are committed right after this returns.
         self.file.sync_data().map_err(|e| ConnectorError::io(ctx(), e))?;
-        Ok(())
+        Ok(Written::all())
     }
 
     fn describe(&self) -> String {

@@ -11,7 +11,7 @@ use arrow_array::{Array, RecordBatch};
 use async_trait::async_trait;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
-use sluice_engine::connector::{PayloadFormat, Sink};
+use sluice_engine::connector::{PayloadFormat, RejectedRow, Sink, WriteContext, Written};
 use sluice_engine::error::ConnectorError;
 use sluice_engine::kafka::{KafkaSecurity, KafkaSettings};
 
@@ -86,8 +86,10 @@ impl KafkaSink {
 
 #[async_trait]
 impl Sink for KafkaSink {
-    async fn write(&mut self, batches: &[RecordBatch]) -> Result<(), ConnectorError> {
+    async fn write(&mut self, batches: &[RecordBatch], _: WriteContext<'_>) -> Result<Written, ConnectorError> {
         let mut futures = Vec::new();
+        let mut rejected = Vec::new();
+        let mut index = 0;
         for batch in batches {
             let schema = batch.schema();
             let key_idx = schema.index_of("_key").ok();
@@ -115,9 +117,10 @@ impl Sink for KafkaSink {
                 if let Some(Some(k)) = keys.as_ref().map(|k| k[row].as_deref()) {
                     rec = rec.key(k);
                 }
+                let this = index + row;
                 let f = loop {
                     match self.producer.send_result(rec) {
-                        Ok(f) => break f,
+                        Ok(f) => break Some(f),
                         Err((
                             rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
                             back,
@@ -125,15 +128,25 @@ impl Sink for KafkaSink {
                             rec = back;
                             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                         }
+                        Err((e, _)) if refuses_record(&e) => {
+                            let reason = format!("producing to `{}`: {e}", self.topic);
+                            rejected.push(RejectedRow { index: this, reason });
+                            break None;
+                        }
                         Err((e, _)) => return Err(ConnectorError::kafka(format!("producing to `{}`", self.topic), e)),
                     }
                 };
-                futures.push(f);
+                futures.extend(f.map(|f| (this, f)));
             }
+            index += batch.num_rows();
         }
-        for f in futures {
+        for (index, f) in futures {
             match f.await {
                 Ok(Ok(_)) => {}
+                // A record the cluster will never take is that record's problem, not the flow's.
+                Ok(Err((e, _))) if refuses_record(&e) => {
+                    rejected.push(RejectedRow { index, reason: format!("delivering to `{}`: {e}", self.topic) });
+                }
                 Ok(Err((e, _))) => return Err(ConnectorError::kafka(format!("delivering to `{}`", self.topic), e)),
                 Err(_) => {
                     return Err(ConnectorError::kafka(
@@ -143,7 +156,8 @@ impl Sink for KafkaSink {
                 }
             }
         }
-        Ok(())
+        rejected.sort_by_key(|r| r.index);
+        Ok(Written { rejected })
     }
 
     fn describe(&self) -> String {
@@ -158,4 +172,11 @@ fn arrow_cast_to_strings(col: &dyn Array) -> Result<Vec<Option<String>>, String>
         .downcast_ref::<arrow_array::StringArray>()
         .ok_or_else(|| format!("expected a string column, found {}", col.data_type()))?;
     Ok((0..arr.len()).map(|i| (!arr.is_null(i)).then(|| arr.value(i).to_owned())).collect())
+}
+
+/// Whether a produce error is about the record itself (it can never be written), rather than
+/// the cluster (which may recover).
+fn refuses_record(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(e.rdkafka_error_code(), Some(C::MessageSizeTooLarge | C::InvalidRecord | C::InvalidMessage))
 }

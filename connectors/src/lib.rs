@@ -6,6 +6,7 @@
 //! |------------|--------|------|--------|
 //! | `generate` | yes    |      | [`generate`] |
 //! | `file`     | yes    | yes  | [`file`] |
+//! | `http`     |        | yes  | [`http`] |
 //! | `kafka`    | yes    | yes  | [`kafka`] |
 //! | `stdout`   |        | yes  | [`stdout`] |
 //!
@@ -17,6 +18,7 @@
 
 pub mod file;
 pub mod generate;
+pub mod http;
 pub mod kafka;
 pub mod stdout;
 
@@ -33,6 +35,8 @@ pub enum Connection {
     Generate(generate::GenerateConnection),
     /// `type: file`
     File(file::FileConnection),
+    /// `type: http`
+    Http(http::HttpConnection),
     /// `type: kafka`
     Kafka(kafka::KafkaConnection),
     /// `type: stdout`
@@ -40,7 +44,7 @@ pub enum Connection {
 }
 
 /// The connector names accepted as a connection's `type`.
-pub const KINDS: &[&str] = &["generate", "file", "kafka", "stdout"];
+pub const KINDS: &[&str] = &["generate", "file", "http", "kafka", "stdout"];
 
 impl Connection {
     /// Parses a connection body (everything but `type`) for connector `kind`.
@@ -48,6 +52,7 @@ impl Connection {
         Ok(match kind {
             "generate" => Connection::Generate(Deserialize::deserialize(d)?),
             "file" => Connection::File(Deserialize::deserialize(d)?),
+            "http" => Connection::Http(Deserialize::deserialize(d)?),
             "kafka" => Connection::Kafka(Deserialize::deserialize(d)?),
             "stdout" => Connection::Stdout(Deserialize::deserialize(d)?),
             other => return Err(D::Error::unknown_variant(other, KINDS)),
@@ -59,6 +64,7 @@ impl Connection {
         match self {
             Connection::Generate(_) => "generate",
             Connection::File(_) => "file",
+            Connection::Http(_) => "http",
             Connection::Kafka(_) => "kafka",
             Connection::Stdout(_) => "stdout",
         }
@@ -81,6 +87,8 @@ pub enum SourceOptions {
 pub enum SinkOptions {
     /// For `file`.
     File(file::FileSinkOptions),
+    /// For `http`.
+    Http(http::HttpSinkOptions),
     /// For `kafka`.
     Kafka(kafka::KafkaSinkOptions),
     /// For `stdout`.
@@ -94,6 +102,9 @@ pub fn source_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Res
         Connection::File(_) => SourceOptions::File(Deserialize::deserialize(d)?),
         Connection::Kafka(_) => SourceOptions::Kafka(Deserialize::deserialize(d)?),
         Connection::Stdout(_) => return Err(D::Error::custom("a `stdout` connection cannot be a source")),
+        Connection::Http(_) => {
+            return Err(D::Error::custom("an `http` connection cannot be a source yet (only a destination)"));
+        }
     })
 }
 
@@ -101,6 +112,7 @@ pub fn source_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Res
 pub fn sink_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Result<SinkOptions, D::Error> {
     Ok(match conn {
         Connection::File(_) => SinkOptions::File(Deserialize::deserialize(d)?),
+        Connection::Http(_) => SinkOptions::Http(Deserialize::deserialize(d)?),
         Connection::Kafka(_) => SinkOptions::Kafka(Deserialize::deserialize(d)?),
         Connection::Stdout(_) => SinkOptions::Stdout(Deserialize::deserialize(d)?),
         Connection::Generate(_) => return Err(D::Error::custom("a `generate` connection cannot be a destination")),
@@ -156,8 +168,9 @@ pub fn build_source(
     })
 }
 
-/// Builds a flow's sink. `own` is sluice's cluster.
+/// Builds a flow's sink from connection `name`. `own` is sluice's cluster.
 pub async fn build_sink(
+    name: &str,
     conn: &Connection,
     object: &str,
     options: &SinkOptions,
@@ -167,6 +180,7 @@ pub async fn build_sink(
     Ok(match (conn, options) {
         (Connection::File(c), SinkOptions::File(o)) => Box::new(file::FileSink::new(c, object, o.clone())?),
         (Connection::Stdout(_), SinkOptions::Stdout(_)) => Box::new(stdout::StdoutSink),
+        (Connection::Http(c), SinkOptions::Http(o)) => Box::new(http::HttpSink::new(name, c, object, o.clone())?),
         (Connection::Kafka(c), SinkOptions::Kafka(_)) => {
             Box::new(kafka::KafkaSink::new(&c.settings(own)?, object, flow).await?)
         }

@@ -5,7 +5,7 @@ use std::io::Write;
 use arrow_array::RecordBatch;
 use async_trait::async_trait;
 use serde::Deserialize;
-use sluice_engine::connector::Sink;
+use sluice_engine::connector::{Sink, WriteContext, Written};
 use sluice_engine::error::ConnectorError;
 
 use crate::file::encode_json_lines;
@@ -25,11 +25,12 @@ pub struct StdoutSink;
 
 #[async_trait]
 impl Sink for StdoutSink {
-    async fn write(&mut self, batches: &[RecordBatch]) -> Result<(), ConnectorError> {
+    async fn write(&mut self, batches: &[RecordBatch], _: WriteContext<'_>) -> Result<Written, ConnectorError> {
         let mut buf = Vec::new();
         encode_json_lines(batches, &mut buf)?;
         let mut out = std::io::stdout().lock();
-        out.write_all(&buf).and_then(|()| out.flush()).map_err(|e| ConnectorError::io("writing rows to stdout", e))
+        out.write_all(&buf).and_then(|()| out.flush()).map_err(|e| ConnectorError::io("writing rows to stdout", e))?;
+        Ok(Written::all())
     }
 
     fn describe(&self) -> String {

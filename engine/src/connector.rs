@@ -109,12 +109,44 @@ pub trait Transform: Send {
     async fn process(&mut self, input: &[InputMessage<'_>]) -> Result<Transformed, TransformError>;
 }
 
+/// What the runtime tells a sink about the batch it hands over.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteContext<'a> {
+    /// A stable name for the batch, from the topic, partitions and offset ranges its rows came
+    /// from ("sluice.orders.changes/0:100-199,2:7-40"). A retry of the same batch gets the same
+    /// id, so a destination can deduplicate on it (the `http` sink sends it as an idempotency key).
+    pub batch_id: &'a str,
+}
+
+/// A sink's answer for one batch: every row not listed in `rejected` is delivered.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Rows the destination refused for good (an HTTP 400 for that record, a constraint
+    /// violation), by index across the batches in order. They go to the DLQ with the reason; the
+    /// flow goes on.
+    pub rejected: Vec<RejectedRow>,
+}
+
+impl Written {
+    /// Every row was delivered.
+    pub fn all() -> Self {
+        Written::default()
+    }
+}
+
 /// Delivers output rows to a destination.
+///
+/// `write` has three outcomes, which are the at-least-once contract between a sink and the
+/// runtime: `Ok` — every row is acknowledged by the destination except those in
+/// [`Written::rejected`]; `Err` with a retriable error ([`ConnectorError::is_retriable`]: a
+/// timeout, a reset connection, a 5xx, throttling) — nothing is assumed delivered and the runtime
+/// writes the whole batch again after a backoff; any other `Err` stops the flow. Offsets are
+/// committed only after `Ok`.
 #[async_trait]
 pub trait Sink: Send {
     /// Writes the batches; returns only once the destination has acknowledged them (durably
-    /// written, or accepted by the remote service). Offsets are committed after this returns.
-    async fn write(&mut self, batches: &[RecordBatch]) -> Result<(), ConnectorError>;
+    /// written, or accepted by the remote service).
+    async fn write(&mut self, batches: &[RecordBatch], ctx: WriteContext<'_>) -> Result<Written, ConnectorError>;
 
     /// Flushes and releases resources at the end of a run.
     async fn close(&mut self) -> Result<(), ConnectorError> {

@@ -170,6 +170,9 @@ pub enum FlowError {
         /// The flow.
         flow: String,
     },
+    /// sluice broke one of its own invariants: a bug to report.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
     /// The Kafka cluster could not be reached or set up.
     #[error(transparent)]
     Cluster(#[from] crate::kafka::KafkaSetupError),

@@ -398,6 +398,12 @@ pub fn sink_group(flow: &str) -> String {
     format!("sluice.{flow}.sink")
 }
 
+/// The consumer group that replays a flow's DLQ: its committed offsets mark the dead letters
+/// already sent through the flow again.
+pub fn replay_group(flow: &str) -> String {
+    format!("sluice.{flow}.replay")
+}
+
 /// Security settings for a Kafka cluster, as written in config.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::connector::{InputMessage, Poll, Position, Sink, Source, SourceItem, Transform};
+use crate::connector::{InputMessage, Poll, Position, Sink, Source, SourceItem, Transform, WriteContext, Written};
 use crate::error::FlowError;
 use crate::errors_policy::{ErrorGate, ErrorMode};
 use crate::kafka::{self, KafkaSettings};
@@ -83,9 +83,10 @@ pub async fn write_with_retry(
     flow: &str,
     sink: &mut dyn Sink,
     batches: &[arrow_array::RecordBatch],
+    write: WriteContext<'_>,
     policy: &RetryPolicy,
     shutdown: &CancellationToken,
-) -> Result<(), FlowError> {
+) -> Result<Written, FlowError> {
     use backon::BackoffBuilder as _;
     let started = Instant::now();
     let mut delays = backon::ExponentialBuilder::default()
@@ -97,8 +98,8 @@ pub async fn write_with_retry(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let err = match sink.write(batches).await {
-            Ok(()) => return Ok(()),
+        let err = match sink.write(batches, write).await {
+            Ok(w) => return Ok(w),
             Err(e) => e,
         };
         let give_up = |source| FlowError::RetriesExhausted {
@@ -141,6 +142,8 @@ pub struct Origin<'a> {
     pub stage: &'a str,
     /// The topic, partition and offset it was read from, when it came from Kafka.
     pub kafka: Option<(&'a str, i32, i64)>,
+    /// How many times it has failed, this time included (more than 1 after a replay).
+    pub attempts: u32,
 }
 
 impl DeadLetters {
@@ -158,11 +161,12 @@ impl DeadLetters {
         origin: Origin<'_>,
     ) -> Result<DeliveryFuture, KafkaError> {
         let now = now_ms().to_string();
+        let attempts = origin.attempts.to_string();
         let mut headers = OwnedHeaders::new()
             .insert(Header { key: "sluice.flow", value: Some(self.flow.as_str()) })
             .insert(Header { key: "sluice.stage", value: Some(origin.stage) })
             .insert(Header { key: "sluice.error", value: Some(reason) })
-            .insert(Header { key: "sluice.attempts", value: Some("1") })
+            .insert(Header { key: "sluice.attempts", value: Some(attempts.as_str()) })
             .insert(Header { key: "sluice.ts_ms", value: Some(now.as_str()) });
         if let Some((topic, partition, offset)) = origin.kafka {
             headers = headers
@@ -419,7 +423,7 @@ pub async fn run_source(
                             Ledger::add(&ctx.ledger.dropped, 1);
                         } else {
                             tracing::debug!(flow = %ctx.flow, %reason, "malformed source input to the DLQ");
-                            let origin = Origin { stage: "decode", kafka: None };
+                            let origin = Origin { stage: "decode", kafka: None, attempts: 1 };
                             futures.push(
                                 dlq.send(None, &payload, &reason, origin)
                                     .await
@@ -476,6 +480,8 @@ pub struct SinkInput {
     pub kafka: KafkaSettings,
     /// The topic.
     pub topic: String,
+    /// The consumer group ([`kafka::sink_group`], or [`kafka::replay_group`] for a replay).
+    pub group: String,
 }
 
 /// The sink worker's consumer context: it notes partitions revoked by a rebalance, so the
@@ -534,10 +540,10 @@ pub async fn run_sink(
     mut sink: Box<dyn Sink>,
     mut stop_at: StopAt,
 ) -> Result<SinkSummary, FlowError> {
-    let group = kafka::sink_group(&ctx.flow);
+    let group = input.group.clone();
     let consumer: SinkConsumer = input.kafka.consumer_with_context(
         &group,
-        &format!("sluice.{}.sink", ctx.flow),
+        &group,
         SinkConsumerContext::default(),
     )?;
     consumer.subscribe(&[input.topic.as_str()]).map_err(ctx.kafka_err(format!("subscribing to {}", input.topic)))?;
@@ -731,7 +737,7 @@ async fn process_batch(
     let mut futures = Vec::with_capacity(out.rejected.len());
     for r in out.rejected.iter().filter(|_| !dropping) {
         let m = &batch[r.index];
-        let origin = Origin { stage: "sql", kafka: Some((topic, m.partition(), m.offset())) };
+        let origin = Origin { stage: "sql", kafka: Some(source_of(topic, m)), attempts: attempts_of(m) };
         futures.push(
             dlq.send(m.key(), m.payload().unwrap_or_default(), &r.reason, origin)
                 .await
@@ -740,18 +746,125 @@ async fn process_batch(
     }
     confirm(futures).await.map_err(ctx.kafka_err(format!("confirming delivery to {}", kafka::dlq_topic(&ctx.flow))))?;
     let rows = out.rows();
-    if rows > 0 {
-        write_with_retry(&ctx.flow, sink, &out.batches, &ctx.batch.retry, &ctx.shutdown).await?;
-    }
+    let written = if rows > 0 {
+        let batch_id = batch_id(topic, batch);
+        let write = WriteContext { batch_id: &batch_id };
+        write_with_retry(&ctx.flow, sink, &out.batches, write, &ctx.batch.retry, &ctx.shutdown).await?
+    } else {
+        Written::all()
+    };
+    let refused = dead_letter_refused(ctx, topic, batch, &out, &written, dlq, dropping).await?;
     let bad = out.rejected.len();
     if dropping {
-        Ledger::add(&ctx.ledger.dropped, bad);
+        Ledger::add(&ctx.ledger.dropped, bad + refused);
     }
     Ok(BatchDone {
-        delivered: rows as u64,
+        delivered: rows.saturating_sub(written.rejected.len()) as u64,
         filtered: batch.len().saturating_sub(bad + rows) as u64,
-        dlq: if dropping { 0 } else { bad as u64 },
+        dlq: if dropping { 0 } else { (bad + refused) as u64 },
     })
+}
+
+/// Sends the rows the destination refused to the DLQ (or drops them, as the policy says) and
+/// returns how many input messages that was.
+///
+/// A refused row is traced back to the message it came from through the transform's lineage,
+/// so the dead letter carries the original key, payload and offset — what a replay needs. A
+/// query without row lineage (an aggregate) has no original; the refused output row itself,
+/// as JSON, is the dead letter then.
+async fn dead_letter_refused(
+    ctx: &FlowContext,
+    topic: &str,
+    batch: &[OwnedMessage],
+    out: &crate::connector::Transformed,
+    written: &Written,
+    dlq: &DeadLetters,
+    dropping: bool,
+) -> Result<usize, FlowError> {
+    let Some(first) = written.rejected.first() else { return Ok(0) };
+    let n = written.rejected.len();
+    ctx.errors.admit(&ctx.flow, "sink", n as u64, &first.reason)?;
+    let producing = || ctx.kafka_err(format!("producing to {}", kafka::dlq_topic(&ctx.flow)));
+    let mut futures = Vec::with_capacity(n);
+    let mut sent = std::collections::HashSet::new();
+    for r in &written.rejected {
+        match out.origins.as_ref().and_then(|o| o.get(r.index)) {
+            Some(&i) => {
+                // Two output rows of one message refused: one dead letter for the message.
+                if !sent.insert(i) || dropping {
+                    continue;
+                }
+                let m = &batch[i];
+                let origin = Origin { stage: "sink", kafka: Some(source_of(topic, m)), attempts: attempts_of(m) };
+                futures.push(dlq.send(m.key(), m.payload().unwrap_or_default(), &r.reason, origin).await.map_err(producing())?);
+            }
+            None => {
+                if !sent.insert(usize::MAX - r.index) || dropping {
+                    continue;
+                }
+                let row = output_row_json(&out.batches, r.index)?;
+                let origin = Origin { stage: "sink", kafka: None, attempts: 1 };
+                futures.push(dlq.send(None, &row, &r.reason, origin).await.map_err(producing())?);
+            }
+        }
+    }
+    confirm(futures).await.map_err(ctx.kafka_err(format!("confirming delivery to {}", kafka::dlq_topic(&ctx.flow))))?;
+    Ok(sent.len())
+}
+
+/// One output row as a JSON object, for a dead letter without an original message.
+fn output_row_json(batches: &[arrow_array::RecordBatch], mut index: usize) -> Result<Vec<u8>, FlowError> {
+    for b in batches {
+        if index < b.num_rows() {
+            let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());
+            w.write(&b.slice(index, 1)).and_then(|()| w.finish()).map_err(|e| {
+                FlowError::Internal(format!("encoding a refused row as JSON for the DLQ: {e}"))
+            })?;
+            let mut row = w.into_inner();
+            if row.last() == Some(&b'\n') {
+                row.pop();
+            }
+            return Ok(row);
+        }
+        index -= b.num_rows();
+    }
+    Err(FlowError::Internal(format!("the sink refused row {index}, past the end of its batch")))
+}
+
+/// Where a message came from: its own topic, partition and offset — or, for a dead letter being
+/// replayed, those of the original record, which its headers keep.
+fn source_of<'a>(topic: &'a str, m: &'a OwnedMessage) -> (&'a str, i32, i64) {
+    use rdkafka::message::Headers as _;
+    let header = |name: &str| {
+        m.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok())
+    };
+    let original = (|| Some((header("sluice.topic")?, header("sluice.partition")?.parse().ok()?, header("sluice.offset")?.parse().ok()?)))();
+    original.unwrap_or((topic, m.partition(), m.offset()))
+}
+
+/// How many times a message has failed in this flow, counting this time: a message replayed
+/// from the DLQ carries its earlier count in the `sluice.attempts` header.
+fn attempts_of(m: &OwnedMessage) -> u32 {
+    use rdkafka::message::Headers as _;
+    let earlier = m.headers().and_then(|hs| {
+        hs.iter()
+            .find(|h| h.key == "sluice.attempts")
+            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<u32>().ok())
+    });
+    earlier.unwrap_or(0) + 1
+}
+
+/// A name for a batch that is the same every time the same messages are written: the topic
+/// and each partition's offset range ("t/0:100-199,2:7-40").
+fn batch_id(topic: &str, batch: &[OwnedMessage]) -> String {
+    let mut ranges: std::collections::BTreeMap<i32, (i64, i64)> = std::collections::BTreeMap::new();
+    for m in batch {
+        let r = ranges.entry(m.partition()).or_insert((m.offset(), m.offset()));
+        r.0 = r.0.min(m.offset());
+        r.1 = r.1.max(m.offset());
+    }
+    let parts: Vec<String> = ranges.iter().map(|(p, (lo, hi))| format!("{p}:{lo}-{hi}")).collect();
+    format!("{topic}/{}", parts.join(","))
 }
 
 /// Commits what the tracker says is finished: per partition, the contiguous prefix of
@@ -962,7 +1075,7 @@ mod tests {
 
     #[async_trait]
     impl Sink for Flaky {
-        async fn write(&mut self, _: &[arrow_array::RecordBatch]) -> Result<(), ConnectorError> {
+        async fn write(&mut self, _: &[arrow_array::RecordBatch], _: WriteContext<'_>) -> Result<Written, ConnectorError> {
             self.calls += 1;
             if self.calls <= self.failures {
                 return Err(ConnectorError::Retriable {
@@ -971,12 +1084,14 @@ mod tests {
                     retry_after: self.retry_after,
                 });
             }
-            Ok(())
+            Ok(Written::all())
         }
         fn describe(&self) -> String {
             "flaky".into()
         }
     }
+
+    const W: WriteContext<'static> = WriteContext { batch_id: "t/0:0-0" };
 
     fn quick() -> RetryPolicy {
         RetryPolicy {
@@ -990,14 +1105,14 @@ mod tests {
     #[tokio::test]
     async fn retriable_failures_are_retried_until_they_pass() {
         let mut s = Flaky { failures: 3, calls: 0, retry_after: None };
-        write_with_retry("f", &mut s, &[], &quick(), &CancellationToken::new()).await.unwrap();
+        write_with_retry("f", &mut s, &[], W, &quick(), &CancellationToken::new()).await.unwrap();
         assert_eq!(s.calls, 4);
     }
 
     #[tokio::test]
     async fn retries_are_bounded_by_attempts() {
         let mut s = Flaky { failures: 100, calls: 0, retry_after: None };
-        let e = write_with_retry("f", &mut s, &[], &quick(), &CancellationToken::new()).await.unwrap_err();
+        let e = write_with_retry("f", &mut s, &[], W, &quick(), &CancellationToken::new()).await.unwrap_err();
         assert_eq!(s.calls, 5);
         let text = e.to_string();
         assert!(text.contains("giving up after 5 attempts") && text.contains("503"), "{text}");
@@ -1007,10 +1122,10 @@ mod tests {
     async fn retry_after_is_honoured_and_bounded_by_time() {
         let mut s = Flaky { failures: 1, calls: 0, retry_after: Some(Duration::from_millis(300)) };
         let t = Instant::now();
-        write_with_retry("f", &mut s, &[], &quick(), &CancellationToken::new()).await.unwrap();
+        write_with_retry("f", &mut s, &[], W, &quick(), &CancellationToken::new()).await.unwrap();
         assert!(t.elapsed() >= Duration::from_millis(300), "waited {:?}", t.elapsed());
         let mut s = Flaky { failures: 1, calls: 0, retry_after: Some(Duration::from_secs(60)) };
-        let e = write_with_retry("f", &mut s, &[], &quick(), &CancellationToken::new()).await.unwrap_err();
+        let e = write_with_retry("f", &mut s, &[], W, &quick(), &CancellationToken::new()).await.unwrap_err();
         assert!(matches!(e, FlowError::RetriesExhausted { attempts: 1, .. }), "{e}");
     }
 
@@ -1019,20 +1134,20 @@ mod tests {
         struct Wrong;
         #[async_trait]
         impl Sink for Wrong {
-            async fn write(&mut self, _: &[arrow_array::RecordBatch]) -> Result<(), ConnectorError> {
+            async fn write(&mut self, _: &[arrow_array::RecordBatch], _: WriteContext<'_>) -> Result<Written, ConnectorError> {
                 Err(ConnectorError::User("column `x` does not exist".into()))
             }
             fn describe(&self) -> String {
                 "wrong".into()
             }
         }
-        let e = write_with_retry("f", &mut Wrong, &[], &quick(), &CancellationToken::new()).await.unwrap_err();
+        let e = write_with_retry("f", &mut Wrong, &[], W, &quick(), &CancellationToken::new()).await.unwrap_err();
         assert!(matches!(e, FlowError::Connector { .. }), "{e}");
 
         let stop = CancellationToken::new();
         stop.cancel();
         let mut s = Flaky { failures: 100, calls: 0, retry_after: None };
-        let e = write_with_retry("f", &mut s, &[], &quick(), &stop).await.unwrap_err();
+        let e = write_with_retry("f", &mut s, &[], W, &quick(), &stop).await.unwrap_err();
         assert!(matches!(e, FlowError::StoppedWhileRetrying { .. }), "{e}");
     }
 }

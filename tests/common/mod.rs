@@ -7,10 +7,13 @@
 //!   within a bound, so a hung child fails the test instead of hanging CI.
 //! - [`read_topic`] and [`produce`] talk to the broker with rdkafka, the same client users run.
 //! - [`read_jsonl`] reads a file sink's output for an oracle.
+//! - [`http::Destination`] is an HTTP destination on loopback that can fail on demand.
 //!
 //! Every child is killed when its handle drops, including when a test panics.
 
 #![allow(dead_code)]
+
+pub mod http;
 
 use std::collections::HashMap;
 use std::fs::File;
