@@ -253,7 +253,7 @@ pub async fn dlq_replay(path: &Path, name: &str) -> ExitCode {
     let ctx = FlowContext {
         flow: flow.name.clone(),
         kafka: own.clone(),
-        batch: BatchSettings::default(),
+        batch: BatchSettings { retry: flow.retry.clone(), ..BatchSettings::default() },
         ledger: Ledger::shared(),
         shutdown,
         errors: Arc::new(sluice_engine::errors_policy::ErrorGate::new(flow.errors.clone())),
@@ -344,7 +344,7 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
         let ctx = FlowContext {
             flow: flow.name.clone(),
             kafka: own.clone(),
-            batch: BatchSettings::default(),
+            batch: BatchSettings { retry: flow.retry.clone(), ..BatchSettings::default() },
             ledger,
             shutdown: shutdown.clone(),
             errors: Arc::new(sluice_engine::errors_policy::ErrorGate::new(flow.errors.clone())),
@@ -528,7 +528,7 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
         &flow.name,
     )
     .await
-        .with_context(|| format!("building destination of flow `{}`", flow.name))?;
+    .with_context(|| format!("building destination of flow `{}`", flow.name))?;
     let dest = sink.describe();
     let (stop_tx, stop_rx) = watch::channel(None);
     match input {

@@ -298,6 +298,7 @@ flows:
       schema: {{seq: int64, id: int64, version: int64}}
     transform:
       sql: SELECT seq, id, version FROM source
+    retry: {{initial_backoff_ms: 100, max_backoff_ms: 1000, max_attempts: 40, max_elapsed_secs: 120}}
     destination:
       connection: hook
       object: /ingest
@@ -321,32 +322,39 @@ fn http_destination_failing_hanging_and_resetting_then_recovering_gets_everythin
     let dest = Destination::start(Options { mode: Mode::Error500, hang: Duration::from_secs(3), ..Options::default() });
     let cfg = http_flow_config(dir.path(), &broker.addr, "outage", "hook-in", &dest.url, "{max_rows: 250}");
     let p = spawn(&["run", &cfg], dir.path(), &[("HOOK_TOKEN", "t0ps3cret")]);
-    // 500s until the worker has met them a few times, then hangs past its 1 s timeout, then
-    // reset connections; then the service recovers.
-    assert!(wait_until(Duration::from_secs(60), || dest.requests() >= 3), "{}", p.stderr_so_far());
-    std::thread::sleep(Duration::from_secs(2));
+    // Three 500s, then two requests hanging past the sink's 1 s timeout, then two reset
+    // connections; then the service recovers. Each phase lasts until the worker met it.
+    let phase = |what: &str, done: &dyn Fn() -> bool| {
+        assert!(wait_until(Duration::from_secs(60), done), "the worker never met the {what}:\n{}", p.stderr_so_far());
+    };
+    phase("500s", &|| dest.requests() >= 3);
     dest.set_mode(Mode::Hang);
-    std::thread::sleep(Duration::from_secs(4));
+    phase("hangs", &|| dest.requests() >= 5);
     dest.set_mode(Mode::Reset);
-    std::thread::sleep(Duration::from_secs(3));
+    phase("resets", &|| dest.resets() >= 2);
     dest.set_mode(Mode::Healthy);
     let done = p.wait(Duration::from_secs(240));
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
-    for seen in ["HTTP 500 Internal Server Error: down for maintenance", "timed out", "retrying"] {
+    for seen in ["HTTP 500 Internal Server Error: down for maintenance", "timed out", "Connection reset by peer"] {
         assert!(done.stderr.contains(seen), "the log should mention `{seen}`:\n{}", done.stderr);
     }
-    assert!(
-        done.stderr.contains("reset") || done.stderr.contains("closed") || done.stderr.contains("connection"),
-        "the log should mention the reset connections:\n{}",
-        done.stderr
-    );
     assert!(!done.stderr.contains("t0ps3cret"), "the token leaked into the log");
     let v = oracle(&accepted(&dest), count as u64);
     assert!(v.duplicates <= IN_FLIGHT_WINDOW, "{v:?}");
     assert!(read_topic(&broker.addr, "sluice.outage.dlq").is_empty(), "a retriable failure is never dead-lettered");
     let status = run(&["status", &cfg], dir.path(), &[("HOOK_TOKEN", "t0ps3cret")], Duration::from_secs(60));
-    assert!(status.stdout.contains(&format!("read {count} = delivered {count} + filtered 0 + dlq 0 + dropped 0 + in flight 0")), "{}", status.stdout);
-    eprintln!("FAULT http 500/hang/reset: sent {count}, lost 0, duplicated {}, dlq 0 ({} requests)", v.duplicates, dest.requests());
+    assert!(
+        status
+            .stdout
+            .contains(&format!("read {count} = delivered {count} + filtered 0 + dlq 0 + dropped 0 + in flight 0")),
+        "{}",
+        status.stdout
+    );
+    eprintln!(
+        "FAULT http 500/hang/reset: sent {count}, lost 0, duplicated {}, dlq 0 ({} requests)",
+        v.duplicates,
+        dest.requests()
+    );
 }
 
 #[test]
@@ -390,17 +398,29 @@ fn http_destination_rejecting_specific_records_dead_letters_exactly_those() {
     let status = run(&["status", &cfg], dir.path(), &[("HOOK_TOKEN", "t")], Duration::from_secs(60));
     let n = refused.len();
     assert!(
-        status.stdout.contains(&format!("read {count} = delivered {} + filtered 0 + dlq {n} + dropped 0 + in flight 0", count as usize - n)),
+        status.stdout.contains(&format!(
+            "read {count} = delivered {} + filtered 0 + dlq {n} + dropped 0 + in flight 0",
+            count as usize - n
+        )),
         "{}",
         status.stdout
     );
-    eprintln!("FAULT http 400 for {n} records: sent {count}, lost 0, duplicated 0, dlq {n} ({} requests, {} refused)", dest.requests(), dest.refused());
+    eprintln!(
+        "FAULT http 400 for {n} records: sent {count}, lost 0, duplicated 0, dlq {n} ({} requests, {} refused)",
+        dest.requests(),
+        dest.refused()
+    );
 
     // Replayed before the fix, they fail again: back in the DLQ with a second attempt, still
     // naming where they came from.
     let replay = run(&["dlq", "replay", &cfg, "picky"], dir.path(), &[("HOOK_TOKEN", "t")], Duration::from_secs(120));
     assert_eq!(replay.code(), Some(0), "{}", replay.stderr);
-    assert!(replay.stdout.contains(&format!("replayed {n} dead letter(s)")) && replay.stdout.contains(&format!("dead-lettered again {n}")), "{}", replay.stdout);
+    assert!(
+        replay.stdout.contains(&format!("replayed {n} dead letter(s)"))
+            && replay.stdout.contains(&format!("dead-lettered again {n}")),
+        "{}",
+        replay.stdout
+    );
     let dlq = read_topic(&broker.addr, "sluice.picky.dlq");
     assert_eq!(dlq.len(), 2 * n);
     let second: Vec<_> = dlq.iter().filter(|m| m.headers["sluice.attempts"] == "2").collect();
@@ -412,7 +432,12 @@ fn http_destination_rejecting_specific_records_dead_letters_exactly_those() {
     dest.set_reject(None);
     let replay = run(&["dlq", "replay", &cfg, "picky"], dir.path(), &[("HOOK_TOKEN", "t")], Duration::from_secs(120));
     assert_eq!(replay.code(), Some(0), "{}", replay.stderr);
-    assert!(replay.stdout.contains(&format!("replayed {n} dead letter(s)")) && replay.stdout.contains(&format!("delivered {n},")), "{}", replay.stdout);
+    assert!(
+        replay.stdout.contains(&format!("replayed {n} dead letter(s)"))
+            && replay.stdout.contains(&format!("delivered {n},")),
+        "{}",
+        replay.stdout
+    );
     let got = counts_of(&accepted(&dest), "seq");
     assert_eq!(got.len() as i64, count, "after the replay every record is delivered");
     assert!(got.values().all(|n| *n == 1), "the replay sent only the dead letters");
@@ -427,10 +452,12 @@ fn peak_rss_mib(pid: nix::unistd::Pid) -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)
 }
 
-/// The bound on a worker's resident memory with a large backlog and a slow destination: one
-/// batch in hand (5,000 records) plus librdkafka's prefetch (16 MiB) plus the runtime, SQL
-/// engine and clients. The backlog in this test is several times larger.
-const RSS_BOUND_MIB: u64 = 200;
+/// The bound on a worker's resident memory with a large backlog and a slow destination, for
+/// the debug build the tests run: ≈ 115 MiB before the first record (runtime, SQL engine,
+/// clients), plus the batch in hand (at most 16 MiB of payloads), librdkafka's prefetch (8 MiB
+/// queued, 16 MiB per fetch) and the batch's transient copies (decoded, encoded). Measured:
+/// 186–192 MiB with a 100 MB and with a 200 MB backlog alike.
+const RSS_BOUND_MIB: u64 = 230;
 
 #[test]
 fn slow_destination_bounds_memory_and_keeps_group_membership() {
@@ -456,8 +483,15 @@ fn slow_destination_bounds_memory_and_keeps_group_membership() {
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
     let v = oracle(&accepted(&dest), count as u64);
     assert_eq!(v.duplicates, 0, "a worker that keeps its membership re-delivers nothing: {v:?}");
-    assert_eq!(done.stderr.matches("partitions assigned").count(), 1, "the worker was evicted and rejoined:\n{}", done.stderr);
+    assert_eq!(
+        done.stderr.matches("partitions assigned").count(),
+        1,
+        "the worker was evicted and rejoined:\n{}",
+        done.stderr
+    );
     assert!(!done.stderr.contains("revoked"), "{}", done.stderr);
     assert!(peak > 0 && peak <= RSS_BOUND_MIB, "peak RSS {peak} MiB over the {RSS_BOUND_MIB} MiB bound");
-    eprintln!("FAULT slow destination (100 ms/request): sent {count} (~100 MB), lost 0, duplicated 0, dlq 0, peak RSS {peak} MiB");
+    eprintln!(
+        "FAULT slow destination (100 ms/request): sent {count} (~100 MB), lost 0, duplicated 0, dlq 0, peak RSS {peak} MiB"
+    );
 }

@@ -158,7 +158,10 @@ flows:
     assert!(missing.is_empty(), "lost {} records, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
     let dups = rows.len() - seqs.len();
     assert!(dups <= kills * 5000, "more duplicates ({dups}) than one in-flight batch per kill");
-    eprintln!("FAULT worker SIGKILL x{kills}: sent {count}, lost 0, duplicated {dups}, dlq 0 ({} delivered)", rows.len());
+    eprintln!(
+        "FAULT worker SIGKILL x{kills}: sent {count}, lost 0, duplicated {dups}, dlq 0 ({} delivered)",
+        rows.len()
+    );
     let mut last: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
     let mut seen = BTreeSet::new();
     for r in &rows {

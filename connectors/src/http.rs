@@ -232,16 +232,22 @@ impl HttpSink {
             .map_err(|_| wrong(format!("`{}` is not a valid header name", options.idempotency_header)))?;
         let mut headers = HeaderMap::new();
         for (k, v) in &conn.headers {
-            let key = HeaderName::from_bytes(k.as_bytes()).map_err(|_| wrong(format!("`{k}` is not a valid header name")))?;
-            headers.insert(key, secret_header(v).map_err(|()| wrong(format!("the value of header `{k}` is not valid")))?);
+            let key =
+                HeaderName::from_bytes(k.as_bytes()).map_err(|_| wrong(format!("`{k}` is not a valid header name")))?;
+            headers
+                .insert(key, secret_header(v).map_err(|()| wrong(format!("the value of header `{k}` is not valid")))?);
         }
         if let Some(auth) = &conn.auth {
             check_auth(auth).map_err(wrong)?;
             if auth.kind == AuthKind::ApiKey
                 && let (Some(header), Some(key)) = (&auth.header, &auth.key)
             {
-                let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| wrong(format!("`{header}` is not a valid header name")))?;
-                headers.insert(name, secret_header(key).map_err(|()| wrong("auth `key` is not a valid header value".into()))?);
+                let name = HeaderName::from_bytes(header.as_bytes())
+                    .map_err(|_| wrong(format!("`{header}` is not a valid header name")))?;
+                headers.insert(
+                    name,
+                    secret_header(key).map_err(|()| wrong("auth `key` is not a valid header value".into()))?,
+                );
             }
         }
         let client = reqwest::Client::builder()
@@ -254,7 +260,14 @@ impl HttpSink {
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| wrong(format!("building the HTTP client: {e}")))?;
-        Ok(HttpSink { client, url, shown, connection: name.to_owned(), options, idempotency_header, auth: conn.auth.clone(),
+        Ok(HttpSink {
+            client,
+            url,
+            shown,
+            connection: name.to_owned(),
+            options,
+            idempotency_header,
+            auth: conn.auth.clone(),
             progress: Progress::default(),
         })
     }
@@ -455,7 +468,9 @@ fn check_auth(auth: &HttpAuth) -> Result<(), String> {
         AuthKind::ApiKey if auth.key.is_none() => Err(need("key")),
         AuthKind::ApiKey => {
             let header = auth.header.as_deref().unwrap_or_default();
-            HeaderName::from_bytes(header.as_bytes()).map(drop).map_err(|_| format!("`{header}` is not a valid header name"))
+            HeaderName::from_bytes(header.as_bytes())
+                .map(drop)
+                .map_err(|_| format!("`{header}` is not a valid header name"))
         }
         _ => Ok(()),
     }
@@ -539,7 +554,19 @@ mod tests {
 
     #[test]
     fn private_addresses_are_recognised() {
-        for a in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1"] {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
             assert!(is_private(a.parse().unwrap()), "{a}");
         }
         for a in ["8.8.8.8", "172.32.0.1", "2606:4700::1111"] {

@@ -175,13 +175,14 @@ impl KafkaSettings {
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "3000"),
             // Brokers that do not return a message larger than the partition fetch size would
-            // leave the worker stuck in front of one big record; allow up to 32 MiB so it can
-            // be read and dead-lettered.
-            ("max.partition.fetch.bytes", "33554432"),
+            // leave the worker stuck in front of one big record; allow up to 8 MiB (more than
+            // sluice accepts as a record, 1 MiB) so it can be read and dead-lettered.
+            ("max.partition.fetch.bytes", "8388608"),
             // Backpressure: the worker reads only while it has room in its batch, and librdkafka
-            // prefetches only this much ahead of it (its default is 64 MiB), so a slow
-            // destination holds consumption back instead of growing memory.
-            ("queued.max.messages.kbytes", "16384"),
+            // prefetches only this much ahead of it (its defaults: 64 MiB queued, 50 MiB per
+            // fetch), so a slow destination holds consumption back instead of growing memory.
+            ("queued.max.messages.kbytes", "8192"),
+            ("fetch.max.bytes", "16777216"),
             ("queued.min.messages", "10000"),
         ];
         let forced = [

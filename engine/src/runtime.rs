@@ -39,6 +39,9 @@ use crate::record::now_ms;
 pub struct BatchSettings {
     /// Most records per source poll and per sink batch.
     pub max_records: usize,
+    /// Most payload bytes per sink batch (a batch always takes at least one message). With
+    /// `max_records` this bounds what a worker holds unacknowledged, whatever the backlog.
+    pub max_bytes: usize,
     /// How long a sink batch waits to fill once its first message arrived.
     pub linger: Duration,
     /// How a failing destination is retried.
@@ -47,7 +50,12 @@ pub struct BatchSettings {
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        BatchSettings { max_records: 5000, linger: Duration::from_millis(50), retry: RetryPolicy::default() }
+        BatchSettings {
+            max_records: 5000,
+            max_bytes: 16 << 20,
+            linger: Duration::from_millis(50),
+            retry: RetryPolicy::default(),
+        }
     }
 }
 
@@ -541,11 +549,7 @@ pub async fn run_sink(
     mut stop_at: StopAt,
 ) -> Result<SinkSummary, FlowError> {
     let group = input.group.clone();
-    let consumer: SinkConsumer = input.kafka.consumer_with_context(
-        &group,
-        &group,
-        SinkConsumerContext::default(),
-    )?;
+    let consumer: SinkConsumer = input.kafka.consumer_with_context(&group, &group, SinkConsumerContext::default())?;
     consumer.subscribe(&[input.topic.as_str()]).map_err(ctx.kafka_err(format!("subscribing to {}", input.topic)))?;
     let dlq_producer = ctx.kafka.dlq_producer(&format!("sluice.{}.dlq", ctx.flow))?;
     let dlq = DeadLetters::new(dlq_producer, &ctx.flow);
@@ -586,14 +590,18 @@ pub async fn run_sink(
             continue;
         }
         let deadline = tokio::time::Instant::now() + ctx.batch.linger;
-        while batch.len() < ctx.batch.max_records {
+        let mut held = bytes_of(&batch);
+        while batch.len() < ctx.batch.max_records && held < ctx.batch.max_bytes {
             let Ok(m) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
             // A rebalance runs inside `recv`: what was read before it for a revoked partition
             // is now someone else's to deliver.
-            drop_revoked(&consumer, &mut batch, &mut tracker, &mut committed);
+            if drop_revoked(&consumer, &mut batch, &mut tracker, &mut committed) {
+                held = bytes_of(&batch);
+            }
             if !take(ctx, &input.topic, m, &mut batch, &mut tracker)? {
                 break;
             }
+            held += batch.last().map_or(0, |m| bytes_of(std::slice::from_ref(m)));
         }
         if batch.is_empty() {
             continue;
@@ -681,15 +689,16 @@ fn take(
 
 /// Removes from the batch in hand the messages of partitions a rebalance took away, and stops
 /// tracking them: the partition's new owner reads them again from the committed offset.
+/// Returns whether anything was revoked.
 fn drop_revoked(
     consumer: &SinkConsumer,
     batch: &mut Vec<OwnedMessage>,
     tracker: &mut OffsetTracker,
     committed: &mut HashMap<i32, i64>,
-) {
+) -> bool {
     let revoked = consumer.context().take_revoked();
     if revoked.is_empty() {
-        return;
+        return false;
     }
     let before = batch.len();
     batch.retain(|m| !revoked.contains(&m.partition()));
@@ -700,6 +709,12 @@ fn drop_revoked(
         committed.remove(p);
     }
     tracing::info!(partitions = ?revoked, dropped = before - batch.len(), "partitions revoked; their undelivered messages are left to the new owner");
+    true
+}
+
+/// The payload and key bytes a batch holds.
+fn bytes_of(batch: &[OwnedMessage]) -> usize {
+    batch.iter().map(|m| m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len)).sum()
 }
 
 fn partitions_of(batch: &[OwnedMessage]) -> String {
@@ -796,7 +811,9 @@ async fn dead_letter_refused(
                 }
                 let m = &batch[i];
                 let origin = Origin { stage: "sink", kafka: Some(source_of(topic, m)), attempts: attempts_of(m) };
-                futures.push(dlq.send(m.key(), m.payload().unwrap_or_default(), &r.reason, origin).await.map_err(producing())?);
+                futures.push(
+                    dlq.send(m.key(), m.payload().unwrap_or_default(), &r.reason, origin).await.map_err(producing())?,
+                );
             }
             None => {
                 if !sent.insert(usize::MAX - r.index) || dropping {
@@ -817,9 +834,9 @@ fn output_row_json(batches: &[arrow_array::RecordBatch], mut index: usize) -> Re
     for b in batches {
         if index < b.num_rows() {
             let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());
-            w.write(&b.slice(index, 1)).and_then(|()| w.finish()).map_err(|e| {
-                FlowError::Internal(format!("encoding a refused row as JSON for the DLQ: {e}"))
-            })?;
+            w.write(&b.slice(index, 1))
+                .and_then(|()| w.finish())
+                .map_err(|e| FlowError::Internal(format!("encoding a refused row as JSON for the DLQ: {e}")))?;
             let mut row = w.into_inner();
             if row.last() == Some(&b'\n') {
                 row.pop();
@@ -835,10 +852,15 @@ fn output_row_json(batches: &[arrow_array::RecordBatch], mut index: usize) -> Re
 /// replayed, those of the original record, which its headers keep.
 fn source_of<'a>(topic: &'a str, m: &'a OwnedMessage) -> (&'a str, i32, i64) {
     use rdkafka::message::Headers as _;
-    let header = |name: &str| {
-        m.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok())
-    };
-    let original = (|| Some((header("sluice.topic")?, header("sluice.partition")?.parse().ok()?, header("sluice.offset")?.parse().ok()?)))();
+    let header =
+        |name: &str| m.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok());
+    let original = (|| {
+        Some((
+            header("sluice.topic")?,
+            header("sluice.partition")?.parse().ok()?,
+            header("sluice.offset")?.parse().ok()?,
+        ))
+    })();
     original.unwrap_or((topic, m.partition(), m.offset()))
 }
 
@@ -1075,7 +1097,11 @@ mod tests {
 
     #[async_trait]
     impl Sink for Flaky {
-        async fn write(&mut self, _: &[arrow_array::RecordBatch], _: WriteContext<'_>) -> Result<Written, ConnectorError> {
+        async fn write(
+            &mut self,
+            _: &[arrow_array::RecordBatch],
+            _: WriteContext<'_>,
+        ) -> Result<Written, ConnectorError> {
             self.calls += 1;
             if self.calls <= self.failures {
                 return Err(ConnectorError::Retriable {
@@ -1134,7 +1160,11 @@ mod tests {
         struct Wrong;
         #[async_trait]
         impl Sink for Wrong {
-            async fn write(&mut self, _: &[arrow_array::RecordBatch], _: WriteContext<'_>) -> Result<Written, ConnectorError> {
+            async fn write(
+                &mut self,
+                _: &[arrow_array::RecordBatch],
+                _: WriteContext<'_>,
+            ) -> Result<Written, ConnectorError> {
                 Err(ConnectorError::User("column `x` does not exist".into()))
             }
             fn describe(&self) -> String {

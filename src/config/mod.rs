@@ -31,6 +31,7 @@ use sluice_connectors::{Connection, SinkOptions, SourceOptions};
 use sluice_engine::broker::BrokerStorage;
 use sluice_engine::errors_policy::ErrorPolicy;
 use sluice_engine::kafka::{KafkaSecurity, KafkaSettings};
+use sluice_engine::runtime::RetryPolicy;
 use sluice_engine::schema::RowSchema;
 
 use yaml::{Kind, Node};
@@ -184,6 +185,66 @@ struct FlowConfig {
     /// What to do with records that cannot be processed.
     #[serde(default)]
     errors: ErrorPolicy,
+    /// How a failing destination is retried.
+    #[serde(default)]
+    retry: RetryConfig,
+}
+
+/// A flow's `retry:` section: bounds on retrying a destination's retriable failures
+/// (timeouts, resets, 5xx, throttling). Past either bound the flow fails with the last error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryConfig {
+    /// Attempts in all, the first included.
+    #[serde(default = "default_max_attempts")]
+    max_attempts: usize,
+    /// Seconds in all, across attempts.
+    #[serde(default = "default_max_elapsed_secs")]
+    max_elapsed_secs: u64,
+    /// The first wait, in milliseconds; each next wait doubles, with jitter.
+    #[serde(default = "default_initial_backoff_ms")]
+    initial_backoff_ms: u64,
+    /// The longest single wait, in milliseconds.
+    #[serde(default = "default_max_backoff_ms")]
+    max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: default_max_attempts(),
+            max_elapsed_secs: default_max_elapsed_secs(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+        }
+    }
+}
+
+fn default_max_attempts() -> usize {
+    RetryPolicy::default().max_attempts
+}
+
+fn default_max_elapsed_secs() -> u64 {
+    RetryPolicy::default().max_elapsed.as_secs()
+}
+
+fn default_initial_backoff_ms() -> u64 {
+    RetryPolicy::default().initial.as_millis() as u64
+}
+
+fn default_max_backoff_ms() -> u64 {
+    RetryPolicy::default().max_delay.as_millis() as u64
+}
+
+impl RetryConfig {
+    fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_millis(self.initial_backoff_ms),
+            max_delay: Duration::from_millis(self.max_backoff_ms.max(self.initial_backoff_ms)),
+            max_attempts: self.max_attempts.max(1),
+            max_elapsed: Duration::from_secs(self.max_elapsed_secs),
+        }
+    }
 }
 
 /// A flow's source or destination as written.
@@ -237,6 +298,8 @@ pub struct Flow {
     pub trigger: Trigger,
     /// What to do with bad records.
     pub errors: ErrorPolicy,
+    /// How a failing destination is retried.
+    pub retry: RetryPolicy,
 }
 
 /// A loaded, checked config.
@@ -562,6 +625,7 @@ impl Loader {
             destination,
             trigger: f.trigger,
             errors: f.errors,
+            retry: f.retry.policy(),
         });
     }
 

@@ -62,6 +62,7 @@ struct Shared {
     keys: Mutex<Vec<String>>,
     requests: AtomicUsize,
     refused: AtomicUsize,
+    resets: AtomicUsize,
 }
 
 /// A running destination; stops when dropped.
@@ -89,6 +90,7 @@ impl Destination {
             keys: Mutex::new(Vec::new()),
             requests: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
+            resets: AtomicUsize::new(0),
         });
         let front = runtime.block_on(async {
             let back = TcpListener::bind("127.0.0.1:0").await.expect("binding the destination");
@@ -97,7 +99,7 @@ impl Destination {
             tokio::spawn(async move { axum::serve(back, app).await });
             let front = TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
             let front_addr = front.local_addr().expect("proxy address");
-            tokio::spawn(proxy(front, back_addr, shared.mode.subscribe()));
+            tokio::spawn(proxy(front, back_addr, shared.clone()));
             front_addr
         });
         Destination { url: format!("http://{front}"), shared, _runtime: runtime }
@@ -128,6 +130,11 @@ impl Destination {
         self.shared.requests.load(Ordering::Relaxed)
     }
 
+    /// Connections the proxy reset.
+    pub fn resets(&self) -> usize {
+        self.shared.resets.load(Ordering::Relaxed)
+    }
+
     /// Requests refused with `400`.
     pub fn refused(&self) -> usize {
         self.shared.refused.load(Ordering::Relaxed)
@@ -152,11 +159,9 @@ async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
         Err(e) => return (StatusCode::BAD_REQUEST, format!("body is not a JSON array: {e}")).into_response(),
     };
     let reject = *s.reject.lock().expect("reject lock");
-    if let Some(reject) = reject {
-        if let Some(why) = rows.iter().find_map(reject) {
-            s.refused.fetch_add(1, Ordering::Relaxed);
-            return (StatusCode::BAD_REQUEST, format!("{{\"error\": \"{why}\"}}")).into_response();
-        }
+    if let Some(why) = reject.and_then(|reject| rows.iter().find_map(reject)) {
+        s.refused.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::BAD_REQUEST, format!("{{\"error\": \"{why}\"}}")).into_response();
     }
     if !s.options.delay.is_zero() {
         tokio::time::sleep(s.options.delay).await;
@@ -168,12 +173,14 @@ async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
 }
 
 /// Pipes connections to the server, resetting them while the mode is `Reset`.
-async fn proxy(front: TcpListener, back: SocketAddr, mode: watch::Receiver<Mode>) {
+async fn proxy(front: TcpListener, back: SocketAddr, shared: Arc<Shared>) {
     loop {
         let Ok((mut client, _)) = front.accept().await else { continue };
-        let mut mode = mode.clone();
+        let shared = shared.clone();
+        let mut mode = shared.mode.subscribe();
         tokio::spawn(async move {
             if *mode.borrow() == Mode::Reset {
+                shared.resets.fetch_add(1, Ordering::Relaxed);
                 reset(client);
                 return;
             }
@@ -183,6 +190,7 @@ async fn proxy(front: TcpListener, back: SocketAddr, mode: watch::Receiver<Mode>
                 _ = mode.wait_for(|m| *m == Mode::Reset) => true,
             };
             if reset_now {
+                shared.resets.fetch_add(1, Ordering::Relaxed);
                 reset(client);
             }
         });
