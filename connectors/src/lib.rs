@@ -8,6 +8,7 @@
 //! | `file`     | yes    | yes  | [`file`] |
 //! | `http`     |        | yes  | [`http`] |
 //! | `kafka`    | yes    | yes  | [`kafka`] |
+//! | `postgres` |        | yes  | [`postgres`] |
 //! | `stdout`   |        | yes  | [`stdout`] |
 //!
 //! A connector is a *connection* type (settings and credentials, written once under
@@ -20,6 +21,7 @@ pub mod file;
 pub mod generate;
 pub mod http;
 pub mod kafka;
+pub mod postgres;
 pub mod stdout;
 
 use serde::de::{Deserialize, Deserializer, Error as _};
@@ -39,12 +41,14 @@ pub enum Connection {
     Http(http::HttpConnection),
     /// `type: kafka`
     Kafka(kafka::KafkaConnection),
+    /// `type: postgres`
+    Postgres(postgres::PostgresConnection),
     /// `type: stdout`
     Stdout(stdout::StdoutConnection),
 }
 
 /// The connector names accepted as a connection's `type`.
-pub const KINDS: &[&str] = &["generate", "file", "http", "kafka", "stdout"];
+pub const KINDS: &[&str] = &["generate", "file", "http", "kafka", "postgres", "stdout"];
 
 impl Connection {
     /// Parses a connection body (everything but `type`) for connector `kind`.
@@ -54,6 +58,7 @@ impl Connection {
             "file" => Connection::File(Deserialize::deserialize(d)?),
             "http" => Connection::Http(Deserialize::deserialize(d)?),
             "kafka" => Connection::Kafka(Deserialize::deserialize(d)?),
+            "postgres" => Connection::Postgres(Deserialize::deserialize(d)?),
             "stdout" => Connection::Stdout(Deserialize::deserialize(d)?),
             other => return Err(D::Error::unknown_variant(other, KINDS)),
         })
@@ -66,6 +71,7 @@ impl Connection {
             Connection::File(_) => "file",
             Connection::Http(_) => "http",
             Connection::Kafka(_) => "kafka",
+            Connection::Postgres(_) => "postgres",
             Connection::Stdout(_) => "stdout",
         }
     }
@@ -91,6 +97,8 @@ pub enum SinkOptions {
     Http(http::HttpSinkOptions),
     /// For `kafka`.
     Kafka(kafka::KafkaSinkOptions),
+    /// For `postgres`.
+    Postgres(postgres::PostgresSinkOptions),
     /// For `stdout`.
     Stdout(stdout::StdoutOptions),
 }
@@ -105,6 +113,9 @@ pub fn source_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Res
         Connection::Http(_) => {
             return Err(D::Error::custom("an `http` connection cannot be a source yet (only a destination)"));
         }
+        Connection::Postgres(_) => {
+            return Err(D::Error::custom("a `postgres` connection cannot be a source yet (only a destination)"));
+        }
     })
 }
 
@@ -113,6 +124,7 @@ pub fn sink_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Resul
     Ok(match conn {
         Connection::File(_) => SinkOptions::File(Deserialize::deserialize(d)?),
         Connection::Http(_) => SinkOptions::Http(Deserialize::deserialize(d)?),
+        Connection::Postgres(_) => SinkOptions::Postgres(Deserialize::deserialize(d)?),
         Connection::Kafka(_) => SinkOptions::Kafka(Deserialize::deserialize(d)?),
         Connection::Stdout(_) => SinkOptions::Stdout(Deserialize::deserialize(d)?),
         Connection::Generate(_) => return Err(D::Error::custom("a `generate` connection cannot be a destination")),
@@ -181,6 +193,9 @@ pub async fn build_sink(
         (Connection::File(c), SinkOptions::File(o)) => Box::new(file::FileSink::new(c, object, o.clone())?),
         (Connection::Stdout(_), SinkOptions::Stdout(_)) => Box::new(stdout::StdoutSink),
         (Connection::Http(c), SinkOptions::Http(o)) => Box::new(http::HttpSink::new(name, c, object, o.clone())?),
+        (Connection::Postgres(c), SinkOptions::Postgres(o)) => {
+            Box::new(postgres::PostgresSink::new(name, c, object, o.clone())?)
+        }
         (Connection::Kafka(c), SinkOptions::Kafka(_)) => {
             Box::new(kafka::KafkaSink::new(&c.settings(own)?, object, flow).await?)
         }
