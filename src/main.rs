@@ -53,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Check connections: reach each service and log in, without running a flow.
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
     /// Run the embedded Kafka-protocol broker on its own.
     Broker {
         /// Where the broker keeps its log.
@@ -64,6 +69,17 @@ enum Command {
         /// Keep the log in memory instead of under --data-dir (for benchmarks).
         #[arg(long)]
         memory: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectionsCommand {
+    /// Reach the service of one connection (or all) and log in; exit 1 if any fails.
+    Test {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The connection (all of them when omitted).
+        name: Option<String>,
     },
 }
 
@@ -115,6 +131,9 @@ fn main() -> ExitCode {
                 run::dlq_show(&config, &flow, limit).await
             }
             Command::Dlq { command: DlqCommand::Replay { config, flow } } => run::dlq_replay(&config, &flow).await,
+            Command::Connections { command: ConnectionsCommand::Test { config, name } } => {
+                run::connections_test(&config, name.as_deref()).await
+            }
         }
     })
 }

@@ -307,6 +307,37 @@ async fn replay(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage) -
     Ok(dest)
 }
 
+/// `sluice connections test CONFIG [NAME]`.
+pub async fn connections_test(path: &Path, only: Option<&str>) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(rejected) => return print_config_errors(&rejected.errors),
+    };
+    let names: Vec<&String> = cfg.connections.keys().filter(|n| only.is_none_or(|o| o == n.as_str())).collect();
+    if let (Some(o), true) = (only, names.is_empty()) {
+        let all: Vec<&str> = cfg.connections.keys().map(String::as_str).collect();
+        eprintln!("error: no connection named `{o}` (connections: {})", all.join(", "));
+        return ExitCode::from(2);
+    }
+    // A `kafka` connection without servers means sluice's own cluster: reach it as `run` would.
+    let (_broker, own) = match own_cluster(&cfg).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let mut failed = false;
+    for name in names {
+        let conn = &cfg.connections[name];
+        match sluice_connectors::test_connection(name, conn, &own).await {
+            Ok(what) => println!("ok    {name} ({}): {what}", conn.kind()),
+            Err(e) => {
+                println!("FAIL  {name} ({}): {e}", conn.kind());
+                failed = true;
+            }
+        }
+    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
 /// Bytes as text for a terminal: lossy UTF-8, at most 300 characters.
 fn shorten(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);

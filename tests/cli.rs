@@ -198,3 +198,61 @@ fn help_is_everywhere() {
         assert!(done.stdout.contains("Usage:"), "{args:?}: {}", done.stdout);
     }
 }
+
+#[test]
+fn connections_test_reaches_each_service_and_names_what_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::write(
+        dir.path(),
+        "conns.yaml",
+        &format!(
+            r#"
+kafka: {{bootstrap_servers: "127.0.0.1:{kafka}"}}
+connections:
+  files: {{type: file, path: {files}}}
+  warehouse: {{type: postgres, database: postgres, user: postgres, password: "${{env:PG_CANARY}}"}}
+  missing_db: {{type: postgres, database: sluice_no_such_db, user: postgres}}
+  dead_hook: {{type: http, url: "http://127.0.0.1:{http}/hook", allow_private_addresses: true, timeout_secs: 2}}
+  internal_hook: {{type: http, url: "http://169.254.169.254/latest"}}
+flows: []
+"#,
+            kafka = common::free_port(),
+            http = common::free_port(),
+            files = dir.path().display(),
+        ),
+    );
+    let env = [("PG_CANARY", "pg-canary-value")];
+    let all = common::run(&["connections", "test", &cfg], dir.path(), &env, Duration::from_secs(60));
+    assert_eq!(all.code(), Some(1), "{}{}", all.stdout, all.stderr);
+    let line =
+        |name: &str| all.stdout.lines().find(|l| l.contains(&format!(" {name} ("))).unwrap_or_default().to_owned();
+    assert!(line("files").starts_with("ok"), "{}", all.stdout);
+    assert!(
+        line("warehouse").starts_with("ok") && line("warehouse").contains("logged in to database postgres"),
+        "{}",
+        all.stdout
+    );
+    assert!(
+        line("missing_db").starts_with("FAIL") && line("missing_db").contains("sluice_no_such_db"),
+        "{}",
+        all.stdout
+    );
+    assert!(
+        line("dead_hook").starts_with("FAIL") && line("dead_hook").contains("connection `dead_hook`"),
+        "{}",
+        all.stdout
+    );
+    assert!(
+        line("internal_hook").starts_with("FAIL") && line("internal_hook").contains("allow_private_addresses"),
+        "{}",
+        all.stdout
+    );
+    assert!(!all.stdout.contains("pg-canary-value") && !all.stderr.contains("pg-canary-value"));
+
+    let one = common::run(&["connections", "test", &cfg, "warehouse"], dir.path(), &env, Duration::from_secs(60));
+    assert_eq!(one.code(), Some(0), "{}{}", one.stdout, one.stderr);
+    assert_eq!(one.stdout.lines().count(), 1);
+    let unknown = common::run(&["connections", "test", &cfg, "nope"], dir.path(), &env, Duration::from_secs(60));
+    assert_eq!(unknown.code(), Some(2));
+    assert!(unknown.stderr.contains("no connection named `nope`"), "{}", unknown.stderr);
+}

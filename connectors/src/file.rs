@@ -25,6 +25,21 @@ pub struct FileConnection {
     pub path: PathBuf,
 }
 
+/// Checks that a `file` connection's directory exists and is a directory.
+pub fn test_connection(name: &str, c: &FileConnection) -> Result<String, ConnectorError> {
+    match std::fs::metadata(&c.path) {
+        Ok(m) if m.is_dir() => Ok(format!("directory {} exists", c.path.display())),
+        Ok(_) => {
+            Err(ConnectorError::User(format!("file connection `{name}`: {} is not a directory", c.path.display())))
+        }
+        // Sinks create it on first write; say so rather than fail.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(format!("directory {} does not exist yet; a file sink creates it", c.path.display()))
+        }
+        Err(e) => Err(ConnectorError::io(format!("file connection `{name}`: reading {}", c.path.display()), e)),
+    }
+}
+
 /// File formats a source reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -386,6 +386,32 @@ impl Sink for HttpSink {
     }
 }
 
+/// Sends a `GET` to the connection's URL: any answer but a refusal of the credentials shows the
+/// service is reachable (a webhook often answers `GET` with 404 or 405).
+pub async fn test_connection(name: &str, conn: &HttpConnection) -> Result<String, ConnectorError> {
+    let sink = HttpSink::new(name, conn, "", HttpSinkOptions::default())?;
+    let mut request = sink.client.get(sink.url.clone());
+    request = match &sink.auth {
+        Some(HttpAuth { kind: AuthKind::Bearer, token: Some(t), .. }) => request.bearer_auth(t.expose()),
+        Some(HttpAuth { kind: AuthKind::Basic, username: Some(u), password, .. }) => {
+            request.basic_auth(u, password.as_ref().map(Secret::expose))
+        }
+        _ => request,
+    };
+    let doing = format!("GET {} (connection `{name}`)", sink.shown);
+    let resp = request.send().await.map_err(|e| ConnectorError::Retriable {
+        context: doing.clone(),
+        message: describe_transport_error(&e.without_url()),
+        retry_after: None,
+    })?;
+    match resp.status().as_u16() {
+        401 | 403 | 407 => {
+            Err(ConnectorError::User(format!("{doing}: HTTP {}: the credentials are refused", resp.status())))
+        }
+        _ => Ok(format!("{} answered HTTP {}", sink.shown, resp.status())),
+    }
+}
+
 /// Cuts `rows` into `(start, end)` ranges of at most `max_rows` rows and, where a row allows,
 /// `max_bytes` bytes.
 fn chunks(rows: &[&[u8]], max_rows: usize, max_bytes: usize) -> Vec<(usize, usize)> {

@@ -180,6 +180,26 @@ pub fn build_source(
     })
 }
 
+/// Checks that connection `name` can be used: the service answers and accepts the credentials.
+/// Returns what was checked, for `sluice connections test`. `own` is sluice's cluster.
+pub async fn test_connection(name: &str, conn: &Connection, own: &KafkaSettings) -> Result<String, ConnectorError> {
+    match conn {
+        Connection::Generate(_) => Ok("synthetic data; nothing to reach".into()),
+        Connection::Stdout(_) => Ok("standard output; nothing to reach".into()),
+        Connection::File(c) => file::test_connection(name, c),
+        Connection::Http(c) => http::test_connection(name, c).await,
+        Connection::Kafka(c) => {
+            let settings = c.settings(own)?;
+            let topics = settings.check_reachable().await.map_err(|e| ConnectorError::Other {
+                context: format!("kafka connection `{name}`"),
+                message: e.to_string(),
+            })?;
+            Ok(format!("cluster {} answered; {} topic(s) visible", settings.bootstrap_servers, topics.len()))
+        }
+        Connection::Postgres(c) => postgres::test_connection(name, c).await,
+    }
+}
+
 /// Builds a flow's sink from connection `name`. `own` is sluice's cluster.
 pub async fn build_sink(
     name: &str,

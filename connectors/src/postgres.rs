@@ -117,6 +117,18 @@ pub struct PostgresSink {
     prepared: bool,
 }
 
+/// Logs in and asks the server who and what it is.
+pub async fn test_connection(name: &str, conn: &PostgresConnection) -> Result<String, ConnectorError> {
+    let mut sink = PostgresSink::new(name, conn, "-", PostgresSinkOptions::default())?;
+    let client = sink.client().await?;
+    let row = client
+        .query_one("SELECT current_user::text, current_database()::text, current_setting('server_version')", &[])
+        .await
+        .map_err(|e| classify(&format!("postgres connection `{name}`"), &e))?;
+    let (user, db, version): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    Ok(format!("logged in to database {db} as {user} (PostgreSQL {version}) at {}:{}", conn.host, conn.port))
+}
+
 /// What a statement's failure means.
 enum Failure {
     /// The data of some row: isolate it.
