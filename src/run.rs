@@ -542,8 +542,16 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
     // invariant: the loader checked that both connections exist.
     let src_conn = cfg.connections.get(&flow.source_connection).context("source connection vanished")?;
     let dst_conn = cfg.connections.get(&flow.destination_connection).context("destination connection vanished")?;
-    let input = sluice_connectors::build_source(src_conn, &flow.source_object, &flow.source, own)
-        .with_context(|| format!("building source of flow `{}`", flow.name))?;
+    let follow = flow.trigger == Trigger::Continuous;
+    let input = sluice_connectors::build_source(
+        &flow.source_connection,
+        src_conn,
+        &flow.source_object,
+        &flow.source,
+        own,
+        follow,
+    )
+    .with_context(|| format!("building source of flow `{}`", flow.name))?;
     let changes = kafka::changes_topic(&flow.name);
     let dlq = kafka::dlq_topic(&flow.name);
     match &input {
@@ -566,7 +574,9 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
         Input::Source(source) => {
             let resume = match flow.trigger {
                 Trigger::Continuous => runtime::load_position(own, &flow.name).await?,
-                // An on-demand run is a full pull: it starts at the beginning of the source.
+                // An on-demand run of an incremental source goes on from the last run's position.
+                Trigger::OnDemand if source.incremental() => runtime::load_position(own, &flow.name).await?,
+                // Otherwise it is a full pull: it starts at the beginning of the source.
                 Trigger::OnDemand => None,
             };
             if let Some(p) = &resume {

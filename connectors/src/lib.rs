@@ -8,7 +8,7 @@
 //! | `file`     | yes    | yes  | [`file`] |
 //! | `http`     |        | yes  | [`http`] |
 //! | `kafka`    | yes    | yes  | [`kafka`] |
-//! | `postgres` |        | yes  | [`postgres`] |
+//! | `postgres` | yes    | yes  | [`postgres_query`] (incremental pulls), [`postgres`] (sink) |
 //! | `stdout`   |        | yes  | [`stdout`] |
 //!
 //! A connector is a *connection* type (settings and credentials, written once under
@@ -22,6 +22,7 @@ pub mod generate;
 pub mod http;
 pub mod kafka;
 pub mod postgres;
+pub mod postgres_query;
 pub mod stdout;
 
 use serde::de::{Deserialize, Deserializer, Error as _};
@@ -86,6 +87,8 @@ pub enum SourceOptions {
     File(file::FileSourceOptions),
     /// For `kafka`.
     Kafka(kafka::KafkaSourceOptions),
+    /// For `postgres`: an incremental or complete pull by query.
+    PostgresQuery(postgres_query::QueryOptions),
 }
 
 /// A flow's sink options, by connector.
@@ -113,9 +116,7 @@ pub fn source_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Res
         Connection::Http(_) => {
             return Err(D::Error::custom("an `http` connection cannot be a source yet (only a destination)"));
         }
-        Connection::Postgres(_) => {
-            return Err(D::Error::custom("a `postgres` connection cannot be a source yet (only a destination)"));
-        }
+        Connection::Postgres(_) => SourceOptions::PostgresQuery(Deserialize::deserialize(d)?),
     })
 }
 
@@ -135,7 +136,7 @@ pub fn sink_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Resul
 pub fn builtin_schema(options: &SourceOptions) -> Option<RowSchema> {
     match options {
         SourceOptions::Generate(_) => Some(generate::schema()),
-        SourceOptions::File(_) | SourceOptions::Kafka(_) => None,
+        SourceOptions::File(_) | SourceOptions::Kafka(_) | SourceOptions::PostgresQuery(_) => None,
     }
 }
 
@@ -154,12 +155,15 @@ pub enum Input {
     },
 }
 
-/// Builds a flow's input. `own` is sluice's cluster.
+/// Builds a flow's input from connection `name`. `own` is sluice's cluster; `follow` is set for
+/// continuous flows (a source then waits for more instead of ending when it has read all).
 pub fn build_source(
+    name: &str,
     conn: &Connection,
     object: &str,
     options: &SourceOptions,
     own: &KafkaSettings,
+    follow: bool,
 ) -> Result<Input, ConnectorError> {
     Ok(match (conn, options) {
         (Connection::Generate(_), SourceOptions::Generate(o)) => {
@@ -167,6 +171,9 @@ pub fn build_source(
         }
         (Connection::File(c), SourceOptions::File(o)) => {
             Input::Source(Box::new(file::FileSource::new(c, object, o.clone())?))
+        }
+        (Connection::Postgres(c), SourceOptions::PostgresQuery(o)) => {
+            Input::Source(Box::new(postgres_query::QuerySource::new(name, c, object, o.clone(), follow)?))
         }
         (Connection::Kafka(c), SourceOptions::Kafka(o)) => {
             Input::Topic { kafka: c.settings(own)?, topic: object.to_owned(), format: o.format }

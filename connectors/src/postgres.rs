@@ -117,6 +117,38 @@ pub struct PostgresSink {
     prepared: bool,
 }
 
+/// Client settings for a connection.
+pub(crate) fn client_config(conn: &PostgresConnection) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&conn.host)
+        .port(conn.port)
+        .dbname(&conn.database)
+        .user(&conn.user)
+        .application_name("sluice")
+        .connect_timeout(Duration::from_secs(conn.connect_timeout_secs.max(1)));
+    if let Some(p) = &conn.password {
+        config.password(p.expose());
+    }
+    config
+}
+
+/// Opens a connection (plain TCP) for connection `name`.
+pub(crate) async fn connect(
+    name: &str,
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, ConnectorError> {
+    let context = format!("connecting to postgres connection `{name}`");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| classify(&context, &e))?;
+    // The connection object drives the socket; it ends when the client is dropped.
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
 /// Logs in and asks the server who and what it is.
 pub async fn test_connection(name: &str, conn: &PostgresConnection) -> Result<String, ConnectorError> {
     let mut sink = PostgresSink::new(name, conn, "-", PostgresSinkOptions::default())?;
@@ -152,17 +184,7 @@ impl PostgresSink {
         if options.mode != WriteMode::Insert && options.key.is_empty() {
             return Err(wrong("`key` must list the key columns for modes upsert, update and delete".into()));
         }
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&conn.host)
-            .port(conn.port)
-            .dbname(&conn.database)
-            .user(&conn.user)
-            .application_name("sluice")
-            .connect_timeout(Duration::from_secs(conn.connect_timeout_secs.max(1)));
-        if let Some(p) = &conn.password {
-            config.password(p.expose());
-        }
+        let config = client_config(conn);
         let table = object.split('.').map(quote_ident).collect::<Vec<_>>().join(".");
         Ok(PostgresSink { connection: name.to_owned(), config, table, options, client: None, prepared: false })
     }
@@ -174,16 +196,7 @@ impl PostgresSink {
     /// The open connection, opening it if there is none or it broke.
     async fn client(&mut self) -> Result<&tokio_postgres::Client, ConnectorError> {
         if self.client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-            let context = format!("connecting to postgres connection `{}`", self.connection);
-            let (client, connection) =
-                self.config.connect(tokio_postgres::NoTls).await.map_err(|e| classify(&context, &e))?;
-            // The connection object drives the socket; it ends when the client is dropped.
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "postgres connection ended");
-                }
-            });
-            self.client = Some(client);
+            self.client = Some(connect(&self.connection, &self.config).await?);
         }
         self.client.as_ref().ok_or_else(|| ConnectorError::Other {
             context: "connecting to postgres".into(),
@@ -502,7 +515,7 @@ fn pg_type(t: &DataType) -> &'static str {
 }
 
 /// Quotes an identifier for SQL.
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -526,7 +539,7 @@ fn server_message(e: &tokio_postgres::Error) -> String {
 }
 
 /// Whether an error may pass (the connection, the server's state) or needs the user.
-fn classify(context: &str, e: &tokio_postgres::Error) -> ConnectorError {
+pub(crate) fn classify(context: &str, e: &tokio_postgres::Error) -> ConnectorError {
     let message = server_message(e);
     let retriable = match e.code().map(SqlState::code) {
         // Connection problems, serialization failures and deadlocks, resource shortages,

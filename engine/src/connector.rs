@@ -58,6 +58,12 @@ pub trait Source: Send {
 
     /// Returns up to `max` items.
     async fn poll(&mut self, max: usize) -> Result<Poll, ConnectorError>;
+
+    /// Whether an on-demand run continues from the position the last run stored (an
+    /// incremental pull) rather than reading everything again (the default).
+    fn incremental(&self) -> bool {
+        false
+    }
 }
 
 /// One consumed Kafka message as the transform sees it.

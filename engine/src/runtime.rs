@@ -383,6 +383,9 @@ pub async fn run_source(
         .await
         .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
     let mut summary = SourceSummary::default();
+    // A source's upstream may hiccup (a database restarting, a connection reset): retriable
+    // errors are retried within the flow's retry policy, counted from the first failure.
+    let mut failing: Option<(Instant, usize)> = None;
     loop {
         if ctx.shutdown.is_cancelled() {
             break;
@@ -390,8 +393,34 @@ pub async fn run_source(
         let polled = tokio::select! {
             p = source.poll(ctx.batch.max_records) => p,
             _ = ctx.shutdown.cancelled() => break,
-        }
-        .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
+        };
+        let polled = match polled {
+            Ok(p) => {
+                failing = None;
+                p
+            }
+            Err(e) if e.is_retriable() => {
+                let (since, attempts) = failing.get_or_insert((Instant::now(), 0));
+                *attempts += 1;
+                let policy = &ctx.batch.retry;
+                let wait = policy.initial.saturating_mul(1 << (*attempts - 1).min(16)).min(policy.max_delay);
+                if *attempts >= policy.max_attempts || since.elapsed() + wait > policy.max_elapsed {
+                    return Err(FlowError::RetriesExhausted {
+                        flow: ctx.flow.clone(),
+                        attempts: *attempts,
+                        secs: since.elapsed().as_secs(),
+                        source: Box::new(e),
+                    });
+                }
+                tracing::warn!(flow = %ctx.flow, attempt = *attempts, wait_ms = wait.as_millis() as u64, error = %e, "reading the source failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctx.shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            Err(source) => return Err(FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) }),
+        };
         let items = match polled {
             Poll::Items(items) => items,
             Poll::Idle => {
