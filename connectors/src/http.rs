@@ -62,7 +62,7 @@ fn default_timeout_secs() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpAuth {
-    /// `bearer`, `basic` or `api_key`.
+    /// `bearer`, `basic`, `api_key` or `oauth2`.
     #[serde(rename = "type")]
     pub kind: AuthKind,
     /// The token, for `bearer`.
@@ -75,6 +75,14 @@ pub struct HttpAuth {
     pub header: Option<String>,
     /// The key, for `api_key`.
     pub key: Option<Secret>,
+    /// The token endpoint, for `oauth2` (client credentials grant).
+    pub token_url: Option<String>,
+    /// The client id, for `oauth2`.
+    pub client_id: Option<String>,
+    /// The client secret, for `oauth2`.
+    pub client_secret: Option<Secret>,
+    /// The scope to ask for, for `oauth2` (optional).
+    pub scope: Option<String>,
 }
 
 /// An authentication scheme.
@@ -87,6 +95,9 @@ pub enum AuthKind {
     Basic,
     /// `<header>: <key>`.
     ApiKey,
+    /// OAuth 2.0 client credentials: a bearer token from `token_url`, fetched again before it
+    /// expires and when the service answers 401.
+    Oauth2,
 }
 
 /// Per-flow options of an `http` sink.
@@ -156,17 +167,26 @@ pub enum BodyFormat {
     Ndjson,
 }
 
+/// A connection's service as a client sees it: a guarded client, the URL, and credentials.
+/// The sink and the source share it.
+pub(crate) struct Endpoint {
+    pub(crate) client: reqwest::Client,
+    pub(crate) url: reqwest::Url,
+    /// The URL as shown in messages: no user info, no query (either may hold a credential).
+    pub(crate) shown: String,
+    pub(crate) connection: String,
+    /// Bearer, basic and OAuth 2.0 credentials, added to each request (reqwest marks them
+    /// sensitive); API keys are default headers.
+    auth: Option<HttpAuth>,
+    /// The OAuth 2.0 token and when to fetch a new one.
+    token: Option<(Secret, std::time::Instant)>,
+}
+
 /// Sends rows to a web service.
 pub struct HttpSink {
-    client: reqwest::Client,
-    url: reqwest::Url,
-    /// The URL as shown in messages: no user info, no query (either may hold a credential).
-    shown: String,
-    connection: String,
+    endpoint: Endpoint,
     options: HttpSinkOptions,
     idempotency_header: HeaderName,
-    /// Bearer and basic credentials, added to each request (reqwest marks them sensitive).
-    auth: Option<HttpAuth>,
     /// What the attempts at the current batch settled.
     progress: Progress,
 }
@@ -192,44 +212,21 @@ enum Answer {
     Refused(String),
 }
 
-impl HttpSink {
-    /// A sink sending to `object` (a path) under connection `name`'s URL.
-    pub fn new(
-        name: &str,
-        conn: &HttpConnection,
-        object: &str,
-        options: HttpSinkOptions,
-    ) -> Result<HttpSink, ConnectorError> {
+impl Endpoint {
+    /// The service at `object` (a path) under connection `name`'s URL.
+    pub(crate) fn new(name: &str, conn: &HttpConnection, object: &str) -> Result<Endpoint, ConnectorError> {
         let wrong = |what: String| ConnectorError::User(format!("http connection `{name}`: {what}"));
         let base = conn.url.trim_end_matches('/');
         let joined = match object.trim_start_matches('/') {
             "" => base.to_owned(),
             path => format!("{base}/{path}"),
         };
-        let url = reqwest::Url::parse(&joined).map_err(|e| wrong(format!("url `{joined}`: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(wrong(format!("url `{joined}`: only http and https are supported")));
-        }
+        let url = checked_url(&joined, conn.allow_private_addresses).map_err(wrong)?;
         let mut shown = url.clone();
         let _ = shown.set_username("");
         let _ = shown.set_password(None);
         shown.set_query(None);
         let shown = shown.to_string();
-        let literal = match url.host() {
-            Some(url::Host::Ipv4(a)) => Some(IpAddr::V4(a)),
-            Some(url::Host::Ipv6(a)) => Some(IpAddr::V6(a)),
-            _ => None,
-        };
-        if let Some(ip) = literal.filter(|ip| is_private(*ip) && !conn.allow_private_addresses) {
-            return Err(wrong(format!(
-                "{ip} is a loopback, private or link-local address; set `allow_private_addresses: true` on the connection to send there"
-            )));
-        }
-        if options.max_rows == 0 || options.max_bytes == 0 {
-            return Err(wrong("`max_rows` and `max_bytes` must be at least 1".into()));
-        }
-        let idempotency_header = HeaderName::from_bytes(options.idempotency_header.as_bytes())
-            .map_err(|_| wrong(format!("`{}` is not a valid header name", options.idempotency_header)))?;
         let mut headers = HeaderMap::new();
         for (k, v) in &conn.headers {
             let key =
@@ -239,6 +236,9 @@ impl HttpSink {
         }
         if let Some(auth) = &conn.auth {
             check_auth(auth).map_err(wrong)?;
+            if let Some(token_url) = &auth.token_url {
+                checked_url(token_url, conn.allow_private_addresses).map_err(wrong)?;
+            }
             if auth.kind == AuthKind::ApiKey
                 && let (Some(header), Some(key)) = (&auth.header, &auth.key)
             {
@@ -260,16 +260,130 @@ impl HttpSink {
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| wrong(format!("building the HTTP client: {e}")))?;
-        Ok(HttpSink {
-            client,
-            url,
-            shown,
-            connection: name.to_owned(),
-            options,
-            idempotency_header,
-            auth: conn.auth.clone(),
-            progress: Progress::default(),
+        Ok(Endpoint { client, url, shown, connection: name.to_owned(), auth: conn.auth.clone(), token: None })
+    }
+
+    /// Adds the credentials to a request, fetching an OAuth 2.0 token first when there is none
+    /// or it is about to expire.
+    pub(crate) async fn authorize(
+        &mut self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ConnectorError> {
+        let Some(auth) = &self.auth else { return Ok(request) };
+        Ok(match auth.kind {
+            AuthKind::Bearer => match &auth.token {
+                Some(t) => request.bearer_auth(t.expose()),
+                None => request,
+            },
+            AuthKind::Basic => match &auth.username {
+                Some(u) => request.basic_auth(u, auth.password.as_ref().map(Secret::expose)),
+                None => request,
+            },
+            AuthKind::ApiKey => request,
+            AuthKind::Oauth2 => {
+                let fresh = self.token.as_ref().is_some_and(|(_, until)| std::time::Instant::now() < *until);
+                if !fresh {
+                    self.token = Some(self.fetch_token().await?);
+                }
+                match &self.token {
+                    Some((t, _)) => request.bearer_auth(t.expose()),
+                    None => request,
+                }
+            }
         })
+    }
+
+    /// Forgets the OAuth 2.0 token (the service refused it), so the next request fetches one.
+    /// Returns whether there was one to forget.
+    pub(crate) fn forget_token(&mut self) -> bool {
+        self.token.take().is_some()
+    }
+
+    async fn fetch_token(&self) -> Result<(Secret, std::time::Instant), ConnectorError> {
+        let Some(auth) = &self.auth else { return Err(ConnectorError::User("no auth configured".into())) };
+        let (Some(url), Some(id), Some(secret)) = (&auth.token_url, &auth.client_id, &auth.client_secret) else {
+            return Err(ConnectorError::User(format!(
+                "http connection `{}`: oauth2 needs token_url, client_id and client_secret",
+                self.connection
+            )));
+        };
+        let doing = format!("fetching an OAuth 2.0 token for connection `{}`", self.connection);
+        let mut form =
+            vec![("grant_type", "client_credentials"), ("client_id", id.as_str()), ("client_secret", secret.expose())];
+        if let Some(scope) = &auth.scope {
+            form.push(("scope", scope.as_str()));
+        }
+        let resp = self.client.post(url).form(&form).send().await.map_err(|e| ConnectorError::Retriable {
+            context: doing.clone(),
+            message: describe_transport_error(&e.without_url()),
+            retry_after: None,
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(ConnectorError::Retriable {
+                context: doing,
+                message: format!("HTTP {status}"),
+                retry_after: None,
+            });
+        }
+        if !status.is_success() {
+            return Err(ConnectorError::User(format!(
+                "{doing}: HTTP {status}: {} — check client_id and client_secret",
+                excerpt(&String::from_utf8_lossy(&body))
+            )));
+        }
+        #[derive(Deserialize)]
+        struct TokenAnswer {
+            access_token: String,
+            expires_in: Option<u64>,
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| ConnectorError::Other {
+            context: doing.clone(),
+            message: format!("the token endpoint's answer has no access_token: {e}"),
+        })?;
+        // Renew a little before the service would refuse it.
+        let life = Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        let until = std::time::Instant::now() + life.saturating_sub(life.min(Duration::from_secs(30)) / 2);
+        Ok((Secret::new(answer.access_token), until))
+    }
+}
+
+/// Parses a URL and refuses non-HTTP schemes and literal private addresses (unless allowed).
+fn checked_url(text: &str, allow_private: bool) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("url `{text}`: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("url `{text}`: only http and https are supported"));
+    }
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(a)) => Some(IpAddr::V4(a)),
+        Some(url::Host::Ipv6(a)) => Some(IpAddr::V6(a)),
+        _ => None,
+    };
+    if let Some(ip) = literal.filter(|ip| is_private(*ip) && !allow_private) {
+        return Err(format!(
+            "{ip} is a loopback, private or link-local address; set `allow_private_addresses: true` on the connection to send there"
+        ));
+    }
+    Ok(url)
+}
+
+impl HttpSink {
+    /// A sink sending to `object` (a path) under connection `name`'s URL.
+    pub fn new(
+        name: &str,
+        conn: &HttpConnection,
+        object: &str,
+        options: HttpSinkOptions,
+    ) -> Result<HttpSink, ConnectorError> {
+        let wrong = |what: String| ConnectorError::User(format!("http connection `{name}`: {what}"));
+        if options.max_rows == 0 || options.max_bytes == 0 {
+            return Err(wrong("`max_rows` and `max_bytes` must be at least 1".into()));
+        }
+        let idempotency_header = HeaderName::from_bytes(options.idempotency_header.as_bytes())
+            .map_err(|_| wrong(format!("`{}` is not a valid header name", options.idempotency_header)))?;
+        let endpoint = Endpoint::new(name, conn, object)?;
+        Ok(HttpSink { endpoint, options, idempotency_header, progress: Progress::default() })
     }
 
     fn method(&self) -> reqwest::Method {
@@ -280,27 +394,21 @@ impl HttpSink {
     }
 
     /// Sends one request with `rows` and reads what the answer means.
-    async fn send(&self, rows: &[&[u8]], key: &str) -> Result<Answer, ConnectorError> {
+    async fn send(&mut self, rows: &[&[u8]], key: &str) -> Result<Answer, ConnectorError> {
         let (body, content_type) = body_of(rows, self.options.format);
-        let doing = format!("{} {} (connection `{}`)", self.method(), self.shown, self.connection);
+        let doing = format!("{} {} (connection `{}`)", self.method(), self.endpoint.shown, self.endpoint.connection);
         let key = HeaderValue::from_str(key).map_err(|e| ConnectorError::Other {
             context: doing.clone(),
             message: format!("idempotency key is not a valid header value: {e}"),
         })?;
-        let mut request = self
+        let request = self
+            .endpoint
             .client
-            .request(self.method(), self.url.clone())
+            .request(self.method(), self.endpoint.url.clone())
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .header(self.idempotency_header.clone(), key)
             .body(body);
-        request = match &self.auth {
-            Some(HttpAuth { kind: AuthKind::Bearer, token: Some(t), .. }) => request.bearer_auth(t.expose()),
-            Some(HttpAuth { kind: AuthKind::Basic, username: Some(u), password, .. }) => {
-                request.basic_auth(u, password.as_ref().map(Secret::expose))
-            }
-            _ => request,
-        };
-        let sent = request.send().await;
+        let sent = self.endpoint.authorize(request).await?.send().await;
         let resp = match sent {
             Ok(r) => r,
             // Timeouts, refused and reset connections, DNS hiccups: the service may come back.
@@ -313,6 +421,14 @@ impl HttpSink {
         let status = resp.status();
         if status.is_success() {
             return Ok(Answer::Delivered);
+        }
+        // An expired or revoked OAuth 2.0 token: fetch a new one and try again.
+        if status.as_u16() == 401 && self.endpoint.forget_token() {
+            return Err(ConnectorError::Retriable {
+                context: doing,
+                message: "HTTP 401: the OAuth 2.0 token was refused; fetching a new one".into(),
+                retry_after: Some(Duration::ZERO),
+            });
         }
         let retry_after = resp
             .headers()
@@ -382,24 +498,17 @@ impl Sink for HttpSink {
     }
 
     fn describe(&self) -> String {
-        format!("http {} {}", self.method(), self.shown)
+        format!("http {} {}", self.method(), self.endpoint.shown)
     }
 }
 
 /// Sends a `GET` to the connection's URL: any answer but a refusal of the credentials shows the
 /// service is reachable (a webhook often answers `GET` with 404 or 405).
 pub async fn test_connection(name: &str, conn: &HttpConnection) -> Result<String, ConnectorError> {
-    let sink = HttpSink::new(name, conn, "", HttpSinkOptions::default())?;
-    let mut request = sink.client.get(sink.url.clone());
-    request = match &sink.auth {
-        Some(HttpAuth { kind: AuthKind::Bearer, token: Some(t), .. }) => request.bearer_auth(t.expose()),
-        Some(HttpAuth { kind: AuthKind::Basic, username: Some(u), password, .. }) => {
-            request.basic_auth(u, password.as_ref().map(Secret::expose))
-        }
-        _ => request,
-    };
-    let doing = format!("GET {} (connection `{name}`)", sink.shown);
-    let resp = request.send().await.map_err(|e| ConnectorError::Retriable {
+    let mut endpoint = Endpoint::new(name, conn, "")?;
+    let request = endpoint.client.get(endpoint.url.clone());
+    let doing = format!("GET {} (connection `{name}`)", endpoint.shown);
+    let resp = endpoint.authorize(request).await?.send().await.map_err(|e| ConnectorError::Retriable {
         context: doing.clone(),
         message: describe_transport_error(&e.without_url()),
         retry_after: None,
@@ -408,7 +517,7 @@ pub async fn test_connection(name: &str, conn: &HttpConnection) -> Result<String
         401 | 403 | 407 => {
             Err(ConnectorError::User(format!("{doing}: HTTP {}: the credentials are refused", resp.status())))
         }
-        _ => Ok(format!("{} answered HTTP {}", sink.shown, resp.status())),
+        _ => Ok(format!("{} answered HTTP {}", endpoint.shown, resp.status())),
     }
 }
 
@@ -456,7 +565,7 @@ fn body_of(rows: &[&[u8]], format: BodyFormat) -> (Vec<u8>, &'static str) {
 }
 
 /// The start of a response body, on one line, for an error message.
-fn excerpt(text: &str) -> String {
+pub(crate) fn excerpt(text: &str) -> String {
     let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     match one_line.char_indices().nth(300) {
         Some((i, _)) => format!("{}…", &one_line[..i]),
@@ -465,7 +574,7 @@ fn excerpt(text: &str) -> String {
 }
 
 /// A transport error and its causes on one line ("error sending request: connection reset").
-fn describe_transport_error(e: &reqwest::Error) -> String {
+pub(crate) fn describe_transport_error(e: &reqwest::Error) -> String {
     let mut parts = vec![if e.is_timeout() { "timed out".to_owned() } else { e.to_string() }];
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
@@ -492,6 +601,9 @@ fn check_auth(auth: &HttpAuth) -> Result<(), String> {
         AuthKind::Basic if auth.username.is_none() => Err(need("username")),
         AuthKind::ApiKey if auth.header.is_none() => Err(need("header")),
         AuthKind::ApiKey if auth.key.is_none() => Err(need("key")),
+        AuthKind::Oauth2 if auth.token_url.is_none() => Err(need("token_url")),
+        AuthKind::Oauth2 if auth.client_id.is_none() => Err(need("client_id")),
+        AuthKind::Oauth2 if auth.client_secret.is_none() => Err(need("client_secret")),
         AuthKind::ApiKey => {
             let header = auth.header.as_deref().unwrap_or_default();
             HeaderName::from_bytes(header.as_bytes())
@@ -507,6 +619,7 @@ fn kind_name(kind: AuthKind) -> &'static str {
         AuthKind::Bearer => "bearer",
         AuthKind::Basic => "basic",
         AuthKind::ApiKey => "api_key",
+        AuthKind::Oauth2 => "oauth2",
     }
 }
 
@@ -612,6 +725,10 @@ mod tests {
                 password: None,
                 header: None,
                 key: None,
+                token_url: None,
+                client_id: None,
+                client_secret: None,
+                scope: None,
             }),
             timeout_secs: 5,
             allow_private_addresses: false,

@@ -6,7 +6,7 @@
 //! |------------|--------|------|--------|
 //! | `generate` | yes    |      | [`generate`] |
 //! | `file`     | yes    | yes  | [`file`] |
-//! | `http`     |        | yes  | [`http`] |
+//! | `http`     | yes    | yes  | [`http_source`], [`http`] |
 //! | `kafka`    | yes    | yes  | [`kafka`] |
 //! | `postgres` | yes    | yes  | [`postgres_query`] (incremental pulls), [`postgres`] (sink) |
 //! | `stdout`   |        | yes  | [`stdout`] |
@@ -20,6 +20,7 @@
 pub mod file;
 pub mod generate;
 pub mod http;
+pub mod http_source;
 pub mod kafka;
 pub mod postgres;
 pub mod postgres_query;
@@ -87,6 +88,8 @@ pub enum SourceOptions {
     File(file::FileSourceOptions),
     /// For `kafka`.
     Kafka(kafka::KafkaSourceOptions),
+    /// For `http`: a paginated REST API.
+    Http(http_source::HttpSourceOptions),
     /// For `postgres`: an incremental or complete pull by query.
     PostgresQuery(postgres_query::QueryOptions),
 }
@@ -113,9 +116,7 @@ pub fn source_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Res
         Connection::File(_) => SourceOptions::File(Deserialize::deserialize(d)?),
         Connection::Kafka(_) => SourceOptions::Kafka(Deserialize::deserialize(d)?),
         Connection::Stdout(_) => return Err(D::Error::custom("a `stdout` connection cannot be a source")),
-        Connection::Http(_) => {
-            return Err(D::Error::custom("an `http` connection cannot be a source yet (only a destination)"));
-        }
+        Connection::Http(_) => SourceOptions::Http(Deserialize::deserialize(d)?),
         Connection::Postgres(_) => SourceOptions::PostgresQuery(Deserialize::deserialize(d)?),
     })
 }
@@ -136,7 +137,9 @@ pub fn sink_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Resul
 pub fn builtin_schema(options: &SourceOptions) -> Option<RowSchema> {
     match options {
         SourceOptions::Generate(_) => Some(generate::schema()),
-        SourceOptions::File(_) | SourceOptions::Kafka(_) | SourceOptions::PostgresQuery(_) => None,
+        SourceOptions::File(_) | SourceOptions::Kafka(_) | SourceOptions::PostgresQuery(_) | SourceOptions::Http(_) => {
+            None
+        }
     }
 }
 
@@ -171,6 +174,9 @@ pub fn build_source(
         }
         (Connection::File(c), SourceOptions::File(o)) => {
             Input::Source(Box::new(file::FileSource::new(c, object, o.clone())?))
+        }
+        (Connection::Http(c), SourceOptions::Http(o)) => {
+            Input::Source(Box::new(http_source::HttpSource::new(name, c, object, o.clone(), follow)?))
         }
         (Connection::Postgres(c), SourceOptions::PostgresQuery(o)) => {
             Input::Source(Box::new(postgres_query::QuerySource::new(name, c, object, o.clone(), follow)?))

@@ -403,7 +403,11 @@ pub async fn run_source(
                 let (since, attempts) = failing.get_or_insert((Instant::now(), 0));
                 *attempts += 1;
                 let policy = &ctx.batch.retry;
-                let wait = policy.initial.saturating_mul(1 << (*attempts - 1).min(16)).min(policy.max_delay);
+                let wait = policy
+                    .initial
+                    .saturating_mul(1 << (*attempts - 1).min(16))
+                    .min(policy.max_delay)
+                    .max(e.retry_after().unwrap_or_default());
                 if *attempts >= policy.max_attempts || since.elapsed() + wait > policy.max_elapsed {
                     return Err(FlowError::RetriesExhausted {
                         flow: ctx.flow.clone(),
