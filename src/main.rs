@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: ConnectionsCommand,
     },
+    /// Change data capture: list or drop a postgres connection's replication slots.
+    Cdc {
+        #[command(subcommand)]
+        command: CdcCommand,
+    },
     /// Run the embedded Kafka-protocol broker on its own.
     Broker {
         /// Where the broker keeps its log.
@@ -69,6 +74,26 @@ enum Command {
         /// Keep the log in memory instead of under --data-dir (for benchmarks).
         #[arg(long)]
         memory: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CdcCommand {
+    /// List the logical replication slots of a postgres connection's database, with their lag.
+    Slots {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The postgres connection.
+        connection: String,
+    },
+    /// Drop a replication slot (a flow using it starts over with a snapshot).
+    DropSlot {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The postgres connection.
+        connection: String,
+        /// The slot.
+        slot: String,
     },
 }
 
@@ -131,6 +156,12 @@ fn main() -> ExitCode {
                 run::dlq_show(&config, &flow, limit).await
             }
             Command::Dlq { command: DlqCommand::Replay { config, flow } } => run::dlq_replay(&config, &flow).await,
+            Command::Cdc { command: CdcCommand::Slots { config, connection } } => {
+                run::cdc_slots(&config, &connection, None).await
+            }
+            Command::Cdc { command: CdcCommand::DropSlot { config, connection, slot } } => {
+                run::cdc_slots(&config, &connection, Some(&slot)).await
+            }
             Command::Connections { command: ConnectionsCommand::Test { config, name } } => {
                 run::connections_test(&config, name.as_deref()).await
             }

@@ -265,3 +265,151 @@ flows:
     pg(&format!("DROP TABLE {t}"));
     eprintln!("postgres pulls: incremental {} then {} rows, complete {}", first.len(), second.len(), all.len());
 }
+
+/// `(id, op)` of each captured row, in file order; a delete's id comes from its key.
+fn captured(file: &Path) -> Vec<(i64, String)> {
+    let (rows, _) = common::read_jsonl(file);
+    rows.iter()
+        .map(|r| {
+            let id = r["id"].as_i64().unwrap_or_else(|| {
+                let k: Value = serde_json::from_str(r["k"].as_str().unwrap()).unwrap();
+                k["id"].as_i64().unwrap()
+            });
+            (id, r["op"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn change_data_capture_streams_a_script_in_order_and_survives_a_kill() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let t = table("sluice_cdc");
+    pg(&format!(
+        "CREATE TABLE {t} (id bigint PRIMARY KEY, name text, amount numeric(10,2), tags text[], meta jsonb, at timestamptz);
+         ALTER TABLE {t} REPLICA IDENTITY FULL;
+         INSERT INTO {t} SELECT i, 'n' || i, i * 1.5, ARRAY['a', 'b'], '{{\"k\": 1}}', now() FROM generate_series(0, 49) AS i"
+    ));
+    let out = dir.path().join("out");
+    let cfg = write(
+        dir.path(),
+        "cdc.yaml",
+        &format!(
+            r#"
+kafka: {{bootstrap_servers: "{addr}"}}
+connections:
+  wh: {{type: postgres, database: postgres, user: postgres}}
+  out: {{type: file, path: {out}}}
+flows:
+  - name: cdc
+    trigger: continuous
+    source:
+      connection: wh
+      object: public.{t}
+      options: {{mode: cdc, slot: {t}, publication: {t}, heartbeat_secs: 1}}
+      schema: {{id: int64, name: string}}
+    transform:
+      sql: SELECT id, name, _op AS op, _key AS k FROM source
+    destination: {{connection: out, object: cdc.jsonl}}
+"#,
+            addr = broker.addr,
+            out = out.display(),
+        ),
+    );
+    // The slot, the publication and the table go even if the test fails: a forgotten slot
+    // holds back the server's WAL and takes one of its few slots.
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let t = &self.0;
+            pg(&format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{t}' AND NOT active"
+            ));
+            pg(&format!("DROP PUBLICATION IF EXISTS \"{t}\"; DROP TABLE IF EXISTS {t}"));
+        }
+    }
+    let file = out.join("cdc.jsonl");
+    let wait_for = |n: usize, p: &common::Sluice| {
+        assert!(
+            common::wait_until(Duration::from_secs(90), || captured(&file).len() >= n),
+            "expected {n} rows, have {}:\n{}",
+            captured(&file).len(),
+            p.stderr_so_far()
+        );
+    };
+    let _cleanup = Cleanup(t.clone());
+    let p = common::spawn(&["run", &cfg], dir.path(), &[]);
+    wait_for(50, &p);
+    // A script over several transactions, including a primary-key change and a transaction
+    // that creates, changes and deletes one row.
+    pg(&format!("INSERT INTO {t} (id, name) SELECT i, 'new' || i FROM generate_series(100, 109) AS i"));
+    pg(&format!("BEGIN; UPDATE {t} SET name = 'x' WHERE id = 100; UPDATE {t} SET name = 'y' WHERE id = 1; COMMIT"));
+    pg(&format!("DELETE FROM {t} WHERE id = 2"));
+    pg(&format!("UPDATE {t} SET id = 201 WHERE id = 101"));
+    pg(&format!(
+        "BEGIN; INSERT INTO {t} (id, name) VALUES (300, 'tmp'); UPDATE {t} SET name = 'tmp2' WHERE id = 300; DELETE FROM {t} WHERE id = 300; COMMIT"
+    ));
+    wait_for(50 + 10 + 2 + 1 + 2 + 3, &p);
+    p.kill9();
+    // Changes while the worker is down arrive after the restart.
+    pg(&format!("INSERT INTO {t} (id, name) SELECT i, 'late' || i FROM generate_series(400, 404) AS i"));
+    let p = common::spawn(&["run", &cfg], dir.path(), &[]);
+    wait_for(68 + 5, &p);
+
+    // Per key, the ops in commit order (duplicates from the kill removed only if adjacent).
+    let rows = captured(&file);
+    let mut by_key: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for (id, op) in &rows {
+        let ops = by_key.entry(*id).or_default();
+        if ops.last() != Some(op) || op == "u" {
+            ops.push(op.clone());
+        }
+    }
+    let ops = |id: i64| by_key.get(&id).cloned().unwrap_or_default().join(",");
+    for id in (0..50).filter(|i| ![1, 2].contains(i)) {
+        assert_eq!(ops(id), "r", "snapshot row {id}");
+    }
+    assert_eq!(ops(1), "r,u");
+    assert_eq!(ops(2), "r,d");
+    assert_eq!(ops(100), "c,u");
+    assert_eq!(ops(101), "c,d", "a key change deletes the old key");
+    assert_eq!(ops(201), "c", "and creates the new one");
+    assert_eq!(ops(300), "c,u,d");
+    for id in (102..110).chain(400..405) {
+        assert_eq!(ops(id), "c", "row {id}");
+    }
+
+    // A quiet publication: other tables' writes still move the slot on (heartbeats).
+    let slot_lsn = || {
+        pg(&format!("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{t}'"))[0][0]
+            .clone()
+            .unwrap()
+    };
+    let lsn_num = |s: &str| {
+        let (hi, lo) = s.split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+    let before = lsn_num(&slot_lsn());
+    pg(&format!(
+        "CREATE TABLE {t}_other (x int); INSERT INTO {t}_other SELECT generate_series(1, 1000); DROP TABLE {t}_other"
+    ));
+    assert!(
+        common::wait_until(Duration::from_secs(30), || lsn_num(&slot_lsn()) > before),
+        "the slot did not advance on a quiet publication"
+    );
+    let done = p.terminate(Duration::from_secs(30));
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+
+    // The slot is listed with its lag, and can be dropped.
+    let slots = run(&["cdc", "slots", &cfg, "wh"], dir.path(), &[], LIMIT);
+    assert_eq!(slots.code(), Some(0), "{}", slots.stderr);
+    assert!(
+        slots.stdout.lines().any(|l| l.starts_with(&t) && l.contains("pgoutput") && l.ends_with("bytes")),
+        "{}",
+        slots.stdout
+    );
+    let dropped = run(&["cdc", "drop-slot", &cfg, "wh", &t], dir.path(), &[], LIMIT);
+    assert_eq!(dropped.code(), Some(0), "{}", dropped.stderr);
+    assert!(pg(&format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = '{t}'")).is_empty());
+    eprintln!("postgres cdc: {} rows captured ({} keys), slot advanced while quiet", rows.len(), by_key.len());
+}

@@ -8,7 +8,7 @@
 //! | `file`     | yes    | yes  | [`file`] |
 //! | `http`     | yes    | yes  | [`http_source`], [`http`] |
 //! | `kafka`    | yes    | yes  | [`kafka`] |
-//! | `postgres` | yes    | yes  | [`postgres_query`] (incremental pulls), [`postgres`] (sink) |
+//! | `postgres` | yes    | yes  | [`postgres_query`] (pulls), [`postgres_cdc`] (change data capture), [`postgres`] (sink) |
 //! | `stdout`   |        | yes  | [`stdout`] |
 //!
 //! A connector is a *connection* type (settings and credentials, written once under
@@ -23,6 +23,7 @@ pub mod http;
 pub mod http_source;
 pub mod kafka;
 pub mod postgres;
+pub mod postgres_cdc;
 pub mod postgres_query;
 pub mod stdout;
 
@@ -177,6 +178,9 @@ pub fn build_source(
         }
         (Connection::Http(c), SourceOptions::Http(o)) => {
             Input::Source(Box::new(http_source::HttpSource::new(name, c, object, o.clone(), follow)?))
+        }
+        (Connection::Postgres(c), SourceOptions::PostgresQuery(o)) if o.mode == postgres_query::PullMode::Cdc => {
+            Input::Source(Box::new(postgres_cdc::CdcSource::new(name, c, object, o, follow)?))
         }
         (Connection::Postgres(c), SourceOptions::PostgresQuery(o)) => {
             Input::Source(Box::new(postgres_query::QuerySource::new(name, c, object, o.clone(), follow)?))

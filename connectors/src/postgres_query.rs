@@ -35,6 +35,9 @@ pub enum PullMode {
     Incremental,
     /// Every row, every run.
     Complete,
+    /// Change data capture from the write-ahead log ([`crate::postgres_cdc`]); `object` lists
+    /// the tables, comma-separated.
+    Cdc,
 }
 
 /// Per-flow options of a `postgres` source; the flow's `object` is the table, unless `query`
@@ -60,6 +63,24 @@ pub struct QueryOptions {
     /// Seconds between pulls once a continuous flow has caught up.
     #[serde(default = "default_poll_interval")]
     pub poll_interval_secs: u64,
+    /// `cdc`: the replication slot (created if absent; default `sluice_<first table>`).
+    pub slot: Option<String>,
+    /// `cdc`: the publication (created for the tables if absent; default as the slot).
+    pub publication: Option<String>,
+    /// `cdc`: read the tables' rows (op `r`) before streaming changes, when the slot is new.
+    #[serde(default = "default_true")]
+    pub snapshot: bool,
+    /// `cdc`: seconds between moving an idle slot to the current WAL position.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_heartbeat() -> u64 {
+    10
 }
 
 fn default_poll_interval() -> u64 {
@@ -102,6 +123,9 @@ impl QuerySource {
             (None, "") => return Err(wrong("set the flow's `object` to a table, or `query` in the options")),
             (None, table) => table.split('.').map(quote_ident).collect::<Vec<_>>().join("."),
         };
+        if options.mode == PullMode::Cdc {
+            return Err(wrong("`mode: cdc` is read by the CDC source"));
+        }
         if options.mode == PullMode::Incremental && (options.cursor.is_none() || options.key.is_empty()) {
             return Err(wrong(
                 "`mode: incremental` needs `cursor` (the column that grows with every change) and `key` (the columns identifying a row)",
@@ -280,7 +304,7 @@ impl Source for QuerySource {
                 let caught_up = items.len() < max;
                 (items, caught_up)
             }
-            PullMode::Complete => self.pull_complete(max).await?,
+            PullMode::Complete | PullMode::Cdc => self.pull_complete(max).await?,
         };
         if finished && self.follow {
             self.next_pull = Some(Instant::now() + Duration::from_secs(self.options.poll_interval_secs));

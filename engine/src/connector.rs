@@ -59,6 +59,13 @@ pub trait Source: Send {
     /// Returns up to `max` items.
     async fn poll(&mut self, max: usize) -> Result<Poll, ConnectorError>;
 
+    /// Told that every record up to `position` is durably in Kafka and the position stored:
+    /// a source whose upstream keeps unacknowledged changes for it (a replication slot) lets
+    /// go of them here, never earlier.
+    async fn committed(&mut self, _position: &Position) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
     /// Whether an on-demand run continues from the position the last run stored (an
     /// incremental pull) rather than reading everything again (the default).
     fn incremental(&self) -> bool {

@@ -483,6 +483,11 @@ pub async fn run_source(
             summary.dlq += dead;
             if let (true, Some(position)) = (store_positions, last_position) {
                 store_position(ctx, &producer, &position).await?;
+                // Now the upstream may forget what came before (a replication slot advances).
+                source
+                    .committed(&position)
+                    .await
+                    .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
             }
             Ok::<(), FlowError>(())
         }
