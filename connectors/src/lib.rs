@@ -9,6 +9,7 @@
 //! | `http`     | yes    | yes  | [`http_source`], [`http`] |
 //! | `kafka`    | yes    | yes  | [`kafka`] |
 //! | `postgres` | yes    | yes  | [`postgres_query`] (pulls), [`postgres_cdc`] (change data capture), [`postgres`] (sink) |
+//! | `s3`       |        | yes  | [`s3`] |
 //! | `stdout`   |        | yes  | [`stdout`] |
 //!
 //! A connector is a *connection* type (settings and credentials, written once under
@@ -25,6 +26,7 @@ pub mod kafka;
 pub mod postgres;
 pub mod postgres_cdc;
 pub mod postgres_query;
+pub mod s3;
 pub mod stdout;
 
 use serde::de::{Deserialize, Deserializer, Error as _};
@@ -46,12 +48,14 @@ pub enum Connection {
     Kafka(kafka::KafkaConnection),
     /// `type: postgres`
     Postgres(postgres::PostgresConnection),
+    /// `type: s3`
+    S3(s3::S3Connection),
     /// `type: stdout`
     Stdout(stdout::StdoutConnection),
 }
 
 /// The connector names accepted as a connection's `type`.
-pub const KINDS: &[&str] = &["generate", "file", "http", "kafka", "postgres", "stdout"];
+pub const KINDS: &[&str] = &["generate", "file", "http", "kafka", "postgres", "s3", "stdout"];
 
 impl Connection {
     /// Parses a connection body (everything but `type`) for connector `kind`.
@@ -62,6 +66,7 @@ impl Connection {
             "http" => Connection::Http(Deserialize::deserialize(d)?),
             "kafka" => Connection::Kafka(Deserialize::deserialize(d)?),
             "postgres" => Connection::Postgres(Deserialize::deserialize(d)?),
+            "s3" => Connection::S3(Deserialize::deserialize(d)?),
             "stdout" => Connection::Stdout(Deserialize::deserialize(d)?),
             other => return Err(D::Error::unknown_variant(other, KINDS)),
         })
@@ -75,6 +80,7 @@ impl Connection {
             Connection::Http(_) => "http",
             Connection::Kafka(_) => "kafka",
             Connection::Postgres(_) => "postgres",
+            Connection::S3(_) => "s3",
             Connection::Stdout(_) => "stdout",
         }
     }
@@ -106,6 +112,8 @@ pub enum SinkOptions {
     Kafka(kafka::KafkaSinkOptions),
     /// For `postgres`.
     Postgres(postgres::PostgresSinkOptions),
+    /// For `s3`.
+    S3(s3::S3SinkOptions),
     /// For `stdout`.
     Stdout(stdout::StdoutOptions),
 }
@@ -117,6 +125,9 @@ pub fn source_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Res
         Connection::File(_) => SourceOptions::File(Deserialize::deserialize(d)?),
         Connection::Kafka(_) => SourceOptions::Kafka(Deserialize::deserialize(d)?),
         Connection::Stdout(_) => return Err(D::Error::custom("a `stdout` connection cannot be a source")),
+        Connection::S3(_) => {
+            return Err(D::Error::custom("an `s3` connection cannot be a source yet (only a destination)"));
+        }
         Connection::Http(_) => SourceOptions::Http(Deserialize::deserialize(d)?),
         Connection::Postgres(_) => SourceOptions::PostgresQuery(Deserialize::deserialize(d)?),
     })
@@ -130,6 +141,7 @@ pub fn sink_options<'de, D: Deserializer<'de>>(conn: &Connection, d: D) -> Resul
         Connection::Postgres(_) => SinkOptions::Postgres(Deserialize::deserialize(d)?),
         Connection::Kafka(_) => SinkOptions::Kafka(Deserialize::deserialize(d)?),
         Connection::Stdout(_) => SinkOptions::Stdout(Deserialize::deserialize(d)?),
+        Connection::S3(_) => SinkOptions::S3(Deserialize::deserialize(d)?),
         Connection::Generate(_) => return Err(D::Error::custom("a `generate` connection cannot be a destination")),
     })
 }
@@ -214,6 +226,7 @@ pub async fn test_connection(name: &str, conn: &Connection, own: &KafkaSettings)
             Ok(format!("cluster {} answered; {} topic(s) visible", settings.bootstrap_servers, topics.len()))
         }
         Connection::Postgres(c) => postgres::test_connection(name, c).await,
+        Connection::S3(c) => s3::test_connection(name, c).await,
     }
 }
 
@@ -230,6 +243,7 @@ pub async fn build_sink(
         (Connection::File(c), SinkOptions::File(o)) => Box::new(file::FileSink::new(c, object, o.clone())?),
         (Connection::Stdout(_), SinkOptions::Stdout(_)) => Box::new(stdout::StdoutSink),
         (Connection::Http(c), SinkOptions::Http(o)) => Box::new(http::HttpSink::new(name, c, object, o.clone())?),
+        (Connection::S3(c), SinkOptions::S3(o)) => Box::new(s3::S3Sink::new(name, c, object, o.clone(), flow)?),
         (Connection::Postgres(c), SinkOptions::Postgres(o)) => {
             Box::new(postgres::PostgresSink::new(name, c, object, o.clone())?)
         }

@@ -168,6 +168,14 @@ pub trait Sink: Send {
 
     /// A short description of where rows go, for the run summary ("file out/orders.jsonl").
     fn describe(&self) -> String;
+
+    /// Whether each write must hold the messages of one partition only. A sink that names what
+    /// it writes after the batch (an object store: key from topic, partition and first offset)
+    /// asks for this, so that after a crash the batch read again from the committed offset gets
+    /// the same name and replaces, rather than duplicates, what was written before.
+    fn per_partition(&self) -> bool {
+        false
+    }
 }
 
 /// How the payloads of a flow's input topic are encoded.

@@ -646,8 +646,23 @@ pub async fn run_sink(
         }
         let span = tracing::info_span!("batch", flow = %ctx.flow, stage = "sink", topic = %input.topic, partition = %partitions_of(&batch), records = batch.len());
         let n = batch.len();
-        let done =
-            process_batch(ctx, &input.topic, &batch, transform.as_mut(), sink.as_mut(), &dlq).instrument(span).await?;
+        let done = if sink.per_partition() {
+            // One write per partition, each starting at that partition's first offset here. (A
+            // stable sort keeps each partition's messages in offset order.)
+            batch.sort_by_key(|m| m.partition());
+            let mut total = BatchDone { delivered: 0, filtered: 0, dlq: 0 };
+            for part in batch.chunk_by(|a, b| a.partition() == b.partition()) {
+                let d = process_batch(ctx, &input.topic, part, transform.as_mut(), sink.as_mut(), &dlq)
+                    .instrument(span.clone())
+                    .await?;
+                total.delivered += d.delivered;
+                total.filtered += d.filtered;
+                total.dlq += d.dlq;
+            }
+            total
+        } else {
+            process_batch(ctx, &input.topic, &batch, transform.as_mut(), sink.as_mut(), &dlq).instrument(span).await?
+        };
         // Every message of the batch is now delivered, filtered or durably dead-lettered.
         for m in &batch {
             tracker.finish(m.partition(), m.offset());

@@ -1,0 +1,297 @@
+//! The `s3` sink against a real S3-protocol server process (s3s-fs, which `scripts/test`
+//! installs), read back with aws-sdk-s3 and the parquet crate.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Broker, counts_of, free_port, run, spawn, wait_until, write};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(180);
+const ACCESS: &str = "sluice-test";
+const SECRET: &str = "sluice-test-secret";
+
+/// An s3s-fs server on a loopback port, serving a temporary directory.
+struct S3Server {
+    url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3s_fs() -> PathBuf {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let p = home.join("bin/s3s-fs");
+    assert!(
+        p.exists(),
+        "the s3 tests need s3s-fs ({}); scripts/test installs it: cargo install --locked s3s-fs@0.14.1 --features binary",
+        p.display()
+    );
+    p
+}
+
+fn start_s3() -> S3Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(s3s_fs())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", ACCESS, "--secret-key", SECRET])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "s3s-fs did not start"
+    );
+    S3Server { url: format!("http://127.0.0.1:{port}"), child, _dir: dir }
+}
+
+fn client(url: &str, rt: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
+    let _guard = rt.enter();
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(ACCESS, SECRET, None, None, "test"))
+        .endpoint_url(url)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Every object of `bucket`: key -> bytes.
+fn objects(c: &aws_sdk_s3::Client, rt: &tokio::runtime::Runtime, bucket: &str) -> HashMap<String, Vec<u8>> {
+    rt.block_on(async {
+        let mut out = HashMap::new();
+        let list = c.list_objects_v2().bucket(bucket).send().await.unwrap();
+        for o in list.contents() {
+            let key = o.key().unwrap().to_owned();
+            let body = c.get_object().bucket(bucket).key(&key).send().await.unwrap().body.collect().await.unwrap();
+            out.insert(key, body.into_bytes().to_vec());
+        }
+        out
+    })
+}
+
+/// A Parquet object's column names and types, and its rows as JSON.
+fn parquet_rows(bytes: &[u8]) -> (Vec<String>, Vec<Value>) {
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes.to_vec()))
+            .unwrap()
+            .build()
+            .unwrap();
+    let mut names = Vec::new();
+    let mut rows = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        names = b.schema().fields().iter().map(|f| format!("{}:{}", f.name(), f.data_type())).collect();
+        let mut buf = Vec::new();
+        let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
+        w.write(&b).unwrap();
+        w.finish().unwrap();
+        rows.extend(
+            buf.split(|c| *c == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice::<Value>(l).unwrap()),
+        );
+    }
+    (names, rows)
+}
+
+fn config(dir: &Path, addr: &str, s3: &str, body: &str) -> String {
+    write(
+        dir,
+        "s3.yaml",
+        &format!(
+            r#"
+kafka: {{bootstrap_servers: "{addr}"}}
+connections:
+  gen: {{type: generate}}
+  bus: {{type: kafka}}
+  lake: {{type: s3, endpoint: "{s3}", path_style: true, access_key_id: {ACCESS}, secret_access_key: "${{env:S3_SECRET}}"}}
+  wrong_key: {{type: s3, endpoint: "{s3}", path_style: true, access_key_id: {ACCESS}, secret_access_key: not-the-secret}}
+flows:
+{body}
+"#
+        ),
+    )
+}
+
+#[test]
+fn parquet_objects_round_trip_and_a_kill_leaves_no_duplicate() {
+    let broker = Broker::start();
+    let s3 = start_s3();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&s3.url, &rt);
+    rt.block_on(c.create_bucket().bucket("lake-parquet").send()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A topic with fixed offsets as input, so every duplicate would be the sink's.
+    let count = 60_000i64;
+    let msgs: Vec<(Option<String>, Vec<u8>)> = (0..count)
+        .map(|seq| {
+            let id = seq % 40;
+            let row = format!(
+                "{{\"seq\":{seq},\"id\":{id},\"version\":{},\"name\":\"n{seq}\",\"amount\":{}}}",
+                seq / 40,
+                seq % 1000
+            );
+            (Some(format!("{{\"id\":{id}}}")), row.into_bytes())
+        })
+        .collect();
+    common::produce(&broker.addr, "to-lake", 3, &msgs);
+    let cfg = config(
+        dir.path(),
+        &broker.addr,
+        &s3.url,
+        r#"  - name: tolake
+    trigger: continuous
+    source:
+      connection: bus
+      object: to-lake
+      options: {format: json}
+      schema: {seq: int64, id: int64, version: int64, name: string, amount: int64}
+    transform:
+      sql: SELECT seq, id, version, name, amount FROM source
+    destination: {connection: lake, object: lake-parquet, options: {format: parquet, compression: zstd}}"#,
+    );
+    let env = [("S3_SECRET", SECRET)];
+    let keys = || rt.block_on(c.list_objects_v2().bucket("lake-parquet").send()).unwrap().contents().len();
+    let p = spawn(&["run", &cfg], dir.path(), &env);
+    assert!(wait_until(Duration::from_secs(90), || keys() >= 2), "{}", p.stderr_so_far());
+    p.kill9();
+    let killed_at = keys();
+    let rows = || -> Vec<Value> { objects(&c, &rt, "lake-parquet").values().flat_map(|b| parquet_rows(b).1).collect() };
+    let p = spawn(&["run", &cfg], dir.path(), &env);
+    let ok = wait_until(Duration::from_secs(120), || counts_of(&rows(), "seq").len() as i64 >= count);
+    let done = p.terminate(Duration::from_secs(30));
+    assert!(ok, "{}", done.stderr);
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    assert!(!done.stderr.contains(SECRET));
+
+    let all = objects(&c, &rt, "lake-parquet");
+    let mut rows = Vec::new();
+    for (key, bytes) in &all {
+        assert!(key.starts_with("tolake/to-lake/") && key.ends_with(".parquet"), "{key}");
+        let (names, r) = parquet_rows(bytes);
+        assert_eq!(names, ["seq:Int64", "id:Int64", "version:Int64", "name:Utf8", "amount:Int64"], "{key}");
+        rows.extend(r);
+    }
+    let seen = counts_of(&rows, "seq");
+    assert_eq!(seen.len() as i64, count, "every record in some object");
+    let dups = rows.len() - seen.len();
+    assert_eq!(dups, 0, "an upload retried after the kill replaced its object instead of adding one");
+    eprintln!("s3 parquet: {count} records in {} objects ({killed_at} when killed), 0 duplicates", all.len());
+}
+
+#[test]
+fn jsonl_gzip_and_csv_objects_and_clear_errors() {
+    let broker = Broker::start();
+    let s3 = start_s3();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&s3.url, &rt);
+    rt.block_on(c.create_bucket().bucket("lake-text").send()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let flows = |dest: &str| {
+        format!(
+            r#"  - name: text
+    source: {{connection: gen, object: orders, options: {{count: 3000, keys: 10}}}}
+    transform:
+      sql: SELECT seq, name, _ts FROM source
+    destination: {dest}"#
+        )
+    };
+    let env = [("S3_SECRET", SECRET)];
+    let cfg = config(
+        dir.path(),
+        &broker.addr,
+        &s3.url,
+        &flows(
+            "{connection: lake, object: lake-text, options: {compression: gzip, path: \"{flow}/{date}/{hour}/{partition}-{first_offset}.{ext}\"}}",
+        ),
+    );
+    let done = run(&["run", &cfg], dir.path(), &env, LIMIT);
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    let mut rows = Vec::new();
+    for (key, bytes) in objects(&c, &rt, "lake-text") {
+        assert!(key.starts_with("text/20") && key.ends_with(".jsonl.gz"), "{key}");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(bytes.as_slice()), &mut text).unwrap();
+        rows.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+    }
+    assert_eq!(counts_of(&rows, "seq").len(), 3000);
+
+    let cfg = config(
+        dir.path(),
+        &broker.addr,
+        &s3.url,
+        &flows(
+            "{connection: lake, object: lake-text, options: {format: csv, path: \"csv/{partition}-{first_offset}.{ext}\"}}",
+        ),
+    );
+    let done = run(&["run", &cfg], dir.path(), &env, LIMIT);
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    let csv_rows: usize = objects(&c, &rt, "lake-text")
+        .iter()
+        .filter(|(k, _)| k.starts_with("csv/"))
+        .map(|(_, b)| {
+            let text = String::from_utf8(b.clone()).unwrap();
+            assert!(text.starts_with("seq,name,_ts\n"), "{text:.60}");
+            text.lines().count() - 1
+        })
+        .sum();
+    assert!(csv_rows >= 3000, "{csv_rows}");
+
+    // Objects over the part size go up in parts: 5,000 rows of ~2 KB is a 10 MB object.
+    let big: Vec<(Option<String>, Vec<u8>)> = (0..5000)
+        .map(|seq| (None, format!("{{\"seq\":{seq},\"name\":\"{}\"}}", "x".repeat(2000)).into_bytes()))
+        .collect();
+    common::produce(&broker.addr, "big-rows", 1, &big);
+    let cfg = config(
+        dir.path(),
+        &broker.addr,
+        &s3.url,
+        r#"  - name: big
+    source: {connection: bus, object: big-rows, options: {format: json}, schema: {seq: int64, name: string}}
+    destination: {connection: lake, object: lake-text, options: {path: "big/{first_offset}.{ext}", part_size_bytes: 5242880}}"#,
+    );
+    let done = run(&["run", &cfg], dir.path(), &env, LIMIT);
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    let big_objects: Vec<(String, Vec<u8>)> =
+        objects(&c, &rt, "lake-text").into_iter().filter(|(k, _)| k.starts_with("big/")).collect();
+    let big_rows: Vec<Value> = big_objects
+        .iter()
+        .flat_map(|(_, b)| {
+            String::from_utf8(b.clone())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(counts_of(&big_rows, "seq").len(), 5000);
+    assert!(big_objects.iter().any(|(_, b)| b.len() > 5 << 20), "no object was large enough to need parts");
+
+    // A missing bucket and a wrong secret: clear errors naming the connection, never the secret.
+    for (dest, says) in [
+        ("{connection: lake, object: no-such-bucket}", "NoSuchBucket"),
+        ("{connection: wrong_key, object: lake-text}", "SignatureDoesNotMatch"),
+    ] {
+        let cfg = config(dir.path(), &broker.addr, &s3.url, &flows(dest));
+        let done = run(&["run", &cfg], dir.path(), &env, LIMIT);
+        assert_eq!(done.code(), Some(1), "{}", done.stderr);
+        assert!(done.stderr.contains(says) && done.stderr.contains("s3 connection `"), "{says}:\n{}", done.stderr);
+        assert!(!done.stderr.contains(SECRET) && !done.stderr.contains("not-the-secret"));
+    }
+}
