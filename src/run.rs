@@ -91,6 +91,7 @@ pub async fn validate(path: &Path) -> ExitCode {
             match f.trigger {
                 Trigger::OnDemand => "on_demand",
                 Trigger::Continuous => "continuous",
+                Trigger::Scheduled => "scheduled",
             },
             f.source_connection,
             f.destination_connection
@@ -410,27 +411,15 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
         }
         let ledger = Ledger::shared();
         ledgers.push((flow.name.clone(), ledger.clone(), flow.trigger));
-        let ctx = FlowContext {
-            flow: flow.name.clone(),
-            kafka: own.clone(),
-            batch: BatchSettings { retry: flow.retry.clone(), ..BatchSettings::default() },
-            ledger,
-            shutdown: shutdown.clone(),
-            errors: Arc::new(sluice_engine::errors_policy::ErrorGate::new(flow.errors.clone())),
-        };
+        let ctx = flow_context(&flow, &own, ledger, &shutdown);
         let cfg = cfg.clone();
+        if flow.trigger == Trigger::Scheduled {
+            tasks.push(tokio::spawn(scheduled(cfg, flow, own.clone(), shutdown.clone(), stage)));
+            continue;
+        }
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
-            let run_id = uuid_like();
-            let reporter = runtime::RunReporter::start(&ctx.kafka, &flow.name, &run_id, ctx.ledger.clone());
-            let r = run_flow(&cfg, &flow, ctx.clone(), stage).await;
-            let (status, error) = match &r {
-                Ok(_) if ctx.shutdown.is_cancelled() => (RunStatus::Stopped, None),
-                Ok(_) => (RunStatus::Succeeded, None),
-                Err(e) if is_stop(e) => (RunStatus::Stopped, None),
-                Err(e) => (RunStatus::Failed, Some(format!("{e:#}"))),
-            };
-            reporter.finish(status, error).await;
+            let r = one_run(&cfg, &flow, &ctx, stage).await;
             (flow.name.clone(), r, started.elapsed(), ctx.ledger.snapshot())
         }));
     }
@@ -438,6 +427,8 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
     let mut failed = false;
     for t in tasks {
         match t.await {
+            // A scheduled flow printed each run's summary as it ended.
+            Ok((_, Ok(dest), _, _)) if dest.is_empty() => {}
             Ok((name, Ok(dest), elapsed, snap)) => println!("{}", summary_line(&name, &snap, elapsed, &dest)),
             Ok((name, Err(e), _, _)) if is_stop(&e) => {
                 // A requested stop, not a failure: the batch being retried was not committed
@@ -460,6 +451,88 @@ pub async fn run(path: &Path, only: Option<&str>) -> ExitCode {
         p.finish_and_clear();
     }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// What a flow's tasks share for one run.
+fn flow_context(flow: &Flow, own: &KafkaSettings, ledger: Arc<Ledger>, shutdown: &CancellationToken) -> FlowContext {
+    FlowContext {
+        flow: flow.name.clone(),
+        kafka: own.clone(),
+        batch: BatchSettings { retry: flow.retry.clone(), ..BatchSettings::default() },
+        ledger,
+        shutdown: shutdown.clone(),
+        errors: Arc::new(sluice_engine::errors_policy::ErrorGate::new(flow.errors.clone())),
+    }
+}
+
+/// One run of a flow, reported in `sluice.runs` as it goes and when it ends.
+async fn one_run(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage) -> anyhow::Result<String> {
+    let reporter = runtime::RunReporter::start(&ctx.kafka, &flow.name, &uuid_like(), ctx.ledger.clone());
+    let r = run_flow(cfg, flow, ctx.clone(), stage).await;
+    let (status, error) = match &r {
+        Ok(_) if ctx.shutdown.is_cancelled() => (RunStatus::Stopped, None),
+        Ok(_) => (RunStatus::Succeeded, None),
+        Err(e) if is_stop(e) => (RunStatus::Stopped, None),
+        Err(e) => (RunStatus::Failed, Some(format!("{e:#}"))),
+    };
+    reporter.finish(status, error).await;
+    r
+}
+
+/// A scheduled flow: an on-demand run at each time of its schedule, until shutdown. A run that
+/// fails is reported and the next one still happens (as AppFlow's scheduled flows do); a run
+/// still going when its next time comes delays that time, never overlaps it.
+async fn scheduled(
+    cfg: Config,
+    flow: Flow,
+    own: KafkaSettings,
+    shutdown: CancellationToken,
+    mut stage: SqlStage,
+) -> (String, anyhow::Result<String>, Duration, LedgerSnapshot) {
+    let started = Instant::now();
+    let name = flow.name.clone();
+    let Some(schedule) = flow.schedule.clone() else {
+        return (
+            name,
+            Err(anyhow::anyhow!("a scheduled flow without a schedule")),
+            started.elapsed(),
+            Ledger::shared().snapshot(),
+        );
+    };
+    let mut last = Ledger::shared().snapshot();
+    let mut runs = 0u64;
+    loop {
+        let Some(next) = schedule.next_after(chrono::Utc::now()) else {
+            tracing::warn!(flow = %name, schedule = %schedule.text, "the schedule has no next time; stopping");
+            break;
+        };
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+        tracing::info!(flow = %name, at = %next.with_timezone(&schedule.timezone), "next scheduled run");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let ctx = flow_context(&flow, &own, Ledger::shared(), &shutdown);
+        let run_started = Instant::now();
+        let r = one_run(&cfg, &flow, &ctx, stage).await;
+        runs += 1;
+        last = ctx.ledger.snapshot();
+        match &r {
+            Ok(dest) => println!("{}", summary_line(&name, &last, run_started.elapsed(), dest)),
+            Err(e) => eprintln!("error: flow `{name}`: scheduled run {runs} failed: {e:#}"),
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        // The stage went with the run; plan the next one's (the SQL was checked at start).
+        let sql = flow.sql.as_ref().map(|(s, _)| s.as_str());
+        stage = match SqlStage::new(&flow.name, &flow.schema, input_format(&flow), sql).await {
+            Ok(s) => s,
+            Err(e) => return (name, Err(e.into()), started.elapsed(), last),
+        };
+    }
+    tracing::info!(flow = %name, runs, "scheduled flow stopped");
+    (name, Ok(String::new()), started.elapsed(), last)
 }
 
 /// Whether a flow's error is a requested stop rather than a failure.
@@ -613,9 +686,11 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
             let resume = match flow.trigger {
                 Trigger::Continuous => runtime::load_position(own, &flow.name).await?,
                 // An on-demand run of an incremental source goes on from the last run's position.
-                Trigger::OnDemand if source.incremental() => runtime::load_position(own, &flow.name).await?,
+                Trigger::OnDemand | Trigger::Scheduled if source.incremental() => {
+                    runtime::load_position(own, &flow.name).await?
+                }
                 // Otherwise it is a full pull: it starts at the beginning of the source.
-                Trigger::OnDemand => None,
+                Trigger::OnDemand | Trigger::Scheduled => None,
             };
             if let Some(p) = &resume {
                 tracing::info!(flow = %flow.name, position = %p, "resuming source");
@@ -623,7 +698,7 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
             let source_half = async {
                 runtime::run_source(&ctx, source, resume, true).await?;
                 match flow.trigger {
-                    Trigger::OnDemand => {
+                    Trigger::OnDemand | Trigger::Scheduled => {
                         let marks = kafka::high_watermarks(own, &changes).await?;
                         let _ = stop_tx.send(Some(marks));
                     }
@@ -637,7 +712,7 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
             tokio::try_join!(source_half, sink_half)?;
         }
         Input::Topic { kafka: theirs, topic, .. } => {
-            if flow.trigger == Trigger::OnDemand {
+            if flow.trigger != Trigger::Continuous {
                 let marks = kafka::high_watermarks(&theirs, &topic).await?;
                 let _ = stop_tx.send(Some(marks));
             }

@@ -356,3 +356,45 @@ flows:
     assert_eq!(done.code(), Some(1), "{}", done.stderr);
     assert!(done.stderr.contains("exceed errors.max_errors = 1"), "{}", done.stderr);
 }
+
+#[test]
+fn a_scheduled_flow_runs_at_each_time_of_its_cron_schedule() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cfg = write(
+        dir.path(),
+        "sched.yaml",
+        &format!(
+            r#"
+kafka: {{bootstrap_servers: "{addr}"}}
+connections:
+  gen: {{type: generate}}
+  out: {{type: file, path: {out}}}
+flows:
+  - name: sched
+    trigger: scheduled
+    schedule: {{cron: "*/3 * * * * *", timezone: Europe/Paris}}
+    source: {{connection: gen, object: orders, options: {{count: 100, keys: 10}}}}
+    destination: {{connection: out, object: sched.jsonl}}
+"#,
+            addr = broker.addr,
+            out = out.display(),
+        ),
+    );
+    let p = spawn(&["run", &cfg], dir.path(), &[]);
+    let file = out.join("sched.jsonl");
+    assert!(wait_until(Duration::from_secs(60), || read_jsonl(&file).0.len() >= 200), "{}", p.stderr_so_far());
+    let done = p.terminate(Duration::from_secs(30));
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    let runs = done.stdout.lines().filter(|l| l.starts_with("flow sched: read 100,")).count();
+    assert!(runs >= 2, "two scheduled runs, each summarised:\n{}", done.stdout);
+    assert_eq!(read_jsonl(&file).0.len(), 100 * runs, "each run pulled the source once");
+
+    // A schedule that does not parse is a config error with its line.
+    let bad =
+        write(dir.path(), "bad.yaml", &std::fs::read_to_string(&cfg).unwrap().replace("*/3 * * * * *", "every minute"));
+    let v = run(&["validate", &bad], dir.path(), &[], LIMIT);
+    assert_eq!(v.code(), Some(2), "{}", v.stderr);
+    assert!(v.stderr.contains("bad.yaml:9:") && v.stderr.contains("schedule.cron"), "{}", v.stderr);
+}

@@ -165,6 +165,44 @@ pub enum Trigger {
     OnDemand,
     /// Run until stopped.
     Continuous,
+    /// Run as on demand at each time of `schedule:` (a cron expression in a time zone), until
+    /// stopped.
+    Scheduled,
+}
+
+/// A flow's `schedule:` section, for `trigger: scheduled`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleConfig {
+    /// A cron expression: `minute hour day month weekday`, with an optional leading seconds
+    /// field (`*/30 * * * * *`).
+    cron: String,
+    /// An IANA time zone name (`Europe/Paris`); UTC by default.
+    #[serde(default = "default_timezone")]
+    timezone: String,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+/// When a scheduled flow runs.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// The parsed expression.
+    pub cron: croner::Cron,
+    /// The zone it is read in.
+    pub timezone: chrono_tz::Tz,
+    /// The expression as written, for messages.
+    pub text: String,
+}
+
+impl Schedule {
+    /// The first time strictly after `after`.
+    pub fn next_after(&self, after: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        let local = after.with_timezone(&self.timezone);
+        self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&chrono::Utc))
+    }
 }
 
 /// A flow as written (options are parsed later, once the connection's type is known).
@@ -188,6 +226,8 @@ struct FlowConfig {
     /// How a failing destination is retried.
     #[serde(default)]
     retry: RetryConfig,
+    /// When a `trigger: scheduled` flow runs.
+    schedule: Option<ScheduleConfig>,
 }
 
 /// A flow's `retry:` section: bounds on retrying a destination's retriable failures
@@ -300,6 +340,8 @@ pub struct Flow {
     pub errors: ErrorPolicy,
     /// How a failing destination is retried.
     pub retry: RetryPolicy,
+    /// When it runs, for `trigger: scheduled`.
+    pub schedule: Option<Schedule>,
 }
 
 /// A loaded, checked config.
@@ -594,6 +636,47 @@ impl Loader {
             self.endpoint(file, dst_node, &format!("{path}.destination"), &f.destination.connection, |c, d| {
                 sluice_connectors::sink_options(c, d)
             });
+        let schedule = match (&f.trigger, &f.schedule) {
+            (Trigger::Scheduled, None) => {
+                let at = node.get("trigger").unwrap_or(node);
+                self.at(
+                    file,
+                    at,
+                    &format!("{path}.schedule"),
+                    "missing: `trigger: scheduled` needs `schedule: {cron: …}`",
+                );
+                ok = false;
+                None
+            }
+            (_, Some(sc)) => {
+                let at = node.get("schedule").unwrap_or(node);
+                let parser = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Optional).build();
+                match (parser.parse(&sc.cron), sc.timezone.parse::<chrono_tz::Tz>()) {
+                    (Ok(cron), Ok(timezone)) => Some(Schedule { cron, timezone, text: sc.cron.clone() }),
+                    (Err(e), _) => {
+                        self.at(
+                            file,
+                            at,
+                            &format!("{path}.schedule.cron"),
+                            format!("`{}` is not a cron expression: {e}", sc.cron),
+                        );
+                        ok = false;
+                        None
+                    }
+                    (_, Err(_)) => {
+                        self.at(
+                            file,
+                            at,
+                            &format!("{path}.schedule.timezone"),
+                            format!("`{}` is not a time zone (use an IANA name such as Europe/Paris)", sc.timezone),
+                        );
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let (Some(source), Some(destination), true) = (source, destination, ok) else { return };
         let schema = match (f.source.schema, sluice_connectors::builtin_schema(&source)) {
             (Some(declared), _) => declared,
@@ -626,6 +709,7 @@ impl Loader {
             trigger: f.trigger,
             errors: f.errors,
             retry: f.retry.policy(),
+            schedule,
         });
     }
 
