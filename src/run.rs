@@ -12,7 +12,7 @@ use sluice_engine::connector::PayloadFormat;
 use sluice_engine::error::FlowError;
 use sluice_engine::kafka::{self, KafkaSettings};
 use sluice_engine::ledger::{Ledger, LedgerSnapshot, RunStatus};
-use sluice_engine::runtime::{self, BatchSettings, FlowContext, SinkInput};
+use sluice_engine::runtime::{self, FlowContext, SinkInput};
 use sluice_sql::SqlStage;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -254,7 +254,7 @@ pub async fn dlq_replay(path: &Path, name: &str) -> ExitCode {
     let ctx = FlowContext {
         flow: flow.name.clone(),
         kafka: own.clone(),
-        batch: BatchSettings { retry: flow.retry.clone(), ..BatchSettings::default() },
+        batch: flow.batch.clone(),
         ledger: Ledger::shared(),
         shutdown,
         errors: Arc::new(sluice_engine::errors_policy::ErrorGate::new(flow.errors.clone())),
@@ -458,7 +458,7 @@ fn flow_context(flow: &Flow, own: &KafkaSettings, ledger: Arc<Ledger>, shutdown:
     FlowContext {
         flow: flow.name.clone(),
         kafka: own.clone(),
-        batch: BatchSettings { retry: flow.retry.clone(), ..BatchSettings::default() },
+        batch: flow.batch.clone(),
         ledger,
         shutdown: shutdown.clone(),
         errors: Arc::new(sluice_engine::errors_policy::ErrorGate::new(flow.errors.clone())),

@@ -203,15 +203,16 @@ fn jsonl_gzip_and_csv_objects_and_clear_errors() {
     let c = client(&s3.url, &rt);
     rt.block_on(c.create_bucket().bucket("lake-text").send()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let flows = |dest: &str| {
+    let flows_with = |dest: &str, extra: &str| {
         format!(
             r#"  - name: text
     source: {{connection: gen, object: orders, options: {{count: 3000, keys: 10}}}}
     transform:
       sql: SELECT seq, name, _ts FROM source
-    destination: {dest}"#
+    destination: {dest}{extra}"#
         )
     };
+    let flows = |dest: &str| flows_with(dest, "");
     let env = [("S3_SECRET", SECRET)];
     let cfg = config(
         dir.path(),
@@ -236,8 +237,10 @@ fn jsonl_gzip_and_csv_objects_and_clear_errors() {
         dir.path(),
         &broker.addr,
         &s3.url,
-        &flows(
+        // Objects roll at the flow's batch limits: here 400 records.
+        &flows_with(
             "{connection: lake, object: lake-text, options: {format: csv, path: \"csv/{partition}-{first_offset}.{ext}\"}}",
+            "\n    batch: {max_records: 400, linger_ms: 1000}",
         ),
     );
     let done = run(&["run", &cfg], dir.path(), &env, LIMIT);
@@ -248,6 +251,7 @@ fn jsonl_gzip_and_csv_objects_and_clear_errors() {
         .map(|(_, b)| {
             let text = String::from_utf8(b.clone()).unwrap();
             assert!(text.starts_with("seq,name,_ts\n"), "{text:.60}");
+            assert!(text.lines().count() - 1 <= 400, "an object rolled past max_records");
             text.lines().count() - 1
         })
         .sum();

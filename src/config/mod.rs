@@ -31,7 +31,7 @@ use sluice_connectors::{Connection, SinkOptions, SourceOptions};
 use sluice_engine::broker::BrokerStorage;
 use sluice_engine::errors_policy::ErrorPolicy;
 use sluice_engine::kafka::{KafkaSecurity, KafkaSettings};
-use sluice_engine::runtime::RetryPolicy;
+use sluice_engine::runtime::{BatchSettings, RetryPolicy};
 use sluice_engine::schema::RowSchema;
 
 use yaml::{Kind, Node};
@@ -228,6 +228,47 @@ struct FlowConfig {
     retry: RetryConfig,
     /// When a `trigger: scheduled` flow runs.
     schedule: Option<ScheduleConfig>,
+    /// How the sink worker groups records into writes (for an object store: into objects).
+    #[serde(default)]
+    batch: BatchConfig,
+}
+
+/// A flow's `batch:` section: a write (an object, a request, a transaction) closes at whichever
+/// limit comes first.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchConfig {
+    /// Most records per write.
+    #[serde(default = "default_batch_records")]
+    max_records: usize,
+    /// Most payload bytes per write.
+    #[serde(default = "default_batch_bytes")]
+    max_bytes: usize,
+    /// Milliseconds a write waits to fill once its first record arrived.
+    #[serde(default = "default_linger_ms")]
+    linger_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: default_batch_records(),
+            max_bytes: default_batch_bytes(),
+            linger_ms: default_linger_ms(),
+        }
+    }
+}
+
+fn default_batch_records() -> usize {
+    BatchSettings::default().max_records
+}
+
+fn default_batch_bytes() -> usize {
+    BatchSettings::default().max_bytes
+}
+
+fn default_linger_ms() -> u64 {
+    BatchSettings::default().linger.as_millis() as u64
 }
 
 /// A flow's `retry:` section: bounds on retrying a destination's retriable failures
@@ -338,10 +379,10 @@ pub struct Flow {
     pub trigger: Trigger,
     /// What to do with bad records.
     pub errors: ErrorPolicy,
-    /// How a failing destination is retried.
-    pub retry: RetryPolicy,
     /// When it runs, for `trigger: scheduled`.
     pub schedule: Option<Schedule>,
+    /// Batch limits and retries.
+    pub batch: BatchSettings,
 }
 
 /// A loaded, checked config.
@@ -708,7 +749,12 @@ impl Loader {
             destination,
             trigger: f.trigger,
             errors: f.errors,
-            retry: f.retry.policy(),
+            batch: BatchSettings {
+                max_records: f.batch.max_records.max(1),
+                max_bytes: f.batch.max_bytes.max(1),
+                linger: Duration::from_millis(f.batch.linger_ms),
+                retry: f.retry.policy(),
+            },
             schedule,
         });
     }
