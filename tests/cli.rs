@@ -62,7 +62,7 @@ flows:
   - name: typo
     source: {connection: gen, object: o}
     destination: {connection: out, object: a.jsonl}
-    schedule: hourly
+    every: hourly
   - name: dangling
     source: {connection: gen, object: o}
     destination: {connection: warehouse, object: a.jsonl}
@@ -77,7 +77,7 @@ flows:
     assert_eq!(done.code(), Some(2), "{}\n{}", done.stdout, done.stderr);
     let err = &done.stderr;
     for expected in [
-        format!("{cfg}:10: flows[0].schedule: unknown field `schedule`"),
+        format!("{cfg}:10: flows[0].every: unknown field `every`"),
         format!("{cfg}:13: flows[1].destination.connection: unknown connection `warehouse`"),
         format!("{cfg}:17: flows[2].transform.sql: "),
         "3 problems found".to_string(),
