@@ -285,21 +285,31 @@ pub async fn dlq_replay(path: &Path, name: &str) -> ExitCode {
     }
 }
 
-async fn replay(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage) -> anyhow::Result<String> {
-    let own = &ctx.kafka;
-    let dlq = kafka::dlq_topic(&flow.name);
-    own.ensure_topics(&[&dlq]).await?;
-    let dst_conn = cfg.connections.get(&flow.destination_connection).context("destination connection vanished")?;
-    let sink = sluice_connectors::build_sink(
+/// Builds a flow's sink through the connector registry.
+async fn build_sink(
+    cfg: &Config,
+    flow: &Flow,
+    own: &KafkaSettings,
+) -> anyhow::Result<Box<dyn sluice_engine::connector::Sink>> {
+    // invariant: the loader checked that the connection exists.
+    let conn = cfg.connections.get(&flow.destination_connection).context("destination connection vanished")?;
+    sluice_connectors::build_sink(
         &flow.destination_connection,
-        dst_conn,
+        conn,
         &flow.destination_object,
         &flow.destination,
         own,
         &flow.name,
     )
     .await
-    .with_context(|| format!("building destination of flow `{}`", flow.name))?;
+    .with_context(|| format!("building destination of flow `{}`", flow.name))
+}
+
+async fn replay(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage) -> anyhow::Result<String> {
+    let own = &ctx.kafka;
+    let dlq = kafka::dlq_topic(&flow.name);
+    own.ensure_topics(&[&dlq]).await?;
+    let sink = build_sink(cfg, flow, own).await?;
     let dest = sink.describe();
     let marks = kafka::high_watermarks(own, &dlq).await?;
     let (_stop_tx, stop_rx) = watch::channel(Some(marks));
@@ -652,7 +662,6 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
     let own = &ctx.kafka;
     // invariant: the loader checked that both connections exist.
     let src_conn = cfg.connections.get(&flow.source_connection).context("source connection vanished")?;
-    let dst_conn = cfg.connections.get(&flow.destination_connection).context("destination connection vanished")?;
     let follow = flow.trigger == Trigger::Continuous;
     let input = sluice_connectors::build_source(
         &flow.source_connection,
@@ -669,16 +678,7 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
         Input::Source(_) => own.ensure_topics(&[&changes, &dlq, kafka::POSITIONS_TOPIC]).await?,
         Input::Topic { .. } => own.ensure_topics(&[&dlq]).await?,
     }
-    let sink = sluice_connectors::build_sink(
-        &flow.destination_connection,
-        dst_conn,
-        &flow.destination_object,
-        &flow.destination,
-        own,
-        &flow.name,
-    )
-    .await
-    .with_context(|| format!("building destination of flow `{}`", flow.name))?;
+    let sink = build_sink(cfg, flow, own).await?;
     let dest = sink.describe();
     let (stop_tx, stop_rx) = watch::channel(None);
     match input {
