@@ -320,7 +320,7 @@ impl Endpoint {
         })?;
         let status = resp.status();
         let body = resp.bytes().await.unwrap_or_default();
-        if status.as_u16() == 429 || status.is_server_error() {
+        if retriable_status(status.as_u16()) {
             return Err(ConnectorError::Retriable {
                 context: doing,
                 message: format!("HTTP {status}"),
@@ -347,6 +347,18 @@ impl Endpoint {
         let until = std::time::Instant::now() + life.saturating_sub(life.min(Duration::from_secs(30)) / 2);
         Ok((Secret::new(answer.access_token), until))
     }
+}
+
+/// The wait an answer asks for before trying again (`Retry-After`, in seconds).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Whether an HTTP status may pass if asked again: a timeout, "too early", throttling or a
+/// server error (as Kafka Connect's and Vector's HTTP clients treat them).
+pub(crate) fn retriable_status(code: u16) -> bool {
+    matches!(code, 408 | 425 | 429 | 500..=599)
 }
 
 /// Parses a URL and refuses non-HTTP schemes and literal private addresses (unless allowed).
@@ -430,17 +442,13 @@ impl HttpSink {
                 retry_after: Some(Duration::ZERO),
             });
         }
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(resp.headers());
         // The body says why; a reply that cannot be read is no reason to lose the status.
         let text = resp.text().await.unwrap_or_default();
         let said = excerpt(&text);
         let message = if said.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {said}") };
         match status.as_u16() {
-            408 | 425 | 429 | 500..=599 => Err(ConnectorError::Retriable { context: doing, message, retry_after }),
+            code if retriable_status(code) => Err(ConnectorError::Retriable { context: doing, message, retry_after }),
             300..=399 | 401 | 403 | 404 | 405 | 407 => Err(ConnectorError::User(format!(
                 "{doing}: {message} — the destination refuses every request; check the connection's url and credentials"
             ))),

@@ -30,7 +30,7 @@ use sluice_engine::connector::{Poll, Position, Source, SourceItem};
 use sluice_engine::error::ConnectorError;
 use sluice_engine::record::{ChangeRecord, Op, now_ms};
 
-use crate::http::{Endpoint, HttpConnection, describe_transport_error, excerpt};
+use crate::http::{Endpoint, HttpConnection, describe_transport_error, excerpt, retriable_status, retry_after};
 
 /// Per-flow options of an `http` source; the flow's `object` is the path under the
 /// connection's URL.
@@ -248,11 +248,7 @@ impl HttpSource {
             retry_after: None,
         })?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(resp.headers());
         let link = resp.headers().get(reqwest::header::LINK).and_then(|v| v.to_str().ok()).and_then(next_link);
         let body = resp.bytes().await.map_err(|e| ConnectorError::Retriable {
             context: doing.clone(),
@@ -269,7 +265,7 @@ impl HttpSource {
         if !status.is_success() {
             let message = format!("HTTP {status}: {}", excerpt(&String::from_utf8_lossy(&body)));
             return Err(match status.as_u16() {
-                408 | 425 | 429 | 500..=599 => ConnectorError::Retriable { context: doing, message, retry_after },
+                code if retriable_status(code) => ConnectorError::Retriable { context: doing, message, retry_after },
                 _ => ConnectorError::User(format!("{doing}: {message}")),
             });
         }
