@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: ConnectionsCommand,
     },
+    /// Try a flow's tasks and SQL on sample records, without Kafka or connections.
+    Sql {
+        #[command(subcommand)]
+        command: SqlCommand,
+    },
     /// Change data capture: list or drop a postgres connection's replication slots.
     Cdc {
         #[command(subcommand)]
@@ -109,6 +114,24 @@ enum ConnectionsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum SqlCommand {
+    /// Run a flow's transform over a file of JSON lines; print the output rows and the records
+    /// the DLQ would get, with their reasons.
+    Test {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The flow.
+        flow: String,
+        /// Sample records, one JSON object per line (plain rows or change envelopes).
+        #[arg(long)]
+        input: PathBuf,
+        /// The change time given to plain rows, in milliseconds since the epoch (default: now).
+        #[arg(long)]
+        ts_ms: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DlqCommand {
     /// Print the dead letters of a flow: where each came from, why, and its payload.
     Show {
@@ -150,6 +173,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config, flow } => run::run(&config, flow.as_deref()).await,
             Command::Validate { config } => run::validate(&config).await,
+            Command::Sql { command: SqlCommand::Test { config, flow, input, ts_ms } } => {
+                run::sql_test(&config, &flow, &input, ts_ms).await
+            }
             Command::Broker { data_dir, listen, memory } => run::broker(data_dir, &listen, memory).await,
             Command::Status { config } => run::status(&config).await,
             Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => {

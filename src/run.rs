@@ -40,17 +40,9 @@ async fn plan_all(flows: &[Flow]) -> (Vec<(usize, SqlStage)>, Vec<ConfigError>) 
     let mut stages = Vec::new();
     let mut errors = Vec::new();
     for (i, f) in flows.iter().enumerate() {
-        let sql = f.sql.as_ref().map(|(s, _)| s.as_str());
-        match SqlStage::new(&f.name, &f.schema, input_format(f), sql).await {
+        match SqlStage::new(&f.name, &f.schema, input_format(f), &f.transform).await {
             Ok(s) => stages.push((i, s)),
-            Err(e) => {
-                let loc = f.sql.as_ref().map(|(_, l)| l.clone()).unwrap_or(config::Location {
-                    file: PathBuf::new(),
-                    line: 0,
-                    path: format!("flows[{i}]"),
-                });
-                errors.push(loc.error(e.to_string()));
-            }
+            Err(e) => errors.push(f.transform_at.error(e.to_string())),
         }
     }
     (stages, errors)
@@ -251,14 +243,7 @@ pub async fn dlq_replay(path: &Path, name: &str) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let ctx = FlowContext {
-        flow: flow.name.clone(),
-        kafka: own.clone(),
-        batch: flow.batch.clone(),
-        ledger: Ledger::shared(),
-        shutdown,
-        errors: Arc::new(sluice_engine::errors_policy::ErrorGate::new(flow.errors.clone())),
-    };
+    let ctx = flow_context(&flow, &own, Ledger::shared(), &shutdown);
     let started = Instant::now();
     match replay(&cfg, &flow, &ctx, stage).await {
         Ok(dest) => {
@@ -472,12 +457,13 @@ fn flow_context(flow: &Flow, own: &KafkaSettings, ledger: Arc<Ledger>, shutdown:
         ledger,
         shutdown: shutdown.clone(),
         errors: Arc::new(sluice_engine::errors_policy::ErrorGate::new(flow.errors.clone())),
+        run_id: uuid_like(),
     }
 }
 
 /// One run of a flow, reported in `sluice.runs` as it goes and when it ends.
 async fn one_run(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage) -> anyhow::Result<String> {
-    let reporter = runtime::RunReporter::start(&ctx.kafka, &flow.name, &uuid_like(), ctx.ledger.clone());
+    let reporter = runtime::RunReporter::start(&ctx.kafka, &flow.name, &ctx.run_id, ctx.ledger.clone());
     let r = run_flow(cfg, flow, ctx.clone(), stage).await;
     let (status, error) = match &r {
         Ok(_) if ctx.shutdown.is_cancelled() => (RunStatus::Stopped, None),
@@ -535,8 +521,7 @@ async fn scheduled(
             break;
         }
         // The stage went with the run; plan the next one's (the SQL was checked at start).
-        let sql = flow.sql.as_ref().map(|(s, _)| s.as_str());
-        stage = match SqlStage::new(&flow.name, &flow.schema, input_format(&flow), sql).await {
+        stage = match SqlStage::new(&flow.name, &flow.schema, input_format(&flow), &flow.transform).await {
             Ok(s) => s,
             Err(e) => return (name, Err(e.into()), started.elapsed(), last),
         };
@@ -550,7 +535,8 @@ fn is_stop(e: &anyhow::Error) -> bool {
     matches!(e.downcast_ref::<FlowError>(), Some(FlowError::StoppedWhileRetrying { .. }))
 }
 
-/// A run id: the start time and the process id, unique enough to tell runs apart.
+/// A run id: the start time and the process id, unique enough to tell runs apart (also a
+/// valid object-key part: hex digits and a dash).
 fn uuid_like() -> String {
     format!("{:x}-{:x}", sluice_engine::record::now_ms(), std::process::id())
 }
@@ -721,4 +707,75 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
         }
     }
     Ok(dest)
+}
+
+/// `sluice sql test CONFIG FLOW --input SAMPLE.jsonl`: the flow's tasks and SQL over sample
+/// records, without Kafka or any connection. Prints the output rows as JSON lines, then the
+/// records the DLQ would get, with their line and reason.
+///
+/// Each input line is one record: for flows whose input is a change envelope (every source but
+/// a `kafka` topic read as `format: json`), a line with `op` and `after`/`before` is taken as an
+/// envelope and any other object as the `after` of a create (`op: c`), so plain rows will do.
+pub async fn sql_test(path: &Path, name: &str, input: &Path, ts_ms: Option<i64>) -> ExitCode {
+    use sluice_engine::connector::{InputMessage, Transform as _};
+    let (cfg, stages) = match load_and_plan(path).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let Some((i, mut stage)) = cfg.flows.iter().position(|f| f.name == name).and_then(|i| {
+        let stage = stages.into_iter().find(|(j, _)| *j == i)?;
+        Some(stage)
+    }) else {
+        eprintln!("error: no flow named `{name}` in {}", path.display());
+        return ExitCode::from(2);
+    };
+    let text = match std::fs::read_to_string(input) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: reading {}: {e}", input.display());
+            return ExitCode::from(2);
+        }
+    };
+    let envelope = input_format(&cfg.flows[i]) == PayloadFormat::Debezium;
+    let ts = ts_ms.unwrap_or_else(sluice_engine::record::now_ms);
+    // (line number, payload) of every non-blank line.
+    let records: Vec<(usize, Vec<u8>)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, line)| {
+            let payload = match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(serde_json::Value::Object(o))
+                    if envelope && !(o.contains_key("op") && (o.contains_key("after") || o.contains_key("before"))) =>
+                {
+                    serde_json::json!({"op": "c", "before": null, "after": o, "ts_ms": ts}).to_string().into_bytes()
+                }
+                // Envelopes, and lines that are not objects (the stage says why they fail).
+                _ => line.as_bytes().to_vec(),
+            };
+            (n + 1, payload)
+        })
+        .collect();
+    let messages: Vec<InputMessage<'_>> =
+        records.iter().map(|(_, p)| InputMessage { key: None, payload: Some(p), timestamp_ms: Some(ts) }).collect();
+    let out = match stage.process(&messages).await {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut buf = Vec::new();
+    if let Err(e) = sluice_connectors::file::encode_json_lines(&out.batches, &mut buf) {
+        eprintln!("error: writing the output rows: {e}");
+        return ExitCode::from(1);
+    }
+    println!("output: {} row{}", out.rows(), if out.rows() == 1 { "" } else { "s" });
+    print!("{}", String::from_utf8_lossy(&buf));
+    println!("dlq: {} record{}", out.rejected.len(), if out.rejected.len() == 1 { "" } else { "s" });
+    for r in &out.rejected {
+        let line = records.get(r.index).map_or(0, |(n, _)| *n);
+        println!("line {line}: {}", r.reason);
+    }
+    ExitCode::SUCCESS
 }

@@ -413,3 +413,55 @@ flows:
     assert!(pg(&format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = '{t}'")).is_empty());
     eprintln!("postgres cdc: {} rows captured ({} keys), slot advanced while quiet", rows.len(), by_key.len());
 }
+
+#[test]
+fn tls_follows_libpq_ssl_modes() {
+    // `scripts/test` makes sure the server offers TLS (Debian's snake-oil certificate: self-signed,
+    // naming `localhost`, and linked into the system's certificate directory).
+    let ssl = pg("SHOW ssl");
+    assert_eq!(ssl[0][0].as_deref(), Some("on"), "the TLS test needs `ssl = on` (scripts/test sets it)");
+    let cert = pg("SHOW ssl_cert_file")[0][0].clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = "type: postgres, host: 127.0.0.1, database: postgres, user: postgres";
+    let cfg = write(
+        dir.path(),
+        "tls.yaml",
+        &format!(
+            r#"
+kafka: {{bootstrap_servers: "127.0.0.1:1"}}
+connections:
+  plain: {{{base}, ssl_mode: disable}}
+  default: {{{base}}}
+  required: {{{base}, ssl_mode: require}}
+  pinned: {{{base}, ssl_mode: verify-ca, ssl_root_cert: "{cert}"}}
+  by_name: {{type: postgres, host: localhost, database: postgres, user: postgres, ssl_mode: verify-full, ssl_root_cert: "{cert}"}}
+  strict: {{{base}, ssl_mode: verify-full, ssl_root_cert: "{cert}"}}
+  untrusted: {{{base}, ssl_mode: verify-ca, ssl_root_cert: /etc/ssl/certs/ca-certificates.crt}}
+flows: []
+"#
+        ),
+    );
+    let test = |name: &str| run(&["connections", "test", &cfg, name], dir.path(), &[], Duration::from_secs(60));
+    for (name, says) in [
+        ("plain", "without TLS"),
+        ("default", "over TLS (TLSv1"),
+        ("required", "over TLS (TLSv1"),
+        ("pinned", "over TLS (TLSv1"),
+        ("by_name", "over TLS (TLSv1"),
+    ] {
+        let out = test(name);
+        assert_eq!(out.code(), Some(0), "{name}: {}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains(says), "{name}: {}", out.stdout);
+    }
+    // A certificate from an authority not in the root file (the public authorities), or one
+    // naming another host than the one connected to (`localhost`, not 127.0.0.1): a clear
+    // error naming the connection, at once (retrying would not change the certificate).
+    for (name, says) in [("untrusted", "certificate verify failed"), ("strict", "certificate verify failed")] {
+        let started = std::time::Instant::now();
+        let out = test(name);
+        assert_eq!(out.code(), Some(1), "{name}: {}{}", out.stdout, out.stderr);
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(text.contains(says) && text.contains(&format!("`{name}`")), "{name}: {text}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{name} took {:?}", started.elapsed());
+    }
+}

@@ -299,3 +299,73 @@ fn jsonl_gzip_and_csv_objects_and_clear_errors() {
         assert!(!done.stderr.contains(SECRET) && !done.stderr.contains("not-the-secret"));
     }
 }
+
+#[test]
+fn avro_objects_partitioned_by_field_with_run_and_schema_version() {
+    let broker = Broker::start();
+    let s3 = start_s3();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&s3.url, &rt);
+    rt.block_on(c.create_bucket().bucket("lake-avro").send()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &broker.addr,
+        &s3.url,
+        r#"  - name: avro
+    source: {connection: gen, object: orders, options: {count: 4000, keys: 25}}
+    transform:
+      sql: SELECT seq, id, category, upper(name) AS name, amount, _ts FROM source
+    destination:
+      connection: lake
+      object: lake-avro
+      options:
+        format: avro
+        compression: zstd
+        path: "{flow}/category={field:category}/{date}/v{schema_version}/{run_id}/{partition}-{first_offset}.{ext}""#,
+    );
+    let done = run(&["run", &cfg], dir.path(), &[("S3_SECRET", SECRET)], LIMIT);
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    let all = objects(&c, &rt, "lake-avro");
+    let mut rows = Vec::new();
+    let mut versions = std::collections::BTreeSet::new();
+    let mut runs = std::collections::BTreeSet::new();
+    for (key, bytes) in &all {
+        let parts: Vec<&str> = key.split('/').collect();
+        assert_eq!(parts.len(), 6, "{key}");
+        assert!(parts[0] == "avro" && parts[2].starts_with("20") && key.ends_with(".avro"), "{key}");
+        let category = parts[1].strip_prefix("category=").unwrap();
+        versions.insert(parts[3].to_owned());
+        runs.insert(parts[4].to_owned());
+        let reader = apache_avro::Reader::new(bytes.as_slice()).unwrap();
+        let schema = serde_json::to_string(reader.writer_schema()).unwrap();
+        assert!(schema.contains("\"name\":\"seq\"") && schema.contains("timestamp-millis"), "{schema}");
+        for r in reader {
+            let row = apache_avro::from_value::<Value>(&r.unwrap()).unwrap();
+            // Every row sits in the object of its own category.
+            assert_eq!(row["category"], category, "{key}: {row}");
+            rows.push(row);
+        }
+    }
+    assert_eq!(versions.len(), 1, "one output schema, one version: {versions:?}");
+    assert_eq!(runs.len(), 1, "one run: {runs:?}");
+    let seen = counts_of(&rows, "seq");
+    assert_eq!(seen.len(), 4000, "every record in some object");
+    assert_eq!(rows.len(), 4000, "no record twice");
+    assert!(rows.iter().all(|r| r["name"].as_str().unwrap().chars().all(|c| c.is_ascii_uppercase())));
+    let categories = all.keys().map(|k| k.split('/').nth(1).unwrap()).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(categories.len(), 5, "{categories:?}");
+
+    // A column the output does not have: a clear error before any object is written.
+    let cfg = config(
+        dir.path(),
+        &broker.addr,
+        &s3.url,
+        r#"  - name: avro2
+    source: {connection: gen, object: orders, options: {count: 10}}
+    destination: {connection: lake, object: lake-avro, options: {path: "x/{field:country}/{first_offset}.{ext}"}}"#,
+    );
+    let done = run(&["run", &cfg], dir.path(), &[("S3_SECRET", SECRET)], LIMIT);
+    assert_eq!(done.code(), Some(1), "{}", done.stderr);
+    assert!(done.stderr.contains("{field:country}") && done.stderr.contains("no column `country`"), "{}", done.stderr);
+}

@@ -806,7 +806,7 @@ mod tests {
     async fn refused_rows_are_isolated_by_halving_and_the_rest_delivered_once() {
         let (url, seen) = server(0).await;
         let mut s = sink(&url, 8);
-        let w = s.write(&[rows(20, &[3, 4, 17])], WriteContext { batch_id: "t/0:0-19" }).await.unwrap();
+        let w = s.write(&[rows(20, &[3, 4, 17])], WriteContext { batch_id: "t/0:0-19", run_id: "r" }).await.unwrap();
         let idx: Vec<usize> = w.rejected.iter().map(|r| r.index).collect();
         assert_eq!(idx, vec![3, 4, 17]);
         assert!(w.rejected[0].reason.contains("HTTP 400 Bad Request: bad row"), "{}", w.rejected[0].reason);
@@ -820,7 +820,7 @@ mod tests {
     async fn a_retry_of_the_same_batch_resends_only_what_was_not_settled() {
         let (url, seen) = server(3).await;
         let mut s = sink(&url, 2);
-        let ctx = WriteContext { batch_id: "t/0:0-9" };
+        let ctx = WriteContext { batch_id: "t/0:0-9", run_id: "r" };
         let e = s.write(&[rows(10, &[])], ctx).await.unwrap_err();
         assert!(e.is_retriable() && e.to_string().contains("503"), "{e}");
         assert_eq!(seen.lock().unwrap().len(), 2, "two requests were accepted before the failure");
@@ -828,7 +828,7 @@ mod tests {
         let got: Vec<i64> = seen.lock().unwrap().concat();
         assert_eq!(got, (0..10).collect::<Vec<i64>>(), "each row once, in order");
         // A different batch starts afresh.
-        s.write(&[rows(2, &[])], WriteContext { batch_id: "t/0:10-11" }).await.unwrap();
+        s.write(&[rows(2, &[])], WriteContext { batch_id: "t/0:10-11", run_id: "r" }).await.unwrap();
         assert_eq!(seen.lock().unwrap().concat().len(), 12);
     }
 
@@ -836,7 +836,7 @@ mod tests {
     async fn a_dead_service_is_retriable_and_a_wrong_url_is_not() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut s = sink(&format!("http://127.0.0.1:{port}"), 10);
-        let e = s.write(&[rows(1, &[])], WriteContext { batch_id: "x" }).await.unwrap_err();
+        let e = s.write(&[rows(1, &[])], WriteContext { batch_id: "x", run_id: "r" }).await.unwrap_err();
         assert!(e.is_retriable(), "{e}");
         assert!(e.to_string().contains("connection `t`"), "{e}");
         let app = axum::Router::new().fallback(|| async { (axum::http::StatusCode::UNAUTHORIZED, "who are you") });
@@ -844,7 +844,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         let mut s = sink(&format!("http://{addr}"), 10);
-        let e = s.write(&[rows(1, &[])], WriteContext { batch_id: "x" }).await.unwrap_err();
+        let e = s.write(&[rows(1, &[])], WriteContext { batch_id: "x", run_id: "r" }).await.unwrap_err();
         assert!(!e.is_retriable() && e.to_string().contains("401"), "{e}");
     }
 }

@@ -32,7 +32,7 @@ use sluice_engine::connector::{Poll, Position, Source, SourceItem};
 use sluice_engine::error::ConnectorError;
 use sluice_engine::record::{ChangeRecord, Op, Row, now_ms};
 
-use crate::postgres::{PostgresConnection, classify, client_config, connect, quote_ident};
+use crate::postgres::{PgTarget, PostgresConnection, classify, client_config, connect, quote_ident};
 use crate::postgres_query::QueryOptions;
 
 /// A table as pgoutput describes it.
@@ -55,7 +55,7 @@ struct Txn {
 /// Reads a table's changes from a logical replication slot.
 pub struct CdcSource {
     connection: String,
-    config: tokio_postgres::Config,
+    config: PgTarget,
     tables: Vec<String>,
     slot: String,
     publication: String,
@@ -97,7 +97,7 @@ impl CdcSource {
         let default_name = format!("sluice_{base}");
         Ok(CdcSource {
             connection: name.to_owned(),
-            config: client_config(conn),
+            config: client_config(name, conn)?,
             slot: options.slot.clone().unwrap_or_else(|| default_name.clone()),
             publication: options.publication.clone().unwrap_or(default_name),
             snapshot: options.snapshot,
@@ -410,7 +410,7 @@ pub struct SlotInfo {
 
 /// The logical replication slots of connection `name`'s database.
 pub async fn list_slots(name: &str, conn: &PostgresConnection) -> Result<Vec<SlotInfo>, ConnectorError> {
-    let client = connect(name, &client_config(conn)).await?;
+    let client = connect(name, &client_config(name, conn)?).await?;
     let doing = format!("listing replication slots (postgres connection `{name}`)");
     let rows = client
         .query(
@@ -433,7 +433,7 @@ pub async fn list_slots(name: &str, conn: &PostgresConnection) -> Result<Vec<Slo
 
 /// Drops a replication slot (the server then frees the WAL it kept).
 pub async fn drop_slot(name: &str, conn: &PostgresConnection, slot: &str) -> Result<(), ConnectorError> {
-    let client = connect(name, &client_config(conn)).await?;
+    let client = connect(name, &client_config(name, conn)?).await?;
     let doing = format!("dropping replication slot {slot} (postgres connection `{name}`)");
     client.query("SELECT pg_drop_replication_slot($1)", &[&slot]).await.map(drop).map_err(|e| classify(&doing, &e))
 }

@@ -24,7 +24,7 @@ use sluice_engine::error::ConnectorError;
 use sluice_engine::record::{ChangeRecord, Op, now_ms};
 use tokio_postgres::types::ToSql;
 
-use crate::postgres::{PostgresConnection, classify, client_config, connect, quote_ident};
+use crate::postgres::{PgTarget, PostgresConnection, classify, client_config, connect, quote_ident};
 
 /// How much a run reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -90,7 +90,7 @@ fn default_poll_interval() -> u64 {
 /// Pulls rows from PostgreSQL.
 pub struct QuerySource {
     connection: String,
-    config: tokio_postgres::Config,
+    config: PgTarget,
     /// `(SELECT …)` or a quoted table name, to be aliased `q`.
     relation: String,
     /// What the records' `source.table` says.
@@ -133,7 +133,7 @@ impl QuerySource {
         }
         Ok(QuerySource {
             connection: name.to_owned(),
-            config: client_config(conn),
+            config: client_config(name, conn)?,
             relation,
             object: options.query.as_ref().map_or_else(|| object.to_owned(), |_| "query".to_owned()),
             options,

@@ -129,6 +129,9 @@ pub struct WriteContext<'a> {
     /// from ("sluice.orders.changes/0:100-199,2:7-40"). A retry of the same batch gets the same
     /// id, so a destination can deduplicate on it (the `http` sink sends it as an idempotency key).
     pub batch_id: &'a str,
+    /// The run this batch is written in (a continuous flow's run lasts as long as its process;
+    /// a batch read again after a crash is written in a new run).
+    pub run_id: &'a str,
 }
 
 /// A sink's answer for one batch: every row not listed in `rejected` is delivered.

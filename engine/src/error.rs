@@ -114,6 +114,18 @@ pub enum TransformError {
         /// The executor's message.
         message: String,
     },
+    /// A record broke a validation rule whose action is `fail`.
+    #[error(
+        "flow `{flow}`: validation rule `{rule}` (action: fail) failed for the record at position {index} of its batch"
+    )]
+    Validation {
+        /// The flow.
+        flow: String,
+        /// The rule's name.
+        rule: String,
+        /// The record's position in the batch handed to the stage.
+        index: usize,
+    },
 }
 
 /// An error that stops a flow.

@@ -5,6 +5,7 @@
 //! - [`record`]: the change record (Debezium envelope) every source emits.
 //! - [`connector`]: one trait per role — [`Source`](connector::Source),
 //!   [`Transform`](connector::Transform), [`Sink`](connector::Sink) — free of Kafka.
+//! - [`avro`]: Arrow rows as Avro records (object container files, Avro payloads).
 //! - [`schema`]: declared row schemas (`name: type`).
 //! - [`secret`]: credentials that never print.
 //! - [`kafka`]: the one place that builds rdkafka clients and names sluice's topics.
@@ -15,6 +16,7 @@
 //! - [`error`]: the engine's error enums.
 //! - [`errors_policy`]: what a flow does with bad records (dlq, drop, fail, a threshold).
 
+pub mod avro;
 pub mod broker;
 pub mod connector;
 pub mod error;

@@ -234,6 +234,8 @@ pub struct FlowContext {
     pub shutdown: CancellationToken,
     /// What to do with bad records.
     pub errors: Arc<ErrorGate>,
+    /// This run's id (as in its run record); sinks may name what they write after it.
+    pub run_id: String,
 }
 
 impl FlowContext {
@@ -816,7 +818,7 @@ async fn process_batch(
     let rows = out.rows();
     let written = if rows > 0 {
         let batch_id = batch_id(topic, batch);
-        let write = WriteContext { batch_id: &batch_id };
+        let write = WriteContext { batch_id: &batch_id, run_id: &ctx.run_id };
         write_with_retry(&ctx.flow, sink, &out.batches, write, &ctx.batch.retry, &ctx.shutdown).await?
     } else {
         Written::all()
@@ -1170,7 +1172,7 @@ mod tests {
         }
     }
 
-    const W: WriteContext<'static> = WriteContext { batch_id: "t/0:0-0" };
+    const W: WriteContext<'static> = WriteContext { batch_id: "t/0:0-0", run_id: "r" };
 
     fn quick() -> RetryPolicy {
         RetryPolicy {

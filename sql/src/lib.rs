@@ -13,6 +13,18 @@
 //! How "plan once, run per batch" works: the `source` table is a streaming table whose one
 //! partition yields whatever batch sits in a shared slot. Each call puts the decoded batch in the
 //! slot and executes the same physical plan; executing a plan only builds its streams.
+//!
+//! - [`tasks`]: AppFlow-style tasks (map, merge, mask, filter, validate, …) compiled to one
+//!   `SELECT`. A flow with tasks and a `sql:` runs two plans, tasks first; rows that break a
+//!   validation rule leave between them (dropped, dead-lettered with the rule's name, or failing
+//!   the flow).
+//! - [`functions`]: `mask()`, and the JSON functions of `datafusion-functions-json`.
+//! - The sandbox: one `SELECT` per flow (DDL, DML, `COPY`, `SET`, `EXPLAIN` refused when the
+//!   config is checked), no table functions, no URL tables, no spilling to disk, and a memory
+//!   pool per flow (`memory_limit_mb`) whose excess is a clear error.
+
+pub mod functions;
+pub mod tasks;
 
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +34,8 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::execution::TaskContext;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
@@ -38,6 +52,48 @@ pub const SOURCE_TABLE: &str = "source";
 /// decoding it would hold the batch's memory hostage.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
+/// The memory a flow's query may hold at once unless `memory_limit_mb` says otherwise.
+pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 256 << 20;
+
+/// What a flow's `transform:` asks for.
+#[derive(Debug, Clone)]
+pub struct TransformSpec {
+    /// AppFlow-style tasks, run first.
+    pub tasks: Vec<tasks::Task>,
+    /// A `SELECT … FROM source`, over the tasks' output when there are tasks.
+    pub sql: Option<String>,
+    /// The most memory the query may hold (sorts, aggregates, joins).
+    pub memory_limit_bytes: usize,
+}
+
+impl Default for TransformSpec {
+    fn default() -> Self {
+        TransformSpec { tasks: Vec::new(), sql: None, memory_limit_bytes: DEFAULT_MEMORY_LIMIT_BYTES }
+    }
+}
+
+impl TransformSpec {
+    /// Just a query.
+    pub fn sql(sql: &str) -> TransformSpec {
+        TransformSpec { sql: Some(sql.to_owned()), ..TransformSpec::default() }
+    }
+}
+
+/// One planned query: its input slot, its physical plan and where its hidden columns sit.
+struct Step {
+    slot: Arc<Mutex<Option<RecordBatch>>>,
+    plan: Arc<dyn ExecutionPlan>,
+    task_ctx: Arc<TaskContext>,
+    /// The lineage column's index in the plan's output, when the plan kept it.
+    lineage: Option<usize>,
+    /// The `dlq` rules' column.
+    violation: Option<usize>,
+    /// The `fail` rules' column.
+    failure: Option<usize>,
+    /// The columns passed on (to the next step, or out): all but the rule columns.
+    keep: Vec<usize>,
+}
+
 /// A flow's planned SQL stage.
 pub struct SqlStage {
     flow: String,
@@ -48,13 +104,11 @@ pub struct SqlStage {
     decode: SchemaRef,
     /// The `source` table: row columns plus `_op`, `_key`, `_ts`.
     input: SchemaRef,
-    slot: Arc<Mutex<Option<RecordBatch>>>,
-    plan: Arc<dyn ExecutionPlan>,
-    /// The plan's output without the lineage column.
+    /// The tasks' query and/or the user's, in order.
+    steps: Vec<Step>,
+    /// The stage's output without hidden columns.
     output: SchemaRef,
-    /// Where the lineage column sits in the plan's output, when the plan kept it.
-    lineage: Option<usize>,
-    task_ctx: Arc<TaskContext>,
+    memory_limit_bytes: usize,
 }
 
 impl std::fmt::Debug for SqlStage {
@@ -126,6 +180,125 @@ fn with_lineage(
     .map(|t| t.data)
 }
 
+/// Refuses anything but one query, before DataFusion plans it.
+fn check_sandbox(sql: &str) -> Result<(), String> {
+    use datafusion::sql::parser::{DFParser, Statement as Df};
+    use datafusion::sql::sqlparser::ast::Statement;
+    let statements = DFParser::parse_sql(sql).map_err(|e| e.to_string())?;
+    let [statement] = Vec::from(statements)
+        .try_into()
+        .map_err(|all: Vec<Df>| format!("a flow runs exactly one SELECT statement; this has {}", all.len()))?;
+    let what = match &statement {
+        Df::Statement(s) if matches!(**s, Statement::Query(_)) => return Ok(()),
+        Df::Statement(s) => {
+            let text = s.to_string();
+            let words: Vec<&str> = text.split_whitespace().take(2).collect();
+            match words.as_slice() {
+                [w @ ("CREATE" | "DROP" | "ALTER"), second, ..] => format!("{w} {second}"),
+                [w, ..] => (*w).to_owned(),
+                [] => "an empty statement".into(),
+            }
+        }
+        Df::CreateExternalTable(_) => "CREATE EXTERNAL TABLE".into(),
+        Df::CopyTo(_) => "COPY".into(),
+        Df::Explain(_) => "EXPLAIN".into(),
+        Df::Reset(_) => "RESET".into(),
+    };
+    Err(format!("only a SELECT query is allowed in a flow, not {what}"))
+}
+
+/// Plans one query over a `source` table of `input`'s columns.
+async fn plan_step(input: &SchemaRef, sql: &str, runtime: Arc<RuntimeEnv>) -> Result<Step, String> {
+    let slot = Arc::new(Mutex::new(None));
+    // One partition: batches stay in order and each input batch maps to one execution.
+    let config = SessionConfig::new().with_target_partitions(1).with_batch_size(8192);
+    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    // No table functions (generate_series could fill the memory; none may read files).
+    let udtfs: Vec<String> = ctx.state().table_functions().keys().cloned().collect();
+    for name in udtfs {
+        ctx.deregister_udtf(&name);
+    }
+    for f in functions::all() {
+        ctx.register_udf(f);
+    }
+    datafusion_functions_json::register_all(&mut ctx).map_err(|e| e.to_string())?;
+    let table = StreamingTable::try_new(
+        input.clone(),
+        vec![Arc::new(CurrentBatch { schema: input.clone(), slot: slot.clone() })],
+    )
+    .map_err(|e| e.to_string())?
+    .with_infinite_table(false);
+    ctx.register_table(SOURCE_TABLE, Arc::new(table)).map_err(|e| e.to_string())?;
+    let opts = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let df = ctx.sql_with_options(sql, opts).await.map_err(|e| e.to_string())?;
+    let logical = with_lineage(df.logical_plan().clone()).map_err(|e| e.to_string())?;
+    let plan = ctx.state().create_physical_plan(&logical).await.map_err(|e| e.to_string())?;
+    let schema = plan.schema();
+    let violation = schema.index_of(tasks::VIOLATION_COLUMN).ok();
+    let failure = schema.index_of(tasks::FAILURE_COLUMN).ok();
+    let keep = (0..schema.fields().len()).filter(|i| Some(*i) != violation && Some(*i) != failure).collect();
+    Ok(Step {
+        slot,
+        lineage: schema.index_of(ROW_COLUMN).ok(),
+        plan,
+        task_ctx: ctx.task_ctx(),
+        violation,
+        failure,
+        keep,
+    })
+}
+
+impl Step {
+    /// Runs the plan over one batch.
+    async fn run(&self, batch: RecordBatch) -> datafusion::error::Result<Vec<RecordBatch>> {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some(batch);
+        }
+        datafusion::physical_plan::collect(self.plan.clone(), self.task_ctx.clone()).await
+    }
+
+    /// Applies the validation columns: a `fail` rule broken stops here; rows that broke a `dlq`
+    /// rule become rejections (traced to their input message) and leave the batch. The rule
+    /// columns are dropped.
+    fn settle(
+        &self,
+        flow: &str,
+        b: RecordBatch,
+        rejected: &mut Vec<RejectedRow>,
+    ) -> Result<RecordBatch, TransformError> {
+        let origin = |row: usize| -> usize {
+            self.lineage
+                .and_then(|i| b.column(i).as_any().downcast_ref::<arrow_array::UInt32Array>())
+                .map_or(row, |o| o.value(row) as usize)
+        };
+        if let Some(f) = self.failure.and_then(|i| b.column(i).as_any().downcast_ref::<StringArray>())
+            && let Some(row) = (0..f.len()).find(|r| f.is_valid(*r))
+        {
+            return Err(TransformError::Validation {
+                flow: flow.to_owned(),
+                rule: f.value(row).to_owned(),
+                index: origin(row),
+            });
+        }
+        let mut b = b.clone();
+        if let Some(v) = self.violation.and_then(|i| b.column(i).as_any().downcast_ref::<StringArray>().cloned())
+            && v.null_count() < v.len()
+        {
+            for row in (0..v.len()).filter(|r| v.is_valid(*r)) {
+                rejected.push(RejectedRow {
+                    index: origin(row),
+                    reason: format!("validate: rule `{}` failed", v.value(row)),
+                });
+            }
+            let keep = datafusion::arrow::compute::is_null(&v)
+                .map_err(|e| TransformError::Execute { flow: flow.to_owned(), message: e.to_string() })?;
+            b = datafusion::arrow::compute::filter_record_batch(&b, &keep)
+                .map_err(|e| TransformError::Execute { flow: flow.to_owned(), message: e.to_string() })?;
+        }
+        b.project(&self.keep).map_err(|e| TransformError::Execute { flow: flow.to_owned(), message: e.to_string() })
+    }
+}
+
 fn decode_schema(row: &SchemaRef, format: PayloadFormat) -> SchemaRef {
     match format {
         PayloadFormat::Json => row.clone(),
@@ -138,45 +311,47 @@ fn decode_schema(row: &SchemaRef, format: PayloadFormat) -> SchemaRef {
 }
 
 impl SqlStage {
-    /// Plans `sql` (or, when `None`, a projection of the declared columns) for `flow`.
+    /// Plans the flow's tasks and/or query (with neither, a projection of the declared
+    /// columns).
     pub async fn new(
         flow: &str,
         row: &RowSchema,
         format: PayloadFormat,
-        sql: Option<&str>,
+        spec: &TransformSpec,
     ) -> Result<SqlStage, TransformError> {
         let plan_err = |message: String| TransformError::Plan { flow: flow.to_owned(), message };
         let row = row.arrow();
         let input = input_schema(&row);
-        let slot = Arc::new(Mutex::new(None));
-        // One partition: batches stay in order and each input batch maps to one execution.
-        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(8192);
-        let ctx = SessionContext::new_with_config(config);
-        let table = StreamingTable::try_new(
-            input.clone(),
-            vec![Arc::new(CurrentBatch { schema: input.clone(), slot: slot.clone() })],
-        )
-        .map_err(|e| plan_err(e.to_string()))?
-        .with_infinite_table(false);
-        ctx.register_table(SOURCE_TABLE, Arc::new(table)).map_err(|e| plan_err(e.to_string()))?;
-        let default_sql;
-        let sql = match sql {
-            Some(s) => s,
-            None => {
-                let cols: Vec<String> = row.fields().iter().map(|f| format!("\"{}\"", f.name())).collect();
-                default_sql = format!("SELECT {} FROM {SOURCE_TABLE}", cols.join(", "));
-                &default_sql
-            }
-        };
-        // Only queries: no DDL, no DML, no SET. (The full sandbox is the SQL stage's own issue.)
-        let opts = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let df = ctx.sql_with_options(sql, opts).await.map_err(|e| plan_err(e.to_string()))?;
-        let logical = with_lineage(df.logical_plan().clone()).map_err(|e| plan_err(e.to_string()))?;
-        let plan = ctx.state().create_physical_plan(&logical).await.map_err(|e| plan_err(e.to_string()))?;
-        let plan_schema = plan.schema();
-        let lineage = plan_schema.index_of(ROW_COLUMN).ok();
+        // One memory pool for the flow's plans, and no disk to spill to: a query that needs more
+        // than the limit fails clearly instead of writing temporary files.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(spec.memory_limit_bytes.max(1 << 20), 1.0)
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .build_arc()
+            .map_err(|e| plan_err(e.to_string()))?;
+        let mut queries = Vec::new();
+        if !spec.tasks.is_empty() {
+            let columns: Vec<String> = row.fields().iter().map(|f| f.name().clone()).collect();
+            queries.push(tasks::compile(&spec.tasks, &columns).map_err(plan_err)?);
+        }
+        if let Some(sql) = &spec.sql {
+            check_sandbox(sql).map_err(plan_err)?;
+            queries.push(sql.clone());
+        }
+        if queries.is_empty() {
+            let cols: Vec<String> = row.fields().iter().map(|f| tasks::ident(f.name())).collect();
+            queries.push(format!("SELECT {} FROM {SOURCE_TABLE}", cols.join(", ")));
+        }
+        let mut steps = Vec::new();
+        let mut step_input = input.clone();
+        for sql in &queries {
+            let step = plan_step(&step_input, sql, runtime.clone()).await.map_err(plan_err)?;
+            let schema = step.plan.schema();
+            step_input = Arc::new(Schema::new(step.keep.iter().map(|i| schema.field(*i).clone()).collect::<Vec<_>>()));
+            steps.push(step);
+        }
         let output = Arc::new(Schema::new(
-            plan_schema.fields().iter().filter(|f| f.name() != ROW_COLUMN).cloned().collect::<Vec<_>>(),
+            step_input.fields().iter().filter(|f| f.name() != ROW_COLUMN).cloned().collect::<Vec<_>>(),
         ));
         Ok(SqlStage {
             flow: flow.to_owned(),
@@ -184,11 +359,9 @@ impl SqlStage {
             decode: decode_schema(&row, format),
             row,
             input,
-            slot,
-            plan,
+            steps,
             output,
-            lineage,
-            task_ctx: ctx.task_ctx(),
+            memory_limit_bytes: spec.memory_limit_bytes,
         })
     }
 
@@ -386,20 +559,33 @@ impl Transform for SqlStage {
     }
 
     async fn process(&mut self, input: &[InputMessage<'_>]) -> Result<Transformed, TransformError> {
-        let (batch, rejected) = self.decode_batch(input);
-        let Some(batch) = batch else {
-            return Ok(Transformed { batches: Vec::new(), rejected, origins: self.lineage.map(|_| Vec::new()) });
-        };
-        if let Ok(mut slot) = self.slot.lock() {
-            *slot = Some(batch);
+        let (batch, mut rejected) = self.decode_batch(input);
+        let mut lineage = true;
+        let mut current = batch.into_iter().collect::<Vec<_>>();
+        for step in &self.steps {
+            let rows: usize = current.iter().map(RecordBatch::num_rows).sum();
+            if rows == 0 {
+                current.clear();
+                break;
+            }
+            let merged = match current.as_slice() {
+                [one] => one.clone(),
+                many => datafusion::arrow::compute::concat_batches(&many[0].schema(), many)
+                    .map_err(|e| TransformError::Execute { flow: self.flow.clone(), message: e.to_string() })?,
+            };
+            let out = step.run(merged).await.map_err(|e| self.execute_error(e))?;
+            lineage &= step.lineage.is_some();
+            current = out
+                .into_iter()
+                .filter(|b| b.num_rows() > 0)
+                .map(|b| step.settle(&self.flow, b, &mut rejected))
+                .collect::<Result<Vec<_>, _>>()?;
         }
-        let batches = datafusion::physical_plan::collect(self.plan.clone(), self.task_ctx.clone())
-            .await
-            .map_err(|e| TransformError::Execute { flow: self.flow.clone(), message: e.to_string() })?;
-        let mut out = Vec::with_capacity(batches.len());
-        let mut origins = self.lineage.map(|_| Vec::new());
-        for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
-            let Some(i) = self.lineage else {
+        rejected.sort_by_key(|r| r.index);
+        let mut origins = lineage.then(Vec::new);
+        let mut out = Vec::with_capacity(current.len());
+        for b in current.into_iter().filter(|b| b.num_rows() > 0) {
+            let Ok(i) = b.schema().index_of(ROW_COLUMN) else {
                 out.push(b);
                 continue;
             };
@@ -415,6 +601,21 @@ impl Transform for SqlStage {
             );
         }
         Ok(Transformed { batches: out, rejected, origins })
+    }
+}
+
+impl SqlStage {
+    fn execute_error(&self, e: datafusion::error::DataFusionError) -> TransformError {
+        let text = e.to_string();
+        let message = if text.contains("Resources exhausted") {
+            format!(
+                "the query needs more memory than the flow's limit of {} MiB (transform.memory_limit_mb): {text}",
+                self.memory_limit_bytes >> 20
+            )
+        } else {
+            text
+        };
+        TransformError::Execute { flow: self.flow.clone(), message }
     }
 }
 
@@ -452,7 +653,7 @@ mod tests {
             "t",
             &schema(),
             PayloadFormat::Debezium,
-            Some("SELECT id, upper(name) AS name, _op, _key FROM source WHERE amount > 10"),
+            &TransformSpec::sql("SELECT id, upper(name) AS name, _op, _key FROM source WHERE amount > 10"),
         )
         .await
         .unwrap();
@@ -488,7 +689,7 @@ mod tests {
             "SELECT n FROM (SELECT id, name AS n, amount FROM source) t WHERE amount > 10 ORDER BY n LIMIT 5",
             "SELECT * FROM source WHERE amount > 10",
         ] {
-            let mut s = SqlStage::new("t", &schema(), PayloadFormat::Debezium, Some(sql)).await.unwrap();
+            let mut s = SqlStage::new("t", &schema(), PayloadFormat::Debezium, &TransformSpec::sql(sql)).await.unwrap();
             assert!(
                 s.output_schema().index_of(ROW_COLUMN).is_err(),
                 "{sql}: lineage column leaked into the output schema"
@@ -499,9 +700,14 @@ mod tests {
             assert!(out.batches.iter().all(|b| b.schema().index_of(ROW_COLUMN).is_err()), "{sql}");
             assert_eq!(out.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![2]);
         }
-        let mut agg = SqlStage::new("t", &schema(), PayloadFormat::Debezium, Some("SELECT count(*) AS n FROM source"))
-            .await
-            .unwrap();
+        let mut agg = SqlStage::new(
+            "t",
+            &schema(),
+            PayloadFormat::Debezium,
+            &TransformSpec::sql("SELECT count(*) AS n FROM source"),
+        )
+        .await
+        .unwrap();
         let out = agg.process(&input).await.unwrap();
         assert_eq!(out.origins, None, "an aggregate has no per-row lineage");
         assert_eq!(out.rows(), 1);
@@ -521,9 +727,13 @@ mod tests {
 
     #[tokio::test]
     async fn bad_columns_and_statements_fail_at_plan_time() {
-        let e = SqlStage::new("t", &schema(), PayloadFormat::Json, Some("SELECT nme FROM source")).await.unwrap_err();
+        let e = SqlStage::new("t", &schema(), PayloadFormat::Json, &TransformSpec::sql("SELECT nme FROM source"))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("nme"), "{e}");
-        let e = SqlStage::new("t", &schema(), PayloadFormat::Json, Some("CREATE TABLE x (a int)")).await.unwrap_err();
+        let e = SqlStage::new("t", &schema(), PayloadFormat::Json, &TransformSpec::sql("CREATE TABLE x (a int)"))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("planning SQL"), "{e}");
     }
 }

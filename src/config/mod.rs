@@ -350,8 +350,14 @@ struct EndpointConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TransformConfig {
-    /// One `SELECT … FROM source …` query.
-    sql: String,
+    /// AppFlow-style tasks (map, map_all, merge, arithmetic, mask, truncate, filter, validate),
+    /// run before `sql`.
+    #[serde(default)]
+    tasks: Vec<sluice_sql::tasks::Task>,
+    /// One `SELECT … FROM source …` query (over the tasks' output when there are tasks).
+    sql: Option<String>,
+    /// The most memory, in MiB, the query may hold at once (sorts, aggregates); default 256.
+    memory_limit_mb: Option<usize>,
 }
 
 /// A checked flow.
@@ -367,8 +373,10 @@ pub struct Flow {
     pub source: SourceOptions,
     /// The row schema the SQL sees.
     pub schema: RowSchema,
-    /// The query, if any, and where it was written.
-    pub sql: Option<(String, Location)>,
+    /// The tasks and query.
+    pub transform: sluice_sql::TransformSpec,
+    /// Where the transform was written (its `sql:` line when it has one), for plan errors.
+    pub transform_at: Location,
     /// The destination connection's name.
     pub destination_connection: String,
     /// The destination object.
@@ -733,17 +741,35 @@ impl Loader {
                 return;
             }
         };
-        let sql = f.transform.map(|t| {
-            let line = node.get("transform").and_then(|t| t.get("sql")).map_or(node.line, |n| n.line);
-            (t.sql, Location { file: file.to_owned(), line, path: format!("{path}.transform.sql") })
-        });
+        let (transform, transform_at) = match f.transform {
+            Some(t) => {
+                let at = node.get("transform");
+                let (line, field) = match at.and_then(|t| t.get("sql")) {
+                    Some(n) if t.tasks.is_empty() => (n.line, "transform.sql"),
+                    _ => (at.map_or(node.line, |n| n.line), "transform"),
+                };
+                let spec = sluice_sql::TransformSpec {
+                    tasks: t.tasks,
+                    sql: t.sql,
+                    memory_limit_bytes: t
+                        .memory_limit_mb
+                        .map_or(sluice_sql::DEFAULT_MEMORY_LIMIT_BYTES, |mb| mb.saturating_mul(1 << 20)),
+                };
+                (spec, Location { file: file.to_owned(), line, path: format!("{path}.{field}") })
+            }
+            None => (
+                sluice_sql::TransformSpec::default(),
+                Location { file: file.to_owned(), line: node.line, path: path.to_string() },
+            ),
+        };
         self.flows.push(Flow {
             name: f.name,
             source_connection: f.source.connection,
             source_object: f.source.object,
             source,
             schema,
-            sql,
+            transform,
+            transform_at,
             destination_connection: f.destination.connection,
             destination_object: f.destination.object,
             destination,
@@ -830,7 +856,7 @@ flows:
     fn loads_a_good_config() {
         let c = load_str(GOOD).unwrap();
         assert_eq!(c.flows.len(), 1);
-        assert_eq!(c.flows[0].sql.as_ref().unwrap().1.line, 10);
+        assert_eq!(c.flows[0].transform_at.line, 10);
     }
 
     #[test]
