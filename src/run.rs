@@ -760,6 +760,13 @@ pub async fn sql_test(path: &Path, name: &str, input: &Path, ts_ms: Option<i64>)
         records.iter().map(|(_, p)| InputMessage { key: None, payload: Some(p), timestamp_ms: Some(ts) }).collect();
     let out = match stage.process(&messages).await {
         Ok(o) => o,
+        Err(sluice_engine::error::TransformError::Validation { flow, rule, index }) => {
+            let line = records.get(index).map_or(0, |(n, _)| *n);
+            eprintln!(
+                "error: flow `{flow}`: validation rule `{rule}` (action: fail) failed for the record on line {line}"
+            );
+            return ExitCode::from(1);
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);

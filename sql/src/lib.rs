@@ -4,7 +4,8 @@
 //!
 //! - [`SqlStage::new`] plans the flow's query once, against a table named `source` whose
 //!   columns are the row's declared columns plus `_op` (c/u/d/r), `_key` (the Kafka key as JSON
-//!   text) and `_ts` (the change time).
+//!   text) and `_ts` (the change time). A delete's columns are its `before` image (null when the
+//!   source has none), so a delete passes a filter when the deleted row would have.
 //! - [`SqlStage::process`] (the engine's `Transform`) decodes a batch of Kafka payloads straight
 //!   into an Arrow `RecordBatch` with arrow-json's decoder, runs the pre-built physical plan over
 //!   it and returns the output batches. Rows that do not decode are rejected with the reason and
@@ -306,6 +307,7 @@ fn decode_schema(row: &SchemaRef, format: PayloadFormat) -> SchemaRef {
             Field::new("op", DataType::Utf8, true),
             Field::new("ts_ms", DataType::Int64, true),
             Field::new("after", DataType::Struct(row.fields().clone()), true),
+            Field::new("before", DataType::Struct(row.fields().clone()), true),
         ])),
     }
 }
@@ -433,10 +435,32 @@ impl SqlStage {
                     .ok_or("envelope `ts_ms` is not an integer")?;
                 let ts =
                     TimestampMillisecondArray::new(ts_ms.values().clone(), ts_ms.nulls().cloned()).with_timezone("UTC");
-                // A delete has no `after`: its columns read as null rather than as the
-                // struct's placeholder values.
-                let cols =
-                    after.columns().iter().map(|c| merge_nulls(c, after.nulls())).collect::<Result<Vec<_>, _>>()?;
+                let before = decoded
+                    .column(3)
+                    .as_any()
+                    .downcast_ref::<StructArray>()
+                    .ok_or("envelope `before` is not a struct")?;
+                // A delete has no `after`: its columns are the `before` image when the
+                // envelope has one (so a delete keeps its key columns, and a filter sees the
+                // row that was deleted), null otherwise — never the struct's placeholders.
+                let cols = if after.null_count() == 0 {
+                    after.columns().to_vec()
+                } else if before.null_count() == before.len() {
+                    after.columns().iter().map(|c| merge_nulls(c, after.nulls())).collect::<Result<Vec<_>, _>>()?
+                } else {
+                    let has_after = arrow_array::BooleanArray::from(
+                        (0..after.len()).map(|i| after.is_valid(i)).collect::<Vec<bool>>(),
+                    );
+                    after
+                        .columns()
+                        .iter()
+                        .zip(before.columns())
+                        .map(|(a, b)| {
+                            let b = merge_nulls(b, before.nulls())?;
+                            datafusion::arrow::compute::kernels::zip::zip(&has_after, a, &b).map_err(|e| e.to_string())
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
+                };
                 (cols, op, Arc::new(ts))
             }
         };
@@ -573,7 +597,16 @@ impl Transform for SqlStage {
                 many => datafusion::arrow::compute::concat_batches(&many[0].schema(), many)
                     .map_err(|e| TransformError::Execute { flow: self.flow.clone(), message: e.to_string() })?,
             };
-            let out = step.run(merged).await.map_err(|e| self.execute_error(e))?;
+            let out = match step.run(merged.clone()).await {
+                Ok(out) => out,
+                // A row-wise query that fails on some value (a cast, a function's argument):
+                // find the rows it fails on, one by one, and let the rest through. Only the
+                // batch with the bad row pays for this.
+                Err(e) if step.lineage.is_some() && !e.to_string().contains("Resources exhausted") => {
+                    self.row_by_row(step, &merged, &mut rejected).await?
+                }
+                Err(e) => return Err(self.execute_error(e)),
+            };
             lineage &= step.lineage.is_some();
             current = out
                 .into_iter()
@@ -605,6 +638,29 @@ impl Transform for SqlStage {
 }
 
 impl SqlStage {
+    /// Runs `step` over each row of `batch` alone; rows it fails on are rejected with the error.
+    async fn row_by_row(
+        &self,
+        step: &Step,
+        batch: &RecordBatch,
+        rejected: &mut Vec<RejectedRow>,
+    ) -> Result<Vec<RecordBatch>, TransformError> {
+        let origins =
+            batch.column_by_name(ROW_COLUMN).and_then(|c| c.as_any().downcast_ref::<arrow_array::UInt32Array>());
+        let mut out = Vec::new();
+        for row in 0..batch.num_rows() {
+            match step.run(batch.slice(row, 1)).await {
+                Ok(b) => out.extend(b),
+                Err(e) if e.to_string().contains("Resources exhausted") => return Err(self.execute_error(e)),
+                Err(e) => rejected.push(RejectedRow {
+                    index: origins.map_or(row, |o| o.value(row) as usize),
+                    reason: format!("sql: {e}"),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
     fn execute_error(&self, e: datafusion::error::DataFusionError) -> TransformError {
         let text = e.to_string();
         let message = if text.contains("Resources exhausted") {
@@ -723,6 +779,28 @@ mod tests {
         assert!(!nesting_exceeds(escaped.as_bytes(), 3), "an escaped quote does not end the string");
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(nesting_exceeds(deep.as_bytes(), 128));
+    }
+
+    #[tokio::test]
+    async fn a_query_over_the_memory_limit_fails_clearly() {
+        let spec = TransformSpec {
+            sql: Some("SELECT name FROM source ORDER BY name DESC".into()),
+            memory_limit_bytes: 1 << 20,
+            ..TransformSpec::default()
+        };
+        let mut s = SqlStage::new("t", &schema(), PayloadFormat::Json, &spec).await.unwrap();
+        let payloads: Vec<String> =
+            (0..20_000).map(|i| format!(r#"{{"id":{i},"name":"{:0>200}","amount":1}}"#, i)).collect();
+        let input: Vec<InputMessage<'_>> = payloads
+            .iter()
+            .map(|p| InputMessage { key: None, payload: Some(p.as_bytes()), timestamp_ms: None })
+            .collect();
+        let e = s.process(&input).await.unwrap_err().to_string();
+        assert!(e.contains("more memory than the flow's limit of 1 MiB") && e.contains("memory_limit_mb"), "{e}");
+        // The same query within its limit.
+        let spec = TransformSpec { memory_limit_bytes: 64 << 20, ..spec };
+        let mut s = SqlStage::new("t", &schema(), PayloadFormat::Json, &spec).await.unwrap();
+        assert_eq!(s.process(&input).await.unwrap().rows(), 20_000);
     }
 
     #[tokio::test]

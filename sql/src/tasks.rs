@@ -3,7 +3,7 @@
 //!
 //! | task | what it does | SQL it becomes |
 //! |---|---|---|
-//! | `map` | output column `target` (default: `source`) from `source`, optionally `cast` | `CAST("a" AS BIGINT) AS "b"` |
+//! | `map` | output column `target` (default: `source`) from `source`, optionally `cast` (a value that does not convert sends its row to the DLQ) | `TRY_CAST("a" AS BIGINT) AS "b"` |
 //! | `map_all` | every input column, as it is | `"a", "b", …` |
 //! | `merge` | `sources` joined by `separator`, or laid out by `format` (`"{first} {last}"`) | `concat(…)` |
 //! | `arithmetic` | `sources[0] op sources[1]` (or `op value`), `op`: add, subtract, multiply, divide | `("a" * "b") AS "t"` |
@@ -248,7 +248,13 @@ pub fn compile(tasks: &[Task], columns: &[String]) -> Result<String, String> {
                 let mut expr = known(&source, i, "source")?;
                 if let Some(cast) = &t.cast {
                     let ty = sql_type(cast).map_err(|e| format!("tasks[{i}]: {e}"))?;
-                    expr = format!("CAST({expr} AS {ty})");
+                    // A value that does not convert sends its row to the DLQ, named after the
+                    // cast, instead of failing the batch.
+                    dlq.push((
+                        format!("cast({source} as {cast})"),
+                        format!("({expr} IS NULL OR TRY_CAST({expr} AS {ty}) IS NOT NULL) IS FALSE"),
+                    ));
+                    expr = format!("TRY_CAST({expr} AS {ty})");
                 }
                 set(&mut out, t.target.clone().unwrap_or(source), expr);
             }
@@ -372,7 +378,10 @@ pub fn compile(tasks: &[Task], columns: &[String]) -> Result<String, String> {
                     Rule::NonNull => format!("{} IS NOT NULL", col()?),
                     Rule::NonZero => format!("{} <> 0", col()?),
                     Rule::NonNegative => format!("{} >= 0", col()?),
-                    Rule::Numeric => format!("TRY_CAST(CAST({} AS VARCHAR) AS DOUBLE) IS NOT NULL", col()?),
+                    Rule::Numeric => {
+                        let c = col()?;
+                        format!("{c} IS NULL OR TRY_CAST(CAST({c} AS VARCHAR) AS DOUBLE) IS NOT NULL")
+                    }
                     Rule::Range => {
                         let c = col()?;
                         let mut parts = Vec::new();
@@ -519,4 +528,65 @@ fn check_fields(t: &Task, i: usize) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn task(yaml_like: serde_json::Value) -> Task {
+        serde_json::from_value(yaml_like).unwrap()
+    }
+
+    fn cols() -> Vec<String> {
+        ["id", "name", "amount"].iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn tasks_compile_to_one_select() {
+        let tasks = [
+            task(serde_json::json!({"type": "map", "source": "id", "target": "order_id"})),
+            task(serde_json::json!({"type": "mask", "source": "name", "mode": "first", "n": 2})),
+            task(serde_json::json!({"type": "filter", "source": "amount", "op": "greater_than", "value": 5})),
+            task(serde_json::json!({"type": "validate", "source": "name", "rule": "non_null"})),
+            task(
+                serde_json::json!({"type": "validate", "source": "amount", "rule": "range", "max": 10, "action": "drop"}),
+            ),
+        ];
+        let sql = compile(&tasks, &cols()).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT \"id\" AS \"order_id\", mask(CAST(\"name\" AS VARCHAR), 'first', 2, '*') AS \"name\", \
+             \"_op\" AS \"_op\", \"_key\" AS \"_key\", \"_ts\" AS \"_ts\", \
+             CASE WHEN (\"name\" IS NOT NULL) IS FALSE THEN 'non_null(name)' END AS \"__sluice_violation\" \
+             FROM source WHERE (\"amount\" > 5) AND NOT ((\"amount\" <= 10) IS FALSE)"
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_task_and_field() {
+        let e = compile(&[task(serde_json::json!({"type": "truncate", "source": "name"}))], &cols()).unwrap_err();
+        assert!(e.contains("tasks[0]") && e.contains("`length`"), "{e}");
+        let e = compile(&[task(serde_json::json!({"type": "map", "source": "name", "cast": "money"}))], &cols())
+            .unwrap_err();
+        assert!(e.contains("unknown type `money`"), "{e}");
+        let e =
+            compile(&[task(serde_json::json!({"type": "filter", "source": "id", "op": "add", "value": 1}))], &cols())
+                .unwrap_err();
+        assert!(e.contains("`op` must be one of"), "{e}");
+        let e = compile(&[task(serde_json::json!({"type": "validate", "source": "id", "rule": "non_null"}))], &cols())
+            .unwrap_err();
+        assert!(e.contains("no output columns"), "{e}");
+        let e = compile(
+            &[task(
+                serde_json::json!({"type": "merge", "sources": ["id", "name"], "target": "x", "format": "{id}-{nme}"}),
+            )],
+            &cols(),
+        )
+        .unwrap_err();
+        assert!(e.contains("{nme}"), "{e}");
+        assert_eq!(ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(text("it's"), "'it''s'");
+    }
 }
