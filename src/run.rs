@@ -36,16 +36,42 @@ fn input_format(flow: &Flow) -> PayloadFormat {
 }
 
 /// Plans every flow's SQL; errors point at the `sql:` line.
-async fn plan_all(flows: &[Flow]) -> (Vec<(usize, SqlStage)>, Vec<ConfigError>) {
+async fn plan_all(
+    flows: &[Flow],
+    connections: Option<&std::collections::BTreeMap<String, sluice_connectors::Connection>>,
+) -> (Vec<(usize, SqlStage)>, Vec<ConfigError>) {
     let mut stages = Vec::new();
     let mut errors = Vec::new();
     for (i, f) in flows.iter().enumerate() {
-        match SqlStage::new(&f.name, &f.schema, input_format(f), &f.transform).await {
+        match plan_flow(f, connections).await {
             Ok(s) => stages.push((i, s)),
-            Err(e) => errors.push(f.transform_at.error(e.to_string())),
+            Err(e) => errors.push(f.transform_at.error(e)),
         }
     }
     (stages, errors)
+}
+
+/// Plans one flow's SQL stage; Avro input gets the source connection's schema registry (when
+/// the connections are known: a config with other errors is only checked for its SQL).
+async fn plan_flow(
+    f: &Flow,
+    connections: Option<&std::collections::BTreeMap<String, sluice_connectors::Connection>>,
+) -> Result<SqlStage, String> {
+    let stage = SqlStage::new(&f.name, &f.schema, input_format(f), &f.transform).await.map_err(|e| e.to_string())?;
+    let Some(connections) = connections.filter(|_| input_format(f) == PayloadFormat::Avro) else { return Ok(stage) };
+    let registry = match connections.get(&f.source_connection) {
+        Some(sluice_connectors::Connection::Kafka(c)) => {
+            sluice_connectors::kafka::registry(&f.source_connection, c).map_err(|e| e.to_string())?
+        }
+        _ => None,
+    };
+    match registry {
+        Some(r) => Ok(stage.with_registry(r)),
+        None => Err(format!(
+            "flow `{}`: `format: avro` needs a `schema_registry` on connection `{}`",
+            f.name, f.source_connection
+        )),
+    }
 }
 
 /// Loads a config and plans its SQL. On failure, prints every problem — config and SQL alike —
@@ -53,12 +79,12 @@ async fn plan_all(flows: &[Flow]) -> (Vec<(usize, SqlStage)>, Vec<ConfigError>) 
 async fn load_and_plan(path: &Path) -> Result<(Config, Vec<(usize, SqlStage)>), ExitCode> {
     match config::load(path) {
         Ok(cfg) => {
-            let (stages, errors) = plan_all(&cfg.flows).await;
+            let (stages, errors) = plan_all(&cfg.flows, Some(&cfg.connections)).await;
             if errors.is_empty() { Ok((cfg, stages)) } else { Err(print_config_errors(&errors)) }
         }
         Err(rejected) => {
             // The flows that parsed still get their SQL checked, so one pass shows everything.
-            let (_, sql_errors) = plan_all(&rejected.flows).await;
+            let (_, sql_errors) = plan_all(&rejected.flows, None).await;
             let mut errors = rejected.errors;
             errors.extend(sql_errors);
             errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
@@ -521,9 +547,9 @@ async fn scheduled(
             break;
         }
         // The stage went with the run; plan the next one's (the SQL was checked at start).
-        stage = match SqlStage::new(&flow.name, &flow.schema, input_format(&flow), &flow.transform).await {
+        stage = match plan_flow(&flow, Some(&cfg.connections)).await {
             Ok(s) => s,
-            Err(e) => return (name, Err(e.into()), started.elapsed(), last),
+            Err(e) => return (name, Err(anyhow::anyhow!(e)), started.elapsed(), last),
         };
     }
     tracing::info!(flow = %name, runs, "scheduled flow stopped");

@@ -2,18 +2,25 @@
 //!
 //! As a source, the topic is consumed directly by the flow's sink worker — no copy into a
 //! second topic — so its records keep their offsets and the worker commits on that cluster.
-//! As a sink, each output row becomes one JSON message; a `_key` column, if the SQL selects one,
-//! becomes the message key instead of a field.
+//! As a sink, each output row becomes one JSON message, or one Avro message in Confluent's wire
+//! format with `format: avro` (the output schema registered under `<topic>-value` in the
+//! connection's schema registry); a `_key` column, if the SQL selects one, becomes the message
+//! key (as text) instead of a field. Avro input (`format: avro`) is decoded by the SQL stage with
+//! the writer schemas from the same registry.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch};
 use async_trait::async_trait;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
+use sluice_engine::avro::{AvroRows, RegistryError, SchemaRegistry, frame_wire};
 use sluice_engine::connector::{PayloadFormat, RejectedRow, Sink, WriteContext, Written};
 use sluice_engine::error::ConnectorError;
 use sluice_engine::kafka::{KafkaSecurity, KafkaSettings};
+
+use crate::schema_registry::{RegistryClient, RegistryConfig};
 
 use crate::file::encode_json_lines;
 
@@ -28,6 +35,8 @@ pub struct KafkaConnection {
     /// Extra librdkafka properties, from an allow-list.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// The Schema Registry of this cluster, for Avro payloads.
+    pub schema_registry: Option<RegistryConfig>,
 }
 
 impl KafkaConnection {
@@ -49,7 +58,8 @@ impl KafkaConnection {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceOptions {
-    /// `json` (each message is a row) or `debezium` (each message is a change envelope).
+    /// `json` (each message is a row), `debezium` (each message is a change envelope) or `avro`
+    /// (Confluent-framed Avro, a row or an envelope; needs the connection's `schema_registry`).
     #[serde(default = "default_format")]
     pub format: PayloadFormat,
 }
@@ -58,20 +68,47 @@ fn default_format() -> PayloadFormat {
     PayloadFormat::Json
 }
 
+/// How a `kafka` sink writes rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// One JSON object per message.
+    #[default]
+    Json,
+    /// Confluent-framed Avro; the schema is registered under `<topic>-value`.
+    Avro,
+}
+
 /// Per-flow options of a `kafka` sink.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct KafkaSinkOptions {}
+pub struct KafkaSinkOptions {
+    /// `json` (default) or `avro`.
+    #[serde(default)]
+    pub format: SinkFormat,
+}
 
-/// Produces each row as a JSON message.
+/// Produces each row as a JSON or Avro message.
 pub struct KafkaSink {
     producer: FutureProducer,
     topic: String,
+    /// For Avro output: the registry, and the last output schema with its Avro form and id.
+    avro: Option<AvroOut>,
+}
+
+struct AvroOut {
+    registry: Arc<dyn SchemaRegistry>,
+    current: Option<(arrow_schema::SchemaRef, Arc<AvroRows>, u32)>,
 }
 
 impl KafkaSink {
-    /// A sink producing to `topic`, which is created if missing.
-    pub async fn new(settings: &KafkaSettings, topic: &str, flow: &str) -> Result<Self, ConnectorError> {
+    /// A sink producing to `topic`, which is created if missing; `registry` for Avro output.
+    pub async fn new(
+        settings: &KafkaSettings,
+        topic: &str,
+        flow: &str,
+        registry: Option<Arc<dyn SchemaRegistry>>,
+    ) -> Result<Self, ConnectorError> {
         settings.ensure_topics(&[topic]).await.map_err(|e| ConnectorError::Other {
             context: format!("preparing topic `{topic}`"),
             message: e.to_string(),
@@ -80,8 +117,52 @@ impl KafkaSink {
             context: "creating Kafka sink producer".into(),
             message: e.to_string(),
         })?;
-        Ok(KafkaSink { producer, topic: topic.to_owned() })
+        Ok(KafkaSink {
+            producer,
+            topic: topic.to_owned(),
+            avro: registry.map(|registry| AvroOut { registry, current: None }),
+        })
     }
+
+    /// The Avro form and registry id of `schema`, registering it on first use.
+    async fn avro_schema(
+        &mut self,
+        schema: &arrow_schema::SchemaRef,
+    ) -> Result<Option<(Arc<AvroRows>, u32)>, ConnectorError> {
+        let Some(out) = self.avro.as_mut() else { return Ok(None) };
+        if let Some((s, rows, id)) = &out.current
+            && s == schema
+        {
+            return Ok(Some((rows.clone(), *id)));
+        }
+        let rows = Arc::new(
+            AvroRows::new(schema, &self.topic)
+                .map_err(|e| ConnectorError::User(format!("writing Avro to `{}`: {e}", self.topic)))?,
+        );
+        let subject = format!("{}-value", self.topic);
+        let id = out.registry.register(&subject, rows.schema()).await.map_err(|e| match e {
+            RegistryError::Unavailable(m) => ConnectorError::Retriable {
+                context: format!("registering subject {subject}"),
+                message: m,
+                retry_after: None,
+            },
+            other => ConnectorError::User(other.to_string()),
+        })?;
+        out.current = Some((schema.clone(), rows.clone(), id));
+        Ok(Some((rows, id)))
+    }
+}
+
+/// The registry client of a `kafka` connection, if it names one.
+pub fn registry(name: &str, conn: &KafkaConnection) -> Result<Option<Arc<dyn SchemaRegistry>>, ConnectorError> {
+    conn.schema_registry
+        .as_ref()
+        .map(|c| {
+            RegistryClient::new(name, c)
+                .map(|r| Arc::new(r) as Arc<dyn SchemaRegistry>)
+                .map_err(|e| ConnectorError::User(format!("kafka connection `{name}`: {e}")))
+        })
+        .transpose()
 }
 
 #[async_trait]
@@ -110,9 +191,32 @@ impl Sink for KafkaSink {
                 }
                 None => batch.clone(),
             };
-            let mut buf = Vec::new();
-            encode_json_lines(std::slice::from_ref(&body), &mut buf)?;
-            for (row, line) in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            let payloads: Vec<Vec<u8>> = match self.avro_schema(&body.schema()).await? {
+                Some((rows, id)) => {
+                    let values = rows
+                        .values(&body)
+                        .map_err(|e| ConnectorError::User(format!("writing Avro to `{}`: {e}", self.topic)))?;
+                    values
+                        .into_iter()
+                        .map(|v| {
+                            let datum =
+                                apache_avro::to_avro_datum(rows.schema(), v).map_err(|e| ConnectorError::Other {
+                                    context: format!("encoding Avro for `{}`", self.topic),
+                                    message: e.to_string(),
+                                })?;
+                            let mut framed = Vec::with_capacity(datum.len() + 5);
+                            frame_wire(id, &datum, &mut framed);
+                            Ok(framed)
+                        })
+                        .collect::<Result<_, ConnectorError>>()?
+                }
+                None => {
+                    let mut buf = Vec::new();
+                    encode_json_lines(std::slice::from_ref(&body), &mut buf)?;
+                    buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect()
+                }
+            };
+            for (row, line) in payloads.iter().map(Vec::as_slice).enumerate() {
                 let mut rec = FutureRecord::<str, [u8]>::to(&self.topic).payload(line);
                 if let Some(Some(k)) = keys.as_ref().map(|k| k[row].as_deref()) {
                     rec = rec.key(k);

@@ -27,6 +27,7 @@ pub mod postgres;
 pub mod postgres_cdc;
 pub mod postgres_query;
 pub mod s3;
+pub mod schema_registry;
 pub mod stdout;
 
 use serde::de::{Deserialize, Deserializer, Error as _};
@@ -247,8 +248,16 @@ pub async fn build_sink(
         (Connection::Postgres(c), SinkOptions::Postgres(o)) => {
             Box::new(postgres::PostgresSink::new(name, c, object, o.clone())?)
         }
-        (Connection::Kafka(c), SinkOptions::Kafka(_)) => {
-            Box::new(kafka::KafkaSink::new(&c.settings(own)?, object, flow).await?)
+        (Connection::Kafka(c), SinkOptions::Kafka(o)) => {
+            let registry = match o.format {
+                kafka::SinkFormat::Json => None,
+                kafka::SinkFormat::Avro => Some(kafka::registry(name, c)?.ok_or_else(|| {
+                    ConnectorError::User(format!(
+                        "kafka connection `{name}`: `format: avro` needs the connection's `schema_registry`"
+                    ))
+                })?),
+            };
+            Box::new(kafka::KafkaSink::new(&c.settings(own)?, object, flow, registry).await?)
         }
         _ => {
             return Err(ConnectorError::User(format!(

@@ -8,6 +8,10 @@
 //!
 //! Avro names allow only `[A-Za-z_][A-Za-z0-9_]*`: other characters in a column name (a SQL
 //! alias such as `upper(name)`) become `_`.
+//!
+//! Kafka payloads in Avro use Confluent's wire format: a zero byte, the writer schema's id in a
+//! Schema Registry (4 bytes, big-endian), then the datum. [`SchemaRegistry`] is how the SQL
+//! stage and the kafka sink reach a registry; the client lives with the kafka connector.
 
 use std::sync::Arc;
 
@@ -35,6 +39,49 @@ pub enum AvroError {
     /// apache-avro refused the schema (a bug here, or a name it rejects).
     #[error("building the Avro schema: {0}")]
     Schema(String),
+}
+
+/// The first byte of a Confluent wire-format payload.
+pub const MAGIC: u8 = 0;
+
+/// Splits a Confluent wire-format payload into the schema id and the datum.
+pub fn split_wire(payload: &[u8]) -> Result<(u32, &[u8]), String> {
+    match payload {
+        [MAGIC, a, b, c, d, datum @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
+        [MAGIC, ..] => Err(format!("an Avro payload of {} bytes is too short for its header", payload.len())),
+        [first, ..] => Err(format!("not Confluent-framed Avro: first byte is {first:#04x}, not 0x00")),
+        [] => Err("empty payload".into()),
+    }
+}
+
+/// Frames an Avro datum in Confluent's wire format.
+pub fn frame_wire(id: u32, datum: &[u8], out: &mut Vec<u8>) {
+    out.push(MAGIC);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(datum);
+}
+
+/// A failure to get or register a schema.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry has no schema with this id: the record cannot be read (a DLQ matter).
+    #[error("schema id {0} is not in the schema registry")]
+    UnknownId(u32),
+    /// The registry refused the request for good (an incompatible schema, bad credentials).
+    #[error("{0}")]
+    Refused(String),
+    /// The registry could not be reached within the retries.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A Confluent-compatible Schema Registry: writer schemas by id, with the client's cache.
+#[async_trait::async_trait]
+pub trait SchemaRegistry: Send + Sync + std::fmt::Debug {
+    /// The schema registered under `id`.
+    async fn schema(&self, id: u32) -> Result<Arc<apache_avro::Schema>, RegistryError>;
+    /// Registers `schema` under `subject` (or finds it there); its id.
+    async fn register(&self, subject: &str, schema: &apache_avro::Schema) -> Result<u32, RegistryError>;
 }
 
 /// The canonical Arrow type a column is cast to before its rows are read (see the module docs).

@@ -190,4 +190,7 @@ pub enum PayloadFormat {
     Debezium,
     /// A plain JSON object: the whole object is the row, and the op is `c`.
     Json,
+    /// Confluent-framed Avro with schemas from the connection's Schema Registry; a record with
+    /// `op` and `after` fields is read as a change envelope, any other as the row.
+    Avro,
 }

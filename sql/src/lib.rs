@@ -24,6 +24,7 @@
 //!   config is checked), no table functions, no URL tables, no spilling to disk, and a memory
 //!   pool per flow (`memory_limit_mb`) whose excess is a clear error.
 
+mod avro_decode;
 pub mod functions;
 pub mod tasks;
 
@@ -41,6 +42,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use sluice_engine::avro::SchemaRegistry;
 use sluice_engine::connector::{InputMessage, PayloadFormat, RejectedRow, Transform, Transformed};
 use sluice_engine::error::TransformError;
 use sluice_engine::schema::RowSchema;
@@ -110,6 +112,12 @@ pub struct SqlStage {
     /// The stage's output without hidden columns.
     output: SchemaRef,
     memory_limit_bytes: usize,
+    /// The declared columns, for decoding Avro.
+    columns: RowSchema,
+    /// Where Avro payloads' writer schemas come from.
+    registry: Option<Arc<dyn SchemaRegistry>>,
+    /// Writer schemas seen, by id.
+    schemas: std::collections::HashMap<u32, Arc<apache_avro::Schema>>,
 }
 
 impl std::fmt::Debug for SqlStage {
@@ -302,7 +310,7 @@ impl Step {
 
 fn decode_schema(row: &SchemaRef, format: PayloadFormat) -> SchemaRef {
     match format {
-        PayloadFormat::Json => row.clone(),
+        PayloadFormat::Json | PayloadFormat::Avro => row.clone(),
         PayloadFormat::Debezium => Arc::new(Schema::new(vec![
             Field::new("op", DataType::Utf8, true),
             Field::new("ts_ms", DataType::Int64, true),
@@ -322,6 +330,7 @@ impl SqlStage {
         spec: &TransformSpec,
     ) -> Result<SqlStage, TransformError> {
         let plan_err = |message: String| TransformError::Plan { flow: flow.to_owned(), message };
+        let declared = row;
         let row = row.arrow();
         let input = input_schema(&row);
         // One memory pool for the flow's plans, and no disk to spill to: a query that needs more
@@ -364,6 +373,9 @@ impl SqlStage {
             steps,
             output,
             memory_limit_bytes: spec.memory_limit_bytes,
+            columns: declared.clone(),
+            registry: None,
+            schemas: std::collections::HashMap::new(),
         })
     }
 
@@ -410,7 +422,7 @@ impl SqlStage {
             keys.append_option(m.key.and_then(|k| std::str::from_utf8(k).ok()));
         }
         let (mut columns, op, ts): (Vec<ArrayRef>, ArrayRef, ArrayRef) = match self.format {
-            PayloadFormat::Json => {
+            PayloadFormat::Json | PayloadFormat::Avro => {
                 let ts: TimestampMillisecondArray = msgs.iter().map(|m| m.timestamp_ms).collect();
                 (
                     decoded.columns().to_vec(),
@@ -517,6 +529,13 @@ impl SqlStage {
         (merged, rejected)
     }
 
+    /// Reads Avro payloads with writer schemas from `registry` (flows whose input is
+    /// `format: avro`).
+    pub fn with_registry(mut self, registry: Arc<dyn SchemaRegistry>) -> SqlStage {
+        self.registry = Some(registry);
+        self
+    }
+
     /// The row columns' schema as declared.
     pub fn row_schema(&self) -> SchemaRef {
         self.row.clone()
@@ -583,7 +602,26 @@ impl Transform for SqlStage {
     }
 
     async fn process(&mut self, input: &[InputMessage<'_>]) -> Result<Transformed, TransformError> {
-        let (batch, mut rejected) = self.decode_batch(input);
+        let (batch, mut rejected) = if self.format == PayloadFormat::Avro {
+            let Some(registry) = self.registry.clone() else {
+                return Err(TransformError::Execute {
+                    flow: self.flow.clone(),
+                    message: "Avro input needs a schema registry on the source's connection".into(),
+                });
+            };
+            avro_decode::decode_batch(
+                &*registry,
+                &mut self.schemas,
+                &self.columns,
+                &self.input,
+                input,
+                MAX_RECORD_BYTES,
+            )
+            .await
+            .map_err(|message| TransformError::Execute { flow: self.flow.clone(), message })?
+        } else {
+            self.decode_batch(input)
+        };
         let mut lineage = true;
         let mut current = batch.into_iter().collect::<Vec<_>>();
         for step in &self.steps {

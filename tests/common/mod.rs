@@ -207,11 +207,13 @@ impl Sluice {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        Finished {
-            status,
-            stdout: std::fs::read_to_string(&self.out).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&self.err).unwrap_or_default(),
+        let stdout = std::fs::read_to_string(&self.out).unwrap_or_default();
+        // A run's summary lines carry its throughput; shown with `--no-capture`, they are the
+        // per-connector figures of a test run.
+        for line in stdout.lines().filter(|l| l.starts_with("flow ") && l.ends_with("records/s)")) {
+            eprintln!("RUN {line}");
         }
+        Finished { status, stdout, stderr: std::fs::read_to_string(&self.err).unwrap_or_default() }
     }
 
     /// SIGKILLs the process and reaps it.
