@@ -76,6 +76,79 @@ impl RowSchema {
     }
 }
 
+impl RowSchema {
+    /// The columns of an Avro record schema (an `.avsc` file): its fields, or the fields of its
+    /// `after` record when it is a change envelope. Nullable unions read as their other branch.
+    pub fn from_avro(schema: &apache_avro::Schema) -> Result<RowSchema, String> {
+        use apache_avro::Schema as A;
+        fn strip(s: &A) -> &A {
+            match s {
+                A::Union(u) => u.variants().iter().find(|v| !matches!(v, A::Null)).map_or(s, strip),
+                other => other,
+            }
+        }
+        let A::Record(record) = schema else { return Err("the Avro schema is not a record".into()) };
+        let fields = match record.fields.iter().find(|f| f.name == "after").map(|f| strip(&f.schema)) {
+            Some(A::Record(after)) if record.fields.iter().any(|f| f.name == "op") => &after.fields,
+            _ => &record.fields,
+        };
+        let mut columns = Vec::new();
+        for f in fields {
+            let t = match strip(&f.schema) {
+                A::Boolean => ColumnType::Bool,
+                A::Int => ColumnType::Int32,
+                A::Long => ColumnType::Int64,
+                A::Float | A::Double => ColumnType::Float64,
+                A::String | A::Enum(_) | A::Uuid => ColumnType::String,
+                A::TimestampMillis
+                | A::TimestampMicros
+                | A::TimestampNanos
+                | A::LocalTimestampMillis
+                | A::LocalTimestampMicros
+                | A::LocalTimestampNanos => ColumnType::Timestamp,
+                A::Date => ColumnType::Date,
+                other => {
+                    return Err(format!(
+                        "field `{}`: Avro type {other:?} has no column type; declare the columns instead",
+                        f.name
+                    ));
+                }
+            };
+            columns.push((f.name.clone(), t));
+        }
+        Ok(RowSchema { columns })
+    }
+
+    /// Columns inferred from sample JSON lines (the fields of every object, in first-seen
+    /// order): integers, floats, booleans and text; a field whose values mix integers and
+    /// floats is a float. Nested objects and arrays have no column type, so a sample with them
+    /// is refused, naming the field.
+    pub fn infer_from_json_lines(text: &str) -> Result<RowSchema, String> {
+        let reader = std::io::BufReader::new(text.as_bytes());
+        let (schema, n) = arrow_json::reader::infer_json_schema(reader, None).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the sample has no records".into());
+        }
+        let mut columns = Vec::new();
+        for f in schema.fields() {
+            let t = match f.data_type() {
+                DataType::Boolean => ColumnType::Bool,
+                DataType::Int64 => ColumnType::Int64,
+                DataType::Float64 => ColumnType::Float64,
+                DataType::Utf8 | DataType::Null => ColumnType::String,
+                other => {
+                    return Err(format!(
+                        "field `{}` holds {other} values; inferred columns are scalars only (declare the columns, or keep the field as text)",
+                        f.name()
+                    ));
+                }
+            };
+            columns.push((f.name().clone(), t));
+        }
+        Ok(RowSchema { columns })
+    }
+}
+
 impl<'de> Deserialize<'de> for RowSchema {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
@@ -100,5 +173,48 @@ impl<'de> Deserialize<'de> for RowSchema {
             }
         }
         deserializer.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_from_an_avro_schema_and_from_a_sample() {
+        let avsc = r#"{"type":"record","name":"o","fields":[
+            {"name":"id","type":"long"},{"name":"name","type":["null","string"]},
+            {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}},
+            {"name":"day","type":{"type":"int","logicalType":"date"}},{"name":"ok","type":"boolean"}]}"#;
+        let s = RowSchema::from_avro(&apache_avro::Schema::parse_str(avsc).unwrap()).unwrap();
+        assert_eq!(
+            s.columns,
+            vec![
+                ("id".into(), ColumnType::Int64),
+                ("name".into(), ColumnType::String),
+                ("at".into(), ColumnType::Timestamp),
+                ("day".into(), ColumnType::Date),
+                ("ok".into(), ColumnType::Bool)
+            ]
+        );
+        let bad = r#"{"type":"record","name":"o","fields":[{"name":"tags","type":{"type":"array","items":"string"}}]}"#;
+        let e = RowSchema::from_avro(&apache_avro::Schema::parse_str(bad).unwrap()).unwrap_err();
+        assert!(e.contains("`tags`"), "{e}");
+
+        let s =
+            RowSchema::infer_from_json_lines("{\"id\":1,\"v\":1}\n{\"id\":2,\"v\":2.5,\"name\":\"x\",\"ok\":true}\n")
+                .unwrap();
+        assert_eq!(
+            s.columns,
+            vec![
+                ("id".into(), ColumnType::Int64),
+                ("v".into(), ColumnType::Float64),
+                ("name".into(), ColumnType::String),
+                ("ok".into(), ColumnType::Bool)
+            ]
+        );
+        let e = RowSchema::infer_from_json_lines("{\"id\":1,\"tags\":[1]}\n").unwrap_err();
+        assert!(e.contains("`tags`"), "{e}");
     }
 }

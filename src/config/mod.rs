@@ -344,6 +344,12 @@ struct EndpointConfig {
     /// Row columns as `name: type` (sources whose connector does not define them).
     #[serde(default)]
     schema: Option<RowSchema>,
+    /// Row columns from an Avro schema file (`.avsc`, relative to this config file): its
+    /// record's fields, or its `after` record's for a change envelope.
+    schema_file: Option<String>,
+    /// Row columns inferred from sample JSON lines (relative to this config file), once, when
+    /// the config is loaded; `sluice validate` prints them.
+    schema_sample: Option<String>,
 }
 
 /// `transform:`.
@@ -727,7 +733,53 @@ impl Loader {
             _ => None,
         };
         let (Some(source), Some(destination), true) = (source, destination, ok) else { return };
-        let schema = match (f.source.schema, sluice_connectors::builtin_schema(&source)) {
+        // Schema files are found next to the config file that names them.
+        let beside = |name: &str| file.parent().unwrap_or(Path::new(".")).join(name);
+        let declared = match (f.source.schema, &f.source.schema_file, &f.source.schema_sample) {
+            (Some(s), None, None) => Some(s),
+            (None, None, None) => None,
+            (None, Some(avsc), None) => {
+                let p = beside(avsc);
+                let columns = std::fs::read_to_string(&p)
+                    .map_err(|e| format!("reading {}: {e}", p.display()))
+                    .and_then(|text| {
+                        apache_avro::Schema::parse_str(&text)
+                            .map_err(|e| format!("{} is not an Avro schema: {e}", p.display()))
+                    })
+                    .and_then(|schema| RowSchema::from_avro(&schema).map_err(|e| format!("{}: {e}", p.display())));
+                match columns {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        self.at(file, src_node, &format!("{path}.source.schema_file"), e);
+                        return;
+                    }
+                }
+            }
+            (None, None, Some(sample)) => {
+                let p = beside(sample);
+                let columns =
+                    std::fs::read_to_string(&p).map_err(|e| format!("reading {}: {e}", p.display())).and_then(|text| {
+                        RowSchema::infer_from_json_lines(&text).map_err(|e| format!("{}: {e}", p.display()))
+                    });
+                match columns {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        self.at(file, src_node, &format!("{path}.source.schema_sample"), e);
+                        return;
+                    }
+                }
+            }
+            _ => {
+                self.at(
+                    file,
+                    src_node,
+                    &format!("{path}.source"),
+                    "give the columns one way: `schema`, `schema_file` or `schema_sample`",
+                );
+                return;
+            }
+        };
+        let schema = match (declared, sluice_connectors::builtin_schema(&source)) {
             (Some(declared), _) => declared,
             (None, Some(builtin)) => builtin,
             (None, None) => {
