@@ -742,6 +742,7 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
 /// Each input line is one record: for flows whose input is a change envelope (every source but
 /// a `kafka` topic read as `format: json`), a line with `op` and `after`/`before` is taken as an
 /// envelope and any other object as the `after` of a create (`op: c`), so plain rows will do.
+/// Flows reading Avro take the same JSON lines (no registry is involved).
 pub async fn sql_test(path: &Path, name: &str, input: &Path, ts_ms: Option<i64>) -> ExitCode {
     use sluice_engine::connector::{InputMessage, Transform as _};
     let (cfg, stages) = match load_and_plan(path).await {
@@ -762,7 +763,18 @@ pub async fn sql_test(path: &Path, name: &str, input: &Path, ts_ms: Option<i64>)
             return ExitCode::from(2);
         }
     };
-    let envelope = input_format(&cfg.flows[i]) == PayloadFormat::Debezium;
+    // Avro flows are tried with JSON samples: rows or envelopes, as their Avro records are.
+    if input_format(&cfg.flows[i]) == PayloadFormat::Avro {
+        let f = &cfg.flows[i];
+        stage = match SqlStage::new(&f.name, &f.schema, PayloadFormat::Debezium, &f.transform).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    }
+    let envelope = input_format(&cfg.flows[i]) != PayloadFormat::Json;
     let ts = ts_ms.unwrap_or_else(sluice_engine::record::now_ms);
     // (line number, payload) of every non-blank line.
     let records: Vec<(usize, Vec<u8>)> = text
