@@ -25,11 +25,11 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
-KPORT=$(port); "$BIN" broker --memory --data-dir "$WORK/broker" --listen "127.0.0.1:$KPORT" >/dev/null 2>&1 & PIDS+=($!)
+KPORT=$(port); "$BIN" broker --data-dir "$WORK/broker" --listen "127.0.0.1:$KPORT" >/dev/null 2>&1 & PIDS+=($!)
 SPORT=$(port); mkdir -p "$WORK/s3/bench-lake"
 "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" --host 127.0.0.1 --port "$SPORT" --access-key bench --secret-key bench-secret "$WORK/s3" >/dev/null 2>&1 & PIDS+=($!)
 HPORT=$(port)
-cat > "$WORK/http.py" <<'EOF'
+cat > "$WORK/bench_http.py" <<'EOF'
 import json, sys
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from urllib.parse import urlparse, parse_qs
@@ -48,7 +48,7 @@ class H(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 EOF
-python3 "$WORK/http.py" "$HPORT" "$N" & PIDS+=($!)
+python3 "$WORK/bench_http.py" "$HPORT" "$N" & PIDS+=($!)
 wait_port "$KPORT"; wait_port "$SPORT"; wait_port "$HPORT"
 
 PG="psql -h 127.0.0.1 -U postgres -d postgres -qAt"

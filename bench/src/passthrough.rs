@@ -35,7 +35,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             producer.poll(Duration::ZERO);
             continue;
         };
-        let msg = msg?;
+        let msg = match msg {
+            Ok(m) => m,
+            // The topic's metadata may not have reached this client yet; librdkafka retries.
+            Err(e) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         started.get_or_insert_with(Instant::now);
         let mut record = BaseRecord::<[u8], [u8]>::to(to).payload(msg.payload().unwrap_or_default());
         if let Some(k) = msg.key() {

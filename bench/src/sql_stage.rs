@@ -23,7 +23,7 @@ fn payloads(n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             format!(
-                r#"{{"id":{i},"seq":{i},"version":{v},"name":"{name}","category":"{cat}","amount":{amount},"note":"order {i} of customer {c} placed via the web shop, paid by card","created":"2026-11-25T10:{m:02}:{s:02}Z"}}"#,
+                r#"{{"id":{i},"seq":{i},"version":{v},"name":"{name}","category":"{cat}","amount":{amount},"note":"order {i} of customer {c} placed via the web shop, paid by credit card, gift","created":"2026-11-25T10:{m:02}:{s:02}Z"}}"#,
                 v = i % 7,
                 name = NAMES[i % 8],
                 cat = CATEGORIES[i % 5],
