@@ -56,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             record = back;
         }
         done += 1;
-        if done % 5000 == 0 || done == count {
+        if done.is_multiple_of(5000) || done == count {
             producer.flush(Duration::from_secs(30))?;
             consumer.commit_consumer_state(CommitMode::Sync)?;
         }
