@@ -4,13 +4,11 @@
 //!
 //!     loadgen BOOTSTRAP TOPIC COUNT [RATE]
 
+use sluice_connectors::generate::{CATEGORIES, NAMES};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-
-const NAMES: [&str; 8] = ["ada", "grace", "alan", "edsger", "barbara", "donald", "frances", "ken"];
-const CATEGORIES: [&str; 5] = ["books", "games", "garden", "music", "tools"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -8,6 +8,7 @@
 //! Prints rows/s through decode → filter+project → encode, and the decode-only rate. Runs on a
 //! single-threaded runtime, so the figure is per core.
 
+use sluice_connectors::generate::{CATEGORIES, NAMES};
 use std::time::Instant;
 
 use sluice_engine::connector::{InputMessage, PayloadFormat, Transform as _};
@@ -18,8 +19,6 @@ use sluice_sql::{SqlStage, TransformSpec};
 const SQL: &str = "SELECT id, upper(name) AS name, category, amount FROM source WHERE amount > 500";
 
 fn payloads(n: usize) -> Vec<Vec<u8>> {
-    const NAMES: [&str; 8] = ["ada", "grace", "alan", "edsger", "barbara", "donald", "frances", "ken"];
-    const CATEGORIES: [&str; 5] = ["books", "games", "garden", "music", "tools"];
     (0..n)
         .map(|i| {
             format!(

@@ -43,8 +43,10 @@ fn default_keys() -> u64 {
     1000
 }
 
-const NAMES: [&str; 8] = ["ada", "grace", "alan", "edsger", "barbara", "donald", "frances", "ken"];
-const CATEGORIES: [&str; 5] = ["books", "games", "garden", "music", "tools"];
+/// The customer names of generated rows (the benchmarks' data uses them too).
+pub const NAMES: [&str; 8] = ["ada", "grace", "alan", "edsger", "barbara", "donald", "frances", "ken"];
+/// The categories of generated rows.
+pub const CATEGORIES: [&str; 5] = ["books", "games", "garden", "music", "tools"];
 
 /// The columns every generated row has.
 pub fn schema() -> RowSchema {

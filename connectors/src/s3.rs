@@ -336,6 +336,28 @@ impl S3Sink {
                 Part::Date | Part::Hour | Part::Field(_) => None,
             })
             .collect();
+        let has_ts = batches
+            .iter()
+            .any(|b| b.column_by_name("_ts").is_some_and(|c| c.as_any().is::<TimestampMillisecondArray>()));
+        let per_row = self
+            .template
+            .iter()
+            .any(|p| matches!(p, Part::Field(_)) || (matches!(p, Part::Date | Part::Hour) && has_ts));
+        if !per_row {
+            // Every row gets the same key (the usual case): build it once, copy nothing.
+            let key: String = self
+                .template
+                .iter()
+                .zip(&fixed)
+                .map(|(part, text)| match (part, text) {
+                    (_, Some(t)) => t.as_str(),
+                    (Part::Date, None) => now.0.as_str(),
+                    (Part::Hour, None) => now.1.as_str(),
+                    _ => "",
+                })
+                .collect();
+            return Ok(vec![(key, batches.to_vec())]);
+        }
         // Each object's key and, per input batch, the rows of it that go there.
         let mut groups: Vec<(String, Vec<BatchRows>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
@@ -399,7 +421,7 @@ impl S3Sink {
             }
         }
         if let [(key, _)] = groups.as_slice() {
-            // One object for the whole write (the usual case): no copying.
+            // Per-row parts that came out the same for every row: no copying.
             return Ok(vec![(key.clone(), batches.to_vec())]);
         }
         groups

@@ -93,16 +93,21 @@ impl RegistryClient {
         r
     }
 
-    /// Sends a request, retrying network errors and 5xx a few times; the answer's body on 2xx.
-    async fn send(&self, doing: &str, make: impl Fn() -> reqwest::RequestBuilder) -> Result<String, RegistryError> {
+    /// Sends a request, retrying network errors and 5xx a few times; the answer's body on 2xx,
+    /// `None` on 404 (what is missing is the caller's to say).
+    async fn send(
+        &self,
+        doing: &str,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Option<String>, RegistryError> {
         let context = |m: String| format!("{doing} (schema registry of connection `{}`): {m}", self.connection);
         let attempt = || async {
             let answer = make().send().await.map_err(|e| RegistryError::Unavailable(context(e.to_string())))?;
             let status = answer.status();
             let body = answer.text().await.map_err(|e| RegistryError::Unavailable(context(e.to_string())))?;
             match status.as_u16() {
-                200..=299 => Ok(body),
-                404 => Err(RegistryError::Refused(context(format!("404 {body}")))),
+                200..=299 => Ok(Some(body)),
+                404 => Ok(None),
                 s if s >= 500 || s == 429 => Err(RegistryError::Unavailable(context(format!("{status} {body}")))),
                 _ => Err(RegistryError::Refused(context(format!("{status} {body}")))),
             }
@@ -127,10 +132,10 @@ impl SchemaRegistry for RegistryClient {
             return Ok(s);
         }
         let doing = format!("reading schema id {id}");
-        let body = match self.send(&doing, || self.request(reqwest::Method::GET, &format!("/schemas/ids/{id}"))).await {
-            Err(RegistryError::Refused(m)) if m.contains(": 404 ") => return Err(RegistryError::UnknownId(id)),
-            other => other?,
-        };
+        let body = self
+            .send(&doing, || self.request(reqwest::Method::GET, &format!("/schemas/ids/{id}")))
+            .await?
+            .ok_or(RegistryError::UnknownId(id))?;
         let answer: SchemaAnswer = serde_json::from_str(&body)
             .map_err(|e| RegistryError::Refused(format!("{doing}: unexpected answer {body:.200}: {e}")))?;
         let schema = Arc::new(
@@ -158,7 +163,13 @@ impl SchemaRegistry for RegistryClient {
                     .header("Content-Type", "application/vnd.schemaregistry.v1+json")
                     .body(body.clone())
             })
-            .await?;
+            .await?
+            .ok_or_else(|| {
+                RegistryError::Refused(format!(
+                    "{doing} (schema registry of connection `{}`): 404 Not Found",
+                    self.connection
+                ))
+            })?;
         let id = serde_json::from_str::<IdAnswer>(&answer)
             .map_err(|e| RegistryError::Refused(format!("{doing}: unexpected answer {answer:.200}: {e}")))?
             .id;

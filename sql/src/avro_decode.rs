@@ -16,7 +16,7 @@ use arrow_array::builder::{
     BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
 use sluice_engine::avro::{RegistryError, SchemaRegistry, split_wire};
 use sluice_engine::connector::{InputMessage, RejectedRow};
@@ -189,7 +189,9 @@ pub(crate) async fn decode_batch(
 ) -> Result<(Option<RecordBatch>, Vec<RejectedRow>), String> {
     let n = msgs.len();
     let mut builders: Vec<Builder> = row.columns.iter().map(|(_, t)| Builder::new(*t, n)).collect();
-    let (mut ops, mut keys, mut ts, mut rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut ops = StringBuilder::with_capacity(n, n);
+    let mut keys = StringBuilder::with_capacity(n, n * 16);
+    let (mut ts, mut rows) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut rejected = Vec::new();
     for (index, m) in msgs.iter().enumerate() {
         let reject = |reason: String| RejectedRow { index, reason: format!("decode: avro: {reason}") };
@@ -230,8 +232,8 @@ pub(crate) async fn decode_batch(
                 for (b, c) in builders.iter_mut().zip(d.cells) {
                     b.append(c);
                 }
-                ops.push(d.op);
-                keys.push(m.key.and_then(|k| std::str::from_utf8(k).ok()).map(str::to_owned));
+                ops.append_value(&d.op);
+                keys.append_option(m.key.and_then(|k| std::str::from_utf8(k).ok()));
                 ts.push(d.ts_ms.or(m.timestamp_ms));
                 rows.push(index as u32);
             }
@@ -242,8 +244,8 @@ pub(crate) async fn decode_batch(
         return Ok((None, rejected));
     }
     let mut columns: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
-    columns.push(Arc::new(StringArray::from(ops)));
-    columns.push(Arc::new(StringArray::from(keys)));
+    columns.push(Arc::new(ops.finish()));
+    columns.push(Arc::new(keys.finish()));
     columns.push(Arc::new(arrow_array::TimestampMillisecondArray::from(ts).with_timezone("UTC")));
     columns.push(Arc::new(UInt32Array::from(rows)));
     let batch = RecordBatch::try_new(input.clone(), columns).map_err(|e| e.to_string())?;

@@ -289,22 +289,24 @@ impl Step {
                 index: origin(row),
             });
         }
-        let mut b = b.clone();
-        if let Some(v) = self.violation.and_then(|i| b.column(i).as_any().downcast_ref::<StringArray>().cloned())
-            && v.null_count() < v.len()
-        {
-            for row in (0..v.len()).filter(|r| v.is_valid(*r)) {
-                rejected.push(RejectedRow {
-                    index: origin(row),
-                    reason: format!("validate: rule `{}` failed", v.value(row)),
-                });
-            }
-            let keep = datafusion::arrow::compute::is_null(&v)
-                .map_err(|e| TransformError::Execute { flow: flow.to_owned(), message: e.to_string() })?;
-            b = datafusion::arrow::compute::filter_record_batch(&b, &keep)
-                .map_err(|e| TransformError::Execute { flow: flow.to_owned(), message: e.to_string() })?;
+        let execute = |e: datafusion::arrow::error::ArrowError| TransformError::Execute {
+            flow: flow.to_owned(),
+            message: e.to_string(),
+        };
+        let violation = self
+            .violation
+            .and_then(|i| b.column(i).as_any().downcast_ref::<StringArray>())
+            .filter(|v| v.null_count() < v.len());
+        let Some(v) = violation else { return b.project(&self.keep).map_err(execute) };
+        for row in (0..v.len()).filter(|r| v.is_valid(*r)) {
+            rejected
+                .push(RejectedRow { index: origin(row), reason: format!("validate: rule `{}` failed", v.value(row)) });
         }
-        b.project(&self.keep).map_err(|e| TransformError::Execute { flow: flow.to_owned(), message: e.to_string() })
+        let keep = datafusion::arrow::compute::is_null(v).map_err(execute)?;
+        datafusion::arrow::compute::filter_record_batch(&b, &keep)
+            .map_err(execute)?
+            .project(&self.keep)
+            .map_err(execute)
     }
 }
 
