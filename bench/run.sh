@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # sluice's benchmark harness: one run, one broker, the same generated data for every runner.
 #
-#   bench/run.sh [RECORDS]                 (default 500000; ≈ 200-byte JSON records)
+#   bench/run.sh [RECORDS]                 (default 1000000; ≈ 200-byte JSON records)
 #
-# Runners, each measured for wall time, CPU (user+sys of its process) and peak RSS:
+# Runners, each measured for wall time, CPU (user+sys of its process) and peak RSS over a
+# backlog of RECORDS records:
 #   a. raw rdkafka pass-through (bench/src/passthrough.rs): topic -> topic, payload untouched
 #   b. sluice: kafka topic -> SQL (WHERE amount > 500, 4 columns, upper(name)) -> kafka topic
 #   c. sluice: kafka topic -> s3 (Parquet) on a loopback s3s-fs
 #   d. sluice: generate -> kafka topic (source throughput)
-# then the end-to-end latency of (b) as a continuous flow at half of (b)'s measured rate
-# (p50/p99 of arrival minus the send time carried in each record).
+#   e. the Python peer: job (b) in Quix Streams (installed from PyPI into a virtualenv under
+#      ~/.cache; left out, with a message, when PyPI cannot be reached)
+# then each runner's end-to-end latency as a continuous job offered half of its measured rate
+# for 20 s: p50/p99 of arrival minus the send time carried in each record (arrival: read back
+# from the output topic; for (c), the Parquet object's write time in s3s-fs's directory; for
+# (d), the generator's record time, carried by a projection). Each latency run starts its load
+# once the runner holds its partitions, and leaves the first second out.
 #
 # The broker is `sluice broker` on loopback with its log in a temporary directory, or an external
 # cluster given by SLUICE_BENCH_KAFKA=host:port. (Not `--memory`: tansu 0.6's memory engine served
-# ≈ 0.8 % fewer records than it acknowledged at 200,000 records, so counts would not balance.) Results: bench/results/latest.json and latest.md (and printed).
+# ≈ 0.8 % fewer records than it acknowledged at 200,000 records, so counts would not balance.)
+# Results: bench/results/latest.json and latest.md (and printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N="${1:-500000}"
+N="${1:-1000000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 echo "==> building (release)"
 cargo build --release --quiet -p sluice-bench --bins
@@ -30,6 +37,21 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+# wait_for FILE TEXT: waits (≤ 60 s) until FILE holds TEXT.
+wait_for() { for _ in $(seq 1 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "   (no \"$2\" in $1 after 60 s)"; return 1; }
+
+# The Python peer's virtualenv, kept between runs.
+VENV="${SLUICE_BENCH_VENV:-$HOME/.cache/sluice-bench-venv}"
+PEER=""
+if [ "${SLUICE_BENCH_PEER:-1}" = 1 ]; then
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import quixstreams' 2>/dev/null; then
+        PEER=1
+    else
+        echo "==> installing Quix Streams into $VENV"
+        if python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet 'quixstreams==3.28.*'; then PEER=1; else
+            echo "   Quix Streams could not be installed; the Python peer (e) is left out of this run"; fi
+    fi
+fi
 
 if [ -n "${SLUICE_BENCH_KAFKA:-}" ]; then
     BOOT="$SLUICE_BENCH_KAFKA"
@@ -39,7 +61,7 @@ else
     wait_port "$KPORT"
     BOOT="127.0.0.1:$KPORT"
 fi
-SPORT=$(port); mkdir -p "$WORK/s3/bench"
+SPORT=$(port); mkdir -p "$WORK/s3/bench" "$WORK/s3/benchlat"
 "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" --host 127.0.0.1 --port "$SPORT" --access-key bench --secret-key bench-secret "$WORK/s3" >/dev/null 2>&1 & PIDS+=($!)
 wait_port "$SPORT"
 RUN="run$$"
@@ -47,7 +69,7 @@ RUN="run$$"
 # measure NAME CMD…: runs CMD, appends "name wall user sys maxrss_kb" to $WORK/measures.
 measure() {
     local name=$1; shift
-    python3 - "$name" "$WORK/measures" "$@" <<'EOF'
+    python3 - "$name" "$WORK/measures" "$@" <<'PY'
 import resource, subprocess, sys, time
 name, out, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
 t = time.time()
@@ -57,10 +79,16 @@ r = resource.getrusage(resource.RUSAGE_CHILDREN)
 if p.returncode != 0:
     sys.stderr.write(f"{name} failed ({p.returncode}):\n{p.stderr[-2000:]}\n"); sys.exit(1)
 open(out, "a").write(f"{name} {wall} {r.ru_utime} {r.ru_stime} {r.ru_maxrss}\n")
-EOF
+PY
 }
+rate_of() { awk -v n="$N" -v k="$1" '$1==k {printf "%d", n/$2}' "$WORK/measures"; }
+# passing COUNT: how many of the first COUNT generated records job (b) keeps (amount > 500).
+passing() { python3 -c "import sys; n=int(sys.argv[1]); print(sum(1 for i in range(n) if (i*7919)%1000 > 500))" "$1"; }
 
-cat > "$WORK/flows.yaml" <<EOF
+SCHEMA='{id: int64, seq: int64, name: string, category: string, amount: int64, note: string, sent_us: int64}'
+JOB='SELECT id, upper(name) AS name, category, amount, sent_us FROM source WHERE amount > 500'
+flows() {  # flows RATE_D COUNT_D: the flows file (the latency run of (d) needs its rate and count)
+cat > "$WORK/flows.yaml" <<YAML
 kafka: {bootstrap_servers: "$BOOT"}
 connections:
   bus: {type: kafka}
@@ -68,79 +96,110 @@ connections:
   lake: {type: s3, endpoint: "http://127.0.0.1:$SPORT", path_style: true, access_key_id: bench, secret_access_key: bench-secret}
 flows:
   - name: b-$RUN
-    source:
-      connection: bus
-      object: bench.in.$RUN
-      options: {format: json}
-      schema: {id: int64, seq: int64, name: string, category: string, amount: int64, note: string, sent_us: int64}
-    transform:
-      sql: SELECT id, upper(name) AS name, category, amount, sent_us FROM source WHERE amount > 500
+    source: {connection: bus, object: bench.in.$RUN, options: {format: json}, schema: $SCHEMA}
+    transform: {sql: "$JOB"}
     destination: {connection: bus, object: bench.b.$RUN}
   - name: c-$RUN
-    source:
-      connection: bus
-      object: bench.in.$RUN
-      options: {format: json}
-      schema: {id: int64, seq: int64, name: string, category: string, amount: int64, note: string, sent_us: int64}
+    source: {connection: bus, object: bench.in.$RUN, options: {format: json}, schema: $SCHEMA}
     destination: {connection: lake, object: bench, options: {format: parquet}}
   - name: d-$RUN
     source: {connection: gen, object: orders, options: {count: $N, keys: 50000}}
     destination: {connection: bus, object: bench.d.$RUN}
-  - name: lat-$RUN
+  - name: latb-$RUN
     trigger: continuous
-    source: {connection: bus, object: bench.lat.$RUN, options: {format: json}, schema: {id: int64, seq: int64, name: string, category: string, amount: int64, note: string, sent_us: int64}}
-    transform:
-      sql: SELECT id, upper(name) AS name, category, amount, sent_us FROM source WHERE amount > 500
-    destination: {connection: bus, object: bench.latout.$RUN}
-EOF
+    source: {connection: bus, object: bench.latb.in.$RUN, options: {format: json}, schema: $SCHEMA}
+    transform: {sql: "$JOB"}
+    destination: {connection: bus, object: bench.latb.out.$RUN}
+  - name: latc-$RUN
+    trigger: continuous
+    source: {connection: bus, object: bench.latc.in.$RUN, options: {format: json}, schema: $SCHEMA}
+    destination: {connection: lake, object: benchlat, options: {format: parquet}}
+  - name: latd-$RUN
+    trigger: continuous
+    source: {connection: gen, object: orders, options: {count: ${2:-1}, rate_per_sec: ${1:-1}, keys: 50000}}
+    transform: {sql: "SELECT id, seq, name, category, amount, CAST(_ts AS BIGINT) * 1000 AS sent_us FROM source"}
+    destination: {connection: bus, object: bench.latd.out.$RUN}
+YAML
+}
+flows
 
 echo "==> loading $N records into bench.in.$RUN"
 "$R/loadgen" "$BOOT" "bench.in.$RUN" "$N"
-BYTES=$(( N * 200 ))
 echo "==> a. raw rdkafka pass-through";     measure a "$R/passthrough" "$BOOT" "bench.in.$RUN" "bench.a.$RUN" "$N"
 echo "==> b. sluice kafka -> SQL -> kafka";  measure b "$R/sluice" run "$WORK/flows.yaml" --flow "b-$RUN"
 echo "==> c. sluice kafka -> s3 parquet";    measure c "$R/sluice" run "$WORK/flows.yaml" --flow "c-$RUN"
 echo "==> d. sluice generate -> kafka";      measure d "$R/sluice" run "$WORK/flows.yaml" --flow "d-$RUN"
+if [ -n "$PEER" ]; then
+    echo "==> e. Quix Streams kafka -> filter/project -> kafka"
+    measure e "$VENV/bin/python" bench/peer/quix_job.py "$BOOT" "bench.in.$RUN" "bench.e.$RUN" "$(passing "$N")"
+fi
 
-# Latency: (b) as a continuous flow, offered half of (b)'s measured rate for ≈ 20 s.
-B_RATE=$(awk -v n="$N" '$1=="b" {printf "%d", n/$2}' "$WORK/measures")
-RATE=$(( B_RATE / 2 ))
-LN=$(( RATE * 20 ))
-echo "==> latency at $RATE records/s ($LN records)"
-"$R/sluice" run "$WORK/flows.yaml" --flow "lat-$RUN" >/dev/null 2>"$WORK/lat.log" & LAT=$!; PIDS+=($LAT)
-sleep 3   # the worker joins its group before the load starts
-"$R/latency" "$BOOT" "bench.latout.$RUN" $(( LN * 490 / 1000 )) > "$WORK/latency.txt" & READER=$!
-"$R/loadgen" "$BOOT" "bench.lat.$RUN" "$LN" "$RATE" >/dev/null
-wait "$READER" || true
-kill -TERM "$LAT" 2>/dev/null || true
+# lat NAME RATE INPUT EXPECT READER… -- RUNNER…: runs RUNNER as a continuous job, waits until it
+# holds its partitions, starts READER (which counts EXPECT records and prints the latency line),
+# then offers RATE records/s for 20 s on INPUT (none when INPUT is "-": the runner makes its own).
+lat() {
+    local name=$1 rate=$2 input=$3; shift 3
+    local reader=() runner=()
+    while [ "$1" != "--" ]; do reader+=("$1"); shift; done; shift; runner=("$@")
+    echo "==> latency of $name at $rate records/s"
+    "${runner[@]}" >/dev/null 2>"$WORK/lat-$name.log" & local rpid=$!; PIDS+=($rpid)
+    wait_for "$WORK/lat-$name.log" "partitions assigned" || true
+    "${reader[@]}" > "$WORK/lat-$name.txt" 2>"$WORK/lat-$name.err" & local lpid=$!
+    wait_for "$WORK/lat-$name.err" ready || true
+    if [ "$input" != - ]; then "$R/loadgen" "$BOOT" "$input" $(( rate * 20 )) "$rate" >/dev/null; fi
+    wait "$lpid" || true
+    kill -TERM "$rpid" 2>/dev/null || true; wait "$rpid" 2>/dev/null || true
+    echo "$name $rate $(cat "$WORK/lat-$name.txt")" >> "$WORK/latency"
+}
+RA=$(( $(rate_of a) / 2 )); RB=$(( $(rate_of b) / 2 )); RC=$(( $(rate_of c) / 2 )); RD=$(( $(rate_of d) / 2 ))
+flows "$RD" $(( RD * 20 ))
+lat a "$RA" "bench.lata.in.$RUN" "$R/latency" "$BOOT" "bench.lata.out.$RUN" $(( RA * 20 )) 1000 \
+    -- "$R/passthrough" "$BOOT" "bench.lata.in.$RUN" "bench.lata.out.$RUN" $(( RA * 20 ))
+lat b "$RB" "bench.latb.in.$RUN" "$R/latency" "$BOOT" "bench.latb.out.$RUN" "$(passing $(( RB * 20 )))" 1000 \
+    -- "$R/sluice" run "$WORK/flows.yaml" --flow "latb-$RUN"
+lat c "$RC" "bench.latc.in.$RUN" "$R/filelat" "$WORK/s3/benchlat" $(( RC * 20 )) 1000 \
+    -- "$R/sluice" run "$WORK/flows.yaml" --flow "latc-$RUN"
+lat d "$RD" - "$R/latency" "$BOOT" "bench.latd.out.$RUN" $(( RD * 20 )) 1000 \
+    -- "$R/sluice" run "$WORK/flows.yaml" --flow "latd-$RUN"
+if [ -n "$PEER" ]; then
+    RE=$(( $(rate_of e) / 2 ))
+    lat e "$RE" "bench.late.in.$RUN" "$R/latency" "$BOOT" "bench.late.out.$RUN" "$(passing $(( RE * 20 )))" 1000 \
+        -- env QUIX_SIGNAL_ASSIGNED=1 "$VENV/bin/python" bench/peer/quix_job.py "$BOOT" "bench.late.in.$RUN" "bench.late.out.$RUN" "$(passing $(( RE * 20 )))"
+fi
 
-python3 - "$WORK/measures" "$WORK/latency.txt" "$N" "$RATE" "$OUT" <<'EOF'
+python3 - "$WORK/measures" "$WORK/latency" "$N" "$OUT" <<'PY'
 import json, sys, re, platform, os, datetime
-measures, latfile, n, rate, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-names = {"a": "raw rdkafka pass-through", "b": "sluice kafka -> SQL -> kafka", "c": "sluice kafka -> s3 parquet", "d": "sluice generate -> kafka"}
+measures, latfile, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+names = {"a": "raw rdkafka pass-through", "b": "sluice kafka -> SQL -> kafka", "c": "sluice kafka -> s3 parquet",
+         "d": "sluice generate -> kafka", "e": "Quix Streams (Python) kafka -> filter/project -> kafka"}
+lat = {}
+for line in open(latfile):
+    k, rate, rest = line.split(" ", 2)
+    m = re.search(r"(\d+) records, p50 ([\d.]+) ms, p99 ([\d.]+) ms", rest)
+    lat[k] = {"offered_rate": int(rate), "records": int(m.group(1)), "p50_ms": float(m.group(2)), "p99_ms": float(m.group(3))} if m else {"offered_rate": int(rate), "raw": rest.strip()}
 rows = {}
 for line in open(measures):
     k, wall, user, sys_, rss = line.split()
     wall, user, sys_, rss = float(wall), float(user), float(sys_), int(rss)
     rows[k] = {"runner": names[k], "records": n, "wall_s": round(wall, 2), "records_per_s": round(n / wall),
                "mb_per_s": round(n * 200 / wall / 1e6, 1), "cpu_s_per_million": round((user + sys_) / n * 1e6, 2),
-               "cpu_us_per_record": round((user + sys_) / n * 1e6, 2), "peak_rss_mb": round(rss / 1024, 1)}
-lat = open(latfile).read().strip()
-m = re.search(r"(\d+) records, p50 ([\d.]+) ms, p99 ([\d.]+) ms", lat)
-latency = {"offered_rate": rate, "records": int(m.group(1)), "p50_ms": float(m.group(2)), "p99_ms": float(m.group(3))} if m else {"raw": lat}
-ratio = rows["b"]["records_per_s"] / rows["a"]["records_per_s"] if "a" in rows and "b" in rows else None
-cpu_ratio = rows["b"]["cpu_us_per_record"] / rows["a"]["cpu_us_per_record"] if ratio else None
-result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-          "runners": list(rows.values()), "latency_b": latency, "b_over_a_rate": round(ratio, 3) if ratio else None,
-          "b_over_a_cpu": round(cpu_ratio, 2) if cpu_ratio else None}
+               "peak_rss_mb": round(rss / 1024, 1), "latency": lat.get(k)}
+ratio = rows["b"]["records_per_s"] / rows["a"]["records_per_s"]
+cpu_ratio = rows["b"]["cpu_s_per_million"] / rows["a"]["cpu_s_per_million"]
+result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "machine": f"{os.cpu_count()} cores, {platform.machine()}", "records": n,
+          "runners": list(rows.values()), "b_over_a_rate": round(ratio, 3), "b_over_a_cpu": round(cpu_ratio, 2)}
 json.dump(result, open(f"{out}/latest.json", "w"), indent=2)
-md = ["| runner | wall rec/s | MB/s | CPU s per million | peak RSS MB |", "|---|---|---|---|---|"]
+md = [f"{n:,} records of ≈ 200 bytes; latency at half of each runner's rate, offered for 20 s.", "",
+      "| runner | wall rec/s | MB/s | CPU s per million | peak RSS MB | latency offered rec/s | p50 ms | p99 ms |",
+      "|---|---|---|---|---|---|---|---|"]
 for r in rows.values():
-    md.append(f"| {r['runner']} | {r['records_per_s']:,} | {r['mb_per_s']} | {r['cpu_s_per_million']} | {r['peak_rss_mb']} |")
+    l = r["latency"] or {}
+    offered = f"{l['offered_rate']:,}" if "offered_rate" in l else "–"
+    md.append(f"| {r['runner']} | {r['records_per_s']:,} | {r['mb_per_s']} | {r['cpu_s_per_million']} | {r['peak_rss_mb']} "
+              f"| {offered} | {l.get('p50_ms', '–')} | {l.get('p99_ms', '–')} |")
 md.append("")
-md.append(f"Latency of (b) at {rate:,} records/s offered: " + (f"p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms" if "p50_ms" in latency else lat))
-if ratio:
-    md.append(f"(b)/(a): wall rate {ratio:.2f}, CPU per record {cpu_ratio:.2f}x")
+md.append(f"(b)/(a): wall rate {ratio:.2f}, CPU per record {cpu_ratio:.2f}x")
 open(f"{out}/latest.md", "w").write("\n".join(md) + "\n")
 print("\n".join(md))
-EOF
+PY

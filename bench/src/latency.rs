@@ -1,13 +1,20 @@
-//! Reads COUNT records of TOPIC from the beginning and prints the end-to-end latency of each
-//! (arrival here minus the `sent_us` the load generator put in it): p50, p99, max, in ms.
+//! Reads TOPIC from the beginning and prints the end-to-end latency of its records (arrival here
+//! minus the `sent_us` the load generator put in each): p50, p99, max, in ms.
 //!
-//!     latency BOOTSTRAP TOPIC COUNT
+//!     latency BOOTSTRAP TOPIC COUNT [WARMUP_MS]
+//!
+//! Stops after COUNT records (or 15 s without one, or 10 minutes). The partitions are assigned directly, not joined
+//! through a consumer group: a group join takes seconds, and records arriving meanwhile would be
+//! charged with the reader's start-up instead of the runner's latency. Records sent in the first
+//! WARMUP_MS after the reader started (default 0) are read but not counted, so a runner's own
+//! start (its group join, its first batch) is not counted either. "ready" goes to stderr once
+//! the partitions are assigned.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The `sent_us` number in a JSON payload, found without parsing the rest.
 fn sent_us(payload: &[u8]) -> Option<i64> {
@@ -17,27 +24,50 @@ fn sent_us(payload: &[u8]) -> Option<i64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
+fn now_us() -> Result<i64, std::time::SystemTimeError> {
+    Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [bootstrap, topic, count] = args.as_slice() else {
-        return Err("usage: latency BOOTSTRAP TOPIC COUNT".into());
+    let (bootstrap, topic, count, warmup_ms) = match args.as_slice() {
+        [b, t, c] => (b, t, c.parse::<usize>()?, 0i64),
+        [b, t, c, w] => (b, t, c.parse::<usize>()?, w.parse::<i64>()?),
+        _ => return Err("usage: latency BOOTSTRAP TOPIC COUNT [WARMUP_MS]".into()),
     };
-    let count: usize = count.parse()?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(sluice_engine::kafka::KafkaSettings::plaintext(bootstrap).ensure_topics(&[topic.as_str()]))?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("latency-{}", std::process::id()))
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    consumer.subscribe(&[topic.as_str()])?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let counted_from = now_us()? + warmup_ms * 1000;
+    eprintln!("ready");
     let mut lat_us = Vec::with_capacity(count);
+    let mut seen = 0usize;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while lat_us.len() < count && Instant::now() < deadline {
+    // A runner that lost or filtered more than expected must not hold the harness: after the
+    // first record, 15 s of silence ends the reading.
+    let mut last = None::<Instant>;
+    while seen < count && Instant::now() < deadline && last.is_none_or(|l| l.elapsed() < Duration::from_secs(15)) {
         let Some(msg) = consumer.poll(Duration::from_millis(100)) else { continue };
         let msg = msg?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
-        if let Some(sent) = msg.payload().and_then(sent_us) {
+        let now = now_us()?;
+        last = Some(Instant::now());
+        seen += 1;
+        if let Some(sent) = msg.payload().and_then(sent_us).filter(|s| *s >= counted_from) {
             lat_us.push(now - sent);
         }
     }

@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch};
 use async_trait::async_trait;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use sluice_engine::avro::{AvroRows, RegistryError, SchemaRegistry, frame_wire};
 use sluice_engine::connector::{PayloadFormat, RejectedRow, Sink, WriteContext, Written};
 use sluice_engine::error::ConnectorError;
 use sluice_engine::kafka::{KafkaSecurity, KafkaSettings};
+use sluice_engine::producer::Producer;
 
 use crate::schema_registry::{RegistryClient, RegistryConfig};
 
@@ -90,7 +91,7 @@ pub struct KafkaSinkOptions {
 
 /// Produces each row as a JSON or Avro message.
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     /// For Avro output: the registry, and the last output schema with its Avro form and id.
     avro: Option<AvroOut>,
@@ -191,7 +192,10 @@ impl Sink for KafkaSink {
                 }
                 None => batch.clone(),
             };
-            let payloads: Vec<Vec<u8>> = match self.avro_schema(&body.schema()).await? {
+            // JSON rows are encoded into one buffer and sent as slices of it: no allocation per
+            // row on the usual path.
+            let mut json = Vec::new();
+            let payloads: Vec<std::borrow::Cow<'_, [u8]>> = match self.avro_schema(&body.schema()).await? {
                 Some((rows, id)) => {
                     let values = rows
                         .values(&body)
@@ -206,17 +210,16 @@ impl Sink for KafkaSink {
                                 })?;
                             let mut framed = Vec::with_capacity(datum.len() + 5);
                             frame_wire(id, &datum, &mut framed);
-                            Ok(framed)
+                            Ok(std::borrow::Cow::Owned(framed))
                         })
                         .collect::<Result<_, ConnectorError>>()?
                 }
                 None => {
-                    let mut buf = Vec::new();
-                    encode_json_lines(std::slice::from_ref(&body), &mut buf)?;
-                    buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect()
+                    encode_json_lines(std::slice::from_ref(&body), &mut json)?;
+                    json.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(std::borrow::Cow::Borrowed).collect()
                 }
             };
-            for (row, line) in payloads.iter().map(Vec::as_slice).enumerate() {
+            for (row, line) in payloads.iter().map(AsRef::as_ref).enumerate() {
                 let mut rec = FutureRecord::<str, [u8]>::to(&self.topic).payload(line);
                 if let Some(Some(k)) = keys.as_ref().map(|k| k[row].as_deref()) {
                     rec = rec.key(k);
@@ -248,10 +251,10 @@ impl Sink for KafkaSink {
             match f.await {
                 Ok(Ok(_)) => {}
                 // A record the cluster will never take is that record's problem, not the flow's.
-                Ok(Err((e, _))) if refuses_record(&e) => {
+                Ok(Err(e)) if refuses_record(&e) => {
                     rejected.push(RejectedRow { index, reason: format!("delivering to `{}`: {e}", self.topic) });
                 }
-                Ok(Err((e, _))) => return Err(ConnectorError::kafka(format!("delivering to `{}`", self.topic), e)),
+                Ok(Err(e)) => return Err(ConnectorError::kafka(format!("delivering to `{}`", self.topic), e)),
                 Err(_) => {
                     return Err(ConnectorError::kafka(
                         format!("delivering to `{}`", self.topic),

@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
+use crate::producer::Producer;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use thiserror::Error;
 
@@ -130,7 +130,7 @@ impl KafkaSettings {
 
     /// The producer every source writes through: idempotent, acks from all in-sync replicas,
     /// so a retried send never duplicates or reorders within a partition.
-    pub fn producer(&self, client_id: &str) -> Result<FutureProducer, KafkaSetupError> {
+    pub fn producer(&self, client_id: &str) -> Result<Producer, KafkaSetupError> {
         // librdkafka's own default message size limit.
         self.producer_with(client_id, "1000000")
     }
@@ -138,11 +138,11 @@ impl KafkaSettings {
     /// The producer of a flow's dead letters: as [`KafkaSettings::producer`], but it accepts
     /// messages as large as any the worker can consume, so an oversized record can be
     /// dead-lettered whole instead of stopping the flow.
-    pub fn dlq_producer(&self, client_id: &str) -> Result<FutureProducer, KafkaSetupError> {
+    pub fn dlq_producer(&self, client_id: &str) -> Result<Producer, KafkaSetupError> {
         self.producer_with(client_id, "134217728")
     }
 
-    fn producer_with(&self, client_id: &str, max_message_bytes: &str) -> Result<FutureProducer, KafkaSetupError> {
+    fn producer_with(&self, client_id: &str, max_message_bytes: &str) -> Result<Producer, KafkaSetupError> {
         let defaults = [
             ("client.id", client_id),
             ("linger.ms", "5"),
@@ -150,9 +150,8 @@ impl KafkaSettings {
             ("message.timeout.ms", "60000"),
             ("message.max.bytes", max_message_bytes),
         ];
-        self.config_with(&defaults, &[("enable.idempotence", "true"), ("acks", "all")])
-            .create()
-            .map_err(|e| self.client_error(format!("creating Kafka producer `{client_id}`"), e))
+        let cfg = self.config_with(&defaults, &[("enable.idempotence", "true"), ("acks", "all")]);
+        Producer::create(&cfg).map_err(|e| self.client_error(format!("creating Kafka producer `{client_id}`"), e))
     }
 
     /// A consumer in `group` that commits only what the caller tells it to: automatic commit and

@@ -9,6 +9,7 @@
 //! - [`schema`]: declared row schemas (`name: type`).
 //! - [`secret`]: credentials that never print.
 //! - [`kafka`]: the one place that builds rdkafka clients and names sluice's topics.
+//! - [`producer`]: the Kafka producer every flow writes through (no busy-polling thread).
 //! - [`broker`]: the embedded Kafka-protocol broker (tansu), for one-machine set-ups.
 //! - [`runtime`]: the source task and the sink worker, which keep the at-least-once promises.
 //! - [`ledger`]: per-flow counters for the progress line and the run summary.
@@ -24,6 +25,7 @@ pub mod errors_policy;
 pub mod kafka;
 pub mod ledger;
 pub mod offsets;
+pub mod producer;
 pub mod record;
 pub mod runtime;
 pub mod schema;

@@ -20,7 +20,7 @@ use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,7 @@ use crate::errors_policy::{ErrorGate, ErrorMode};
 use crate::kafka::{self, KafkaSettings};
 use crate::ledger::{Ledger, LedgerSnapshot, RunRecord, RunStatus};
 use crate::offsets::OffsetTracker;
+use crate::producer::{Delivery, Producer};
 use crate::record::now_ms;
 
 /// Tuning shared by both halves of a flow.
@@ -138,7 +139,7 @@ pub type StopAt = watch::Receiver<Option<Vec<(i32, i64)>>>;
 /// Writes to the flow's DLQ topic: the original key and payload, with the reason in headers.
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     flow: String,
 }
@@ -156,7 +157,7 @@ pub struct Origin<'a> {
 
 impl DeadLetters {
     /// A DLQ writer for `flow` over `producer`.
-    pub fn new(producer: FutureProducer, flow: &str) -> Self {
+    pub fn new(producer: Producer, flow: &str) -> Self {
         DeadLetters { producer, topic: kafka::dlq_topic(flow), flow: flow.to_owned() }
     }
 
@@ -167,7 +168,7 @@ impl DeadLetters {
         payload: &[u8],
         reason: &str,
         origin: Origin<'_>,
-    ) -> Result<DeliveryFuture, KafkaError> {
+    ) -> Result<Delivery, KafkaError> {
         let now = now_ms().to_string();
         let attempts = origin.attempts.to_string();
         let mut headers = OwnedHeaders::new()
@@ -191,10 +192,7 @@ impl DeadLetters {
 }
 
 /// Hands a record to the producer's queue, waiting while the queue is full.
-async fn enqueue<'a>(
-    producer: &FutureProducer,
-    mut rec: FutureRecord<'a, [u8], [u8]>,
-) -> Result<DeliveryFuture, KafkaError> {
+async fn enqueue<'a>(producer: &Producer, mut rec: FutureRecord<'a, [u8], [u8]>) -> Result<Delivery, KafkaError> {
     loop {
         match producer.send_result(rec) {
             Ok(f) => return Ok(f),
@@ -208,11 +206,11 @@ async fn enqueue<'a>(
 }
 
 /// Waits for Kafka's acknowledgement of every queued record, failing on the first refusal.
-async fn confirm(futures: Vec<DeliveryFuture>) -> Result<(), KafkaError> {
+async fn confirm(futures: Vec<Delivery>) -> Result<(), KafkaError> {
     for f in futures {
         match f.await {
             Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(e),
+            Ok(Err(e)) => return Err(e),
             Err(_) => return Err(KafkaError::Canceled),
         }
     }
@@ -251,7 +249,7 @@ pub struct RunReporter {
     record: Arc<std::sync::Mutex<RunRecord>>,
     settings: KafkaSettings,
     /// `None` when no producer could be built: the run goes on unreported.
-    producer: Option<FutureProducer>,
+    producer: Option<Producer>,
     ledger: Arc<Ledger>,
     ticker: tokio::task::JoinHandle<()>,
 }
@@ -326,7 +324,7 @@ impl RunReporter {
     }
 }
 
-async fn publish_run(producer: &FutureProducer, rec: &RunRecord) -> Result<(), KafkaError> {
+async fn publish_run(producer: &Producer, rec: &RunRecord) -> Result<(), KafkaError> {
     let payload = serde_json::to_vec(rec).unwrap_or_default();
     let f = enqueue(producer, FutureRecord::to(kafka::RUNS_TOPIC).key(rec.flow.as_bytes()).payload(payload.as_slice()))
         .await?;
@@ -499,7 +497,7 @@ pub async fn run_source(
     Ok(summary)
 }
 
-async fn store_position(ctx: &FlowContext, producer: &FutureProducer, position: &Position) -> Result<(), FlowError> {
+async fn store_position(ctx: &FlowContext, producer: &Producer, position: &Position) -> Result<(), FlowError> {
     let body = serde_json::json!({ "flow": ctx.flow, "position": position, "ts_ms": now_ms() });
     let payload = body.to_string();
     let rec = FutureRecord::to(kafka::POSITIONS_TOPIC).key(ctx.flow.as_bytes()).payload(payload.as_bytes());
