@@ -142,6 +142,9 @@ lat() {
     local reader=() runner=()
     while [ "$1" != "--" ]; do reader+=("$1"); shift; done; shift; runner=("$@")
     echo "==> latency of $name at $rate records/s"
+    # The input topic made first: a worker subscribed to a topic that does not exist yet waits
+    # for metadata refreshes (about a minute) before it is assigned anything.
+    if [ "$input" != - ]; then "$R/loadgen" "$BOOT" "$input" 0 >/dev/null; fi
     "${runner[@]}" >/dev/null 2>"$WORK/lat-$name.log" & local rpid=$!; PIDS+=($rpid)
     wait_for "$WORK/lat-$name.log" "partitions assigned" || true
     "${reader[@]}" > "$WORK/lat-$name.txt" 2>"$WORK/lat-$name.err" & local lpid=$!

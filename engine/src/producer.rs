@@ -60,6 +60,8 @@ pub struct Producer {
 struct Inner {
     base: Arc<BaseProducer<Deliveries>>,
     stop: Arc<AtomicBool>,
+    /// The write end of the wake socket, to wake the thread at once when the producer drops.
+    wake: UnixStream,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -79,6 +81,7 @@ impl Producer {
         // missed byte is harmless, as the queue is drained whole on every wake.
         wake_tx.set_nonblocking(true).map_err(io_error)?;
         wake_rx.set_read_timeout(Some(STOP_CHECK)).map_err(io_error)?;
+        let wake = wake_tx.try_clone().map_err(io_error)?;
         // SAFETY: the client pointer is valid while `base` lives; the returned handle holds its
         // own reference to the queue and is released by the thread below with
         // `rd_kafka_queue_destroy`, after the io event was switched off.
@@ -98,9 +101,18 @@ impl Producer {
                 let mut buf = [0u8; 64];
                 loop {
                     // SAFETY: `queue` is valid until destroyed below.
-                    while unsafe { rdsys::rd_kafka_queue_length(queue.0) } > 0 {
+                    let waiting = || unsafe { rdsys::rd_kafka_queue_length(queue.0) };
+                    let mut left = waiting();
+                    while left > 0 {
                         // A zero timeout serves one waiting event and returns.
                         b.poll(Duration::ZERO);
+                        let now = waiting();
+                        // An op a poll does not take off the queue must not make this a busy
+                        // loop: stop and wait for the next wake (or the timeout) instead.
+                        if now >= left {
+                            break;
+                        }
+                        left = now;
                     }
                     if s.load(Ordering::Acquire) {
                         break;
@@ -118,7 +130,7 @@ impl Producer {
                 drop(wake_tx);
             })
             .map_err(io_error)?;
-        Ok(Producer { inner: Arc::new(Inner { base, stop, thread: Some(thread) }) })
+        Ok(Producer { inner: Arc::new(Inner { base, stop, wake, thread: Some(thread) }) })
     }
 
     /// Queues `record`; the returned [`Delivery`] resolves with the cluster's answer. A full
@@ -165,6 +177,8 @@ impl Producer {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        // Non-blocking; if the socket is full the thread is awake anyway.
+        let _ = std::io::Write::write(&mut &self.wake, b"s");
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
