@@ -167,11 +167,6 @@ impl Producer {
             )),
         }
     }
-
-    /// Records queued or in flight, not yet acknowledged.
-    pub fn in_flight_count(&self) -> i32 {
-        self.inner.base.in_flight_count()
-    }
 }
 
 impl Drop for Inner {
