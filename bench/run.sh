@@ -17,23 +17,32 @@
 # (d), the generator's record time, carried by a projection). Each latency run starts its load
 # once the runner holds its partitions, and leaves the first second out.
 #
-# The broker is `sluice broker` on loopback with its log in a temporary directory, or an external
-# cluster given by SLUICE_BENCH_KAFKA=host:port. (Not `--memory`: tansu 0.6's memory engine served
-# ≈ 0.8 % fewer records than it acknowledged at 200,000 records, so counts would not balance.)
+# The broker is `sluice broker` on loopback with its SQLite log on tmpfs (/dev/shm, when there is
+# one: the broker's fsyncs are not what is measured), or an external cluster given by
+# SLUICE_BENCH_KAFKA=host:port. (Not `--memory`: tansu 0.6's memory engine served ≈ 0.8 % fewer
+# records than it acknowledged at 200,000 records, so counts would not balance.)
+#
+# Every runner's consumer uses fetch.wait.max.ms = SLUICE_BENCH_FETCH_WAIT_MS (default 10):
+# tansu 0.6 answers every fetch only after waiting out (half) its max wait, data or not, so
+# librdkafka's default of 500 ms would add 250 ms to every consume hop; a Kafka broker answers
+# as soon as data is there, so on one the setting changes nothing but idle polling.
 # Results: bench/results/latest.json and latest.md (and printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 echo "==> building (release)"
-cargo build --release --quiet -p sluice-bench --bins
-cargo build --release --quiet --bin sluice
+# One invocation for both packages, so features unify and the dependency tree is built once.
+cargo build --release --quiet -p sluice-bench -p sluice --bins
 R="$CARGO_TARGET_DIR/release"
 WORK="$(mktemp -d)"
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then BROKER_DIR="$(mktemp -d /dev/shm/sluice-bench.XXXXXX)"; else BROKER_DIR="$WORK/broker"; fi
+export SLUICE_BENCH_FETCH_WAIT_MS="${SLUICE_BENCH_FETCH_WAIT_MS:-10}"
+FW="$SLUICE_BENCH_FETCH_WAIT_MS"
 OUT="bench/results"
 mkdir -p "$OUT"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK" "$BROKER_DIR"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
@@ -57,7 +66,7 @@ if [ -n "${SLUICE_BENCH_KAFKA:-}" ]; then
     BOOT="$SLUICE_BENCH_KAFKA"
 else
     KPORT=$(port)
-    "$R/sluice" broker --data-dir "$WORK/broker" --listen "127.0.0.1:$KPORT" >/dev/null 2>&1 & PIDS+=($!)
+    "$R/sluice" broker --data-dir "$BROKER_DIR" --listen "127.0.0.1:$KPORT" >/dev/null 2>&1 & PIDS+=($!)
     wait_port "$KPORT"
     BOOT="127.0.0.1:$KPORT"
 fi
@@ -89,7 +98,7 @@ SCHEMA='{id: int64, seq: int64, name: string, category: string, amount: int64, n
 JOB='SELECT id, upper(name) AS name, category, amount, sent_us FROM source WHERE amount > 500'
 flows() {  # flows RATE_D COUNT_D: the flows file (the latency run of (d) needs its rate and count)
 cat > "$WORK/flows.yaml" <<YAML
-kafka: {bootstrap_servers: "$BOOT"}
+kafka: {bootstrap_servers: "$BOOT", options: {fetch.wait.max.ms: "$FW"}}
 connections:
   bus: {type: kafka}
   gen: {type: generate}

@@ -6,6 +6,7 @@
 //!
 //! Exit codes: 0 success, 1 a flow failed, 2 the config is invalid.
 
+mod alloc;
 mod config;
 mod run;
 
@@ -14,11 +15,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-
-// Batches come and go in tens of megabytes across many threads; glibc's per-thread arenas keep
-// much of that resident after it is freed, mimalloc gives it back.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// sluice: move change records from sources through Kafka and SQL to destinations, at least once.
 #[derive(Debug, Parser)]
@@ -155,6 +151,7 @@ enum DlqCommand {
 }
 
 fn main() -> ExitCode {
+    alloc::give_memory_back();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {

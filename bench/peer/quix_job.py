@@ -31,6 +31,8 @@ def main() -> None:
         auto_offset_reset="earliest",
         processing_guarantee="at-least-once",
         use_changelog_topics=False,
+        # The harness gives every runner's consumer the same fetch wait (see bench/run.sh).
+        consumer_extra_config={"fetch.wait.max.ms": int(os.environ.get("SLUICE_BENCH_FETCH_WAIT_MS", "500"))},
         loglevel=None if os.environ.get("QUIX_SIGNAL_ASSIGNED") else "INFO",
     )
     if os.environ.get("QUIX_SIGNAL_ASSIGNED"):

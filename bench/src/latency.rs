@@ -71,15 +71,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             lat_us.push(now - sent);
         }
     }
-    lat_us.sort_unstable();
-    let at = |q: f64| lat_us.get(((lat_us.len() as f64 * q) as usize).min(lat_us.len().saturating_sub(1))).copied();
-    let ms = |v: Option<i64>| v.map_or(f64::NAN, |v| v as f64 / 1000.0);
-    println!(
-        "latency: {} records, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        lat_us.len(),
-        ms(at(0.5)),
-        ms(at(0.99)),
-        ms(lat_us.last().copied())
-    );
+    sluice_bench::print_latency(lat_us);
     Ok(())
 }

@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set("group.id", format!("passthrough-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // The harness gives every runner's consumer the same fetch wait (see bench/run.sh).
+        .set("fetch.wait.max.ms", std::env::var("SLUICE_BENCH_FETCH_WAIT_MS").as_deref().unwrap_or("500"))
         .create()?;
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create()?;

@@ -627,6 +627,7 @@ pub async fn run_sink(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
+        let filling = Instant::now();
         let deadline = tokio::time::Instant::now() + ctx.batch.linger;
         let mut held = bytes_of(&batch);
         while batch.len() < ctx.batch.max_records && held < ctx.batch.max_bytes {
@@ -646,6 +647,7 @@ pub async fn run_sink(
         }
         let span = tracing::info_span!("batch", flow = %ctx.flow, stage = "sink", topic = %input.topic, partition = %partitions_of(&batch), records = batch.len());
         let n = batch.len();
+        let processing = Instant::now();
         let done = if sink.per_partition() {
             // One write per partition, each starting at that partition's first offset here. (A
             // stable sort keeps each partition's messages in offset order.)
@@ -667,6 +669,7 @@ pub async fn run_sink(
         for m in &batch {
             tracker.finish(m.partition(), m.offset());
         }
+        let committing = Instant::now();
         match commit(ctx, &consumer, &input.topic, &mut tracker, &mut committed) {
             Ok(()) => commit_failing_since = None,
             // The finished offsets stay in the tracker and go with the next commit; only a
@@ -680,6 +683,15 @@ pub async fn run_sink(
                 tracing::warn!(flow = %ctx.flow, error = %e, "commit failed; retrying with the next batch");
             }
         }
+        // Where a batch's time goes, for tuning: filling it, writing it, committing it.
+        tracing::debug!(
+            flow = %ctx.flow,
+            records = n,
+            fill_ms = processing.duration_since(filling).as_millis() as u64,
+            write_ms = committing.duration_since(processing).as_millis() as u64,
+            commit_ms = committing.elapsed().as_millis() as u64,
+            "batch done"
+        );
         watchdog.check(&consumer, &input, &ctx.flow);
         Ledger::add(&ctx.ledger.consumed, n);
         Ledger::add(&ctx.ledger.delivered, done.delivered as usize);

@@ -1,0 +1,24 @@
+//! What the harness's binaries share: the one latency line `bench/run.sh` parses.
+
+/// Prints `latency: N records, p50 … ms, p99 … ms, max … ms` for these latencies in µs.
+pub fn print_latency(mut lat_us: Vec<i64>) {
+    lat_us.sort_unstable();
+    let at = |q: f64| lat_us.get(((lat_us.len() as f64 * q) as usize).min(lat_us.len().saturating_sub(1))).copied();
+    let ms = |v: Option<i64>| v.map_or(f64::NAN, |v| v as f64 / 1000.0);
+    println!(
+        "latency: {} records, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lat_us.len(),
+        ms(at(0.5)),
+        ms(at(0.99)),
+        ms(lat_us.last().copied())
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percentiles_of_nothing_do_not_panic() {
+        super::print_latency(Vec::new());
+        super::print_latency(vec![3, 1, 2]);
+    }
+}
