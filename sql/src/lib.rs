@@ -118,6 +118,11 @@ pub struct SqlStage {
     registry: Option<Arc<dyn SchemaRegistry>>,
     /// Writer schemas seen, by id.
     schemas: std::collections::HashMap<u32, Arc<apache_avro::Schema>>,
+    /// The JSON decoder of the last whole batch and the batch size it was built for, kept for
+    /// the next: a decoder's tape buffers are as large as the batch, and building them afresh
+    /// for every batch cost page faults on the hot path. (A `Mutex` only to keep the stage
+    /// `Sync`; one task uses it.)
+    json: std::sync::Mutex<Option<(usize, arrow_json::reader::Decoder)>>,
 }
 
 impl std::fmt::Debug for SqlStage {
@@ -378,27 +383,44 @@ impl SqlStage {
             columns: declared.clone(),
             registry: None,
             schemas: std::collections::HashMap::new(),
+            json: std::sync::Mutex::new(None),
         })
     }
 
     /// Decodes payloads into one batch of the decode schema; `Err` if any payload is bad.
     fn decode_all(&self, payloads: &[&[u8]]) -> Result<RecordBatch, String> {
-        let mut d = arrow_json::ReaderBuilder::new(self.decode.clone())
-            .with_batch_size(payloads.len().max(1))
-            .build_decoder()
-            .map_err(|e| e.to_string())?;
+        let kept = self.json.lock().ok().and_then(|mut k| k.take()).filter(|(size, _)| *size >= payloads.len());
+        let (size, mut d) = match kept {
+            Some(k) => k,
+            None => {
+                let size = payloads.len().max(1);
+                let d = arrow_json::ReaderBuilder::new(self.decode.clone())
+                    .with_batch_size(size)
+                    .build_decoder()
+                    .map_err(|e| e.to_string())?;
+                (size, d)
+            }
+        };
+        // On an error the decoder is dropped, not kept: it may hold half a row.
         for p in payloads {
             let mut rest: &[u8] = p;
             while !rest.is_empty() {
                 let n = d.decode(rest).map_err(|e| e.to_string())?;
                 if n == 0 {
-                    break;
+                    // The decoder holds a full batch: the payloads hold more values than
+                    // there are messages.
+                    return Err(format!("expected one JSON object per message, found more than {}", payloads.len()));
                 }
                 rest = &rest[n..];
             }
         }
         let batch =
             d.flush().map_err(|e| e.to_string())?.unwrap_or_else(|| RecordBatch::new_empty(self.decode.clone()));
+        // Flushed, the decoder is empty again (a payload that was not whole would have left a
+        // partial row, which `flush` refuses).
+        if let Ok(mut k) = self.json.lock() {
+            *k = Some((size, d));
+        }
         // A payload that is not one whole JSON value can merge with its neighbour; the row count
         // catches that, and the row-by-row path then finds the culprit.
         if batch.num_rows() != payloads.len() {
