@@ -35,7 +35,15 @@ pub fn give_memory_back() {
         // Best effort: without it the process only uses more memory.
         // SAFETY: PR_SET_THP_DISABLE takes plain integers and only sets a flag of the process.
         #[cfg(target_os = "linux")]
-        let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+        let _ = unsafe {
+            libc::prctl(
+                libc::PR_SET_THP_DISABLE,
+                1 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
     }
 }
 
