@@ -10,7 +10,7 @@
 //! Offsets need not be dense (compaction and transaction markers leave gaps); only offsets the
 //! worker actually read are tracked.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 /// Per-partition progress of one topic.
 #[derive(Debug, Default)]
@@ -20,9 +20,10 @@ pub struct OffsetTracker {
 
 #[derive(Debug, Default)]
 struct Partition {
-    /// Offsets read and not yet finished (value `false`), or finished while an earlier one is
-    /// still open (value `true`).
-    open: BTreeMap<i64, bool>,
+    /// Offsets read and not yet finished (`false`), or finished while an earlier one is still
+    /// open (`true`), in ascending order. A consumer reads a partition in offset order, so a
+    /// read appends and a finish is a binary search: no allocation per record, unlike a map.
+    open: VecDeque<(i64, bool)>,
     /// One past the highest offset read.
     next: i64,
     /// The last offset handed out for commit (initially the first offset read), to hand out
@@ -32,7 +33,7 @@ struct Partition {
 
 impl Partition {
     fn commit_point(&self) -> i64 {
-        self.open.keys().next().copied().unwrap_or(self.next)
+        self.open.front().map_or(self.next, |(o, _)| *o)
     }
 }
 
@@ -50,22 +51,25 @@ impl OffsetTracker {
             .partitions
             .entry(partition)
             .or_insert_with(|| Partition { committed: Some(offset), ..Partition::default() });
-        p.open.insert(offset, false);
+        match p.open.back() {
+            Some((last, _)) if *last >= offset => match p.open.binary_search_by_key(&offset, |(o, _)| *o) {
+                Ok(i) => p.open[i].1 = false,
+                Err(i) => p.open.insert(i, (offset, false)),
+            },
+            _ => p.open.push_back((offset, false)),
+        }
         p.next = p.next.max(offset + 1);
     }
 
     /// Notes that `offset` of `partition` is finished: delivered, or durably dead-lettered.
     pub fn finish(&mut self, partition: i32, offset: i64) {
         let Some(p) = self.partitions.get_mut(&partition) else { return };
-        if let Some(done) = p.open.get_mut(&offset) {
-            *done = true;
+        if let Ok(i) = p.open.binary_search_by_key(&offset, |(o, _)| *o) {
+            p.open[i].1 = true;
         }
         // Drop the finished prefix: the commit point is the first offset still open.
-        while let Some(entry) = p.open.first_entry() {
-            if !*entry.get() {
-                break;
-            }
-            entry.remove();
+        while p.open.front().is_some_and(|(_, done)| *done) {
+            p.open.pop_front();
         }
     }
 
@@ -97,7 +101,7 @@ impl OffsetTracker {
 
     /// How many records are in flight across all partitions.
     pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(|p| p.open.values().filter(|done| !**done).count()).sum()
+        self.partitions.values().map(|p| p.open.iter().filter(|(_, done)| !*done).count()).sum()
     }
 
     /// Forgets a partition (revoked in a rebalance): its new owner starts at the committed

@@ -536,10 +536,18 @@ pub struct SinkInput {
 #[derive(Default)]
 pub struct SinkConsumerContext {
     revoked: std::sync::Mutex<Vec<i32>>,
+    /// Set once `revoked` holds something: the worker asks after every message, and a lock per
+    /// message would be for nothing almost always.
+    any_revoked: std::sync::atomic::AtomicBool,
 }
 
 impl SinkConsumerContext {
     fn take_revoked(&self) -> Vec<i32> {
+        use std::sync::atomic::Ordering;
+        // A revocation noted after the swap sets the flag again, so it is taken next time.
+        if !self.any_revoked.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
         self.revoked.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
     }
 }
@@ -554,6 +562,7 @@ impl rdkafka::consumer::ConsumerContext for SinkConsumerContext {
     ) {
         if let (rdkafka::consumer::Rebalance::Revoke(tpl), Ok(mut v)) = (rebalance, self.revoked.lock()) {
             v.extend(tpl.elements().iter().map(|e| e.partition()));
+            self.any_revoked.store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
