@@ -35,10 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [b, t, c, w] => (b, t, c.parse::<usize>()?, w.parse::<i64>()?),
         _ => return Err("usage: latency BOOTSTRAP TOPIC COUNT [WARMUP_MS]".into()),
     };
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(sluice_engine::kafka::KafkaSettings::plaintext(bootstrap).ensure_topics(&[topic.as_str()]))?;
+    sluice_bench::ensure_topics(bootstrap, &[topic.as_str()])?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("latency-{}", std::process::id()))

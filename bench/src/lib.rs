@@ -1,4 +1,15 @@
-//! What the harness's binaries share: the one latency line `bench/run.sh` parses.
+//! What the harness's binaries share: making their topics, and the one latency line
+//! `bench/run.sh` parses.
+
+/// Makes `topics` (sluice's partition count) if they do not exist yet. Done up front: a client
+/// of a topic the broker has not created waits for its metadata, which would be counted as time.
+pub fn ensure_topics(bootstrap: &str, topics: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(sluice_engine::kafka::KafkaSettings::plaintext(bootstrap).ensure_topics(topics))?;
+    Ok(())
+}
 
 /// Prints `latency: N records, p50 … ms, p99 … ms, max … ms` for these latencies in µs.
 pub fn print_latency(mut lat_us: Vec<i64>) {

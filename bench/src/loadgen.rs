@@ -17,12 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [b, t, c, r] => (b, t, c.parse::<usize>()?, r.parse::<f64>()?),
         _ => return Err("usage: loadgen BOOTSTRAP TOPIC COUNT [RATE]".into()),
     };
-    // Topics made up front: a producer to a topic the broker has not created yet waits for its
-    // metadata, which would be counted as time.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(sluice_engine::kafka::KafkaSettings::plaintext(bootstrap).ensure_topics(&[topic.as_str()]))?;
+    sluice_bench::ensure_topics(bootstrap, &[topic.as_str()])?;
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", if rate > 0.0 { "1" } else { "5" })

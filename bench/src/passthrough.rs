@@ -19,11 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: passthrough BOOTSTRAP FROM TO COUNT".into());
     };
     let count: usize = count.parse()?;
-    // Topics made up front: a producer to a topic the broker has not created yet waits for its
-    // metadata, which would be counted as time.
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(
-        sluice_engine::kafka::KafkaSettings::plaintext(bootstrap).ensure_topics(&[from.as_str(), to.as_str()]),
-    )?;
+    sluice_bench::ensure_topics(bootstrap, &[from.as_str(), to.as_str()])?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("passthrough-{}", std::process::id()))
