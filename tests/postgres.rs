@@ -266,9 +266,8 @@ flows:
     eprintln!("postgres pulls: incremental {} then {} rows, complete {}", first.len(), second.len(), all.len());
 }
 
-/// `(id, op)` of each captured row, in file order; a delete's id comes from its key.
-/// Each captured change: key id, op, and the row's `name` (which tells a change from a
-/// redelivery of the same change).
+/// Each captured change in file order: key id (a delete's comes from its Kafka key), op, and the
+/// row's `name` (which tells a change from a redelivery of the same change).
 fn captured(file: &Path) -> Vec<(i64, String, String)> {
     let (rows, _) = common::read_jsonl(file);
     rows.iter()
@@ -358,16 +357,38 @@ flows:
     let p = common::spawn(&["run", &cfg], dir.path(), &[]);
     wait_for(68 + 5, &p);
 
-    // Per key, the ops in commit order. The kill may redeliver the changes after the last
-    // committed position: a change identical to the key's previous one (op and row) is such a
-    // redelivery and is counted once.
+    // Per key, the ops in commit order. The kill may redeliver what followed the last committed
+    // position (the slot's confirmed LSN, or the sink's committed offset): such a redelivery
+    // replays a key's changes from an earlier one onwards, identical (op and row). So each
+    // key's history is its distinct changes in first-seen order, and what was captured must be
+    // that history with rewinds only: every change is either the next one or a replay of an
+    // earlier one, and the captured sequence ends at the last change (a replay runs to the end;
+    // stopping short would mean a later change was lost or reordered).
     let rows = captured(&file);
-    let mut by_key: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
+    let mut captured_by_key: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
     for (id, op, name) in &rows {
-        let changes = by_key.entry(*id).or_default();
-        if changes.last() != Some(&(op.clone(), name.clone())) {
-            changes.push((op.clone(), name.clone()));
+        captured_by_key.entry(*id).or_default().push((op.clone(), name.clone()));
+    }
+    let mut by_key: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
+    for (id, seq) in &captured_by_key {
+        let mut history: Vec<(String, String)> = Vec::new();
+        for change in seq {
+            if !history.contains(change) {
+                history.push(change.clone());
+            }
         }
+        let mut next = 0;
+        for change in seq {
+            let at = if history.get(next) == Some(change) {
+                next
+            } else {
+                let earlier = history[..next].iter().position(|c| c == change);
+                earlier.unwrap_or_else(|| panic!("key {id}: {change:?} out of order in {seq:?}"))
+            };
+            next = at + 1;
+        }
+        assert_eq!(next, history.len(), "key {id}: a replay stopped short of the last change: {seq:?}");
+        by_key.insert(*id, history);
     }
     let ops = |id: i64| {
         by_key.get(&id).map(|c| c.iter().map(|(op, _)| op.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()
