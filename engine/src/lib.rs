@@ -13,6 +13,7 @@
 //! - [`broker`]: the embedded Kafka-protocol broker (tansu), for one-machine set-ups.
 //! - [`runtime`]: the source task and the sink worker, which keep the at-least-once promises.
 //! - [`ledger`]: per-flow counters for the progress line and the run summary.
+//! - [`inbox`]: the sink worker's batch of consumed messages, in buffers reused between batches.
 //! - [`offsets`]: which offsets a sink worker may commit (the contiguous finished prefix).
 //! - [`error`]: the engine's error enums.
 //! - [`errors_policy`]: what a flow does with bad records (dlq, drop, fail, a threshold).
@@ -22,6 +23,7 @@ pub mod broker;
 pub mod connector;
 pub mod error;
 pub mod errors_policy;
+pub mod inbox;
 pub mod kafka;
 pub mod ledger;
 pub mod offsets;

@@ -16,10 +16,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{FutureExt as _, StreamExt as _};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -29,6 +30,7 @@ use tracing::Instrument;
 use crate::connector::{InputMessage, Poll, Position, Sink, Source, SourceItem, Transform, WriteContext, Written};
 use crate::error::FlowError;
 use crate::errors_policy::{ErrorGate, ErrorMode};
+use crate::inbox::{Batch, Inbox, Received};
 use crate::kafka::{self, KafkaSettings};
 use crate::ledger::{Ledger, LedgerSnapshot, RunRecord, RunStatus};
 use crate::offsets::OffsetTracker;
@@ -605,7 +607,10 @@ pub async fn run_sink(
     // group, for the on-demand stop check).
     let mut committed: HashMap<i32, i64> = HashMap::new();
     let mut tracker = OffsetTracker::new();
-    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(ctx.batch.max_records);
+    let mut batch = Inbox::with_capacity(ctx.batch.max_records);
+    // One message stream for the worker's life: `recv()` would register and unregister a
+    // waker (two lock round trips) for every message.
+    let mut stream = consumer.stream();
     let mut watchdog = Watchdog::new();
     let mut commit_failing_since: Option<Instant> = None;
     loop {
@@ -621,7 +626,7 @@ pub async fn run_sink(
         }
         // Wait for a first message, then fill the batch for at most `linger`.
         let first = tokio::select! {
-            m = consumer.recv() => Some(m),
+            m = stream.next() => m,
             _ = tokio::time::sleep(Duration::from_millis(200)) => None,
             _ = stop_at.changed() => None,
             _ = ctx.shutdown.cancelled() => None,
@@ -638,18 +643,27 @@ pub async fn run_sink(
         }
         let filling = Instant::now();
         let deadline = tokio::time::Instant::now() + ctx.batch.linger;
-        let mut held = bytes_of(&batch);
-        while batch.len() < ctx.batch.max_records && held < ctx.batch.max_bytes {
-            let Ok(m) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
-            // A rebalance runs inside `recv`: what was read before it for a revoked partition
-            // is now someone else's to deliver.
-            if drop_revoked(&consumer, &mut batch, &mut tracker, &mut committed) {
-                held = bytes_of(&batch);
-            }
+        while batch.len() < ctx.batch.max_records && batch.held_bytes() < ctx.batch.max_bytes {
+            // What librdkafka already holds is taken without a timer; only an empty queue
+            // waits, until the deadline. A queue that never empties fills the batch to its
+            // limits, but the deadline is still looked at now and then.
+            let m = match stream.next().now_or_never() {
+                Some(m) => m,
+                None => match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            let Some(m) = m else { break };
+            // A rebalance runs inside the poll: what was read before it for a revoked
+            // partition is now someone else's to deliver.
+            drop_revoked(&consumer, &mut batch, &mut tracker, &mut committed);
             if !take(ctx, &input.topic, m, &mut batch, &mut tracker)? {
                 break;
             }
-            held += batch.last().map_or(0, |m| bytes_of(std::slice::from_ref(m)));
+            if batch.len().is_multiple_of(256) && tokio::time::Instant::now() >= deadline {
+                break;
+            }
         }
         if batch.is_empty() {
             continue;
@@ -660,9 +674,9 @@ pub async fn run_sink(
         let done = if sink.per_partition() {
             // One write per partition, each starting at that partition's first offset here. (A
             // stable sort keeps each partition's messages in offset order.)
-            batch.sort_by_key(|m| m.partition());
+            batch.sort_by_partition();
             let mut total = BatchDone { delivered: 0, filtered: 0, dlq: 0 };
-            for part in batch.chunk_by(|a, b| a.partition() == b.partition()) {
+            for part in batch.partitions() {
                 let d = process_batch(ctx, &input.topic, part, transform.as_mut(), sink.as_mut(), &dlq)
                     .instrument(span.clone())
                     .await?;
@@ -672,11 +686,13 @@ pub async fn run_sink(
             }
             total
         } else {
-            process_batch(ctx, &input.topic, &batch, transform.as_mut(), sink.as_mut(), &dlq).instrument(span).await?
+            process_batch(ctx, &input.topic, batch.batch(), transform.as_mut(), sink.as_mut(), &dlq)
+                .instrument(span)
+                .await?
         };
         // Every message of the batch is now delivered, filtered or durably dead-lettered.
-        for m in &batch {
-            tracker.finish(m.partition(), m.offset());
+        for m in batch.messages() {
+            tracker.finish(m.partition, m.offset);
         }
         let committing = Instant::now();
         match commit(ctx, &consumer, &input.topic, &mut tracker, &mut committed) {
@@ -747,14 +763,13 @@ fn take(
     ctx: &FlowContext,
     topic: &str,
     received: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
-    batch: &mut Vec<OwnedMessage>,
+    batch: &mut Inbox,
     tracker: &mut OffsetTracker,
 ) -> Result<bool, FlowError> {
     match received {
         Ok(m) => {
-            let m = m.detach();
             tracker.read(m.partition(), m.offset());
-            batch.push(m);
+            batch.push(&m);
             Ok(true)
         }
         Err(e) => consume_error(ctx, topic, e).map(|()| false),
@@ -766,7 +781,7 @@ fn take(
 /// Returns whether anything was revoked.
 fn drop_revoked(
     consumer: &SinkConsumer,
-    batch: &mut Vec<OwnedMessage>,
+    batch: &mut Inbox,
     tracker: &mut OffsetTracker,
     committed: &mut HashMap<i32, i64>,
 ) -> bool {
@@ -775,7 +790,7 @@ fn drop_revoked(
         return false;
     }
     let before = batch.len();
-    batch.retain(|m| !revoked.contains(&m.partition()));
+    batch.retain(|m| !revoked.contains(&m.partition));
     for p in &revoked {
         tracker.forget(*p);
     }
@@ -786,13 +801,8 @@ fn drop_revoked(
     true
 }
 
-/// The payload and key bytes a batch holds.
-fn bytes_of(batch: &[OwnedMessage]) -> usize {
-    batch.iter().map(|m| m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len)).sum()
-}
-
-fn partitions_of(batch: &[OwnedMessage]) -> String {
-    let mut ps: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
+fn partitions_of(batch: &Inbox) -> String {
+    let mut ps: Vec<i32> = batch.messages().iter().map(|m| m.partition).collect();
     ps.sort_unstable();
     ps.dedup();
     ps.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
@@ -808,14 +818,17 @@ struct BatchDone {
 async fn process_batch(
     ctx: &FlowContext,
     topic: &str,
-    batch: &[OwnedMessage],
+    batch: Batch<'_>,
     transform: &mut dyn Transform,
     sink: &mut dyn Sink,
     dlq: &DeadLetters,
 ) -> Result<BatchDone, FlowError> {
-    let inputs: Vec<InputMessage<'_>> = batch
-        .iter()
-        .map(|m| InputMessage { key: m.key(), payload: m.payload(), timestamp_ms: m.timestamp().to_millis() })
+    let inputs: Vec<InputMessage<'_>> = (0..batch.len())
+        .map(|i| InputMessage {
+            key: batch.key(i),
+            payload: batch.payload(i),
+            timestamp_ms: batch.messages[i].timestamp_ms,
+        })
         .collect();
     let out = transform.process(&inputs).await?;
     if let Some(first) = out.rejected.first() {
@@ -825,10 +838,10 @@ async fn process_batch(
     // Dead letters first: their acknowledgement must precede the commit as much as the sink's.
     let mut futures = Vec::with_capacity(out.rejected.len());
     for r in out.rejected.iter().filter(|_| !dropping) {
-        let m = &batch[r.index];
-        let origin = Origin { stage: "sql", kafka: Some(source_of(topic, m)), attempts: attempts_of(m) };
+        let m = message_at(batch, r.index)?;
+        let origin = Origin { stage: "sql", kafka: Some(m.source(topic)), attempts: m.attempts() };
         futures.push(
-            dlq.send(m.key(), m.payload().unwrap_or_default(), &r.reason, origin)
+            dlq.send(batch.key(r.index), batch.payload(r.index).unwrap_or_default(), &r.reason, origin)
                 .await
                 .map_err(ctx.kafka_err(format!("producing to {}", kafka::dlq_topic(&ctx.flow))))?,
         );
@@ -864,7 +877,7 @@ async fn process_batch(
 async fn dead_letter_refused(
     ctx: &FlowContext,
     topic: &str,
-    batch: &[OwnedMessage],
+    batch: Batch<'_>,
     out: &crate::connector::Transformed,
     written: &Written,
     dlq: &DeadLetters,
@@ -883,10 +896,12 @@ async fn dead_letter_refused(
                 if !sent.insert(i) || dropping {
                     continue;
                 }
-                let m = &batch[i];
-                let origin = Origin { stage: "sink", kafka: Some(source_of(topic, m)), attempts: attempts_of(m) };
+                let m = message_at(batch, i)?;
+                let origin = Origin { stage: "sink", kafka: Some(m.source(topic)), attempts: m.attempts() };
                 futures.push(
-                    dlq.send(m.key(), m.payload().unwrap_or_default(), &r.reason, origin).await.map_err(producing())?,
+                    dlq.send(batch.key(i), batch.payload(i).unwrap_or_default(), &r.reason, origin)
+                        .await
+                        .map_err(producing())?,
                 );
             }
             None => {
@@ -922,42 +937,21 @@ fn output_row_json(batches: &[arrow_array::RecordBatch], mut index: usize) -> Re
     Err(FlowError::Internal(format!("the sink refused row {index}, past the end of its batch")))
 }
 
-/// Where a message came from: its own topic, partition and offset — or, for a dead letter being
-/// replayed, those of the original record, which its headers keep.
-fn source_of<'a>(topic: &'a str, m: &'a OwnedMessage) -> (&'a str, i32, i64) {
-    use rdkafka::message::Headers as _;
-    let header =
-        |name: &str| m.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok());
-    let original = (|| {
-        Some((
-            header("sluice.topic")?,
-            header("sluice.partition")?.parse().ok()?,
-            header("sluice.offset")?.parse().ok()?,
-        ))
-    })();
-    original.unwrap_or((topic, m.partition(), m.offset()))
-}
-
-/// How many times a message has failed in this flow, counting this time: a message replayed
-/// from the DLQ carries its earlier count in the `sluice.attempts` header.
-fn attempts_of(m: &OwnedMessage) -> u32 {
-    use rdkafka::message::Headers as _;
-    let earlier = m.headers().and_then(|hs| {
-        hs.iter()
-            .find(|h| h.key == "sluice.attempts")
-            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<u32>().ok())
-    });
-    earlier.unwrap_or(0) + 1
+/// Message `index` of the batch, as the transform or the sink named it.
+fn message_at<'a>(batch: Batch<'a>, index: usize) -> Result<&'a Received, FlowError> {
+    batch.messages.get(index).ok_or_else(|| {
+        FlowError::Internal(format!("row {index} traced to no message of a {}-message batch", batch.len()))
+    })
 }
 
 /// A name for a batch that is the same every time the same messages are written: the topic
 /// and each partition's offset range ("t/0:100-199,2:7-40").
-fn batch_id(topic: &str, batch: &[OwnedMessage]) -> String {
+fn batch_id(topic: &str, batch: Batch<'_>) -> String {
     let mut ranges: std::collections::BTreeMap<i32, (i64, i64)> = std::collections::BTreeMap::new();
-    for m in batch {
-        let r = ranges.entry(m.partition()).or_insert((m.offset(), m.offset()));
-        r.0 = r.0.min(m.offset());
-        r.1 = r.1.max(m.offset());
+    for m in batch.messages {
+        let r = ranges.entry(m.partition).or_insert((m.offset, m.offset));
+        r.0 = r.0.min(m.offset);
+        r.1 = r.1.max(m.offset);
     }
     let parts: Vec<String> = ranges.iter().map(|(p, (lo, hi))| format!("{p}:{lo}-{hi}")).collect();
     format!("{topic}/{}", parts.join(","))
