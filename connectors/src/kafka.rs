@@ -95,6 +95,8 @@ pub struct KafkaSink {
     topic: String,
     /// For Avro output: the registry, and the last output schema with its Avro form and id.
     avro: Option<AvroOut>,
+    /// The JSON encoding buffer, kept between batches so its pages stay faulted in.
+    json: Vec<u8>,
 }
 
 struct AvroOut {
@@ -122,6 +124,7 @@ impl KafkaSink {
             producer,
             topic: topic.to_owned(),
             avro: registry.map(|registry| AvroOut { registry, current: None }),
+            json: Vec::new(),
         })
     }
 
@@ -172,6 +175,7 @@ impl Sink for KafkaSink {
         let mut futures = Vec::new();
         let mut rejected = Vec::new();
         let mut index = 0;
+        let mut json = std::mem::take(&mut self.json);
         for batch in batches {
             let schema = batch.schema();
             let key_idx = schema.index_of("_key").ok();
@@ -194,7 +198,7 @@ impl Sink for KafkaSink {
             };
             // JSON rows are encoded into one buffer and sent as slices of it: no allocation per
             // row on the usual path.
-            let mut json = Vec::new();
+            json.clear();
             let payloads: Vec<std::borrow::Cow<'_, [u8]>> = match self.avro_schema(&body.schema()).await? {
                 Some((rows, id)) => {
                     let values = rows
@@ -247,6 +251,7 @@ impl Sink for KafkaSink {
             }
             index += batch.num_rows();
         }
+        self.json = json;
         for (index, f) in futures {
             match f.await {
                 Ok(Ok(_)) => {}

@@ -523,12 +523,13 @@ impl SqlStage {
                     index,
                     reason: format!("decode: JSON nested deeper than {MAX_NESTING} levels"),
                 }),
-                Some(p) if std::str::from_utf8(p).is_ok() => {
+                // No UTF-8 check here: the decoder validates every string it reads, so a bad
+                // payload fails the batch and the row-by-row path below names it.
+                Some(p) => {
                     good.push(m);
                     indices.push(index as u32);
                     payloads.push(p);
                 }
-                Some(_) => rejected.push(RejectedRow { index, reason: "decode: payload is not valid UTF-8".into() }),
                 None => rejected.push(RejectedRow { index, reason: "decode: message has no payload".into() }),
             }
         }
@@ -540,7 +541,11 @@ impl SqlStage {
         let mut batches = Vec::new();
         for (index, m) in input.iter().enumerate() {
             let Some(p) = m.payload else { continue };
-            if p.len() > MAX_RECORD_BYTES || nesting_exceeds(p, MAX_NESTING) || std::str::from_utf8(p).is_err() {
+            if p.len() > MAX_RECORD_BYTES || nesting_exceeds(p, MAX_NESTING) {
+                continue;
+            }
+            if std::str::from_utf8(p).is_err() {
+                rejected.push(RejectedRow { index, reason: "decode: payload is not valid UTF-8".into() });
                 continue;
             }
             match self.decode_all(&[p]).and_then(|d| self.input_batch(&d, &[m], &[index as u32])) {
@@ -792,6 +797,25 @@ mod tests {
             assert!(text.contains("| 4  | D    | u   |"), "{text}");
             assert!(!text.contains("| 2 "), "{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn payloads_that_are_not_utf8_are_rejected_by_name_and_the_rest_flow() {
+        let mut s =
+            SqlStage::new("t", &schema(), PayloadFormat::Json, &TransformSpec::sql("SELECT id, name FROM source"))
+                .await
+                .unwrap();
+        let in_string: &[u8] = b"{\"id\":2,\"name\":\"b\xff\"}";
+        let outside: &[u8] = b"{\"id\":3,\"name\":\"c\"} \xc3";
+        let ok = |p: &'static [u8]| InputMessage { key: None, payload: Some(p), timestamp_ms: None };
+        let input = [ok(br#"{"id":1,"name":"a"}"#), ok(in_string), ok(outside), ok(br#"{"id":4,"name":"d"}"#)];
+        let out = s.process(&input).await.unwrap();
+        let rejected: Vec<(usize, &str)> = out.rejected.iter().map(|r| (r.index, r.reason.as_str())).collect();
+        assert_eq!(
+            rejected,
+            vec![(1, "decode: payload is not valid UTF-8"), (2, "decode: payload is not valid UTF-8")]
+        );
+        assert_eq!(out.rows(), 2);
     }
 
     #[tokio::test]
