@@ -8,15 +8,15 @@
 //! capacity: after the first batches, reading a message allocates nothing.
 //!
 //! Only a message replayed from a dead-letter topic carries headers sluice reads (its original
-//! position and earlier attempts); those are parsed once, when the message is taken.
-
-use std::ops::Range;
+//! position and earlier attempts); those are parsed once, when the message is taken, and kept
+//! aside, so that a message's entry holds no allocation and emptying the inbox costs nothing
+//! per message.
 
 use rdkafka::Message;
 use rdkafka::message::Headers as _;
 
 /// One consumed message: where it was read, and where its bytes are in the [`Inbox`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Received {
     /// The partition it was read from.
     pub partition: i32,
@@ -24,10 +24,12 @@ pub struct Received {
     pub offset: i64,
     /// The message timestamp in milliseconds, if the broker gave one.
     pub timestamp_ms: Option<i64>,
-    key: Option<Range<usize>>,
-    payload: Option<Range<usize>>,
-    /// What the headers of a message replayed from a DLQ say; `None` for every other message.
-    replay: Option<Box<Replay>>,
+    /// Start and end of the key in the inbox's bytes.
+    key: Option<(usize, usize)>,
+    /// Start and end of the payload in the inbox's bytes.
+    payload: Option<(usize, usize)>,
+    /// For a message replayed from a DLQ: its [`Replay`] in the inbox; `None` for the rest.
+    replay: Option<usize>,
 }
 
 /// The `sluice.*` headers a dead letter carries into its replay.
@@ -39,28 +41,14 @@ struct Replay {
     attempts: Option<u32>,
 }
 
-impl Received {
-    /// Where the message came from: its own topic, partition and offset — or, for a dead letter
-    /// being replayed, those of the original record, which its headers keep.
-    pub fn source<'a>(&'a self, topic: &'a str) -> (&'a str, i32, i64) {
-        match self.replay.as_ref().and_then(|r| r.original.as_ref()) {
-            Some((t, p, o)) => (t.as_str(), *p, *o),
-            None => (topic, self.partition, self.offset),
-        }
-    }
-
-    /// How many times the message has failed in this flow, counting this time.
-    pub fn attempts(&self) -> u32 {
-        self.replay.as_ref().and_then(|r| r.attempts).unwrap_or(0) + 1
-    }
-}
-
 /// Messages read for one batch.
 #[derive(Debug, Default)]
 pub struct Inbox {
     /// Keys and payloads, back to back.
     bytes: Vec<u8>,
     messages: Vec<Received>,
+    /// What replayed dead letters' headers said, for the messages that are such.
+    replays: Vec<Replay>,
     /// Key and payload bytes of the messages held (bytes of dropped messages not counted).
     held: usize,
 }
@@ -68,7 +56,7 @@ pub struct Inbox {
 impl Inbox {
     /// An empty inbox with room for `messages` messages.
     pub fn with_capacity(messages: usize) -> Inbox {
-        Inbox { bytes: Vec::new(), messages: Vec::with_capacity(messages), held: 0 }
+        Inbox { bytes: Vec::new(), messages: Vec::with_capacity(messages), replays: Vec::new(), held: 0 }
     }
 
     /// Copies a message in (a `BorrowedMessage` as the consumer lends it, in practice).
@@ -87,7 +75,11 @@ impl Inbox {
             })();
             let attempts = header("sluice.attempts").and_then(|a| a.parse().ok());
             let replay = Replay { original, attempts };
-            (replay != Replay::default()).then(|| Box::new(replay))
+            (replay != Replay::default()).then_some(replay)
+        });
+        let replay = replay.map(|r| {
+            self.replays.push(r);
+            self.replays.len() - 1
         });
         self.messages.push(Received {
             partition: m.partition(),
@@ -99,11 +91,11 @@ impl Inbox {
         });
     }
 
-    fn append(&mut self, data: &[u8]) -> Range<usize> {
+    fn append(&mut self, data: &[u8]) -> (usize, usize) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(data);
         self.held += data.len();
-        start..self.bytes.len()
+        (start, self.bytes.len())
     }
 
     /// How many messages it holds.
@@ -140,30 +132,36 @@ impl Inbox {
 
     /// All messages, as one batch.
     pub fn batch(&self) -> Batch<'_> {
-        Batch { bytes: &self.bytes, messages: &self.messages }
+        Batch { bytes: &self.bytes, replays: &self.replays, messages: &self.messages }
     }
 
     /// One batch per run of messages of the same partition.
     pub fn partitions(&self) -> impl Iterator<Item = Batch<'_>> {
-        self.messages.chunk_by(|a, b| a.partition == b.partition).map(|messages| Batch { bytes: &self.bytes, messages })
+        self.messages.chunk_by(|a, b| a.partition == b.partition).map(|messages| Batch {
+            bytes: &self.bytes,
+            replays: &self.replays,
+            messages,
+        })
     }
 
     /// Empties it for the next batch, keeping the buffers' capacity.
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.messages.clear();
+        self.replays.clear();
         self.held = 0;
     }
 }
 
-fn span_len(span: &Option<Range<usize>>) -> usize {
-    span.as_ref().map_or(0, ExactSizeIterator::len)
+fn span_len(span: &Option<(usize, usize)>) -> usize {
+    span.map_or(0, |(start, end)| end - start)
 }
 
 /// A run of messages of an [`Inbox`], with access to their bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
     bytes: &'a [u8],
+    replays: &'a [Replay],
     /// The messages.
     pub messages: &'a [Received],
 }
@@ -171,12 +169,31 @@ pub struct Batch<'a> {
 impl<'a> Batch<'a> {
     /// The key of message `i` of this batch.
     pub fn key(&self, i: usize) -> Option<&'a [u8]> {
-        self.messages.get(i)?.key.clone().and_then(|r| self.bytes.get(r))
+        self.messages.get(i)?.key.and_then(|(start, end)| self.bytes.get(start..end))
     }
 
     /// The payload of message `i` of this batch.
     pub fn payload(&self, i: usize) -> Option<&'a [u8]> {
-        self.messages.get(i)?.payload.clone().and_then(|r| self.bytes.get(r))
+        self.messages.get(i)?.payload.and_then(|(start, end)| self.bytes.get(start..end))
+    }
+
+    fn replay(&self, i: usize) -> Option<&'a Replay> {
+        self.replays.get(self.messages.get(i)?.replay?)
+    }
+
+    /// Where message `i` came from: its own topic, partition and offset — or, for a dead
+    /// letter being replayed, those of the original record, which its headers keep.
+    pub fn source(&self, i: usize, topic: &'a str) -> Option<(&'a str, i32, i64)> {
+        let m = self.messages.get(i)?;
+        Some(match self.replay(i).and_then(|r| r.original.as_ref()) {
+            Some((t, p, o)) => (t.as_str(), *p, *o),
+            None => (topic, m.partition, m.offset),
+        })
+    }
+
+    /// How many times message `i` has failed in this flow, counting this time.
+    pub fn attempts(&self, i: usize) -> u32 {
+        self.replay(i).and_then(|r| r.attempts).unwrap_or(0) + 1
     }
 
     /// How many messages it has.
@@ -224,8 +241,9 @@ mod tests {
         assert_eq!((b.key(2), b.payload(2)), (Some(&b"k3"[..]), None));
         assert_eq!(b.key(3), None, "past the end is nothing, not a panic");
         assert_eq!(b.messages[2].timestamp_ms, Some(1011));
-        assert_eq!(b.messages[0].source("t"), ("t", 1, 10));
-        assert_eq!(b.messages[0].attempts(), 1);
+        assert_eq!(b.source(0, "t"), Some(("t", 1, 10)));
+        assert_eq!(b.attempts(0), 1);
+        assert_eq!(b.source(3, "t"), None);
 
         // Partition runs keep offset order; what a rebalance drops no longer counts.
         inbox.sort_by_partition();
@@ -259,11 +277,17 @@ mod tests {
         inbox.push(&m);
         let other = OwnedHeaders::new().insert(Header { key: "trace", value: Some("x") });
         inbox.push(&message(0, 8, None, None).replace_headers(Some(other)));
-        let got = inbox.messages();
-        assert_eq!(got[0].source("dlq"), ("orders", 3, 42));
-        assert_eq!(got[0].attempts(), 3);
-        assert_eq!(got[1].source("dlq"), ("dlq", 0, 8), "other headers mean nothing to sluice");
-        assert!(got[1].replay.is_none());
-        assert_eq!(got[1].attempts(), 1);
+        inbox.push(&m.replace_headers(None));
+        // Sorting moves entries, not what they refer to.
+        inbox.sort_by_partition();
+        let got = inbox.batch();
+        assert_eq!(got.source(0, "dlq"), Some(("orders", 3, 42)));
+        assert_eq!(got.attempts(0), 3);
+        assert_eq!(got.source(1, "dlq"), Some(("dlq", 0, 8)), "other headers mean nothing to sluice");
+        assert!(got.messages[1].replay.is_none());
+        assert_eq!(got.attempts(1), 1);
+        assert_eq!((got.source(2, "dlq"), got.attempts(2)), (Some(("dlq", 0, 7)), 1));
+        inbox.clear();
+        assert!(inbox.replays.is_empty());
     }
 }

@@ -64,7 +64,10 @@ impl OffsetTracker {
     /// Notes that `offset` of `partition` is finished: delivered, or durably dead-lettered.
     pub fn finish(&mut self, partition: i32, offset: i64) {
         let Some(p) = self.partitions.get_mut(&partition) else { return };
-        if let Ok(i) = p.open.binary_search_by_key(&offset, |(o, _)| *o) {
+        // Usually the oldest open offset finishes first (a batch finishes in read order).
+        if p.open.front().is_some_and(|(o, _)| *o == offset) {
+            p.open.pop_front();
+        } else if let Ok(i) = p.open.binary_search_by_key(&offset, |(o, _)| *o) {
             p.open[i].1 = true;
         }
         // Drop the finished prefix: the commit point is the first offset still open.

@@ -30,7 +30,7 @@ use tracing::Instrument;
 use crate::connector::{InputMessage, Poll, Position, Sink, Source, SourceItem, Transform, WriteContext, Written};
 use crate::error::FlowError;
 use crate::errors_policy::{ErrorGate, ErrorMode};
-use crate::inbox::{Batch, Inbox, Received};
+use crate::inbox::{Batch, Inbox};
 use crate::kafka::{self, KafkaSettings};
 use crate::ledger::{Ledger, LedgerSnapshot, RunRecord, RunStatus};
 use crate::offsets::OffsetTracker;
@@ -838,8 +838,7 @@ async fn process_batch(
     // Dead letters first: their acknowledgement must precede the commit as much as the sink's.
     let mut futures = Vec::with_capacity(out.rejected.len());
     for r in out.rejected.iter().filter(|_| !dropping) {
-        let m = message_at(batch, r.index)?;
-        let origin = Origin { stage: "sql", kafka: Some(m.source(topic)), attempts: m.attempts() };
+        let origin = origin_of(batch, r.index, topic, "sql")?;
         futures.push(
             dlq.send(batch.key(r.index), batch.payload(r.index).unwrap_or_default(), &r.reason, origin)
                 .await
@@ -896,8 +895,7 @@ async fn dead_letter_refused(
                 if !sent.insert(i) || dropping {
                     continue;
                 }
-                let m = message_at(batch, i)?;
-                let origin = Origin { stage: "sink", kafka: Some(m.source(topic)), attempts: m.attempts() };
+                let origin = origin_of(batch, i, topic, "sink")?;
                 futures.push(
                     dlq.send(batch.key(i), batch.payload(i).unwrap_or_default(), &r.reason, origin)
                         .await
@@ -937,11 +935,13 @@ fn output_row_json(batches: &[arrow_array::RecordBatch], mut index: usize) -> Re
     Err(FlowError::Internal(format!("the sink refused row {index}, past the end of its batch")))
 }
 
-/// Message `index` of the batch, as the transform or the sink named it.
-fn message_at<'a>(batch: Batch<'a>, index: usize) -> Result<&'a Received, FlowError> {
-    batch.messages.get(index).ok_or_else(|| {
+/// The origin a dead letter for message `index` of the batch carries (the index as the
+/// transform or the sink named it).
+fn origin_of<'a>(batch: Batch<'a>, index: usize, topic: &'a str, stage: &'static str) -> Result<Origin<'a>, FlowError> {
+    let source = batch.source(index, topic).ok_or_else(|| {
         FlowError::Internal(format!("row {index} traced to no message of a {}-message batch", batch.len()))
-    })
+    })?;
+    Ok(Origin { stage, kafka: Some(source), attempts: batch.attempts(index) })
 }
 
 /// A name for a batch that is the same every time the same messages are written: the topic

@@ -441,10 +441,6 @@ impl SqlStage {
         indices: &[u32],
     ) -> Result<RecordBatch, String> {
         let n = msgs.len();
-        let mut keys = StringBuilder::with_capacity(n, n * 16);
-        for m in msgs {
-            keys.append_option(m.key.and_then(|k| std::str::from_utf8(k).ok()));
-        }
         let (mut columns, op, ts): (Vec<ArrayRef>, ArrayRef, ArrayRef) = match self.format {
             PayloadFormat::Json | PayloadFormat::Avro => {
                 let ts: TimestampMillisecondArray = msgs.iter().map(|m| m.timestamp_ms).collect();
@@ -501,7 +497,7 @@ impl SqlStage {
             }
         };
         columns.push(op);
-        columns.push(Arc::new(keys.finish()));
+        columns.push(Arc::new(key_column(msgs)));
         columns.push(ts);
         columns.push(Arc::new(arrow_array::UInt32Array::from(indices.to_vec())));
         RecordBatch::try_new(self.input.clone(), columns).map_err(|e| e.to_string())
@@ -608,6 +604,35 @@ fn nesting_exceeds(json: &[u8], max: usize) -> bool {
         }
     }
     false
+}
+
+/// The `_key` column: each message's key as text, null where there is none or it is not UTF-8.
+///
+/// Keys are short; checking each alone costs a call per key. Laid end to end they are checked
+/// in one pass (with each boundary on a character boundary, as arrow's own constructor checks);
+/// only a batch with a key that is not UTF-8 goes key by key.
+fn key_column(msgs: &[&InputMessage<'_>]) -> StringArray {
+    let mut values = Vec::with_capacity(msgs.iter().map(|m| m.key.map_or(0, <[u8]>::len)).sum());
+    let mut offsets = Vec::with_capacity(msgs.len() + 1);
+    offsets.push(0i32);
+    let mut present = arrow_buffer::BooleanBufferBuilder::new(msgs.len());
+    for m in msgs {
+        values.extend_from_slice(m.key.unwrap_or_default());
+        present.append(m.key.is_some());
+        let Ok(end) = i32::try_from(values.len()) else { return key_column_one_by_one(msgs) };
+        offsets.push(end);
+    }
+    let nulls = arrow_buffer::NullBuffer::new(present.finish());
+    let offsets = arrow_buffer::OffsetBuffer::new(offsets.into());
+    StringArray::try_new(offsets, values.into(), Some(nulls)).unwrap_or_else(|_| key_column_one_by_one(msgs))
+}
+
+fn key_column_one_by_one(msgs: &[&InputMessage<'_>]) -> StringArray {
+    let mut keys = StringBuilder::with_capacity(msgs.len(), msgs.len() * 16);
+    for m in msgs {
+        keys.append_option(m.key.and_then(|k| std::str::from_utf8(k).ok()));
+    }
+    keys.finish()
 }
 
 fn merge_nulls(col: &ArrayRef, parent: Option<&arrow_buffer::NullBuffer>) -> Result<ArrayRef, String> {
@@ -816,6 +841,19 @@ mod tests {
             vec![(1, "decode: payload is not valid UTF-8"), (2, "decode: payload is not valid UTF-8")]
         );
         assert_eq!(out.rows(), 2);
+    }
+
+    #[test]
+    fn keys_are_text_or_null() {
+        let m = |k: Option<&'static [u8]>| InputMessage { key: k, payload: None, timestamp_ms: None };
+        let good = [m(Some(b"a")), m(None), m(Some("é".as_bytes())), m(Some(b""))];
+        let refs: Vec<&InputMessage<'_>> = good.iter().collect();
+        let k = key_column(&refs);
+        assert_eq!(k.iter().collect::<Vec<_>>(), vec![Some("a"), None, Some("é"), Some("")]);
+        // Two halves of one character in neighbouring keys: valid laid end to end, not alone.
+        let split = [m(Some(&[0xc3])), m(Some(&[0xa9])), m(Some(b"b"))];
+        let refs: Vec<&InputMessage<'_>> = split.iter().collect();
+        assert_eq!(key_column(&refs).iter().collect::<Vec<_>>(), vec![None, None, Some("b")]);
     }
 
     #[tokio::test]
