@@ -247,7 +247,8 @@ mod tests {
 
         // Partition runs keep offset order; what a rebalance drops no longer counts.
         inbox.sort_by_partition();
-        let runs: Vec<Vec<(i32, i64, Option<&[u8]>)>> = inbox
+        type Run<'a> = Vec<(i32, i64, Option<&'a [u8]>)>;
+        let runs: Vec<Run<'_>> = inbox
             .partitions()
             .map(|b| (0..b.len()).map(|i| (b.messages[i].partition, b.messages[i].offset, b.key(i))).collect())
             .collect();
