@@ -190,7 +190,6 @@ pub(crate) async fn decode_batch(
     let n = msgs.len();
     let mut builders: Vec<Builder> = row.columns.iter().map(|(_, t)| Builder::new(*t, n)).collect();
     let mut ops = StringBuilder::with_capacity(n, n);
-    let mut keys = StringBuilder::with_capacity(n, n * 16);
     let (mut ts, mut rows) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut rejected = Vec::new();
     for (index, m) in msgs.iter().enumerate() {
@@ -233,7 +232,6 @@ pub(crate) async fn decode_batch(
                     b.append(c);
                 }
                 ops.append_value(&d.op);
-                keys.append_option(m.key.and_then(|k| std::str::from_utf8(k).ok()));
                 ts.push(d.ts_ms.or(m.timestamp_ms));
                 rows.push(index as u32);
             }
@@ -245,7 +243,8 @@ pub(crate) async fn decode_batch(
     }
     let mut columns: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
     columns.push(Arc::new(ops.finish()));
-    columns.push(Arc::new(keys.finish()));
+    let accepted: Vec<&InputMessage<'_>> = rows.iter().filter_map(|&i| msgs.get(i as usize)).collect();
+    columns.push(Arc::new(crate::key_column(&accepted)));
     columns.push(Arc::new(arrow_array::TimestampMillisecondArray::from(ts).with_timezone("UTC")));
     columns.push(Arc::new(UInt32Array::from(rows)));
     let batch = RecordBatch::try_new(input.clone(), columns).map_err(|e| e.to_string())?;
