@@ -63,7 +63,7 @@ connections:
   gen: {type: generate}
   files: {type: file, path: $WORK/out}
   bus: {type: kafka}
-  lake: {type: s3, endpoint: "http://127.0.0.1:$SPORT", path_style: true, access_key_id: bench, secret_access_key: bench-secret}
+  lake: {type: s3, endpoint: "http://127.0.0.1:$SPORT", allow_private_addresses: true, path_style: true, access_key_id: bench, secret_access_key: bench-secret}
   pg: {type: postgres, database: postgres, user: postgres}
   web: {type: http, url: "http://127.0.0.1:$HPORT", allow_private_addresses: true}
 flows:

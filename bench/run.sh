@@ -102,7 +102,7 @@ kafka: {bootstrap_servers: "$BOOT", options: {fetch.wait.max.ms: "$FW"}}
 connections:
   bus: {type: kafka}
   gen: {type: generate}
-  lake: {type: s3, endpoint: "http://127.0.0.1:$SPORT", path_style: true, access_key_id: bench, secret_access_key: bench-secret}
+  lake: {type: s3, endpoint: "http://127.0.0.1:$SPORT", allow_private_addresses: true, path_style: true, access_key_id: bench, secret_access_key: bench-secret}
 flows:
   - name: b-$RUN
     source: {connection: bus, object: bench.in.$RUN, options: {format: json}, schema: $SCHEMA}

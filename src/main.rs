@@ -7,14 +7,19 @@
 //! Exit codes: 0 success, 1 a flow failed, 2 the config is invalid.
 
 mod alloc;
+mod cluster;
 mod config;
+mod inspect;
+mod logging;
+mod plan;
 mod run;
+mod sql_test;
+mod stop;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// sluice: move change records from sources through Kafka and SQL to destinations, at least once.
 #[derive(Debug, Parser)]
@@ -33,6 +38,10 @@ enum Command {
         /// Run only this flow.
         #[arg(long)]
         flow: Option<String>,
+        /// Start on-demand flows from the beginning of their source even where the last run was
+        /// interrupted (stopped, failed or killed); by default such a run is resumed.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Check a config without running it: fields, connections, secrets and each flow's SQL.
     Validate {
@@ -153,42 +162,43 @@ enum DlqCommand {
 fn main() -> ExitCode {
     alloc::give_memory_back();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
-            EnvFilter::new("warn,sluice=info,sluice_engine=info,sluice_connectors=info,sluice_sql=info")
-        }))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    logging::init();
+    // At least two workers: a flow's SQL stage may hold one worker for a while (a heavy
+    // batch), and the timers that bound it must still fire on another.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    rt.block_on(async {
+    let code = rt.block_on(async {
         match cli.command {
-            Command::Run { config, flow } => run::run(&config, flow.as_deref()).await,
-            Command::Validate { config } => run::validate(&config).await,
+            Command::Run { config, flow, fresh } => run::run(&config, flow.as_deref(), fresh).await,
+            Command::Validate { config } => plan::validate(&config).await,
             Command::Sql { command: SqlCommand::Test { config, flow, input, ts_ms } } => {
-                run::sql_test(&config, &flow, &input, ts_ms).await
+                sql_test::sql_test(&config, &flow, &input, ts_ms).await
             }
-            Command::Broker { data_dir, listen, memory } => run::broker(data_dir, &listen, memory).await,
-            Command::Status { config } => run::status(&config).await,
+            Command::Broker { data_dir, listen, memory } => cluster::broker(data_dir, &listen, memory).await,
+            Command::Status { config } => inspect::status(&config).await,
             Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => {
-                run::dlq_show(&config, &flow, limit).await
+                inspect::dlq_show(&config, &flow, limit).await
             }
-            Command::Dlq { command: DlqCommand::Replay { config, flow } } => run::dlq_replay(&config, &flow).await,
+            Command::Dlq { command: DlqCommand::Replay { config, flow } } => inspect::dlq_replay(&config, &flow).await,
             Command::Cdc { command: CdcCommand::Slots { config, connection } } => {
-                run::cdc_slots(&config, &connection, None).await
+                inspect::cdc_slots(&config, &connection, None).await
             }
             Command::Cdc { command: CdcCommand::DropSlot { config, connection, slot } } => {
-                run::cdc_slots(&config, &connection, Some(&slot)).await
+                inspect::cdc_slots(&config, &connection, Some(&slot)).await
             }
             Command::Connections { command: ConnectionsCommand::Test { config, name } } => {
-                run::connections_test(&config, name.as_deref()).await
+                inspect::connections_test(&config, name.as_deref()).await
             }
         }
-    })
+    });
+    // Dropping the runtime waits for every task to yield; one stuck in a computation never
+    // would. Everything worth waiting for is done by now.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }

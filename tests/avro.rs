@@ -111,7 +111,7 @@ fn config(dir: &std::path::Path, addr: &str, registry: &str, flow: &str, output:
             r#"
 kafka: {{bootstrap_servers: "{addr}"}}
 connections:
-  bus: {{type: kafka, schema_registry: {{url: "{registry}", timeout_secs: 2}}}}
+  bus: {{type: kafka, schema_registry: {{url: "{registry}", timeout_secs: 2, allow_private_addresses: true}}}}
 flows:
   - name: {flow}
     source:

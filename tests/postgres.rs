@@ -10,35 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use common::pg::{pg, table};
 use common::{Broker, produce, read_topic, run, write};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-/// Runs SQL on the test database and returns each row's columns as text.
-fn pg(sql: &str) -> Vec<Vec<Option<String>>> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let (client, conn) =
-            tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", tokio_postgres::NoTls)
-                .await
-                .expect("the tests need PostgreSQL on 127.0.0.1:5432 (scripts/test starts it)");
-        tokio::spawn(conn);
-        let mut out = Vec::new();
-        for m in client.simple_query(sql).await.unwrap() {
-            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-                out.push((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect());
-            }
-        }
-        out
-    })
-}
-
-/// A table name no other run uses.
-fn table(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
-}
 
 fn config(dir: &Path, addr: &str, flow: &str, input: &str, format: &str, sql: &str, dest: &str) -> String {
     write(

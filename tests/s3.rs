@@ -120,8 +120,8 @@ kafka: {{bootstrap_servers: "{addr}"}}
 connections:
   gen: {{type: generate}}
   bus: {{type: kafka}}
-  lake: {{type: s3, endpoint: "{s3}", path_style: true, access_key_id: {ACCESS}, secret_access_key: "${{env:S3_SECRET}}"}}
-  wrong_key: {{type: s3, endpoint: "{s3}", path_style: true, access_key_id: {ACCESS}, secret_access_key: not-the-secret}}
+  lake: {{type: s3, endpoint: "{s3}", allow_private_addresses: true, path_style: true, access_key_id: {ACCESS}, secret_access_key: "${{env:S3_SECRET}}"}}
+  wrong_key: {{type: s3, endpoint: "{s3}", allow_private_addresses: true, path_style: true, access_key_id: {ACCESS}, secret_access_key: not-the-secret}}
 flows:
 {body}
 "#

@@ -4,6 +4,11 @@
 //! (a directory is read file by file in name order). The source's position is the file and the
 //! next line, so a restarted flow resumes there. A line that does not parse is sent to the DLQ
 //! with its file and line number and the flow goes on.
+//!
+//! A JSON line travels as its own text (see [`crate::json_text`]): numbers keep their digits,
+//! and a line that names a field twice is refused. A UTF-8 byte-order mark at the start of a
+//! file is skipped. A line longer than [`MAX_LINE_BYTES`] is not held whole: its first bytes
+//! go to the DLQ with its length.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -12,10 +17,13 @@ use std::path::{Path, PathBuf};
 use arrow_array::RecordBatch;
 use async_trait::async_trait;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use sluice_engine::connector::{Poll, Position, Sink, Source, SourceItem, WriteContext, Written};
 use sluice_engine::error::ConnectorError;
 use sluice_engine::record::{ChangeRecord, Op, now_ms};
+
+use crate::json_text;
 
 /// The `file` connection: a base directory.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,7 +89,7 @@ pub struct FileSource {
 
 enum Reader {
     Lines(BufReader<File>),
-    Csv(csv::StringRecordsIntoIter<File>, csv::StringRecord),
+    Csv(csv::StringRecordsIntoIter<BufReader<File>>, csv::StringRecord),
 }
 
 impl FileSource {
@@ -110,8 +118,14 @@ impl FileSource {
         let path = &self.files[self.current];
         let file = File::open(path).map_err(|e| ConnectorError::io(format!("opening {}", path.display()), e))?;
         self.reader = Some(match self.format_of(path) {
-            FileFormat::Jsonl => Reader::Lines(BufReader::new(file)),
+            FileFormat::Jsonl => {
+                let mut r = BufReader::new(file);
+                skip_bom(&mut r).map_err(|e| ConnectorError::io(format!("reading {}", path.display()), e))?;
+                Reader::Lines(r)
+            }
             FileFormat::Csv => {
+                let mut file = BufReader::new(file);
+                skip_bom(&mut file).map_err(|e| ConnectorError::io(format!("reading {}", path.display()), e))?;
                 let mut r = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(file);
                 let headers = r
                     .headers()
@@ -130,16 +144,22 @@ impl FileSource {
         Ok(())
     }
 
-    fn record(&self, row: Map<String, Value>) -> ChangeRecord {
-        let mut key = Map::new();
-        for k in &self.opts.key {
-            key.insert(k.clone(), row.get(k).cloned().unwrap_or(Value::Null));
-        }
+    fn record(
+        &self,
+        key: Map<String, Value>,
+        after: Option<Map<String, Value>>,
+        after_json: Option<Box<RawValue>>,
+    ) -> ChangeRecord {
         let mut source = Map::new();
         source.insert("connector".into(), json!("file"));
         source.insert("file".into(), json!(self.name()));
         source.insert("line".into(), json!(self.line));
-        ChangeRecord { key, before: None, after: Some(row), op: Op::Read, source, ts_ms: now_ms() }
+        ChangeRecord { key, before: None, after, after_json, op: Op::Read, source, ts_ms: now_ms() }
+    }
+
+    /// The key of a row: its `key` fields, null where missing.
+    fn key_of(&self, get: impl Fn(&str) -> Option<Value>) -> Map<String, Value> {
+        self.opts.key.iter().map(|k| (k.clone(), get(k).unwrap_or(Value::Null))).collect()
     }
 }
 
@@ -185,33 +205,40 @@ impl Source for FileSource {
             }
             let name = self.name();
             // One line (or CSV record) per iteration.
-            let next: Option<Result<Map<String, Value>, (Vec<u8>, String)>> = match self.reader.as_mut() {
+            let next: Option<Line> = match self.reader.as_mut() {
                 Some(Reader::Lines(r)) => {
-                    let mut buf = Vec::new();
-                    let n =
-                        r.read_until(b'\n', &mut buf).map_err(|e| ConnectorError::io(format!("reading {name}"), e))?;
-                    if n == 0 {
-                        None
-                    } else {
-                        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                            buf.pop();
-                        }
-                        if buf.iter().all(u8::is_ascii_whitespace) {
-                            Some(Ok(Map::new()))
-                        } else {
-                            match serde_json::from_slice::<Value>(&buf) {
-                                Ok(Value::Object(m)) => Some(Ok(m)),
-                                Ok(other) => {
-                                    let kind = match other {
-                                        Value::Array(_) => "an array",
-                                        Value::String(_) => "a string",
-                                        Value::Number(_) => "a number",
-                                        Value::Bool(_) => "a boolean",
-                                        _ => "null",
-                                    };
-                                    Some(Err((buf, format!("expected a JSON object, found {kind}"))))
-                                }
-                                Err(e) => Some(Err((buf, format!("invalid JSON: {e}")))),
+                    match read_line(r, MAX_LINE_BYTES).map_err(|e| ConnectorError::io(format!("reading {name}"), e))? {
+                        ReadLine::End => None,
+                        ReadLine::TooLong { start, len } => Some(Line::Bad(
+                            start,
+                            format!(
+                                "a line of {len} bytes is longer than a line may be ({MAX_LINE_BYTES} bytes); its start is kept"
+                            ),
+                        )),
+                        ReadLine::Line(mut buf) => {
+                            while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                                buf.pop();
+                            }
+                            if buf.iter().all(u8::is_ascii_whitespace) {
+                                Some(Line::Blank)
+                            } else {
+                                Some(match String::from_utf8(buf) {
+                                    Err(e) => Line::Bad(e.into_bytes(), "the line is not valid UTF-8".into()),
+                                    Ok(text) => match json_text::object_fields(text.trim()) {
+                                        Err(why) => Line::Bad(text.into_bytes(), why),
+                                        Ok(fields) => {
+                                            let key = self.key_of(|k| {
+                                                fields.iter().find(|(n, _)| n == k).map(|(_, v)| json_text::value_of(v))
+                                            });
+                                            let trimmed = text.trim().len() == text.len();
+                                            let text = if trimmed { text } else { text.trim().to_owned() };
+                                            match RawValue::from_string(text) {
+                                                Ok(raw) => Line::Json(key, raw),
+                                                Err(e) => Line::Bad(Vec::new(), format!("invalid JSON: {e}")),
+                                            }
+                                        }
+                                    },
+                                })
                             }
                         }
                     }
@@ -223,11 +250,11 @@ impl Source for FileSource {
                         for (h, v) in headers.iter().zip(rec.iter()) {
                             m.insert(h.to_owned(), if v.is_empty() { Value::Null } else { json!(v) });
                         }
-                        Some(Ok(m))
+                        Some(Line::Row(m))
                     }
                     Some(Err(e)) => {
                         let raw = e.to_string().into_bytes();
-                        Some(Err((raw, format!("invalid CSV: {e}"))))
+                        Some(Line::Bad(raw, format!("invalid CSV: {e}")))
                     }
                 },
                 None => None,
@@ -246,9 +273,15 @@ impl Source for FileSource {
             }
             let position = json!({ "file": name, "next_line": self.line });
             match next {
-                Ok(row) if row.is_empty() => {}
-                Ok(row) => items.push(SourceItem::Record { record: self.record(row), position }),
-                Err((payload, why)) => items.push(SourceItem::Malformed {
+                Line::Blank => {}
+                Line::Json(key, raw) => {
+                    items.push(SourceItem::Record { record: self.record(key, None, Some(raw)), position })
+                }
+                Line::Row(row) => {
+                    let key = self.key_of(|k| row.get(k).cloned());
+                    items.push(SourceItem::Record { record: self.record(key, Some(row), None), position })
+                }
+                Line::Bad(payload, why) => items.push(SourceItem::Malformed {
                     payload,
                     reason: format!("{name} line {line}: {why}"),
                     position,
@@ -260,6 +293,81 @@ impl Source for FileSource {
         }
         Ok(Poll::Items(items))
     }
+}
+
+/// The longest line the source holds in memory; a longer one is dead-lettered by its start.
+/// (Far more than any record the cluster takes: `kafka.max_record_bytes` decides what is too
+/// large to send, with the record whole in hand; this only keeps a runaway line — a file with no
+/// newlines — from taking the memory.)
+pub const MAX_LINE_BYTES: usize = 256 << 20;
+
+/// How much of a line that is too long to hold is kept for its dead letter.
+const KEPT_OF_LONG_LINE: usize = 64 * 1024;
+
+/// What one line of a file is.
+enum Line {
+    /// Nothing but white space: skipped.
+    Blank,
+    /// A JSON object: its key, and its text as written.
+    Json(Map<String, Value>, Box<RawValue>),
+    /// A CSV record's fields.
+    Row(Map<String, Value>),
+    /// Not a record: the bytes to dead-letter and why.
+    Bad(Vec<u8>, String),
+}
+
+/// What reading a line gave.
+enum ReadLine {
+    /// The end of the file.
+    End,
+    /// A line, with its end of line.
+    Line(Vec<u8>),
+    /// A line longer than the limit: its first bytes and its whole length (it was read past).
+    TooLong { start: Vec<u8>, len: usize },
+}
+
+/// Reads one line, holding at most `max` bytes of it.
+fn read_line(r: &mut impl BufRead, max: usize) -> std::io::Result<ReadLine> {
+    let mut buf = Vec::new();
+    let (mut len, mut too_long) = (0usize, false);
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        len += take;
+        if !too_long && len > max {
+            too_long = true;
+            buf.truncate(KEPT_OF_LONG_LINE);
+        }
+        if !too_long {
+            buf.extend_from_slice(&chunk[..take]);
+        } else if buf.len() < KEPT_OF_LONG_LINE {
+            let room = KEPT_OF_LONG_LINE - buf.len();
+            buf.extend_from_slice(&chunk[..take.min(room)]);
+        }
+        r.consume(take);
+        if done {
+            break;
+        }
+    }
+    Ok(match (len, too_long) {
+        (0, _) => ReadLine::End,
+        (_, false) => ReadLine::Line(buf),
+        (len, true) => ReadLine::TooLong { start: buf, len },
+    })
+}
+
+/// Skips a UTF-8 byte-order mark at the start of a file.
+fn skip_bom(r: &mut impl BufRead) -> std::io::Result<()> {
+    if r.fill_buf()?.starts_with(json_text::BOM) {
+        r.consume(json_text::BOM.len());
+    }
+    Ok(())
 }
 
 /// Appends rows as JSON lines to one file, synced to disk before each write is acknowledged.
@@ -332,6 +440,7 @@ mod tests {
             .map(|i| match i {
                 SourceItem::Record { record, .. } => format!("ok {}", serde_json::to_string(&record.key).unwrap()),
                 SourceItem::Malformed { reason, .. } => format!("bad {}", reason.split(": ").next().unwrap()),
+                SourceItem::Checkpoint { .. } => "checkpoint".to_owned(),
             })
             .collect();
         let f = dir.path().join("a.jsonl").display().to_string();

@@ -113,6 +113,7 @@ impl GenerateSource {
             key,
             before: None,
             after: Some(after),
+            after_json: None,
             op: if version == 0 { Op::Create } else { Op::Update },
             source,
             ts_ms: now_ms(),

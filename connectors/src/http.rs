@@ -14,14 +14,11 @@
 //! | 3xx, 401, 403, 404, 405, 407 | the connection is wrong | fails the flow, naming the status |
 //! | other 4xx (400, 409, 413, 422, …) | some row is refused | splits the request in halves until the refused rows stand alone; those go to the DLQ with the status and the response body |
 //!
-//! Destinations on loopback, private or link-local addresses are refused unless the connection
-//! sets `allow_private_addresses: true`: a flow definition should not be a way into the network
-//! behind sluice. Names are checked when they are resolved (so a name cannot later resolve
-//! somewhere else); literal addresses when the sink is built.
+//! Destinations on loopback, private, link-local and other non-public addresses are refused
+//! unless the connection sets `allow_private_addresses: true` (see [`crate::guard`], which every
+//! outbound client goes through).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
@@ -33,6 +30,7 @@ use sluice_engine::error::ConnectorError;
 use sluice_engine::secret::Secret;
 
 use crate::file::encode_json_lines;
+use crate::guard;
 
 /// The `http` connection: where requests go and how they authenticate.
 #[derive(Debug, Clone, Deserialize)]
@@ -47,15 +45,15 @@ pub struct HttpConnection {
     pub auth: Option<HttpAuth>,
     /// Seconds a request may take before it counts as failed (and is retried).
     #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
+    pub timeout_secs: std::num::NonZeroU64,
     /// Allow loopback, private (RFC 1918, unique-local) and link-local destinations. Off by
     /// default so a flow cannot reach the network behind sluice by accident or by design.
     #[serde(default)]
     pub allow_private_addresses: bool,
 }
 
-fn default_timeout_secs() -> u64 {
-    30
+fn default_timeout_secs() -> std::num::NonZeroU64 {
+    std::num::NonZeroU64::new(30).unwrap_or(std::num::NonZeroU64::MIN)
 }
 
 /// How requests authenticate. `type` picks the scheme; each scheme reads its own fields.
@@ -180,6 +178,9 @@ pub(crate) struct Endpoint {
     auth: Option<HttpAuth>,
     /// The OAuth 2.0 token and when to fetch a new one.
     token: Option<(Secret, std::time::Instant)>,
+    /// Whether the connection may reach non-public addresses (checked for every URL a request
+    /// goes to, such as a next page's from a `Link` header).
+    allow_private: bool,
 }
 
 /// Sends rows to a web service.
@@ -221,12 +222,8 @@ impl Endpoint {
             "" => base.to_owned(),
             path => format!("{base}/{path}"),
         };
-        let url = checked_url(&joined, conn.allow_private_addresses).map_err(wrong)?;
-        let mut shown = url.clone();
-        let _ = shown.set_username("");
-        let _ = shown.set_password(None);
-        shown.set_query(None);
-        let shown = shown.to_string();
+        let url = guard::checked_url(&joined, conn.allow_private_addresses).map_err(wrong)?;
+        let shown = guard::shown(&url);
         let mut headers = HeaderMap::new();
         for (k, v) in &conn.headers {
             let key =
@@ -237,7 +234,7 @@ impl Endpoint {
         if let Some(auth) = &conn.auth {
             check_auth(auth).map_err(wrong)?;
             if let Some(token_url) = &auth.token_url {
-                checked_url(token_url, conn.allow_private_addresses).map_err(wrong)?;
+                guard::checked_url(token_url, conn.allow_private_addresses).map_err(wrong)?;
             }
             if auth.kind == AuthKind::ApiKey
                 && let (Some(header), Some(key)) = (&auth.header, &auth.key)
@@ -250,17 +247,31 @@ impl Endpoint {
                 );
             }
         }
-        let client = reqwest::Client::builder()
+        // A redirect is reported as the status it is, not followed: a sink's request is not
+        // one to repeat at another address.
+        let client = guard::client_builder(conn.allow_private_addresses, 0)
             .default_headers(headers)
-            .timeout(Duration::from_secs(conn.timeout_secs.max(1)))
-            .connect_timeout(Duration::from_secs(conn.timeout_secs.clamp(1, 10)))
-            // A redirect could lead anywhere, past the address check; the status is reported instead.
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver { allow_private: conn.allow_private_addresses }))
+            .timeout(Duration::from_secs(conn.timeout_secs.get()))
+            .connect_timeout(Duration::from_secs(conn.timeout_secs.get().min(10)))
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| wrong(format!("building the HTTP client: {e}")))?;
-        Ok(Endpoint { client, url, shown, connection: name.to_owned(), auth: conn.auth.clone(), token: None })
+        Ok(Endpoint {
+            client,
+            url,
+            shown,
+            connection: name.to_owned(),
+            auth: conn.auth.clone(),
+            token: None,
+            allow_private: conn.allow_private_addresses,
+        })
+    }
+
+    /// Refuses a URL this connection may not send to (a literal non-public address, unless
+    /// allowed); names are checked when they are resolved.
+    pub(crate) fn check(&self, url: &reqwest::Url) -> Result<(), ConnectorError> {
+        guard::check_url(url, self.allow_private)
+            .map_err(|e| ConnectorError::User(format!("http connection `{}`: {e}", self.connection)))
     }
 
     /// Adds the credentials to a request, fetching an OAuth 2.0 token first when there is none
@@ -359,25 +370,6 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// server error (as Kafka Connect's and Vector's HTTP clients treat them).
 pub(crate) fn retriable_status(code: u16) -> bool {
     matches!(code, 408 | 425 | 429 | 500..=599)
-}
-
-/// Parses a URL and refuses non-HTTP schemes and literal private addresses (unless allowed).
-fn checked_url(text: &str, allow_private: bool) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(text).map_err(|e| format!("url `{text}`: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("url `{text}`: only http and https are supported"));
-    }
-    let literal = match url.host() {
-        Some(url::Host::Ipv4(a)) => Some(IpAddr::V4(a)),
-        Some(url::Host::Ipv6(a)) => Some(IpAddr::V6(a)),
-        _ => None,
-    };
-    if let Some(ip) = literal.filter(|ip| is_private(*ip) && !allow_private) {
-        return Err(format!(
-            "{ip} is a loopback, private or link-local address; set `allow_private_addresses: true` on the connection to send there"
-        ));
-    }
-    Ok(url)
 }
 
 impl HttpSink {
@@ -631,58 +623,11 @@ fn kind_name(kind: AuthKind) -> &'static str {
     }
 }
 
-/// Whether an address is loopback, private, shared (carrier-grade NAT), link-local or
-/// unspecified — somewhere inside the network rather than out on the internet.
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => {
-            let [x, y, ..] = a.octets();
-            a.is_loopback()
-                || a.is_private()
-                || a.is_link_local()
-                || a.is_unspecified()
-                || a.is_broadcast()
-                || (x == 100 && (64..128).contains(&y))
-        }
-        IpAddr::V6(a) => {
-            if let Some(v4) = a.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
-            }
-            let first = a.segments()[0];
-            a.is_loopback() || a.is_unspecified() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
-        }
-    }
-}
-
-/// Resolves names with the system resolver and keeps only the addresses the connection may
-/// reach.
-struct GuardedResolver {
-    allow_private: bool,
-}
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_owned();
-        let allow_private = self.allow_private;
-        Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let usable: Vec<SocketAddr> =
-                found.iter().copied().filter(|a| allow_private || !is_private(a.ip())).collect();
-            if usable.is_empty() && !found.is_empty() {
-                return Err(format!(
-                    "`{host}` resolves only to loopback, private or link-local addresses; set `allow_private_addresses: true` on the connection to send there"
-                )
-                .into());
-            }
-            Ok(Box::new(usable.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn chunks_respect_rows_and_bytes_and_keep_oversized_rows_alone() {
@@ -697,28 +642,6 @@ mod tests {
         let rows: Vec<&[u8]> = vec![br#"{"a":1}"#, br#"{"a":2}"#];
         assert_eq!(body_of(&rows, BodyFormat::Json).0, br#"[{"a":1},{"a":2}]"#);
         assert_eq!(body_of(&rows, BodyFormat::Ndjson).0, b"{\"a\":1}\n{\"a\":2}\n");
-    }
-
-    #[test]
-    fn private_addresses_are_recognised() {
-        for a in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:10.0.0.1",
-        ] {
-            assert!(is_private(a.parse().unwrap()), "{a}");
-        }
-        for a in ["8.8.8.8", "172.32.0.1", "2606:4700::1111"] {
-            assert!(!is_private(a.parse().unwrap()), "{a}");
-        }
     }
 
     #[test]
@@ -738,7 +661,7 @@ mod tests {
                 client_secret: None,
                 scope: None,
             }),
-            timeout_secs: 5,
+            timeout_secs: std::num::NonZeroU64::new(5).unwrap(),
             allow_private_addresses: false,
         };
         let e = HttpSink::new("meta", &conn, "", HttpSinkOptions::default()).err().unwrap().to_string();
@@ -796,7 +719,7 @@ mod tests {
             url: url.into(),
             headers: BTreeMap::new(),
             auth: None,
-            timeout_secs: 5,
+            timeout_secs: std::num::NonZeroU64::new(5).unwrap(),
             allow_private_addresses: true,
         };
         HttpSink::new("t", &conn, "", HttpSinkOptions { max_rows, ..HttpSinkOptions::default() }).unwrap()

@@ -25,12 +25,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use sluice_engine::connector::{Poll, Position, Source, SourceItem};
 use sluice_engine::error::ConnectorError;
 use sluice_engine::record::{ChangeRecord, Op, now_ms};
 
 use crate::http::{Endpoint, HttpConnection, describe_transport_error, excerpt, retriable_status, retry_after};
+use crate::json_text;
 
 /// Per-flow options of an `http` source; the flow's `object` is the path under the
 /// connection's URL.
@@ -75,7 +77,7 @@ pub struct Pagination {
     /// `page` and `offset`: the page-size parameter (e.g. `per_page`, `limit`), sent with `size`.
     pub size_param: Option<String>,
     /// `page` and `offset`: records per page (default 100).
-    pub size: Option<u64>,
+    pub size: Option<std::num::NonZeroU64>,
     /// `cursor`: JSON pointer to the next cursor in an answer (`/after_cursor`).
     pub cursor_from: Option<String>,
     /// `cursor`: JSON pointer to a flag that is true on the last page (`/end_of_stream`).
@@ -193,7 +195,7 @@ impl HttpSource {
             for (k, v) in &self.options.params {
                 q.append_pair(k, v);
             }
-            let size = p.size.unwrap_or(100).to_string();
+            let size = page_size(p).to_string();
             if let (Some(sp), PageKind::Page | PageKind::Offset) = (&p.size_param, p.kind) {
                 q.append_pair(sp, &size);
             }
@@ -238,10 +240,13 @@ impl HttpSource {
         url
     }
 
-    /// Fetches one page: its JSON body and its `Link: rel="next"` URL.
-    async fn fetch(&mut self) -> Result<(Value, Option<String>), ConnectorError> {
+    /// Fetches one page: its body (checked to be JSON) and its `Link: rel="next"` URL.
+    async fn fetch(&mut self) -> Result<(String, Option<String>), ConnectorError> {
         let doing = self.doing();
-        let request = self.endpoint.client.get(self.next_url());
+        // A next page's URL comes from the answer (a `Link` header): it is outside input.
+        let url = self.next_url();
+        self.endpoint.check(&url)?;
+        let request = self.endpoint.client.get(url);
         let resp = self.endpoint.authorize(request).await?.send().await.map_err(|e| ConnectorError::Retriable {
             context: doing.clone(),
             message: describe_transport_error(&e.without_url()),
@@ -269,13 +274,18 @@ impl HttpSource {
                 _ => ConnectorError::User(format!("{doing}: {message}")),
             });
         }
-        let json: Value = serde_json::from_slice(&body).map_err(|e| {
+        let not_json = |why: String| {
             ConnectorError::User(format!(
-                "{doing}: the answer is not JSON ({e}): {}",
+                "{doing}: the answer is not JSON ({why}): {}",
                 excerpt(&String::from_utf8_lossy(&body))
             ))
-        })?;
-        Ok((json, link))
+        };
+        let mut text = String::from_utf8(body.to_vec()).map_err(|e| not_json(e.to_string()))?;
+        if text.starts_with('\u{feff}') {
+            text.drain(..'\u{feff}'.len_utf8());
+        }
+        serde_json::from_str::<&RawValue>(&text).map_err(|e| not_json(e.to_string()))?;
+        Ok((text, link))
     }
 
     /// The position after the page just read.
@@ -315,17 +325,22 @@ impl Source for HttpSource {
                 _ => None,
             };
         }
-        let (body, link) = self.fetch().await?;
+        let (text, link) = self.fetch().await?;
         let doing = self.doing();
-        let records = match self.options.records.as_str() {
-            "" => Some(&body),
-            pointer => body.pointer(pointer),
+        // invariant: `fetch` checked that the body is JSON.
+        let body: &RawValue = serde_json::from_str(&text).map_err(|e| ConnectorError::Other {
+            context: doing.clone(),
+            message: format!("reading the answer: {e}"),
+        })?;
+        let at = |pointer: &str| {
+            json_text::pointer(body, pointer).map_err(|e| ConnectorError::User(format!("{doing}: {e}")))
         };
-        let Some(Value::Array(records)) = records else {
+        let records = at(&self.options.records)?.and_then(json_text::array_items);
+        let Some(records) = records else {
             return Err(ConnectorError::User(format!(
                 "{doing}: no array of records at `{}` in the answer: {}",
                 self.options.records,
-                excerpt(&body.to_string())
+                excerpt(&text)
             )));
         };
         let p = self.options.pagination.clone();
@@ -334,17 +349,21 @@ impl Source for HttpSource {
         self.next = match (p.kind, &self.next) {
             (PageKind::None, _) => Next::Done,
             (PageKind::Link, _) => link.map_or(Next::Done, Next::Url),
-            (PageKind::Page, _) if n < p.size.unwrap_or(100) => Next::Done,
+            (PageKind::Page, _) if n < page_size(&p) => Next::Done,
             (PageKind::Page, Next::Page(k)) => Next::Page(k + 1),
             (PageKind::Page, _) => Next::Page(p.start.unwrap_or(1) + 1),
-            (PageKind::Offset, _) if n < p.size.unwrap_or(100) => Next::Done,
+            (PageKind::Offset, _) if n < page_size(&p) => Next::Done,
             (PageKind::Offset, Next::Offset(k)) => Next::Offset(k + n),
             (PageKind::Offset, _) => Next::Offset(n),
             (PageKind::Cursor, _) => {
-                let cursor =
-                    p.cursor_from.as_deref().and_then(|ptr| body.pointer(ptr)).filter(|v| !v.is_null()).map(text_of);
-                let end =
-                    p.end_from.as_deref().and_then(|ptr| body.pointer(ptr)).and_then(Value::as_bool).unwrap_or(false);
+                let value_at = |ptr: Option<&str>| -> Result<Option<Value>, ConnectorError> {
+                    Ok(match ptr {
+                        Some(ptr) => at(ptr)?.map(json_text::value_of),
+                        None => None,
+                    })
+                };
+                let cursor = value_at(p.cursor_from.as_deref())?.filter(|v| !v.is_null()).map(|v| text_of(&v));
+                let end = value_at(p.end_from.as_deref())?.and_then(|v| v.as_bool()).unwrap_or(false);
                 if let Some(c) = &cursor {
                     // The next run resumes from the last cursor the API gave.
                     self.resume_cursor = Some(c.clone());
@@ -356,41 +375,47 @@ impl Source for HttpSource {
             }
         };
         let field = self.options.incremental.as_ref().and_then(|i| i.field.clone());
-        let mut items = Vec::with_capacity(records.len());
+        // Each record keeps its own text (numbers keep their digits); only the key and the
+        // incremental field are read out of it.
         let mut rows = Vec::with_capacity(records.len());
         for r in records {
-            match r {
-                Value::Object(row) => {
-                    if let Some(v) = field.as_ref().and_then(|f| row.get(f)).filter(|v| !v.is_null())
-                        && self.since.as_ref().is_none_or(|s| greater(v, s))
+            match json_text::fields_of(r) {
+                Ok(fields) => {
+                    let get = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| json_text::value_of(v));
+                    if let Some(v) = field.as_deref().and_then(get).filter(|v| !v.is_null())
+                        && self.since.as_ref().is_none_or(|s| greater(&v, s))
                     {
-                        self.since = Some(v.clone());
+                        self.since = Some(v);
                     }
-                    rows.push(Ok(row.clone()));
+                    let key: Map<String, Value> =
+                        self.options.key.iter().map(|k| (k.clone(), get(k).unwrap_or(Value::Null))).collect();
+                    rows.push(Ok((key, r.to_owned())));
                 }
-                other => rows.push(Err(other.to_string())),
+                Err(why) => rows.push(Err((r.get().to_owned(), why))),
             }
         }
         let position = self.position();
+        let mut items = Vec::with_capacity(rows.len());
         for row in rows {
             match row {
-                Ok(after) => {
-                    let key: Map<String, Value> = self
-                        .options
-                        .key
-                        .iter()
-                        .map(|k| (k.clone(), after.get(k).cloned().unwrap_or(Value::Null)))
-                        .collect();
+                Ok((key, after)) => {
                     let mut source = Map::new();
                     source.insert("connector".into(), json!("http"));
                     source.insert("table".into(), json!(self.object));
-                    let record =
-                        ChangeRecord { key, before: None, after: Some(after), op: Op::Read, source, ts_ms: now_ms() };
+                    let record = ChangeRecord {
+                        key,
+                        before: None,
+                        after: None,
+                        after_json: Some(after),
+                        op: Op::Read,
+                        source,
+                        ts_ms: now_ms(),
+                    };
                     items.push(SourceItem::Record { record, position: position.clone() });
                 }
-                Err(text) => items.push(SourceItem::Malformed {
+                Err((text, why)) => items.push(SourceItem::Malformed {
                     payload: text.into_bytes(),
-                    reason: format!("{doing}: a record is not a JSON object"),
+                    reason: format!("{doing}: a record is not a JSON object without repeated fields: {why}"),
                     position: position.clone(),
                 }),
             }
@@ -408,6 +433,11 @@ impl Source for HttpSource {
     fn incremental(&self) -> bool {
         self.options.incremental.is_some()
     }
+}
+
+/// Records per page for `page` and `offset` pagination.
+fn page_size(p: &Pagination) -> u64 {
+    p.size.map_or(100, std::num::NonZeroU64::get)
 }
 
 /// A JSON value as a query parameter: strings bare, anything else as JSON.

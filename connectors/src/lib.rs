@@ -20,8 +20,10 @@
 
 pub mod file;
 pub mod generate;
+pub mod guard;
 pub mod http;
 pub mod http_source;
+pub mod json_text;
 pub mod kafka;
 pub mod postgres;
 pub mod postgres_cdc;
@@ -208,6 +210,76 @@ pub fn build_source(
             )));
         }
     })
+}
+
+/// Checks a flow's source settings as far as can be done without reaching the service or
+/// touching files: everything [`build_source`] would refuse for the settings alone (a missing
+/// option that another one needs, a URL the connection may not reach, a TLS file that does not
+/// read). `sluice validate` runs it, so a config that validates does not fail at its start.
+pub fn check_source(
+    name: &str,
+    conn: &Connection,
+    object: &str,
+    options: &SourceOptions,
+    own: &KafkaSettings,
+) -> Result<(), ConnectorError> {
+    match (conn, options) {
+        (Connection::Generate(_), SourceOptions::Generate(o)) => {
+            generate::GenerateSource::new(object, o.clone()).map(drop)
+        }
+        // The files are read at run time; they may not exist yet.
+        (Connection::File(_), SourceOptions::File(_)) => Ok(()),
+        (Connection::Http(c), SourceOptions::Http(o)) => {
+            http_source::HttpSource::new(name, c, object, o.clone(), false).map(drop)
+        }
+        (Connection::Postgres(c), SourceOptions::PostgresQuery(o)) if o.mode == postgres_query::PullMode::Cdc => {
+            postgres_cdc::CdcSource::new(name, c, object, o, false).map(drop)
+        }
+        (Connection::Postgres(c), SourceOptions::PostgresQuery(o)) => {
+            postgres_query::QuerySource::new(name, c, object, o.clone(), false).map(drop)
+        }
+        (Connection::Kafka(c), SourceOptions::Kafka(o)) => {
+            c.settings(own)?;
+            if o.format == PayloadFormat::Avro && kafka::registry(name, c)?.is_none() {
+                return Err(ConnectorError::User(format!(
+                    "kafka connection `{name}`: `format: avro` needs the connection's `schema_registry`"
+                )));
+            }
+            Ok(())
+        }
+        _ => Err(ConnectorError::User(format!("connection of type `{}` does not match its options", conn.kind()))),
+    }
+}
+
+/// Checks a flow's destination settings without reaching the service or touching files (see
+/// [`check_source`]).
+pub fn check_sink(
+    name: &str,
+    conn: &Connection,
+    object: &str,
+    options: &SinkOptions,
+    own: &KafkaSettings,
+    flow: &str,
+) -> Result<(), ConnectorError> {
+    match (conn, options) {
+        // The file is created at run time.
+        (Connection::File(_), SinkOptions::File(_)) | (Connection::Stdout(_), SinkOptions::Stdout(_)) => Ok(()),
+        (Connection::Http(c), SinkOptions::Http(o)) => http::HttpSink::new(name, c, object, o.clone()).map(drop),
+        (Connection::S3(c), SinkOptions::S3(o)) => s3::S3Sink::new(name, c, object, o.clone(), flow).map(drop),
+        (Connection::Postgres(c), SinkOptions::Postgres(o)) => {
+            postgres::PostgresSink::new(name, c, object, o.clone()).map(drop)
+        }
+        (Connection::Kafka(c), SinkOptions::Kafka(o)) => {
+            c.settings(own)?;
+            if o.format == kafka::SinkFormat::Avro && kafka::registry(name, c)?.is_none() {
+                return Err(ConnectorError::User(format!(
+                    "kafka connection `{name}`: `format: avro` needs the connection's `schema_registry`"
+                )));
+            }
+            Ok(())
+        }
+        _ => Err(ConnectorError::User(format!("connection of type `{}` does not match its options", conn.kind()))),
+    }
 }
 
 /// Checks that connection `name` can be used: the service answers and accepts the credentials.

@@ -72,15 +72,15 @@ pub struct QueryOptions {
     pub snapshot: bool,
     /// `cdc`: seconds between moving an idle slot to the current WAL position.
     #[serde(default = "default_heartbeat")]
-    pub heartbeat_secs: u64,
+    pub heartbeat_secs: std::num::NonZeroU64,
 }
 
 fn default_true() -> bool {
     true
 }
 
-fn default_heartbeat() -> u64 {
-    10
+fn default_heartbeat() -> std::num::NonZeroU64 {
+    std::num::NonZeroU64::new(10).unwrap_or(std::num::NonZeroU64::MIN)
 }
 
 fn default_poll_interval() -> u64 {
@@ -194,7 +194,15 @@ impl QuerySource {
             if let Some(c) = &self.options.cursor {
                 source.insert("cursor".into(), after.get(c).cloned().unwrap_or(Value::Null));
             }
-            let record = ChangeRecord { key, before: None, after: Some(after), op: Op::Read, source, ts_ms: now_ms() };
+            let record = ChangeRecord {
+                key,
+                before: None,
+                after: Some(after),
+                after_json: None,
+                op: Op::Read,
+                source,
+                ts_ms: now_ms(),
+            };
             items.push(SourceItem::Record { record, position: position(r) });
         }
         items

@@ -64,6 +64,10 @@ pub struct S3Connection {
     pub secret_access_key: Secret,
     /// A session token, for temporary credentials.
     pub session_token: Option<Secret>,
+    /// Allow an endpoint on a loopback, private, link-local or other non-public address (a MinIO
+    /// on the local network): off by default, as for every outbound client (see `crate::guard`).
+    #[serde(default)]
+    pub allow_private_addresses: bool,
 }
 
 fn default_region() -> String {
@@ -258,8 +262,17 @@ impl S3Sink {
             // The runtime retries with the flow's own policy; one layer of retries is enough.
             .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled());
         if let Some(endpoint) = &conn.endpoint {
+            crate::guard::checked_url(endpoint, conn.allow_private_addresses)
+                .map_err(|e| wrong(format!("`endpoint`: {e}")))?;
             config = config.endpoint_url(endpoint);
         }
+        // Names resolve through the guard, as for every outbound client.
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .build_with_resolver(crate::guard::S3Resolver::new(conn.allow_private_addresses));
+        config = config.http_client(http);
         Ok(S3Sink {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             connection: name.to_owned(),
@@ -686,6 +699,7 @@ mod tests {
             access_key_id: Secret::new("a"),
             secret_access_key: Secret::new("s3cr3t"),
             session_token: None,
+            allow_private_addresses: true,
         };
         let opts = S3SinkOptions { compression: Compression::Gzip, ..S3SinkOptions::default() };
         let sink = S3Sink::new("lake", &conn, "bucket", opts, "orders").unwrap();
@@ -715,6 +729,7 @@ mod tests {
             access_key_id: Secret::new("a"),
             secret_access_key: Secret::new("s"),
             session_token: None,
+            allow_private_addresses: true,
         };
         let opts = S3SinkOptions {
             format: ObjectFormat::Avro,

@@ -33,11 +33,16 @@ pub struct RegistryConfig {
     pub password: Option<Secret>,
     /// Seconds a request may take.
     #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
+    pub timeout_secs: std::num::NonZeroU64,
+    /// Allow a registry on a loopback, private, link-local or other non-public address (see
+    /// `crate::guard`). Off by default, as for every outbound HTTP client: a registry inside the
+    /// network is a deliberate setting, not something a URL may reach by accident.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
 }
 
-fn default_timeout() -> u64 {
-    10
+fn default_timeout() -> std::num::NonZeroU64 {
+    std::num::NonZeroU64::new(10).unwrap_or(std::num::NonZeroU64::MIN)
 }
 
 /// A registry client with its caches.
@@ -66,9 +71,10 @@ impl RegistryClient {
     /// A client for the registry of connection `name`.
     pub fn new(name: &str, config: &RegistryConfig) -> Result<RegistryClient, String> {
         let base = config.url.trim_end_matches('/').to_owned();
-        url::Url::parse(&base).map_err(|e| format!("`schema_registry.url` `{base}`: {e}"))?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.timeout_secs.max(1)))
+        crate::guard::checked_url(&base, config.allow_private_addresses)
+            .map_err(|e| format!("`schema_registry.url`: {e}"))?;
+        let http = crate::guard::client_builder(config.allow_private_addresses, 5)
+            .timeout(Duration::from_secs(config.timeout_secs.get()))
             .build()
             .map_err(|e| format!("building the schema registry client: {e}"))?;
         Ok(RegistryClient {

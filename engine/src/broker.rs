@@ -4,6 +4,13 @@
 //! in a SQLite file under the data directory (or in memory, for benchmarks). Flows still talk to
 //! it through rdkafka over loopback, so the embedded set-up exercises exactly the code a user's
 //! Kafka cluster does.
+//!
+//! One process owns a data directory: a second broker on the same SQLite file would corrupt
+//! it or die on "database is locked". So the broker holds an exclusive lock on `LOCK` in the
+//! directory for as long as it runs, and writes its process id and address there; another
+//! process that finds the directory locked is told who holds it ([`BrokerError::InUse`]), and
+//! may reach that broker instead ([`running_broker`]). The lock is the kernel's (`flock`), so a
+//! killed process leaves none behind.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -46,6 +53,64 @@ pub enum BrokerError {
     /// tansu refused the configuration.
     #[error("starting embedded broker: {0}")]
     Start(String),
+    /// Another process runs a broker on the data directory.
+    #[error(
+        "the embedded broker's data directory {} is in use by another sluice process ({holder}); \
+         stop it first, or point this one at another `kafka.embedded.data_dir`",
+        path.display()
+    )]
+    InUse {
+        /// The directory.
+        path: PathBuf,
+        /// Who holds it, as its lock file says ("process 123, broker at 127.0.0.1:9092").
+        holder: String,
+    },
+}
+
+/// The broker running on `dir` in another process, if one does: its `host:port`, from the lock
+/// file it keeps there. Commands that only read (`status`, `dlq show`) use it instead of
+/// failing when `sluice run` holds the directory.
+pub fn running_broker(dir: &Path) -> Option<String> {
+    let file = std::fs::File::open(dir.join(LOCK_FILE)).ok()?;
+    // A lock we can take means no broker holds it: the file is stale.
+    if file.try_lock_shared().is_ok() {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("broker ")).map(str::to_owned)
+}
+
+/// The lock file in a data directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// Takes the data directory's lock for this process and says in it who holds it.
+fn lock(dir: &Path, addr: SocketAddr) -> Result<std::fs::File, BrokerError> {
+    use std::io::Write as _;
+    let path = dir.join(LOCK_FILE);
+    let data_dir = |source| BrokerError::DataDir { path: path.clone(), source };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(data_dir)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let pid = text.lines().find_map(|l| l.strip_prefix("pid ")).unwrap_or("?");
+            let broker = text.lines().find_map(|l| l.strip_prefix("broker ")).unwrap_or("?");
+            return Err(BrokerError::InUse {
+                path: dir.to_owned(),
+                holder: format!("process {pid}, broker at {broker}"),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(data_dir(e)),
+    }
+    file.set_len(0).map_err(data_dir)?;
+    write!(file, "pid {}\nbroker {addr}\n", std::process::id()).map_err(data_dir)?;
+    Ok(file)
 }
 
 /// A running embedded broker.
@@ -62,18 +127,23 @@ pub struct EmbeddedBroker {
     stop: CancellationToken,
     /// Resolves when the broker's runtime has ended, with the reason if it failed.
     stopped: Option<oneshot::Receiver<Result<(), String>>>,
+    /// The data directory's lock, held while the broker runs (none for a memory log).
+    _lock: Option<std::fs::File>,
 }
 
 impl EmbeddedBroker {
     /// Starts a broker listening on `listen` (port 0 picks a free port).
     pub async fn start(storage: BrokerStorage, listen: &str) -> Result<EmbeddedBroker, BrokerError> {
         let addr = resolve_port(listen)?;
-        let storage_url = match &storage {
+        let (storage_url, lock) = match &storage {
             BrokerStorage::Sqlite(dir) => {
                 std::fs::create_dir_all(dir).map_err(|source| BrokerError::DataDir { path: dir.clone(), source })?;
-                sqlite_url(&dir.join("broker.db"))?
+                let lock = lock(dir, addr)?;
+                (sqlite_url(&dir.join("broker.db"))?, Some(lock))
             }
-            BrokerStorage::Memory => Url::parse("memory://sluice/").map_err(|e| BrokerError::Start(e.to_string()))?,
+            BrokerStorage::Memory => {
+                (Url::parse("memory://sluice/").map_err(|e| BrokerError::Start(e.to_string()))?, None)
+            }
         };
         let endpoint = Url::parse(&format!("tcp://{addr}")).map_err(|e| BrokerError::Start(e.to_string()))?;
         let stop = CancellationToken::new();
@@ -111,7 +181,7 @@ impl EmbeddedBroker {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        Ok(EmbeddedBroker { bootstrap: addr.to_string(), stop, stopped: Some(stopped_rx) })
+        Ok(EmbeddedBroker { bootstrap: addr.to_string(), stop, stopped: Some(stopped_rx), _lock: lock })
     }
 
     /// Runs until the broker stops; `Err` says why if it failed.
@@ -186,6 +256,20 @@ fn sqlite_url(file: &Path) -> Result<Url, BrokerError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_directory_is_locked_by_its_broker_and_says_who_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = "127.0.0.1:9999".parse().unwrap();
+        assert_eq!(running_broker(dir.path()), None);
+        let held = lock(dir.path(), addr).unwrap();
+        let e = lock(dir.path(), addr).unwrap_err().to_string();
+        assert!(e.contains("in use by another sluice process") && e.contains("127.0.0.1:9999"), "{e}");
+        assert_eq!(running_broker(dir.path()).as_deref(), Some("127.0.0.1:9999"));
+        drop(held);
+        assert_eq!(running_broker(dir.path()), None, "a released lock is stale");
+        assert!(lock(dir.path(), addr).is_ok());
+    }
 
     #[test]
     fn sqlite_url_keeps_an_absolute_path() {

@@ -28,6 +28,13 @@ pub enum SourceItem {
         /// The position just after it.
         position: Position,
     },
+    /// A position reached without a record: stored once everything before it is in Kafka, as
+    /// a record's would be. A source says so when it passes a milestone a restart must not
+    /// repeat (a snapshot finished, a table skipped), not on every quiet poll.
+    Checkpoint {
+        /// The position.
+        position: Position,
+    },
     /// Input the source could not parse; it goes to the flow's DLQ and the flow goes on.
     Malformed {
         /// The raw input, as read.

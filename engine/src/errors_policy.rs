@@ -25,7 +25,7 @@ pub enum ErrorMode {
 }
 
 /// A flow's `errors:` section.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorPolicy {
     /// `dlq` (default), `drop` or `fail`.
@@ -34,13 +34,19 @@ pub struct ErrorPolicy {
     /// Stop the flow as failed when more than this many bad records arrive within
     /// `window_secs`. Unset: no limit.
     pub max_errors: Option<u64>,
-    /// The window for `max_errors`, in seconds.
+    /// The window for `max_errors`, in seconds (at least 1).
     #[serde(default = "default_window")]
-    pub window_secs: u64,
+    pub window_secs: std::num::NonZeroU64,
 }
 
-fn default_window() -> u64 {
-    60
+impl Default for ErrorPolicy {
+    fn default() -> Self {
+        ErrorPolicy { policy: ErrorMode::default(), max_errors: None, window_secs: default_window() }
+    }
+}
+
+fn default_window() -> std::num::NonZeroU64 {
+    std::num::NonZeroU64::new(60).unwrap_or(std::num::NonZeroU64::MIN)
 }
 
 /// Counts a flow's bad records against its policy; shared by the source and sink halves.
@@ -75,7 +81,7 @@ impl ErrorGate {
             });
         }
         let Some(max) = self.policy.max_errors else { return Ok(()) };
-        let window = Duration::from_secs(self.policy.window_secs);
+        let window = Duration::from_secs(self.policy.window_secs.get());
         let now = Instant::now();
         let Ok(mut recent) = self.recent.lock() else { return Ok(()) };
         while recent.front().is_some_and(|(t, _)| now.duration_since(*t) > window) {
@@ -111,14 +117,22 @@ mod tests {
 
     #[test]
     fn a_threshold_counts_within_its_window() {
-        let g = ErrorGate::new(ErrorPolicy { policy: ErrorMode::Dlq, max_errors: Some(5), window_secs: 60 });
+        let g = ErrorGate::new(ErrorPolicy {
+            policy: ErrorMode::Dlq,
+            max_errors: Some(5),
+            window_secs: std::num::NonZeroU64::new(60).unwrap(),
+        });
         g.admit("f", "sql", 3, "x").unwrap();
         g.admit("f", "sql", 2, "x").unwrap();
         let e = g.admit("f", "sql", 1, "bad type").unwrap_err().to_string();
         assert!(e.contains("6 bad records within 60 s exceed errors.max_errors = 5") && e.contains("bad type"), "{e}");
-        let g = ErrorGate::new(ErrorPolicy { policy: ErrorMode::Drop, max_errors: Some(1), window_secs: 0 });
+        let g = ErrorGate::new(ErrorPolicy {
+            policy: ErrorMode::Drop,
+            max_errors: Some(1),
+            window_secs: std::num::NonZeroU64::MIN,
+        });
         g.admit("f", "sql", 1, "x").unwrap();
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1005));
         g.admit("f", "sql", 1, "x").unwrap();
     }
 }

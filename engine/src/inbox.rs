@@ -39,6 +39,8 @@ struct Replay {
     original: Option<(String, i32, i64)>,
     /// How many times the message failed before.
     attempts: Option<u32>,
+    /// Its payload was cut to fit the DLQ: the whole record is not here to replay.
+    truncated: bool,
 }
 
 /// Messages read for one batch.
@@ -74,7 +76,8 @@ impl Inbox {
                 ))
             })();
             let attempts = header("sluice.attempts").and_then(|a| a.parse().ok());
-            let replay = Replay { original, attempts };
+            let truncated = header(crate::runtime::TRUNCATED_HEADER) == Some("true");
+            let replay = Replay { original, attempts, truncated };
             (replay != Replay::default()).then_some(replay)
         });
         let replay = replay.map(|r| {
@@ -189,6 +192,11 @@ impl<'a> Batch<'a> {
             Some((t, p, o)) => (t.as_str(), *p, *o),
             None => (topic, m.partition, m.offset),
         })
+    }
+
+    /// Whether message `i` is a dead letter whose payload was cut to fit the DLQ.
+    pub fn truncated(&self, i: usize) -> bool {
+        self.replay(i).is_some_and(|r| r.truncated)
     }
 
     /// How many times message `i` has failed in this flow, counting this time.

@@ -33,7 +33,26 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// How long to wait for the cluster to answer before calling it unreachable.
     pub connect_timeout: Duration,
+    /// The largest record (key plus payload) sluice produces to its own topics; sources check
+    /// it before the producer sees a record (see [`DEFAULT_MAX_RECORD_BYTES`]).
+    pub max_record_bytes: usize,
 }
+
+/// The default record size limit: under librdkafka's and Kafka's own default limits
+/// (1,000,000 and 1,048,588 bytes) with room for the record's headers and framing, so a record
+/// sluice accepts is one every default cluster takes.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000 - 24 * 1024;
+
+/// What a record may add to its key and payload on the wire (headers, framing), on top of
+/// `max_record_bytes`, for the producer's own size check.
+const RECORD_OVERHEAD_BYTES: usize = 24 * 1024;
+
+/// The longest topic name Kafka accepts.
+pub const MAX_TOPIC_NAME: usize = 249;
+
+/// The longest flow name: its topics (`sluice.<flow>.changes`, the longest) must fit
+/// [`MAX_TOPIC_NAME`].
+pub const MAX_FLOW_NAME: usize = MAX_TOPIC_NAME - "sluice..changes".len();
 
 /// Setting up or reaching the cluster failed.
 #[derive(Debug, Error)]
@@ -80,6 +99,7 @@ impl KafkaSettings {
             partitions: 3,
             replication_factor: 1,
             connect_timeout: Duration::from_secs(15),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
     }
 
@@ -134,8 +154,10 @@ impl KafkaSettings {
     /// The producer every source writes through: idempotent, acks from all in-sync replicas,
     /// so a retried send never duplicates or reorders within a partition.
     pub fn producer(&self, client_id: &str) -> Result<Producer, KafkaSetupError> {
-        // librdkafka's own default message size limit.
-        self.producer_with(client_id, "1000000")
+        // Sources refuse records over `max_record_bytes` before producing them; the producer's
+        // own limit leaves room for headers and framing on top.
+        let limit = self.max_record_bytes.saturating_add(RECORD_OVERHEAD_BYTES).max(1_000_000);
+        self.producer_with(client_id, &limit.to_string())
     }
 
     /// The producer of a flow's dead letters: as [`KafkaSettings::producer`], but it accepts

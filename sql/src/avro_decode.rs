@@ -244,7 +244,7 @@ pub(crate) async fn decode_batch(
     let mut columns: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
     columns.push(Arc::new(ops.finish()));
     let accepted: Vec<&InputMessage<'_>> = rows.iter().filter_map(|&i| msgs.get(i as usize)).collect();
-    columns.push(Arc::new(crate::key_column(&accepted)));
+    columns.push(Arc::new(crate::decode::key_column(&accepted)));
     columns.push(Arc::new(arrow_array::TimestampMillisecondArray::from(ts).with_timezone("UTC")));
     columns.push(Arc::new(UInt32Array::from(rows)));
     let batch = RecordBatch::try_new(input.clone(), columns).map_err(|e| e.to_string())?;

@@ -18,10 +18,12 @@
 //! Every problem is collected — unknown fields, bad types, missing connections, unresolvable
 //! secrets, bad SQL — and reported together, each with its file, line and path.
 
+mod references;
 pub mod yaml;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -93,25 +95,34 @@ struct KafkaConfig {
     /// Extra librdkafka properties, from an allow-list.
     #[serde(default)]
     options: BTreeMap<String, String>,
-    /// Partitions of the topics sluice creates.
+    /// Partitions of the topics sluice creates (at least 1).
     #[serde(default = "default_partitions")]
-    partitions: i32,
-    /// Replication factor of the topics sluice creates.
+    partitions: NonZeroU16,
+    /// Replication factor of the topics sluice creates (at least 1).
     #[serde(default = "default_replication")]
-    replication_factor: i32,
+    replication_factor: NonZeroU16,
     /// Seconds to wait for the cluster before reporting it unreachable.
     #[serde(default = "default_connect_timeout")]
-    connect_timeout_secs: u64,
+    connect_timeout_secs: NonZeroU64,
+    /// The largest record (key plus payload, in bytes) sluice writes to its own topics and reads
+    /// into its SQL stage. A source record over it goes to the DLQ, cut to fit, with its size
+    /// and origin; the flow goes on. Raising it past 1,000,000 needs the brokers' (or topics')
+    /// `max.message.bytes` raised too.
+    #[serde(default = "default_max_record_bytes")]
+    max_record_bytes: NonZeroUsize,
 }
 
-fn default_partitions() -> i32 {
-    3
+fn default_partitions() -> NonZeroU16 {
+    NonZeroU16::new(3).unwrap_or(NonZeroU16::MIN)
 }
-fn default_replication() -> i32 {
-    1
+fn default_replication() -> NonZeroU16 {
+    NonZeroU16::MIN
 }
-fn default_connect_timeout() -> u64 {
-    15
+fn default_connect_timeout() -> NonZeroU64 {
+    NonZeroU64::new(15).unwrap_or(NonZeroU64::MIN)
+}
+fn default_max_record_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(sluice_engine::kafka::DEFAULT_MAX_RECORD_BYTES).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// `kafka.embedded`.
@@ -238,12 +249,12 @@ struct FlowConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchConfig {
-    /// Most records per write.
+    /// Most records per write (at least 1).
     #[serde(default = "default_batch_records")]
-    max_records: usize,
-    /// Most payload bytes per write.
+    max_records: NonZeroUsize,
+    /// Most payload bytes per write (at least 1; a write always takes one record).
     #[serde(default = "default_batch_bytes")]
-    max_bytes: usize,
+    max_bytes: NonZeroUsize,
     /// Milliseconds a write waits to fill once its first record arrived.
     #[serde(default = "default_linger_ms")]
     linger_ms: u64,
@@ -259,12 +270,12 @@ impl Default for BatchConfig {
     }
 }
 
-fn default_batch_records() -> usize {
-    BatchSettings::default().max_records
+fn default_batch_records() -> NonZeroUsize {
+    NonZeroUsize::new(BatchSettings::default().max_records).unwrap_or(NonZeroUsize::MIN)
 }
 
-fn default_batch_bytes() -> usize {
-    BatchSettings::default().max_bytes
+fn default_batch_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(BatchSettings::default().max_bytes).unwrap_or(NonZeroUsize::MIN)
 }
 
 fn default_linger_ms() -> u64 {
@@ -276,12 +287,12 @@ fn default_linger_ms() -> u64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetryConfig {
-    /// Attempts in all, the first included.
+    /// Attempts in all, the first included (at least 1).
     #[serde(default = "default_max_attempts")]
-    max_attempts: usize,
-    /// Seconds in all, across attempts.
+    max_attempts: NonZeroUsize,
+    /// Seconds in all, across attempts (at least 1).
     #[serde(default = "default_max_elapsed_secs")]
-    max_elapsed_secs: u64,
+    max_elapsed_secs: NonZeroU64,
     /// The first wait, in milliseconds; each next wait doubles, with jitter.
     #[serde(default = "default_initial_backoff_ms")]
     initial_backoff_ms: u64,
@@ -301,12 +312,12 @@ impl Default for RetryConfig {
     }
 }
 
-fn default_max_attempts() -> usize {
-    RetryPolicy::default().max_attempts
+fn default_max_attempts() -> NonZeroUsize {
+    NonZeroUsize::new(RetryPolicy::default().max_attempts).unwrap_or(NonZeroUsize::MIN)
 }
 
-fn default_max_elapsed_secs() -> u64 {
-    RetryPolicy::default().max_elapsed.as_secs()
+fn default_max_elapsed_secs() -> NonZeroU64 {
+    NonZeroU64::new(RetryPolicy::default().max_elapsed.as_secs()).unwrap_or(NonZeroU64::MIN)
 }
 
 fn default_initial_backoff_ms() -> u64 {
@@ -321,9 +332,9 @@ impl RetryConfig {
     fn policy(&self) -> RetryPolicy {
         RetryPolicy {
             initial: Duration::from_millis(self.initial_backoff_ms),
-            max_delay: Duration::from_millis(self.max_backoff_ms.max(self.initial_backoff_ms)),
-            max_attempts: self.max_attempts.max(1),
-            max_elapsed: Duration::from_secs(self.max_elapsed_secs),
+            max_delay: Duration::from_millis(self.max_backoff_ms),
+            max_attempts: self.max_attempts.get(),
+            max_elapsed: Duration::from_secs(self.max_elapsed_secs.get()),
         }
     }
 }
@@ -362,8 +373,12 @@ struct TransformConfig {
     tasks: Vec<sluice_sql::tasks::Task>,
     /// One `SELECT … FROM source …` query (over the tasks' output when there are tasks).
     sql: Option<String>,
-    /// The most memory, in MiB, the query may hold at once (sorts, aggregates); default 256.
-    memory_limit_mb: Option<usize>,
+    /// The most memory, in MiB, the query may hold at once (sorts, aggregates, and any one
+    /// function's result); default 256.
+    memory_limit_mb: Option<NonZeroUsize>,
+    /// The most seconds the query may take over one batch; past it the flow fails, naming the
+    /// limit. Default 30.
+    batch_timeout_secs: Option<NonZeroU64>,
 }
 
 /// A checked flow.
@@ -432,9 +447,12 @@ pub fn load(path: &Path) -> Result<Config, Rejected> {
     let mut errors = Vec::new();
     let mut docs = Vec::new();
     for f in files {
-        match std::fs::read_to_string(&f) {
+        match read_config_file(&f) {
             Ok(text) => match yaml::parse(&text) {
-                Ok(node) => docs.push((f, node)),
+                Ok(mut node) => {
+                    references::resolve_all(&mut node, &f, &mut errors);
+                    docs.push((f, node));
+                }
                 Err(e) => errors.push(ConfigError {
                     file: f,
                     line: Some(e.line),
@@ -442,12 +460,7 @@ pub fn load(path: &Path) -> Result<Config, Rejected> {
                     message: format!("invalid YAML: {}", e.message),
                 }),
             },
-            Err(e) => errors.push(ConfigError {
-                file: f,
-                line: None,
-                path: String::new(),
-                message: format!("reading config: {e}"),
-            }),
+            Err(message) => errors.push(ConfigError { file: f, line: None, path: String::new(), message }),
         }
     }
     let mut loader = Loader { errors, ..Loader::default() };
@@ -479,6 +492,21 @@ pub fn load(path: &Path) -> Result<Config, Rejected> {
         _ => return Err(Rejected { errors: loader.errors, flows: loader.flows }),
     };
     Ok(Config { kafka, connections: loader.connections, flows: loader.flows })
+}
+
+/// The largest config file read. Configs are a few kilobytes; a file of many megabytes is a
+/// mistake (or an attack on the loader), refused before it is read.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+fn read_config_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path).map_err(|e| format!("reading config: {e}"))?;
+    let mut text = String::new();
+    f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(|e| format!("reading config: {e}"))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!("the file is larger than {} MiB; a config is a few kilobytes", MAX_CONFIG_BYTES >> 20));
+    }
+    Ok(text)
 }
 
 fn config_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
@@ -575,7 +603,7 @@ impl Loader {
                 }
             }
         }
-        let timeout = Duration::from_secs(k.connect_timeout_secs);
+        let timeout = Duration::from_secs(k.connect_timeout_secs.get());
         self.kafka = match (k.embedded, k.bootstrap_servers) {
             (Some(_), Some(_)) | (None, None) => {
                 self.at(file, node, "kafka", "set exactly one of `embedded` and `bootstrap_servers`");
@@ -583,8 +611,9 @@ impl Loader {
             }
             (Some(e), None) => {
                 let mut settings = KafkaSettings::plaintext("");
-                settings.partitions = k.partitions;
-                settings.replication_factor = k.replication_factor;
+                settings.partitions = i32::from(k.partitions.get());
+                settings.replication_factor = i32::from(k.replication_factor.get());
+                settings.max_record_bytes = k.max_record_bytes.get();
                 settings.connect_timeout = timeout;
                 let storage = match e.storage {
                     StorageKind::Sqlite => BrokerStorage::Sqlite(e.data_dir),
@@ -594,8 +623,9 @@ impl Loader {
             }
             (None, Some(servers)) => match KafkaSettings::from_parts(&servers, k.security.as_ref(), &k.options) {
                 Ok(mut s) => {
-                    s.partitions = k.partitions;
-                    s.replication_factor = k.replication_factor;
+                    s.partitions = i32::from(k.partitions.get());
+                    s.replication_factor = i32::from(k.replication_factor.get());
+                    s.max_record_bytes = k.max_record_bytes.get();
                     s.connect_timeout = timeout;
                     Some(KafkaSection::External(s))
                 }
@@ -641,7 +671,22 @@ impl Loader {
             let body = v.without("type");
             match Connection::deserialize_kind(kind, yaml::De::new(&body, &path)) {
                 Ok(c) => {
-                    self.connections.insert(name, c);
+                    // A `kafka` connection's extra librdkafka options pass the same allow-list
+                    // as the `kafka:` section's, here, with their lines, not first at `run`.
+                    let before = self.errors.len();
+                    if let Some(Kind::Map(opts)) = v.get("options").map(|o| &o.kind)
+                        && kind == "kafka"
+                    {
+                        for (key, _) in opts {
+                            let option = key.as_str().unwrap_or_default();
+                            if let Err(m) = sluice_engine::kafka::check_option(option) {
+                                self.at(file, key, &format!("{path}.options.{option}"), m);
+                            }
+                        }
+                    }
+                    if self.errors.len() == before {
+                        self.connections.insert(name, c);
+                    }
                 }
                 Err(e) => self.err(file, e.located(&path, v.line)),
             }
@@ -678,6 +723,20 @@ impl Loader {
                 "a flow name is letters, digits, `_` and `-` (it names Kafka topics)",
             );
             ok = false;
+        } else if f.name.len() > sluice_engine::kafka::MAX_FLOW_NAME {
+            self.at(
+                file,
+                name_node,
+                &format!("{path}.name"),
+                format!(
+                    "a flow name is at most {} characters, this one has {}: it names the topic `{}`, and Kafka allows {} characters",
+                    sluice_engine::kafka::MAX_FLOW_NAME,
+                    f.name.len(),
+                    sluice_engine::kafka::changes_topic("<name>"),
+                    sluice_engine::kafka::MAX_TOPIC_NAME,
+                ),
+            );
+            ok = false;
         } else if !self.flow_names.insert(f.name.clone()) {
             self.at(file, name_node, &format!("{path}.name"), format!("flow `{}` defined more than once", f.name));
             ok = false;
@@ -691,6 +750,19 @@ impl Loader {
             self.endpoint(file, dst_node, &format!("{path}.destination"), &f.destination.connection, |c, d| {
                 sluice_connectors::sink_options(c, d)
             });
+        if f.retry.max_backoff_ms < f.retry.initial_backoff_ms {
+            let at = node.get("retry").unwrap_or(node);
+            self.at(
+                file,
+                at,
+                &format!("{path}.retry.max_backoff_ms"),
+                format!(
+                    "{} ms is shorter than `initial_backoff_ms` ({} ms): the longest wait cannot be shorter than the first",
+                    f.retry.max_backoff_ms, f.retry.initial_backoff_ms
+                ),
+            );
+            ok = false;
+        }
         let schedule = match (&f.trigger, &f.schedule) {
             (Trigger::Scheduled, None) => {
                 let at = node.get("trigger").unwrap_or(node);
@@ -733,6 +805,31 @@ impl Loader {
             _ => None,
         };
         let (Some(source), Some(destination), true) = (source, destination, ok) else { return };
+        // What the connectors would refuse when the flow starts, refused now, at the flow's
+        // source or destination line.
+        let own = match &self.kafka {
+            Some(KafkaSection::Embedded { settings, .. } | KafkaSection::External(settings)) => settings.clone(),
+            None => sluice_engine::kafka::KafkaSettings::plaintext(""),
+        };
+        if let Some(conn) = self.connections.get(&f.source.connection)
+            && let Err(e) = sluice_connectors::check_source(&f.source.connection, conn, &f.source.object, &source, &own)
+        {
+            self.at(file, src_node, &format!("{path}.source"), e.to_string());
+            return;
+        }
+        if let Some(conn) = self.connections.get(&f.destination.connection)
+            && let Err(e) = sluice_connectors::check_sink(
+                &f.destination.connection,
+                conn,
+                &f.destination.object,
+                &destination,
+                &own,
+                &f.name,
+            )
+        {
+            self.at(file, dst_node, &format!("{path}.destination"), e.to_string());
+            return;
+        }
         // Schema files are found next to the config file that names them.
         let beside = |name: &str| file.parent().unwrap_or(Path::new(".")).join(name);
         let declared = match (f.source.schema, &f.source.schema_file, &f.source.schema_sample) {
@@ -800,17 +897,25 @@ impl Loader {
                     Some(n) if t.tasks.is_empty() => (n.line, "transform.sql"),
                     _ => (at.map_or(node.line, |n| n.line), "transform"),
                 };
+                let defaults = sluice_sql::TransformSpec::default();
                 let spec = sluice_sql::TransformSpec {
                     tasks: t.tasks,
                     sql: t.sql,
                     memory_limit_bytes: t
                         .memory_limit_mb
-                        .map_or(sluice_sql::DEFAULT_MEMORY_LIMIT_BYTES, |mb| mb.saturating_mul(1 << 20)),
+                        .map_or(defaults.memory_limit_bytes, |mb| mb.get().saturating_mul(1 << 20)),
+                    batch_timeout: t
+                        .batch_timeout_secs
+                        .map_or(defaults.batch_timeout, |s| Duration::from_secs(s.get())),
+                    max_record_bytes: self.max_record_bytes(),
                 };
                 (spec, Location { file: file.to_owned(), line, path: format!("{path}.{field}") })
             }
             None => (
-                sluice_sql::TransformSpec::default(),
+                sluice_sql::TransformSpec {
+                    max_record_bytes: self.max_record_bytes(),
+                    ..sluice_sql::TransformSpec::default()
+                },
                 Location { file: file.to_owned(), line: node.line, path: path.to_string() },
             ),
         };
@@ -828,13 +933,24 @@ impl Loader {
             trigger: f.trigger,
             errors: f.errors,
             batch: BatchSettings {
-                max_records: f.batch.max_records.max(1),
-                max_bytes: f.batch.max_bytes.max(1),
+                max_records: f.batch.max_records.get(),
+                max_bytes: f.batch.max_bytes.get(),
                 linger: Duration::from_millis(f.batch.linger_ms),
                 retry: f.retry.policy(),
             },
             schedule,
         });
+    }
+
+    /// The record size limit of the `kafka:` section (its default when the section is missing
+    /// or bad: that is reported on its own).
+    fn max_record_bytes(&self) -> usize {
+        match &self.kafka {
+            Some(KafkaSection::Embedded { settings, .. } | KafkaSection::External(settings)) => {
+                settings.max_record_bytes
+            }
+            None => sluice_engine::kafka::DEFAULT_MAX_RECORD_BYTES,
+        }
     }
 
     fn endpoint<T>(

@@ -85,11 +85,31 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// The deepest a config may nest mappings and sequences. Real configs stay under ten levels;
+/// the limit is there because a hostile file nested thousands deep would otherwise exhaust the
+/// stack of whatever walks the tree next.
+pub const MAX_DEPTH: usize = 64;
+
+/// The most nodes a config may hold once its aliases are expanded. An alias copies the node it
+/// names, so nine levels of aliases to ten aliases each ("billion laughs") would grow a small
+/// file into 10⁹ nodes; the count stops that long before memory does.
+pub const MAX_NODES: usize = 100_000;
+
 /// Parses one YAML document into a [`Node`]. An empty document is an empty mapping.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut b = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut b, false).map_err(|e| SyntaxError { line: e.marker().line(), message: e.info().to_owned() })?;
+    // Events are pulled one by one: the parser's own `load` recurses into every nested node and
+    // overflows the stack on a deeply nested file before the builder could refuse it.
+    loop {
+        let (ev, mark) =
+            parser.next_token().map_err(|e| SyntaxError { line: e.marker().line(), message: e.info().to_owned() })?;
+        let end = matches!(ev, Event::StreamEnd | Event::DocumentEnd);
+        b.on_event(ev, mark);
+        if end || b.error.is_some() {
+            break;
+        }
+    }
     if let Some(message) = b.error {
         return Err(SyntaxError { line: b.error_line, message });
     }
@@ -99,8 +119,13 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
 #[derive(Default)]
 struct Builder {
     stack: Vec<(Node, usize, Option<Node>)>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes by id, with how many nodes each holds (what an alias to it adds) and
+    /// how deep it nests (what an alias adds to the depth where it is used).
+    anchors: HashMap<usize, (Node, usize, usize)>,
+    /// Nodes in the document so far, aliases expanded.
+    nodes: usize,
     root: Option<Node>,
+    /// The first error; once set, the rest of the document is ignored.
     error: Option<String>,
     error_line: usize,
 }
@@ -121,39 +146,99 @@ impl Builder {
             Some(_) => {}
         }
     }
+
+    fn fail(&mut self, line: usize, message: String) {
+        self.error_line = line;
+        self.error = Some(message);
+        // Nothing built so far is needed any more; free it now.
+        self.stack.clear();
+        self.anchors.clear();
+    }
+
+    /// Counts `n` more nodes; false (and the error set) past [`MAX_NODES`].
+    fn count(&mut self, n: usize, line: usize) -> bool {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            self.fail(
+                line,
+                format!(
+                    "the document holds more than {MAX_NODES} values once its aliases are expanded (an alias bomb?)"
+                ),
+            );
+            return false;
+        }
+        true
+    }
+}
+
+/// How many nodes `node` holds (itself included) and how deep it nests, walked without
+/// recursion.
+fn measure(node: &Node) -> (usize, usize) {
+    let mut todo = vec![(node, 1usize)];
+    let (mut size, mut height) = (0, 0);
+    while let Some((x, depth)) = todo.pop() {
+        size += 1;
+        height = height.max(depth);
+        match &x.kind {
+            Kind::Scalar { .. } => {}
+            Kind::Seq(items) => todo.extend(items.iter().map(|i| (i, depth + 1))),
+            Kind::Map(entries) => todo.extend(entries.iter().flat_map(|(k, v)| [(k, depth + 1), (v, depth + 1)])),
+        }
+    }
+    (size, height)
 }
 
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
         let line = mark.line();
         match ev {
             Event::Scalar(text, style, anchor, _) => {
+                if !self.count(1, line) {
+                    return;
+                }
                 let node = Node { kind: Kind::Scalar { text, plain: style == TScalarStyle::Plain }, line };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), 1, 1));
                 }
                 self.push_value(node);
             }
-            Event::SequenceStart(anchor, _) => {
-                self.stack.push((Node { kind: Kind::Seq(Vec::new()), line }, anchor, None))
-            }
-            Event::MappingStart(anchor, _) => {
-                self.stack.push((Node { kind: Kind::Map(Vec::new()), line }, anchor, None))
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if self.stack.len() >= MAX_DEPTH {
+                    return self.fail(line, format!("nested deeper than {MAX_DEPTH} levels"));
+                }
+                if !self.count(1, line) {
+                    return;
+                }
+                let kind =
+                    if matches!(ev, Event::SequenceStart(..)) { Kind::Seq(Vec::new()) } else { Kind::Map(Vec::new()) };
+                self.stack.push((Node { kind, line }, anchor, None));
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some((node, anchor, _)) = self.stack.pop() {
                     if anchor > 0 {
-                        self.anchors.insert(anchor, node.clone());
+                        let (size, height) = measure(&node);
+                        self.anchors.insert(anchor, (node.clone(), size, height));
                     }
                     self.push_value(node);
                 }
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(node) => self.push_value(node),
-                None => {
-                    self.error.get_or_insert_with(|| "unknown alias".into());
-                    self.error_line = line;
+            Event::Alias(id) => match self.anchors.get(&id).map(|(_, size, height)| (*size, *height)) {
+                // A copy of the anchored node lands here: it adds its size to the document and
+                // its depth to where it is used.
+                Some((size, height)) => {
+                    if self.stack.len() + height > MAX_DEPTH {
+                        return self.fail(line, format!("nested deeper than {MAX_DEPTH} levels (through an alias)"));
+                    }
+                    if self.count(size, line)
+                        && let Some((node, _, _)) = self.anchors.get(&id).cloned()
+                    {
+                        self.push_value(node);
+                    }
                 }
+                None => self.fail(line, "unknown alias".into()),
             },
             _ => {}
         }
@@ -214,6 +299,13 @@ fn child_path(parent: &str, key: &str) -> String {
 impl<'a> De<'a> {
     fn unexpected(&self) -> de::Unexpected<'a> {
         match &self.node.kind {
+            // A plain `-1` or `2.5` was written as a number: say so, not "string".
+            Kind::Scalar { text, plain: true } => match (text.parse::<i64>(), text.parse::<f64>()) {
+                (Ok(i), _) => de::Unexpected::Signed(i),
+                (_, Ok(f)) => de::Unexpected::Float(f),
+                _ if text == "true" || text == "false" => de::Unexpected::Bool(text == "true"),
+                _ => de::Unexpected::Str(text),
+            },
             Kind::Scalar { text, .. } => de::Unexpected::Str(text),
             Kind::Seq(_) => de::Unexpected::Seq,
             Kind::Map(_) => de::Unexpected::Map,
@@ -500,6 +592,27 @@ mod tests {
         let e = from_node::<Outer>(&n, "").unwrap_err();
         assert_eq!((e.path.as_deref(), e.line), (Some("items[1]"), Some(4)), "{e:?}");
         assert!(e.message.contains("missing field `count`"), "{e:?}");
+    }
+
+    #[test]
+    fn deep_nesting_and_alias_bombs_are_refused_without_blowing_up() {
+        // 3,000 levels in block style (one space each), and 10,000 in flow style.
+        let block: String = (0..3_000).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
+        let e = parse(&block).unwrap_err();
+        assert!(e.message.contains("nested deeper than 64"), "{e:?}");
+        let flow = format!("a: {}1{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse(&flow).is_err());
+        // Billion laughs: nine levels of ten aliases each.
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let e = parse(&bomb).unwrap_err();
+        assert!(e.message.contains("aliases are expanded"), "{e:?}");
+        // Aliases that stay small are fine, and copy what they name.
+        let n = parse("base: &b {x: 1}\nother: *b\n").unwrap();
+        assert_eq!(n.get("other").unwrap().get("x").unwrap().as_str(), Some("1"));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod pg;
 
 use std::collections::HashMap;
 use std::fs::File;

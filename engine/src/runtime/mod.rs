@@ -1,0 +1,66 @@
+//! Running a flow: the source task and the sink worker.
+//!
+//! ```text
+//!   Source ──poll──▶ run_source ──produce (idempotent, acks=all)──▶ sluice.<flow>.changes
+//!                        │ malformed input                                   │
+//!                        └──────────────▶ sluice.<flow>.dlq ◀── rejected ── run_sink ──▶ Sink
+//!                                                                  (consumer group, SQL stage)
+//! ```
+//!
+//! The two halves meet only through Kafka, so either can run on another machine. Each keeps one
+//! promise: the source stores a position only after Kafka acknowledged every record before it;
+//! the sink worker commits an offset only after the sink (or the DLQ) acknowledged every message
+//! before it. A crash anywhere therefore re-delivers, never loses.
+
+mod batch;
+mod dead_letters;
+mod retry;
+mod runs;
+mod sink_worker;
+mod source_task;
+mod watchdog;
+
+use std::sync::Arc;
+
+use rdkafka::error::KafkaError;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::FlowError;
+use crate::errors_policy::ErrorGate;
+use crate::kafka::KafkaSettings;
+use crate::ledger::Ledger;
+
+pub use dead_letters::{DeadLetters, KEPT_BYTES, Origin, TRUNCATED_HEADER};
+pub use retry::{BatchSettings, RetryPolicy, write_with_retry};
+pub use runs::{RunReporter, latest_runs};
+pub use sink_worker::{SinkConsumerContext, SinkInput, SinkSummary, StopAt, run_sink};
+pub use source_task::{SourceSummary, StoredPosition, load_position, run_source};
+
+/// Everything a flow's tasks share.
+#[derive(Clone)]
+pub struct FlowContext {
+    /// The flow's name.
+    pub flow: String,
+    /// sluice's own cluster: changes, DLQ and positions topics live here.
+    pub kafka: KafkaSettings,
+    /// Batch sizes.
+    pub batch: BatchSettings,
+    /// Counters.
+    pub ledger: Arc<Ledger>,
+    /// Cancelled on SIGTERM/SIGINT: both halves finish their batch, commit and stop.
+    pub shutdown: CancellationToken,
+    /// What to do with bad records.
+    pub errors: Arc<ErrorGate>,
+    /// This run's id (as in its run record); sinks may name what they write after it.
+    pub run_id: String,
+    /// The pull this run belongs to: its own id, or that of the interrupted run it resumes.
+    /// Stored with each source position, so a resumed run knows the position is its pull's.
+    pub pull_id: String,
+}
+
+impl FlowContext {
+    fn kafka_err(&self, context: impl Into<String>) -> impl FnOnce(KafkaError) -> FlowError + '_ {
+        let context = context.into();
+        move |e| FlowError::Kafka { flow: self.flow.clone(), context, message: self.kafka.redact(e) }
+    }
+}

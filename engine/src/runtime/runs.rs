@@ -1,0 +1,126 @@
+//! Run records: each flow's latest run in the compacted `sluice.runs` topic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureRecord;
+
+use super::dead_letters::{confirm, enqueue};
+use crate::kafka::{self, KafkaSettings};
+use crate::ledger::{Ledger, LedgerSnapshot, RunRecord, RunStatus};
+use crate::producer::Producer;
+use crate::record::now_ms;
+
+/// Publishes a flow's run record to [`kafka::RUNS_TOPIC`]: every few seconds while the flow
+/// runs, and once more, with the outcome, when it ends.
+pub struct RunReporter {
+    record: Arc<std::sync::Mutex<RunRecord>>,
+    settings: KafkaSettings,
+    /// `None` when no producer could be built: the run goes on unreported.
+    producer: Option<Producer>,
+    ledger: Arc<Ledger>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+/// How often a running flow's record is refreshed.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How long the final record may take to publish before the process exits without it.
+const FINAL_REPORT_LIMIT: Duration = Duration::from_secs(5);
+
+impl RunReporter {
+    /// Starts reporting run `run_id` of `flow` (part of pull `pull_id`, going on from run
+    /// `resumes` if it resumes one), counted by `ledger`.
+    pub fn start(
+        settings: &KafkaSettings,
+        flow: &str,
+        run_id: &str,
+        pull_id: &str,
+        resumes: Option<&str>,
+        ledger: Arc<Ledger>,
+    ) -> RunReporter {
+        let now = now_ms();
+        let record = Arc::new(std::sync::Mutex::new(RunRecord {
+            flow: flow.to_owned(),
+            run_id: run_id.to_owned(),
+            status: RunStatus::Running,
+            started_ms: now,
+            updated_ms: now,
+            counts: LedgerSnapshot::default(),
+            error: None,
+            pull_id: Some(pull_id.to_owned()),
+            resumes: resumes.map(str::to_owned),
+            host: Some(crate::ledger::host_name()),
+            pid: Some(std::process::id()),
+        }));
+        let producer = settings.producer("sluice.runs").ok();
+        let (r, s, l, p) = (record.clone(), settings.clone(), ledger.clone(), producer.clone());
+        let ticker = tokio::spawn(async move {
+            let Some(producer) = p else { return };
+            if s.ensure_topics(&[kafka::RUNS_TOPIC]).await.is_err() {
+                return;
+            }
+            loop {
+                // `.ok()` at once: a poisoned lock's error holds the guard, which must not live
+                // across the await below.
+                let rec = r
+                    .lock()
+                    .map(|mut rec| {
+                        rec.counts = l.snapshot();
+                        rec.updated_ms = now_ms();
+                        rec.clone()
+                    })
+                    .ok();
+                if let Some(rec) = rec {
+                    let _ = publish_run(&producer, &rec).await;
+                }
+                tokio::time::sleep(REPORT_EVERY).await;
+            }
+        });
+        RunReporter { record, settings: settings.clone(), producer, ledger, ticker }
+    }
+
+    /// Publishes the final record with `status` (and the error, if it failed). Bounded: a
+    /// cluster that is gone does not hold the process.
+    pub async fn finish(self, status: RunStatus, error: Option<String>) {
+        self.ticker.abort();
+        let Ok(rec) = self.record.lock().map(|mut rec| {
+            rec.status = status;
+            rec.error = error;
+            rec.counts = self.ledger.snapshot();
+            rec.updated_ms = now_ms();
+            rec.clone()
+        }) else {
+            return;
+        };
+        let (settings, producer) = (self.settings, self.producer);
+        let publish = async move {
+            // The ticker may not have got as far as creating the topic (a short run).
+            settings.ensure_topics(&[kafka::RUNS_TOPIC]).await.ok()?;
+            publish_run(producer.as_ref()?, &rec).await.ok()
+        };
+        if tokio::time::timeout(FINAL_REPORT_LIMIT, publish).await.ok().flatten().is_none() {
+            tracing::warn!("the run record could not be written to {}", kafka::RUNS_TOPIC);
+        }
+    }
+}
+
+async fn publish_run(producer: &Producer, rec: &RunRecord) -> Result<(), KafkaError> {
+    let payload = serde_json::to_vec(rec).unwrap_or_default();
+    let f = enqueue(producer, FutureRecord::to(kafka::RUNS_TOPIC).key(rec.flow.as_bytes()).payload(payload.as_slice()))
+        .await?;
+    confirm(vec![f]).await
+}
+
+/// The latest run record of each flow, from [`kafka::RUNS_TOPIC`].
+pub async fn latest_runs(settings: &KafkaSettings) -> Result<HashMap<String, RunRecord>, kafka::KafkaSetupError> {
+    let mut out = HashMap::new();
+    for m in kafka::read_topic(settings, kafka::RUNS_TOPIC, usize::MAX).await? {
+        if let Some(rec) = m.payload.as_deref().and_then(|p| serde_json::from_slice::<RunRecord>(p).ok()) {
+            // One flow's records share a key, so a partition, so offset order is time order.
+            out.insert(rec.flow.clone(), rec);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,123 @@
+//! The sink worker's watchdog over partitions no live worker delivers.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::sink_worker::{SinkConsumer, SinkInput};
+
+/// Notices partitions with undelivered records that no live worker is delivering, and rejoins
+/// the group so a fresh rebalance hands them out.
+///
+/// A partition another worker owns is normally that worker's business: it commits as it goes.
+/// But if the group's committed offset of a partition this worker does not own trails the
+/// partition's end and has not moved for a whole stall window, nobody is delivering it. A
+/// broker's group coordinator can end a rebalance that way when a member dies mid-way (the
+/// embedded broker assigns a dead member's partitions to the dead member); leaving and
+/// rejoining starts a fresh rebalance. A worker that owns every partition never looks, and a
+/// healthy group is never disturbed: someone is committing. If rejoining does not help (a live
+/// owner is stuck retrying a failing destination), the window doubles each time, up to
+/// [`STALL_WINDOW_MAX`], so the group is not kept rebalancing.
+pub(super) struct Watchdog {
+    /// When the unowned partitions' progress was last seen to change.
+    since: Instant,
+    /// The unowned, lagging partitions at the last check: (partition, committed, end).
+    last: Option<Vec<(i32, i64, i64)>>,
+    next_check: Instant,
+    /// How long unowned records may sit still before this worker rejoins.
+    window: Duration,
+    /// The topic's partition count, once known.
+    partitions: Option<usize>,
+}
+
+/// The first stall window (three default session timeouts).
+const STALL_WINDOW: Duration = Duration::from_secs(15);
+/// The longest stall window.
+const STALL_WINDOW_MAX: Duration = Duration::from_secs(300);
+/// How often the worker looks at the group's progress.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+
+impl Watchdog {
+    pub(super) fn new() -> Self {
+        let now = Instant::now();
+        Watchdog { since: now, last: None, next_check: now + WATCH_EVERY, window: STALL_WINDOW, partitions: None }
+    }
+
+    pub(super) fn check(&mut self, consumer: &SinkConsumer, input: &SinkInput, flow: &str) {
+        let now = Instant::now();
+        if now < self.next_check {
+            return;
+        }
+        self.next_check = now + WATCH_EVERY;
+        let assigned: Vec<i32> =
+            consumer.assignment().map(|a| a.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default();
+        if self.partitions.is_some_and(|n| assigned.len() >= n) {
+            self.since = now;
+            self.last = None;
+            return;
+        }
+        // These calls wait on the network; a failure just skips this round.
+        let Ok(progress) =
+            tokio::task::block_in_place(|| group_progress(consumer, &input.topic, input.kafka.connect_timeout))
+        else {
+            return;
+        };
+        self.partitions = Some(progress.len());
+        let unowned: Vec<(i32, i64, i64)> =
+            progress.into_iter().filter(|(p, committed, end)| !assigned.contains(p) && committed < end).collect();
+        if unowned.is_empty() {
+            self.window = STALL_WINDOW;
+        }
+        if unowned.is_empty() || self.last.as_ref() != Some(&unowned) {
+            self.since = now;
+            self.last = Some(unowned);
+            return;
+        }
+        if now.duration_since(self.since) < self.window {
+            return;
+        }
+        tracing::warn!(
+            flow = %flow,
+            topic = %input.topic,
+            partitions = ?unowned.iter().map(|(p, _, _)| *p).collect::<Vec<_>>(),
+            stalled_secs = now.duration_since(self.since).as_secs(),
+            "undelivered records sit in partitions no live worker is delivering; rejoining the group"
+        );
+        consumer.unsubscribe();
+        if let Err(e) = consumer.subscribe(&[input.topic.as_str()]) {
+            tracing::warn!(flow = %flow, topic = %input.topic, error = %e, "rejoining the group");
+        }
+        self.window = (self.window * 2).min(STALL_WINDOW_MAX);
+        self.since = now;
+        self.last = None;
+    }
+}
+
+/// Per partition of `topic`: (partition, the group's committed offset or 0, the end offset).
+fn group_progress(consumer: &SinkConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+            let (_, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+            ends.push((p.id(), high));
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut out = Vec::with_capacity(ends.len());
+    for (p, high) in ends {
+        let c = committed
+            .find_partition(topic, p)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .unwrap_or(0);
+        out.push((p, c, high));
+    }
+    Ok(out)
+}

@@ -1,0 +1,265 @@
+//! Commands that look at or act on what flows left: `status`, `dlq show`, `dlq replay`,
+//! `cdc slots`, `connections test`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use sluice_engine::kafka::{self};
+use sluice_engine::ledger::{Ledger, Liveness, RunStatus};
+use sluice_engine::runtime::{self, FlowContext, SinkInput};
+use sluice_sql::SqlStage;
+use tokio::sync::watch;
+
+use crate::cluster::{Attach, own_cluster};
+use crate::config::{self, Config, Flow};
+use crate::plan::{build_sink, known_flow, load_and_plan, print_config_errors};
+use crate::run::{flow_context, is_stop};
+
+/// `sluice dlq show CONFIG FLOW`.
+pub async fn dlq_show(path: &Path, flow: &str, limit: usize) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(rejected) => return print_config_errors(&rejected.errors),
+    };
+    if let Err(code) = known_flow(&cfg, flow) {
+        return code;
+    }
+    let (_broker, own) = match own_cluster(&cfg, Attach::IfRunning).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let topic = kafka::dlq_topic(flow);
+    let letters = match kafka::read_topic(&own, &topic, limit).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("{topic}: {} dead letter{}", letters.len(), if letters.len() == 1 { "" } else { "s" });
+    for m in &letters {
+        let h = |k: &str| m.header(k).unwrap_or("?").to_owned();
+        println!(
+            "\n[{}:{}] stage {} · attempts {} · at {} ms",
+            m.partition,
+            m.offset,
+            h("sluice.stage"),
+            h("sluice.attempts"),
+            h("sluice.ts_ms")
+        );
+        println!("  error:   {}", h("sluice.error"));
+        if let (Some(t), Some(p), Some(o)) =
+            (m.header("sluice.topic"), m.header("sluice.partition"), m.header("sluice.offset"))
+        {
+            println!("  from:    {t} partition {p} offset {o}");
+        }
+        if let Some(k) = &m.key {
+            println!("  key:     {}", shorten(k));
+        }
+        println!("  payload: {}", m.payload.as_deref().map_or_else(|| "(none)".to_owned(), shorten));
+    }
+    ExitCode::SUCCESS
+}
+
+/// `sluice dlq replay CONFIG FLOW`: sends the flow's dead letters through its SQL and sink
+/// again, after a fix.
+///
+/// The replay is a sink worker whose input is the DLQ topic, in its own consumer group, so its
+/// commits mark what was replayed: a second replay resends only dead letters that arrived
+/// since. It stops at the DLQ's end as it was when the replay started; letters that fail again
+/// are appended to the DLQ with their attempt count raised (and the original topic, partition
+/// and offset kept), for the next replay.
+pub async fn dlq_replay(path: &Path, name: &str) -> ExitCode {
+    let (cfg, stages) = match load_and_plan(path).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if let Err(code) = known_flow(&cfg, name) {
+        return code;
+    }
+    let Some((i, stage)) = stages.into_iter().find(|(i, _)| cfg.flows[*i].name == name) else {
+        eprintln!("error: flow `{name}` has no planned SQL stage");
+        return ExitCode::from(1);
+    };
+    let flow = cfg.flows[i].clone();
+    let shutdown = crate::stop::on_signal();
+    let (_broker, own) = match own_cluster(&cfg, Attach::IfRunning).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let ctx = flow_context(&flow, &own, Ledger::shared(), &shutdown);
+    let started = Instant::now();
+    match replay(&cfg, &flow, &ctx, stage).await {
+        Ok(dest) => {
+            let s = ctx.ledger.snapshot();
+            println!(
+                "flow {name}: replayed {} dead letter(s) to {dest}: delivered {}, filtered {}, dead-lettered again {}, dropped {} in {:.1} s",
+                s.consumed,
+                s.delivered,
+                s.filtered,
+                s.sink_dlq,
+                s.dropped,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) if is_stop(&e) => {
+            eprintln!("flow `{name}`: replay stopped while retrying a write; run it again to resend the rest");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: replaying the DLQ of flow `{name}`: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn replay(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage) -> anyhow::Result<String> {
+    let own = &ctx.kafka;
+    let dlq = kafka::dlq_topic(&flow.name);
+    own.ensure_topics(&[&dlq]).await?;
+    let sink = build_sink(cfg, flow, own).await?;
+    let dest = sink.describe();
+    let marks = kafka::high_watermarks(own, &dlq).await?;
+    let (_stop_tx, stop_rx) = watch::channel(Some(marks));
+    let input =
+        SinkInput { kafka: own.clone(), topic: dlq, group: kafka::replay_group(&flow.name), earlier: Vec::new() };
+    runtime::run_sink(ctx, input, Box::new(stage), sink, stop_rx).await?;
+    Ok(dest)
+}
+
+/// `sluice cdc slots CONFIG CONNECTION`, or with `drop`, `sluice cdc drop-slot … SLOT`.
+pub async fn cdc_slots(path: &Path, connection: &str, drop: Option<&str>) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(rejected) => return print_config_errors(&rejected.errors),
+    };
+    let Some(sluice_connectors::Connection::Postgres(conn)) = cfg.connections.get(connection) else {
+        eprintln!("error: `{connection}` is not a postgres connection of this config");
+        return ExitCode::from(2);
+    };
+    use sluice_connectors::postgres_cdc;
+    if let Some(slot) = drop {
+        return match postgres_cdc::drop_slot(connection, conn, slot).await {
+            Ok(()) => {
+                println!("dropped replication slot {slot}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    match postgres_cdc::list_slots(connection, conn).await {
+        Ok(slots) => {
+            println!("{:<32} {:<10} {:<7} {:<14} lag", "slot", "plugin", "active", "confirmed");
+            for s in slots {
+                println!("{:<32} {:<10} {:<7} {:<14} {} bytes", s.name, s.plugin, s.active, s.confirmed, s.lag_bytes);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `sluice connections test CONFIG [NAME]`.
+pub async fn connections_test(path: &Path, only: Option<&str>) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(rejected) => return print_config_errors(&rejected.errors),
+    };
+    let names: Vec<&String> = cfg.connections.keys().filter(|n| only.is_none_or(|o| o == n.as_str())).collect();
+    if let (Some(o), true) = (only, names.is_empty()) {
+        let all: Vec<&str> = cfg.connections.keys().map(String::as_str).collect();
+        eprintln!("error: no connection named `{o}` (connections: {})", all.join(", "));
+        return ExitCode::from(2);
+    }
+    // A `kafka` connection without servers means sluice's own cluster: reach it as `run` would.
+    let (_broker, own) = match own_cluster(&cfg, Attach::IfRunning).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let mut failed = false;
+    for name in names {
+        let conn = &cfg.connections[name];
+        match sluice_connectors::test_connection(name, conn, &own).await {
+            Ok(what) => println!("ok    {name} ({}): {what}", conn.kind()),
+            Err(e) => {
+                println!("FAIL  {name} ({}): {e}", conn.kind());
+                failed = true;
+            }
+        }
+    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// Bytes as text for a terminal: lossy UTF-8, at most 300 characters.
+fn shorten(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out: String = text.chars().take(300).collect();
+    if text.chars().count() > 300 {
+        out.push_str(&format!("… ({} bytes)", bytes.len()));
+    }
+    out
+}
+
+/// `sluice status CONFIG`: each flow's latest run.
+pub async fn status(path: &Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(rejected) => return print_config_errors(&rejected.errors),
+    };
+    let (_broker, own) = match own_cluster(&cfg, Attach::IfRunning).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let runs = match runtime::latest_runs(&own).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let now = sluice_engine::record::now_ms();
+    let host = sluice_engine::ledger::host_name();
+    for f in &cfg.flows {
+        let Some(r) = runs.get(&f.name) else {
+            println!("flow {}: never run", f.name);
+            continue;
+        };
+        let c = &r.counts;
+        let status = match (r.status, r.liveness(now, &host)) {
+            // A run that says it runs but whose process is gone (or silent): it was killed.
+            (RunStatus::Running, Liveness::Interrupted) => {
+                "interrupted (its process is gone; the next run goes on with it)"
+            }
+            (RunStatus::Running, _) => "running",
+            (RunStatus::Succeeded, _) => "succeeded",
+            (RunStatus::Stopped, _) => "stopped (the next run goes on with it)",
+            (RunStatus::Failed, _) => "failed",
+        };
+        let resumed = r.resumes.as_ref().map(|p| format!(" · resumed run {p}")).unwrap_or_default();
+        println!(
+            "flow {}: {status} · run {}{resumed} · started {} s ago · updated {} s ago\n  read {} = delivered {} + filtered {} + dlq {} + dropped {} + in flight {}",
+            f.name,
+            r.run_id,
+            (now - r.started_ms).max(0) / 1000,
+            (now - r.updated_ms).max(0) / 1000,
+            c.read(),
+            c.delivered,
+            c.filtered,
+            c.dlq(),
+            c.dropped,
+            c.in_flight(),
+        );
+        if let Some(e) = &r.error {
+            println!("  error: {e}");
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,38 @@
+//! Where logs go: standard error, every line passed through the secret redactor first.
+//!
+//! sluice never formats a secret into a log line itself (see `sluice_engine::secret`), but the
+//! libraries it drives may log what they were handed — the AWS SDK logs the S3 access key id at
+//! debug level — and `SLUICE_LOG=trace` turns those logs on. So the writer, not each call site,
+//! is where secrets are kept out: every registered secret value becomes `*****`.
+
+use std::io::Write;
+
+use tracing_subscriber::EnvFilter;
+
+/// Sets up logging: level from `SLUICE_LOG` (default: warnings, and sluice's own info), colour
+/// only on a terminal, secrets redacted.
+pub fn init() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
+            EnvFilter::new("warn,sluice=info,sluice_engine=info,sluice_connectors=info,sluice_sql=info")
+        }))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(|| RedactingStderr)
+        .init();
+}
+
+/// Standard error, with registered secrets replaced. The formatter writes each event in one
+/// `write_all` of the whole line, so a secret never straddles two writes.
+struct RedactingStderr;
+
+impl Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().lock().write_all(sluice_engine::secret::redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
