@@ -12,22 +12,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
+use common::http::serve;
 use common::{Broker, read_jsonl, read_topic, run, spawn, wait_until, write};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(240);
-
-/// Serves `app` on a loopback port from its own runtime; returns the base URL and the runtime.
-fn serve(app: Router) -> (String, tokio::runtime::Runtime) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let addr = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, app).await });
-        addr
-    });
-    (format!("http://{addr}"), rt)
-}
 
 /// A record of `bytes` bytes or so, with id `id`.
 fn big(id: i64, bytes: usize) -> Value {
@@ -124,6 +113,14 @@ flows:
             "{flow}"
         );
     }
+    // A dead letter cut to fit is not replayed as if it were the record: it says so.
+    let replay = run(&["dlq", "replay", &cfg, "from_file"], dir.path(), &[], LIMIT);
+    assert_eq!(replay.code(), Some(0), "{}", replay.stderr);
+    let dlq = read_topic(&broker.addr, "sluice.from_file.dlq");
+    assert_eq!(dlq.len(), 4, "both letters back, once each");
+    let refused = dlq.iter().filter(|m| m.headers["sluice.error"].contains("cut to fit the DLQ")).count();
+    assert_eq!(refused, 2, "{:?}", dlq.iter().map(|m| m.headers["sluice.error"].clone()).collect::<Vec<_>>());
+    assert_eq!(read_jsonl(&dir.path().join("out/file.jsonl")).0.len(), 150, "nothing replayed into the output");
     eprintln!("oversized records: 2 per source dead-lettered, 150 delivered each");
 }
 

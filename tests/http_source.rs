@@ -16,22 +16,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use common::http::serve;
 use common::{Broker, read_jsonl, run, write};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-/// Serves `app` on a loopback port from its own runtime; returns the base URL and the runtime.
-fn serve(app: Router) -> (String, tokio::runtime::Runtime) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let addr = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, app).await });
-        addr
-    });
-    (format!("http://{addr}"), rt)
-}
 
 /// Zendesk's incremental ticket export: `start_time` or `cursor`, `after_cursor`, `end_of_stream`.
 struct Tickets {

@@ -323,6 +323,13 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn names_are_checked_as_they_resolve() {
+        let e = resolve("localhost", false).await.unwrap_err().to_string();
+        assert!(e.contains("`localhost` resolves only to") && e.contains("allow_private_addresses"), "{e}");
+        assert!(!resolve("localhost", true).await.unwrap().is_empty());
+    }
+
     #[test]
     fn literal_urls_and_redirect_targets_are_checked() {
         for u in [

@@ -238,15 +238,7 @@ pub fn check_source(
         (Connection::Postgres(c), SourceOptions::PostgresQuery(o)) => {
             postgres_query::QuerySource::new(name, c, object, o.clone(), false).map(drop)
         }
-        (Connection::Kafka(c), SourceOptions::Kafka(o)) => {
-            c.settings(own)?;
-            if o.format == PayloadFormat::Avro && kafka::registry(name, c)?.is_none() {
-                return Err(ConnectorError::User(format!(
-                    "kafka connection `{name}`: `format: avro` needs the connection's `schema_registry`"
-                )));
-            }
-            Ok(())
-        }
+        (Connection::Kafka(c), SourceOptions::Kafka(o)) => check_kafka(name, c, own, o.format == PayloadFormat::Avro),
         _ => Err(ConnectorError::User(format!("connection of type `{}` does not match its options", conn.kind()))),
     }
 }
@@ -269,17 +261,20 @@ pub fn check_sink(
         (Connection::Postgres(c), SinkOptions::Postgres(o)) => {
             postgres::PostgresSink::new(name, c, object, o.clone()).map(drop)
         }
-        (Connection::Kafka(c), SinkOptions::Kafka(o)) => {
-            c.settings(own)?;
-            if o.format == kafka::SinkFormat::Avro && kafka::registry(name, c)?.is_none() {
-                return Err(ConnectorError::User(format!(
-                    "kafka connection `{name}`: `format: avro` needs the connection's `schema_registry`"
-                )));
-            }
-            Ok(())
-        }
+        (Connection::Kafka(c), SinkOptions::Kafka(o)) => check_kafka(name, c, own, o.format == kafka::SinkFormat::Avro),
         _ => Err(ConnectorError::User(format!("connection of type `{}` does not match its options", conn.kind()))),
     }
+}
+
+/// A `kafka` connection's settings, and its schema registry when Avro needs one.
+fn check_kafka(name: &str, c: &kafka::KafkaConnection, own: &KafkaSettings, avro: bool) -> Result<(), ConnectorError> {
+    c.settings(own)?;
+    if avro && kafka::registry(name, c)?.is_none() {
+        return Err(ConnectorError::User(format!(
+            "kafka connection `{name}`: `format: avro` needs the connection's `schema_registry`"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that connection `name` can be used: the service answers and accepts the credentials.

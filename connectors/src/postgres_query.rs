@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sluice_engine::connector::{Poll, Position, Source, SourceItem};
 use sluice_engine::error::ConnectorError;
-use sluice_engine::record::{ChangeRecord, Op, now_ms};
+use sluice_engine::record::ChangeRecord;
 use tokio_postgres::types::ToSql;
 
 use crate::postgres::{PgTarget, PostgresConnection, classify, client_config, connect, quote_ident};
@@ -194,16 +194,7 @@ impl QuerySource {
             if let Some(c) = &self.options.cursor {
                 source.insert("cursor".into(), after.get(c).cloned().unwrap_or(Value::Null));
             }
-            let record = ChangeRecord {
-                key,
-                before: None,
-                after: Some(after),
-                after_json: None,
-                op: Op::Read,
-                source,
-                ts_ms: now_ms(),
-            };
-            items.push(SourceItem::Record { record, position: position(r) });
+            items.push(SourceItem::Record { record: ChangeRecord::read(key, after, source), position: position(r) });
         }
         items
     }

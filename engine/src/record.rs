@@ -106,6 +106,11 @@ impl Serialize for ChangeRecord {
 }
 
 impl ChangeRecord {
+    /// A row read by a snapshot or a full pull (op `r`), now.
+    pub fn read(key: Row, after: Row, source: Row) -> ChangeRecord {
+        ChangeRecord { key, before: None, after: Some(after), after_json: None, op: Op::Read, source, ts_ms: now_ms() }
+    }
+
     /// The Kafka key bytes: the id fields as a JSON object.
     pub fn key_bytes(&self) -> Vec<u8> {
         // invariant: a map of JSON values always serializes.

@@ -351,6 +351,7 @@ pub fn describe_schema(schema: &Schema) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use arrow_array::Int64Array;
     use sluice_engine::schema::ColumnType;
 
     fn schema() -> RowSchema {
@@ -470,6 +471,17 @@ mod tests {
         let spec = TransformSpec { memory_limit_bytes: 64 << 20, ..spec };
         let mut s = SqlStage::new("t", &schema(), PayloadFormat::Json, &spec).await.unwrap();
         assert_eq!(s.process(&input).await.unwrap().rows(), 20_000);
+    }
+
+    #[tokio::test]
+    async fn a_topic_payload_naming_a_field_twice_keeps_the_last_value_as_documented() {
+        let mut s = SqlStage::new("t", &schema(), PayloadFormat::Json, &TransformSpec::sql("SELECT id FROM source"))
+            .await
+            .unwrap();
+        let input = [InputMessage { key: None, payload: Some(br#"{"id":1,"id":2}"#), timestamp_ms: None }];
+        let out = s.process(&input).await.unwrap();
+        let ids = out.batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+        assert_eq!(ids, 2);
     }
 
     #[tokio::test]

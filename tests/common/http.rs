@@ -205,3 +205,16 @@ fn reset(stream: TcpStream) {
     let _ = stream.set_linger(Some(Duration::ZERO));
     drop(stream);
 }
+
+/// Serves `app` on a loopback port from its own runtime; returns the base URL and the runtime
+/// (the server stops when the runtime drops).
+pub fn serve(app: Router) -> (String, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("test runtime");
+    let addr = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a test server");
+        let addr = l.local_addr().expect("test server address");
+        tokio::spawn(async move { axum::serve(l, app).await });
+        addr
+    });
+    (format!("http://{addr}"), rt)
+}

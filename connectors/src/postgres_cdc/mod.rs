@@ -40,6 +40,9 @@
 
 mod pgoutput;
 mod publication;
+mod slots;
+
+pub use slots::{SlotInfo, drop_slot, list_slots};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -214,6 +217,19 @@ impl CdcSource {
     /// of it or was created again. An error (a table dropped, a publication of the user's that
     /// misses a table) stops the flow before the slot moves.
     async fn verify(&mut self) -> Result<(), ConnectorError> {
+        for s in &self.coverage().await? {
+            let stale = self.established.get(&s.name).is_some_and(|oid| *oid != s.oid);
+            if stale || (!s.covered && self.established.contains_key(&s.name)) {
+                tracing::warn!(table = %s.name, "the table was created again or left the publication; resyncing it");
+                self.schedule(&s.name, true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each table's id and coverage now, after adding what a publication sluice manages
+    /// misses (an error for one of the user's); the ids are noted as current.
+    async fn coverage(&mut self) -> Result<Vec<publication::TableState>, ConnectorError> {
         let doing = self.doing();
         let (publication, tables) = (self.publication.clone(), self.tables.clone());
         let client = self.client().await?;
@@ -222,13 +238,8 @@ impl CdcSource {
         publication::add_missing(client, &publication, &missing, &doing).await?;
         for s in &states {
             self.current.insert(s.name.clone(), s.oid);
-            let stale = self.established.get(&s.name).is_some_and(|oid| *oid != s.oid);
-            if stale || (!s.covered && self.established.contains_key(&s.name)) {
-                tracing::warn!(table = %s.name, "the table was created again or left the publication; resyncing it");
-                self.schedule(&s.name, true);
-            }
         }
-        Ok(())
+        Ok(states)
     }
 
     /// Reads the next page of the snapshot; `None` once every table is done.
@@ -315,16 +326,10 @@ impl CdcSource {
             let key: Row = key_cols.iter().map(|k| (k.clone(), after.get(k).cloned().unwrap_or(Value::Null))).collect();
             let mut source = source_meta(&schema, &name, None);
             source.insert("snapshot".into(), json!(true));
-            let record = ChangeRecord {
-                key,
-                before: None,
-                after: Some(after),
-                after_json: None,
-                op: Op::Read,
-                source,
-                ts_ms: now_ms(),
-            };
-            items.push(SourceItem::Record { record, position: position.clone() });
+            items.push(SourceItem::Record {
+                record: ChangeRecord::read(key, after, source),
+                position: position.clone(),
+            });
         }
         Ok(Some(items))
     }
@@ -484,12 +489,7 @@ impl Source for CdcSource {
             stored.is_none() && resume.as_ref().and_then(|p| p.get("snapshot")).and_then(Value::as_str) == Some("done");
         // A new slot has seen none of the tables' history: whatever a position says, start over.
         let stored = if has_slot { stored.unwrap_or_default() } else { BTreeMap::new() };
-        let client = self.client().await?;
-        let states = publication::coverage(client, &publication, &tables, &doing).await?;
-        let missing: Vec<&publication::TableState> = states.iter().filter(|s| !s.covered).collect();
-        publication::add_missing(client, &publication, &missing, &doing).await?;
-        for s in &states {
-            self.current.insert(s.name.clone(), s.oid);
+        for s in &self.coverage().await? {
             match stored.get(&s.name) {
                 Some(oid) if *oid == s.oid && s.covered => {
                     self.established.insert(s.name.clone(), *oid);
@@ -562,51 +562,6 @@ impl Source for CdcSource {
     fn incremental(&self) -> bool {
         true
     }
-}
-
-/// One logical replication slot, for `sluice cdc slots`.
-#[derive(Debug, Clone)]
-pub struct SlotInfo {
-    /// The slot's name.
-    pub name: String,
-    /// Its output plugin.
-    pub plugin: String,
-    /// Whether a session is using it now.
-    pub active: bool,
-    /// How far it has confirmed, as an LSN.
-    pub confirmed: String,
-    /// WAL bytes the server keeps for it (current position minus confirmed).
-    pub lag_bytes: i64,
-}
-
-/// The logical replication slots of connection `name`'s database.
-pub async fn list_slots(name: &str, conn: &PostgresConnection) -> Result<Vec<SlotInfo>, ConnectorError> {
-    let client = connect(name, &client_config(name, conn)?).await?;
-    let doing = format!("listing replication slots (postgres connection `{name}`)");
-    let rows = client
-        .query(
-            "SELECT slot_name::text, plugin::text, active, coalesce(confirmed_flush_lsn::text, ''),              coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint              FROM pg_replication_slots WHERE slot_type = 'logical' AND database = current_database() ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(|e| classify(&doing, &e))?;
-    Ok(rows
-        .iter()
-        .map(|r| SlotInfo {
-            name: r.get(0),
-            plugin: r.get(1),
-            active: r.get(2),
-            confirmed: r.get(3),
-            lag_bytes: r.get(4),
-        })
-        .collect())
-}
-
-/// Drops a replication slot (the server then frees the WAL it kept).
-pub async fn drop_slot(name: &str, conn: &PostgresConnection, slot: &str) -> Result<(), ConnectorError> {
-    let client = connect(name, &client_config(name, conn)?).await?;
-    let doing = format!("dropping replication slot {slot} (postgres connection `{name}`)");
-    client.query("SELECT pg_drop_replication_slot($1)", &[&slot]).await.map(drop).map_err(|e| classify(&doing, &e))
 }
 
 /// Moves the slot's confirmed position forward to `lsn` (never back).

@@ -1,0 +1,482 @@
+//! Turning the parsed files into a checked [`Config`]: every section deserialized on its own, so
+//! one mistake does not hide the next, every problem collected with its file, line and path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_connectors::Connection;
+use sluice_engine::broker::BrokerStorage;
+use sluice_engine::kafka::KafkaSettings;
+use sluice_engine::runtime::BatchSettings;
+use sluice_engine::schema::RowSchema;
+
+use super::written::{FlowConfig, KafkaConfig, StorageKind};
+use super::yaml::{self, Kind, Node};
+use super::{ConfigError, Flow, KafkaSection, Location, Schedule, Trigger};
+
+#[derive(Default)]
+pub(super) struct Loader {
+    pub(super) errors: Vec<ConfigError>,
+    pub(super) kafka: Option<KafkaSection>,
+    pub(super) kafka_seen: bool,
+    pub(super) connections: BTreeMap<String, Connection>,
+    pub(super) connection_lines: BTreeMap<String, ()>,
+    pub(super) flows: Vec<Flow>,
+    pub(super) flow_names: HashSet<String>,
+    pub(super) flow_index: usize,
+}
+
+impl Loader {
+    fn err(&mut self, file: &Path, e: yaml::Error) {
+        self.errors.push(ConfigError {
+            file: file.to_owned(),
+            line: e.line,
+            path: e.path.unwrap_or_default(),
+            message: e.message,
+        });
+    }
+
+    fn at(&mut self, file: &Path, node: &Node, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: file.to_owned(),
+            line: Some(node.line),
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn top_level(&mut self, file: &Path, root: &Node) {
+        let Kind::Map(entries) = &root.kind else {
+            self.at(file, root, "", "expected a mapping with `kafka`, `connections` and `flows`");
+            return;
+        };
+        for (k, v) in entries {
+            match k.as_str() {
+                Some("connections" | "flows") => {}
+                Some("kafka") => {
+                    if self.kafka_seen {
+                        self.at(file, k, "kafka", "defined more than once");
+                    } else {
+                        self.kafka_seen = true;
+                        self.kafka(file, v);
+                    }
+                }
+                other => self.at(
+                    file,
+                    k,
+                    other.unwrap_or("?"),
+                    format!(
+                        "unknown field `{}`, expected one of `kafka`, `connections`, `flows`",
+                        other.unwrap_or("?")
+                    ),
+                ),
+            }
+        }
+    }
+
+    fn kafka(&mut self, file: &Path, node: &Node) {
+        let k: KafkaConfig = match yaml::from_node(node, "kafka") {
+            Ok(k) => k,
+            Err(e) => return self.err(file, e),
+        };
+        if let Some(opts) = node.get("options")
+            && let Kind::Map(entries) = &opts.kind
+        {
+            for (key, _) in entries {
+                let name = key.as_str().unwrap_or_default();
+                if let Err(m) = sluice_engine::kafka::check_option(name) {
+                    self.at(file, key, &format!("kafka.options.{name}"), m);
+                }
+            }
+        }
+        let timeout = Duration::from_secs(k.connect_timeout_secs.get());
+        self.kafka = match (k.embedded, k.bootstrap_servers) {
+            (Some(_), Some(_)) | (None, None) => {
+                self.at(file, node, "kafka", "set exactly one of `embedded` and `bootstrap_servers`");
+                None
+            }
+            (Some(e), None) => {
+                let mut settings = KafkaSettings::plaintext("");
+                settings.partitions = i32::from(k.partitions.get());
+                settings.replication_factor = i32::from(k.replication_factor.get());
+                settings.max_record_bytes = k.max_record_bytes.get();
+                settings.connect_timeout = timeout;
+                let storage = match e.storage {
+                    StorageKind::Sqlite => BrokerStorage::Sqlite(e.data_dir),
+                    StorageKind::Memory => BrokerStorage::Memory,
+                };
+                Some(KafkaSection::Embedded { storage, listen: e.listen, settings })
+            }
+            (None, Some(servers)) => match KafkaSettings::from_parts(&servers, k.security.as_ref(), &k.options) {
+                Ok(mut s) => {
+                    s.partitions = i32::from(k.partitions.get());
+                    s.replication_factor = i32::from(k.replication_factor.get());
+                    s.max_record_bytes = k.max_record_bytes.get();
+                    s.connect_timeout = timeout;
+                    Some(KafkaSection::External(s))
+                }
+                // Already reported per option above, with lines.
+                Err(_) => None,
+            },
+        };
+    }
+
+    pub(super) fn connections(&mut self, file: &Path, node: &Node) {
+        let Kind::Map(entries) = &node.kind else {
+            if !node.is_null() {
+                self.at(file, node, "connections", "expected a mapping of connection name to settings");
+            }
+            return;
+        };
+        for (k, v) in entries {
+            let name = k.as_str().unwrap_or_default().to_owned();
+            let path = format!("connections.{name}");
+            if self.connection_lines.insert(name.clone(), ()).is_some() {
+                self.at(file, k, &path, "connection defined more than once");
+                continue;
+            }
+            let Some(kind) = v.get("type").and_then(Node::as_str) else {
+                self.at(
+                    file,
+                    v,
+                    &path,
+                    format!("missing field `type`, expected one of {}", quoted(sluice_connectors::KINDS)),
+                );
+                continue;
+            };
+            if !sluice_connectors::KINDS.contains(&kind) {
+                let at = v.get("type").unwrap_or(v);
+                self.at(
+                    file,
+                    at,
+                    &format!("{path}.type"),
+                    format!("unknown connector `{kind}`, expected one of {}", quoted(sluice_connectors::KINDS)),
+                );
+                continue;
+            }
+            let body = v.without("type");
+            match Connection::deserialize_kind(kind, yaml::De::new(&body, &path)) {
+                Ok(c) => {
+                    // A `kafka` connection's extra librdkafka options pass the same allow-list
+                    // as the `kafka:` section's, here, with their lines, not first at `run`.
+                    let before = self.errors.len();
+                    if let Some(Kind::Map(opts)) = v.get("options").map(|o| &o.kind)
+                        && kind == "kafka"
+                    {
+                        for (key, _) in opts {
+                            let option = key.as_str().unwrap_or_default();
+                            if let Err(m) = sluice_engine::kafka::check_option(option) {
+                                self.at(file, key, &format!("{path}.options.{option}"), m);
+                            }
+                        }
+                    }
+                    if self.errors.len() == before {
+                        self.connections.insert(name, c);
+                    }
+                }
+                Err(e) => self.err(file, e.located(&path, v.line)),
+            }
+        }
+    }
+
+    pub(super) fn flows(&mut self, file: &Path, node: &Node) {
+        let Kind::Seq(items) = &node.kind else {
+            if !node.is_null() {
+                self.at(file, node, "flows", "expected a list of flows");
+            }
+            return;
+        };
+        for item in items {
+            let i = self.flow_index;
+            self.flow_index += 1;
+            let path = format!("flows[{i}]");
+            self.flow(file, item, &path);
+        }
+    }
+
+    fn flow(&mut self, file: &Path, node: &Node, path: &str) {
+        let f: FlowConfig = match yaml::from_node(node, path) {
+            Ok(f) => f,
+            Err(e) => return self.err(file, e),
+        };
+        let mut ok = true;
+        let name_node = node.get("name").unwrap_or(node);
+        if f.name.is_empty() || !f.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            self.at(
+                file,
+                name_node,
+                &format!("{path}.name"),
+                "a flow name is letters, digits, `_` and `-` (it names Kafka topics)",
+            );
+            ok = false;
+        } else if f.name.len() > sluice_engine::kafka::MAX_FLOW_NAME {
+            self.at(
+                file,
+                name_node,
+                &format!("{path}.name"),
+                format!(
+                    "a flow name is at most {} characters, this one has {}: it names the topic `{}`, and Kafka allows {} characters",
+                    sluice_engine::kafka::MAX_FLOW_NAME,
+                    f.name.len(),
+                    sluice_engine::kafka::changes_topic("<name>"),
+                    sluice_engine::kafka::MAX_TOPIC_NAME,
+                ),
+            );
+            ok = false;
+        } else if !self.flow_names.insert(f.name.clone()) {
+            self.at(file, name_node, &format!("{path}.name"), format!("flow `{}` defined more than once", f.name));
+            ok = false;
+        }
+        let src_node = node.get("source").unwrap_or(node);
+        let dst_node = node.get("destination").unwrap_or(node);
+        let source = self.endpoint(file, src_node, &format!("{path}.source"), &f.source.connection, |c, d| {
+            sluice_connectors::source_options(c, d)
+        });
+        let destination =
+            self.endpoint(file, dst_node, &format!("{path}.destination"), &f.destination.connection, |c, d| {
+                sluice_connectors::sink_options(c, d)
+            });
+        if f.retry.max_backoff_ms < f.retry.initial_backoff_ms {
+            let at = node.get("retry").unwrap_or(node);
+            self.at(
+                file,
+                at,
+                &format!("{path}.retry.max_backoff_ms"),
+                format!(
+                    "{} ms is shorter than `initial_backoff_ms` ({} ms): the longest wait cannot be shorter than the first",
+                    f.retry.max_backoff_ms, f.retry.initial_backoff_ms
+                ),
+            );
+            ok = false;
+        }
+        let schedule = match (&f.trigger, &f.schedule) {
+            (Trigger::Scheduled, None) => {
+                let at = node.get("trigger").unwrap_or(node);
+                self.at(
+                    file,
+                    at,
+                    &format!("{path}.schedule"),
+                    "missing: `trigger: scheduled` needs `schedule: {cron: …}`",
+                );
+                ok = false;
+                None
+            }
+            (_, Some(sc)) => {
+                let at = node.get("schedule").unwrap_or(node);
+                let parser = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Optional).build();
+                match (parser.parse(&sc.cron), sc.timezone.parse::<chrono_tz::Tz>()) {
+                    (Ok(cron), Ok(timezone)) => Some(Schedule { cron, timezone, text: sc.cron.clone() }),
+                    (Err(e), _) => {
+                        self.at(
+                            file,
+                            at,
+                            &format!("{path}.schedule.cron"),
+                            format!("`{}` is not a cron expression: {e}", sc.cron),
+                        );
+                        ok = false;
+                        None
+                    }
+                    (_, Err(_)) => {
+                        self.at(
+                            file,
+                            at,
+                            &format!("{path}.schedule.timezone"),
+                            format!("`{}` is not a time zone (use an IANA name such as Europe/Paris)", sc.timezone),
+                        );
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (Some(source), Some(destination), true) = (source, destination, ok) else { return };
+        // What the connectors would refuse when the flow starts, refused now, at the flow's
+        // source or destination line.
+        let own = match &self.kafka {
+            Some(KafkaSection::Embedded { settings, .. } | KafkaSection::External(settings)) => settings.clone(),
+            None => sluice_engine::kafka::KafkaSettings::plaintext(""),
+        };
+        if let Some(conn) = self.connections.get(&f.source.connection)
+            && let Err(e) = sluice_connectors::check_source(&f.source.connection, conn, &f.source.object, &source, &own)
+        {
+            self.at(file, src_node, &format!("{path}.source"), e.to_string());
+            return;
+        }
+        if let Some(conn) = self.connections.get(&f.destination.connection)
+            && let Err(e) = sluice_connectors::check_sink(
+                &f.destination.connection,
+                conn,
+                &f.destination.object,
+                &destination,
+                &own,
+                &f.name,
+            )
+        {
+            self.at(file, dst_node, &format!("{path}.destination"), e.to_string());
+            return;
+        }
+        // Schema files are found next to the config file that names them.
+        let beside = |name: &str| file.parent().unwrap_or(Path::new(".")).join(name);
+        let declared = match (f.source.schema, &f.source.schema_file, &f.source.schema_sample) {
+            (Some(s), None, None) => Some(s),
+            (None, None, None) => None,
+            (None, Some(avsc), None) => {
+                let p = beside(avsc);
+                let columns = std::fs::read_to_string(&p)
+                    .map_err(|e| format!("reading {}: {e}", p.display()))
+                    .and_then(|text| {
+                        apache_avro::Schema::parse_str(&text)
+                            .map_err(|e| format!("{} is not an Avro schema: {e}", p.display()))
+                    })
+                    .and_then(|schema| RowSchema::from_avro(&schema).map_err(|e| format!("{}: {e}", p.display())));
+                match columns {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        self.at(file, src_node, &format!("{path}.source.schema_file"), e);
+                        return;
+                    }
+                }
+            }
+            (None, None, Some(sample)) => {
+                let p = beside(sample);
+                let columns =
+                    std::fs::read_to_string(&p).map_err(|e| format!("reading {}: {e}", p.display())).and_then(|text| {
+                        RowSchema::infer_from_json_lines(&text).map_err(|e| format!("{}: {e}", p.display()))
+                    });
+                match columns {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        self.at(file, src_node, &format!("{path}.source.schema_sample"), e);
+                        return;
+                    }
+                }
+            }
+            _ => {
+                self.at(
+                    file,
+                    src_node,
+                    &format!("{path}.source"),
+                    "give the columns one way: `schema`, `schema_file` or `schema_sample`",
+                );
+                return;
+            }
+        };
+        let schema = match (declared, sluice_connectors::builtin_schema(&source)) {
+            (Some(declared), _) => declared,
+            (None, Some(builtin)) => builtin,
+            (None, None) => {
+                let conn = self.connections.get(&f.source.connection).map(Connection::kind).unwrap_or("?");
+                self.at(
+                    file,
+                    src_node,
+                    &format!("{path}.source.schema"),
+                    format!("missing: a `{conn}` source needs its columns declared as `name: type`"),
+                );
+                return;
+            }
+        };
+        let (transform, transform_at) = match f.transform {
+            Some(t) => {
+                let at = node.get("transform");
+                let (line, field) = match at.and_then(|t| t.get("sql")) {
+                    Some(n) if t.tasks.is_empty() => (n.line, "transform.sql"),
+                    _ => (at.map_or(node.line, |n| n.line), "transform"),
+                };
+                let defaults = sluice_sql::TransformSpec::default();
+                let spec = sluice_sql::TransformSpec {
+                    tasks: t.tasks,
+                    sql: t.sql,
+                    memory_limit_bytes: t
+                        .memory_limit_mb
+                        .map_or(defaults.memory_limit_bytes, |mb| mb.get().saturating_mul(1 << 20)),
+                    batch_timeout: t
+                        .batch_timeout_secs
+                        .map_or(defaults.batch_timeout, |s| Duration::from_secs(s.get())),
+                    max_record_bytes: self.max_record_bytes(),
+                };
+                (spec, Location { file: file.to_owned(), line, path: format!("{path}.{field}") })
+            }
+            None => (
+                sluice_sql::TransformSpec {
+                    max_record_bytes: self.max_record_bytes(),
+                    ..sluice_sql::TransformSpec::default()
+                },
+                Location { file: file.to_owned(), line: node.line, path: path.to_string() },
+            ),
+        };
+        self.flows.push(Flow {
+            name: f.name,
+            source_connection: f.source.connection,
+            source_object: f.source.object,
+            source,
+            schema,
+            transform,
+            transform_at,
+            destination_connection: f.destination.connection,
+            destination_object: f.destination.object,
+            destination,
+            trigger: f.trigger,
+            errors: f.errors,
+            batch: BatchSettings {
+                max_records: f.batch.max_records.get(),
+                max_bytes: f.batch.max_bytes.get(),
+                linger: Duration::from_millis(f.batch.linger_ms),
+                retry: f.retry.policy(),
+            },
+            schedule,
+        });
+    }
+
+    /// The record size limit of the `kafka:` section (its default when the section is missing
+    /// or bad: that is reported on its own).
+    fn max_record_bytes(&self) -> usize {
+        match &self.kafka {
+            Some(KafkaSection::Embedded { settings, .. } | KafkaSection::External(settings)) => {
+                settings.max_record_bytes
+            }
+            None => sluice_engine::kafka::DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+
+    fn endpoint<T>(
+        &mut self,
+        file: &Path,
+        node: &Node,
+        path: &str,
+        connection: &str,
+        parse: impl FnOnce(&Connection, yaml::De<'_>) -> Result<T, yaml::Error>,
+    ) -> Option<T> {
+        let Some(conn) = self.connections.get(connection) else {
+            let at = node.get("connection").unwrap_or(node);
+            let known: Vec<&str> = self.connections.keys().map(String::as_str).collect();
+            let known =
+                if known.is_empty() { "none are defined".to_owned() } else { format!("defined: {}", quoted(&known)) };
+            // A connection that failed to parse was already reported; do not report it twice.
+            if !self.connection_lines.contains_key(connection) {
+                self.at(
+                    file,
+                    at,
+                    &format!("{path}.connection"),
+                    format!("unknown connection `{connection}` ({known})"),
+                );
+            }
+            return None;
+        };
+        let empty = Node::empty_map(node.line);
+        let opts = node.get("options").unwrap_or(&empty);
+        let opts_path = format!("{path}.options");
+        match parse(conn, yaml::De::new(opts, &opts_path)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(file, e.located(&opts_path, opts.line));
+                None
+            }
+        }
+    }
+}
+
+fn quoted(names: &[&str]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}

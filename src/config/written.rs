@@ -1,0 +1,267 @@
+//! The config as written: serde structs that deny unknown fields, one per section, with the
+//! defaults of every optional setting. The [`super::loader`] turns them into a checked
+//! [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use sluice_engine::errors_policy::ErrorPolicy;
+use sluice_engine::kafka::KafkaSecurity;
+use sluice_engine::runtime::{BatchSettings, RetryPolicy};
+use sluice_engine::schema::RowSchema;
+
+use super::Trigger;
+
+/// The `kafka:` section as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KafkaConfig {
+    /// Run a Kafka-protocol broker inside sluice; mutually exclusive with `bootstrap_servers`.
+    pub(super) embedded: Option<EmbeddedConfig>,
+    /// An existing cluster, `host:port[,host:port…]`.
+    pub(super) bootstrap_servers: Option<String>,
+    /// TLS and SASL settings for the cluster.
+    pub(super) security: Option<KafkaSecurity>,
+    /// Extra librdkafka properties, from an allow-list.
+    #[serde(default)]
+    pub(super) options: BTreeMap<String, String>,
+    /// Partitions of the topics sluice creates (at least 1).
+    #[serde(default = "default_partitions")]
+    pub(super) partitions: NonZeroU16,
+    /// Replication factor of the topics sluice creates (at least 1).
+    #[serde(default = "default_replication")]
+    pub(super) replication_factor: NonZeroU16,
+    /// Seconds to wait for the cluster before reporting it unreachable.
+    #[serde(default = "default_connect_timeout")]
+    pub(super) connect_timeout_secs: NonZeroU64,
+    /// The largest record (key plus payload, in bytes) sluice writes to its own topics and reads
+    /// into its SQL stage. A source record over it goes to the DLQ, cut to fit, with its size
+    /// and origin; the flow goes on. Raising it past 1,000,000 needs the brokers' (or topics')
+    /// `max.message.bytes` raised too.
+    #[serde(default = "default_max_record_bytes")]
+    pub(super) max_record_bytes: NonZeroUsize,
+}
+
+fn default_partitions() -> NonZeroU16 {
+    NonZeroU16::new(3).unwrap_or(NonZeroU16::MIN)
+}
+fn default_replication() -> NonZeroU16 {
+    NonZeroU16::MIN
+}
+fn default_connect_timeout() -> NonZeroU64 {
+    NonZeroU64::new(15).unwrap_or(NonZeroU64::MIN)
+}
+fn default_max_record_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(sluice_engine::kafka::DEFAULT_MAX_RECORD_BYTES).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// `kafka.embedded`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EmbeddedConfig {
+    /// Where the broker keeps its log.
+    pub(super) data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free one.
+    #[serde(default = "default_listen")]
+    pub(super) listen: String,
+    /// `sqlite` (durable, the default) or `memory`.
+    #[serde(default)]
+    pub(super) storage: StorageKind,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:0".into()
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum StorageKind {
+    #[default]
+    Sqlite,
+    Memory,
+}
+
+/// A flow's `schedule:` section, for `trigger: scheduled`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ScheduleConfig {
+    /// A cron expression: `minute hour day month weekday`, with an optional leading seconds
+    /// field (`*/30 * * * * *`).
+    pub(super) cron: String,
+    /// An IANA time zone name (`Europe/Paris`); UTC by default.
+    #[serde(default = "default_timezone")]
+    pub(super) timezone: String,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+/// A flow as written (options are parsed later, once the connection's type is known).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FlowConfig {
+    /// Unique name; names the flow's topics and consumer group.
+    pub(super) name: String,
+    /// Where records come from.
+    pub(super) source: EndpointConfig,
+    /// The SQL stage.
+    pub(super) transform: Option<TransformConfig>,
+    /// Where rows go.
+    pub(super) destination: EndpointConfig,
+    /// `on_demand` (default) or `continuous`.
+    #[serde(default)]
+    pub(super) trigger: Trigger,
+    /// What to do with records that cannot be processed.
+    #[serde(default)]
+    pub(super) errors: ErrorPolicy,
+    /// How a failing destination is retried.
+    #[serde(default)]
+    pub(super) retry: RetryConfig,
+    /// When a `trigger: scheduled` flow runs.
+    pub(super) schedule: Option<ScheduleConfig>,
+    /// How the sink worker groups records into writes (for an object store: into objects).
+    #[serde(default)]
+    pub(super) batch: BatchConfig,
+}
+
+/// A flow's `batch:` section: a write (an object, a request, a transaction) closes at whichever
+/// limit comes first.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BatchConfig {
+    /// Most records per write (at least 1).
+    #[serde(default = "default_batch_records")]
+    pub(super) max_records: NonZeroUsize,
+    /// Most payload bytes per write (at least 1; a write always takes one record).
+    #[serde(default = "default_batch_bytes")]
+    pub(super) max_bytes: NonZeroUsize,
+    /// Milliseconds a write waits to fill once its first record arrived.
+    #[serde(default = "default_linger_ms")]
+    pub(super) linger_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: default_batch_records(),
+            max_bytes: default_batch_bytes(),
+            linger_ms: default_linger_ms(),
+        }
+    }
+}
+
+fn default_batch_records() -> NonZeroUsize {
+    NonZeroUsize::new(BatchSettings::default().max_records).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn default_batch_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(BatchSettings::default().max_bytes).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn default_linger_ms() -> u64 {
+    BatchSettings::default().linger.as_millis() as u64
+}
+
+/// A flow's `retry:` section: bounds on retrying a destination's retriable failures
+/// (timeouts, resets, 5xx, throttling). Past either bound the flow fails with the last error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetryConfig {
+    /// Attempts in all, the first included (at least 1).
+    #[serde(default = "default_max_attempts")]
+    pub(super) max_attempts: NonZeroUsize,
+    /// Seconds in all, across attempts (at least 1).
+    #[serde(default = "default_max_elapsed_secs")]
+    pub(super) max_elapsed_secs: NonZeroU64,
+    /// The first wait, in milliseconds; each next wait doubles, with jitter.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub(super) initial_backoff_ms: u64,
+    /// The longest single wait, in milliseconds.
+    #[serde(default = "default_max_backoff_ms")]
+    pub(super) max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: default_max_attempts(),
+            max_elapsed_secs: default_max_elapsed_secs(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+        }
+    }
+}
+
+fn default_max_attempts() -> NonZeroUsize {
+    NonZeroUsize::new(RetryPolicy::default().max_attempts).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn default_max_elapsed_secs() -> NonZeroU64 {
+    NonZeroU64::new(RetryPolicy::default().max_elapsed.as_secs()).unwrap_or(NonZeroU64::MIN)
+}
+
+fn default_initial_backoff_ms() -> u64 {
+    RetryPolicy::default().initial.as_millis() as u64
+}
+
+fn default_max_backoff_ms() -> u64 {
+    RetryPolicy::default().max_delay.as_millis() as u64
+}
+
+impl RetryConfig {
+    pub(super) fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_millis(self.initial_backoff_ms),
+            max_delay: Duration::from_millis(self.max_backoff_ms),
+            max_attempts: self.max_attempts.get(),
+            max_elapsed: Duration::from_secs(self.max_elapsed_secs.get()),
+        }
+    }
+}
+
+/// A flow's source or destination as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EndpointConfig {
+    /// The name of an entry under `connections:`.
+    pub(super) connection: String,
+    /// What to read or write at that connection: a file, a directory, a topic, a table.
+    #[serde(default)]
+    pub(super) object: String,
+    /// Connector-specific options, checked against the connection's type.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub(super) options: IgnoredAny,
+    /// Row columns as `name: type` (sources whose connector does not define them).
+    #[serde(default)]
+    pub(super) schema: Option<RowSchema>,
+    /// Row columns from an Avro schema file (`.avsc`, relative to this config file): its
+    /// record's fields, or its `after` record's for a change envelope.
+    pub(super) schema_file: Option<String>,
+    /// Row columns inferred from sample JSON lines (relative to this config file), once, when
+    /// the config is loaded; `sluice validate` prints them.
+    pub(super) schema_sample: Option<String>,
+}
+
+/// `transform:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TransformConfig {
+    /// AppFlow-style tasks (map, map_all, merge, arithmetic, mask, truncate, filter, validate),
+    /// run before `sql`.
+    #[serde(default)]
+    pub(super) tasks: Vec<sluice_sql::tasks::Task>,
+    /// One `SELECT … FROM source …` query (over the tasks' output when there are tasks).
+    pub(super) sql: Option<String>,
+    /// The most memory, in MiB, the query may hold at once (sorts, aggregates, and any one
+    /// function's result); default 256.
+    pub(super) memory_limit_mb: Option<NonZeroUsize>,
+    /// The most seconds the query may take over one batch; past it the flow fails, naming the
+    /// limit. Default 30.
+    pub(super) batch_timeout_secs: Option<NonZeroU64>,
+}
