@@ -10,8 +10,8 @@ use sluice_engine::kafka::KafkaSettings;
 use crate::config::{Config, KafkaSection};
 
 /// `sluice broker`.
-pub async fn broker(data_dir: PathBuf, listen: &str, memory: bool) -> ExitCode {
-    let storage = if memory { BrokerStorage::Memory } else { BrokerStorage::Sqlite(data_dir.clone()) };
+pub async fn broker(data_dir: PathBuf, listen: &str) -> ExitCode {
+    let storage = BrokerStorage::Sqlite(data_dir.clone());
     let broker = match EmbeddedBroker::start(storage, listen).await {
         Ok(b) => b,
         Err(e) => {
@@ -19,11 +19,7 @@ pub async fn broker(data_dir: PathBuf, listen: &str, memory: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    println!(
-        "sluice broker listening on {} (data: {})",
-        broker.bootstrap,
-        if memory { "memory".into() } else { data_dir.display().to_string() }
-    );
+    println!("sluice broker listening on {} (data: {})", broker.bootstrap, data_dir.display());
     let shutdown = crate::stop::on_signal();
     tokio::select! {
         r = broker.wait() => {

@@ -29,7 +29,7 @@ pub async fn dlq_show(path: &Path, flow: &str, limit: usize) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let topic = kafka::dlq_topic(flow);
+    let topic = own.dlq_topic(flow);
     let letters = match kafka::read_topic(&own, &topic, limit).await {
         Ok(l) => l,
         Err(e) => {
@@ -117,14 +117,13 @@ pub async fn dlq_replay(path: &Path, name: &str) -> ExitCode {
 
 async fn replay(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage) -> anyhow::Result<String> {
     let own = &ctx.kafka;
-    let dlq = kafka::dlq_topic(&flow.name);
+    let dlq = own.dlq_topic(&flow.name);
     own.ensure_topics(&[&dlq]).await?;
     let sink = build_sink(cfg, flow, own).await?;
     let dest = sink.describe();
     let marks = kafka::high_watermarks(own, &dlq).await?;
     let (_stop_tx, stop_rx) = watch::channel(Some(marks));
-    let input =
-        SinkInput { kafka: own.clone(), topic: dlq, group: kafka::replay_group(&flow.name), earlier: Vec::new() };
+    let input = SinkInput { kafka: own.clone(), topic: dlq, group: own.replay_group(&flow.name), earlier: Vec::new() };
     runtime::run_sink(ctx, input, Box::new(stage), sink, stop_rx).await?;
     Ok(dest)
 }

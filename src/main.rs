@@ -81,10 +81,6 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9092")]
         listen: String,
-        /// Keep the log in memory instead of under --data-dir. For experiments only: tansu 0.6's
-        /// memory engine was seen serving fewer records than it acknowledged under load.
-        #[arg(long)]
-        memory: bool,
     },
 }
 
@@ -180,7 +176,7 @@ fn main() -> ExitCode {
             Command::Sql { command: SqlCommand::Test { config, flow, input, ts_ms } } => {
                 sql_test::sql_test(&config, &flow, &input, ts_ms).await
             }
-            Command::Broker { data_dir, listen, memory } => cluster::broker(data_dir, &listen, memory).await,
+            Command::Broker { data_dir, listen } => cluster::broker(data_dir, &listen).await,
             Command::Status { config } => inspect::status(&config).await,
             Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => {
                 inspect::dlq_show(&config, &flow, limit).await

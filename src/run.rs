@@ -63,7 +63,9 @@ pub async fn run(path: &Path, only: Option<&str>, fresh: bool) -> ExitCode {
         match t.await {
             // A scheduled flow printed each run's summary as it ended.
             Ok((_, Ok(dest), _, _)) if dest.is_empty() => {}
-            Ok((name, Ok(dest), elapsed, snap)) => println!("{}", summary_line(&name, &snap, elapsed, &dest)),
+            Ok((name, Ok(dest), elapsed, snap)) => {
+                println!("{}", summary_line(&name, &snap, elapsed, &dest, &own.dlq_topic(&name)))
+            }
             Ok((name, Err(e), _, _)) if is_stop(&e) => {
                 // A requested stop, not a failure: the batch being retried was not committed
                 // and is delivered again on the next run.
@@ -183,7 +185,7 @@ async fn scheduled(
         runs += 1;
         last = ctx.ledger.snapshot();
         match &r {
-            Ok(dest) => println!("{}", summary_line(&name, &last, run_started.elapsed(), dest)),
+            Ok(dest) => println!("{}", summary_line(&name, &last, run_started.elapsed(), dest, &own.dlq_topic(&name))),
             Err(e) => eprintln!("error: flow `{name}`: scheduled run {runs} failed: {e:#}"),
         }
         if shutdown.is_cancelled() {
@@ -210,7 +212,7 @@ pub(crate) fn uuid_like() -> String {
     format!("{:x}-{:x}", sluice_engine::record::now_ms(), std::process::id())
 }
 
-pub(crate) fn summary_line(name: &str, s: &LedgerSnapshot, elapsed: Duration, dest: &str) -> String {
+pub(crate) fn summary_line(name: &str, s: &LedgerSnapshot, elapsed: Duration, dest: &str, dlq: &str) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
     // Rows differ from records only when the query gives a record several rows (or folds them).
     let rows = if s.rows != s.delivered { format!(" ({} rows)", s.rows) } else { String::new() };
@@ -225,7 +227,7 @@ pub(crate) fn summary_line(name: &str, s: &LedgerSnapshot, elapsed: Duration, de
         s.delivered,
         s.filtered,
         s.dlq(),
-        kafka::dlq_topic(name),
+        dlq,
         s.dropped,
         secs,
         s.read() as f64 / secs
@@ -269,58 +271,70 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
     // invariant: the loader checked that both connections exist.
     let src_conn = cfg.connections.get(&flow.source_connection).context("source connection vanished")?;
     let follow = flow.trigger == Trigger::Continuous;
-    let input = sluice_connectors::build_source(
-        &flow.source_connection,
-        src_conn,
-        &flow.source_object,
-        &flow.source,
-        own,
-        follow,
-    )
-    .with_context(|| format!("building source of flow `{}`", flow.name))?;
-    let changes = kafka::changes_topic(&flow.name);
-    let dlq = kafka::dlq_topic(&flow.name);
+    let changes = own.changes_topic(&flow.name);
+    let dlq = own.dlq_topic(&flow.name);
+    let build = || {
+        sluice_connectors::build_source(
+            &flow.source_connection,
+            src_conn,
+            &flow.source_object,
+            &flow.source,
+            own,
+            follow,
+        )
+    };
+    let input = build().with_context(|| format!("building source of flow `{}`", flow.name))?;
     match &input {
-        Input::Source(_) => own.ensure_topics(&[&changes, &dlq, kafka::POSITIONS_TOPIC]).await?,
+        Input::Source(_) => own.ensure_topics(&[&changes, &dlq, &own.positions_topic()]).await?,
         Input::Topic { .. } => own.ensure_topics(&[&dlq]).await?,
     }
     let sink = build_sink(cfg, flow, own).await?;
     let dest = sink.describe();
     let (stop_tx, stop_rx) = watch::channel(None);
     match input {
-        Input::Source(source) => {
-            let stored = runtime::load_position(own, &flow.name).await?;
-            let resuming = ctx.pull_id != ctx.run_id;
-            let resume = match flow.trigger {
-                Trigger::Continuous => stored.map(|s| s.position),
-                // An on-demand run of an incremental source goes on from the last run's position.
-                Trigger::OnDemand | Trigger::Scheduled if source.incremental() => stored.map(|s| s.position),
-                // So does one that resumes an interrupted pull, from the position of that pull.
-                Trigger::OnDemand | Trigger::Scheduled if resuming => {
-                    stored.filter(|s| s.pull_id.as_deref() == Some(ctx.pull_id.as_str())).map(|s| s.position)
-                }
-                // Otherwise it is a full pull: it starts at the beginning of the source.
-                Trigger::OnDemand | Trigger::Scheduled => None,
-            };
-            if let Some(p) = &resume {
-                tracing::info!(flow = %flow.name, position = %p, "resuming source");
-            }
+        Input::Source(first) => {
+            let incremental = first.incremental();
+            drop(first);
             // What sits in the changes topic now was published by earlier runs; whatever of it
             // this run delivers is counted as carried over.
             let earlier = kafka::high_watermarks(own, &changes).await?;
-            let source_half = async {
-                runtime::run_source(&ctx, source, resume, true).await?;
-                match flow.trigger {
+            // Each turn as the source's owner builds the source afresh and resumes it from the
+            // stored position as the trigger says.
+            let open = |stored: Option<runtime::StoredPosition>| {
+                let source = build().map_err(|e| FlowError::Connector { flow: flow.name.clone(), source: Box::new(e) });
+                let resume = match flow.trigger {
+                    Trigger::Continuous => stored.map(|s| s.position),
+                    // An on-demand run of an incremental source goes on from the last run's
+                    // position.
+                    Trigger::OnDemand | Trigger::Scheduled if incremental => stored.map(|s| s.position),
+                    // Otherwise it is a full pull from the beginning of the source — unless the
+                    // position was stored by this very pull (the run resumes an interrupted
+                    // one, or an earlier turn of this run stored it).
                     Trigger::OnDemand | Trigger::Scheduled => {
+                        stored.filter(|s| s.pull_id.as_deref() == Some(ctx.pull_id.as_str())).map(|s| s.position)
+                    }
+                };
+                async move {
+                    match source? {
+                        Input::Source(s) => Ok((s, resume)),
+                        Input::Topic { .. } => Err(FlowError::Internal("a source became a topic".into())),
+                    }
+                }
+            };
+            let source_half = async {
+                let end = runtime::run_claimed_source(&ctx, open).await?;
+                match (flow.trigger, end) {
+                    (Trigger::OnDemand | Trigger::Scheduled, runtime::SourceHalf::Exhausted) => {
                         let marks = kafka::high_watermarks(own, &changes).await?;
                         let _ = stop_tx.send(Some(marks));
                     }
-                    Trigger::Continuous => ctx.shutdown.cancelled().await,
+                    // Stopped: the sink half sees the same shutdown and finishes its batch.
+                    _ => ctx.shutdown.cancelled().await,
                 }
                 Ok::<(), anyhow::Error>(())
             };
             let input =
-                SinkInput { kafka: own.clone(), topic: changes.clone(), group: kafka::sink_group(&flow.name), earlier };
+                SinkInput { kafka: own.clone(), topic: changes.clone(), group: own.sink_group(&flow.name), earlier };
             let sink_half =
                 async { Ok::<_, anyhow::Error>(runtime::run_sink(&ctx, input, Box::new(stage), sink, stop_rx).await?) };
             tokio::try_join!(source_half, sink_half)?;
@@ -330,7 +344,7 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
                 let marks = kafka::high_watermarks(&theirs, &topic).await?;
                 let _ = stop_tx.send(Some(marks));
             }
-            let input = SinkInput { kafka: theirs, topic, group: kafka::sink_group(&flow.name), earlier: Vec::new() };
+            let input = SinkInput { kafka: theirs, topic, group: own.sink_group(&flow.name), earlier: Vec::new() };
             runtime::run_sink(&ctx, input, Box::new(stage), sink, stop_rx).await?;
         }
     }

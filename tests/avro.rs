@@ -15,7 +15,8 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use common::{Broker, produce, read_topic, run, write};
+use common::kafka::Kafka;
+use common::{run, write};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -103,20 +104,21 @@ fn framed(id: u32, schema: &apache_avro::Schema, value: Value) -> Vec<u8> {
     out
 }
 
-fn config(dir: &std::path::Path, addr: &str, registry: &str, flow: &str, output: &str) -> String {
+fn config(dir: &std::path::Path, kafka: &Kafka, registry: &str, flow: &str, input: &str, output: &str) -> String {
+    let kafka = kafka.yaml();
     write(
         dir,
         "avro.yaml",
         &format!(
             r#"
-kafka: {{bootstrap_servers: "{addr}"}}
+kafka: {{{kafka}}}
 connections:
   bus: {{type: kafka, schema_registry: {{url: "{registry}", timeout_secs: 2, allow_private_addresses: true}}}}
 flows:
   - name: {flow}
     source:
       connection: bus
-      object: orders-avro
+      object: {input}
       options: {{format: avro}}
       schema: {{id: int64, name: string, status: string, amount: float64, placed: timestamp}}
     transform:
@@ -127,9 +129,7 @@ flows:
     )
 }
 
-#[test]
-fn avro_in_sql_avro_out_with_a_schema_registry() {
-    let broker = Broker::start();
+fn avro_in_sql_avro_out_with_a_schema_registry(kafka: &mut Kafka) {
     let registry = start_registry();
     let rows = apache_avro::Schema::parse_str(ROW_SCHEMA).unwrap();
     let envelopes = apache_avro::Schema::parse_str(ENVELOPE_SCHEMA).unwrap();
@@ -204,19 +204,20 @@ fn avro_in_sql_avro_out_with_a_schema_registry() {
     let mut truncated = msgs[42].1.clone();
     truncated.truncate(8);
     msgs.push((None, truncated));
-    produce(&broker.addr, "orders-avro", 2, &msgs);
+    let (input, output) = (kafka.name("orders-avro"), kafka.name("big-orders-avro"));
+    kafka.produce(&input, 2, &msgs);
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &broker.addr, &registry.url, "avro", "big-orders-avro");
+    let cfg = config(dir.path(), kafka, &registry.url, "avro", &input, &output);
     let done = run(&["run", &cfg], dir.path(), &[], LIMIT);
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
 
     // Output: Confluent-framed, under the id registered for `big-orders-avro-value`.
-    let out_id = registry.state.lock().unwrap().subjects["big-orders-avro-value"][0];
+    let out_id = registry.state.lock().unwrap().subjects[&format!("{output}-value")][0];
     let out_schema =
         apache_avro::Schema::parse_str(&registry.state.lock().unwrap().schemas[out_id as usize - 1]).unwrap();
     let mut got = BTreeMap::new();
-    for m in read_topic(&broker.addr, "big-orders-avro") {
+    for m in kafka.read_topic(&output) {
         assert_eq!(&m.payload[..5], &[&[0u8][..], &out_id.to_be_bytes()[..]].concat()[..]);
         let v = apache_avro::from_avro_datum(&out_schema, &mut &m.payload[5..], None).unwrap();
         let row: serde_json::Value = apache_avro::from_value(&v).unwrap();
@@ -237,7 +238,7 @@ fn avro_in_sql_avro_out_with_a_schema_registry() {
     assert_eq!((got[&9002]["_op"].as_str(), got[&9002]["doubled"].as_f64()), (Some("d"), Some(140.0)));
 
     // The bad records are in the DLQ with their reasons; each schema id was fetched once.
-    let dlq = read_topic(&broker.addr, "sluice.avro.dlq");
+    let dlq = kafka.read_topic(&kafka.topic("avro.dlq"));
     let reasons: Vec<&str> = dlq.iter().map(|m| m.headers["sluice.error"].as_str()).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("first byte is 0x7b")), "{reasons:?}");
@@ -247,7 +248,7 @@ fn avro_in_sql_avro_out_with_a_schema_registry() {
 
     // An unreachable registry: bounded retries, then the flow fails naming the connection.
     let dead = format!("http://127.0.0.1:{}", common::free_port());
-    let cfg = config(dir.path(), &broker.addr, &dead, "avro-unreachable", "never");
+    let cfg = config(dir.path(), kafka, &dead, "avro-unreachable", &input, &kafka.name("never"));
     let started = std::time::Instant::now();
     let done = run(&["run", &cfg], dir.path(), &[], LIMIT);
     assert_eq!(done.code(), Some(1), "{}", done.stderr);
@@ -258,3 +259,5 @@ fn avro_in_sql_avro_out_with_a_schema_registry() {
     );
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
 }
+
+crate::on_both_brokers!(avro_in_sql_avro_out_with_a_schema_registry,);

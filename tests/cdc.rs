@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use common::kafka::Kafka;
 use common::pg::{Cleanup, pg, table};
-use common::{Broker, read_jsonl, read_topic, run, spawn, wait_until, write};
+use common::{read_jsonl, run, spawn, wait_until, write};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -41,20 +42,19 @@ fn flow(name: &str, table: &str, publication: &str, schema: &str, file: &str) ->
     )
 }
 
-fn config(dir: &Path, addr: &str, flows: &str) -> String {
+fn config(dir: &Path, kafka: &Kafka, flows: &str) -> String {
     write(
         dir,
         "cdc.yaml",
         &format!(
-            "kafka: {{bootstrap_servers: \"{addr}\"}}\nconnections:\n  wh: {{type: postgres, database: postgres, user: postgres}}\n  out: {{type: file, path: {out}}}\nflows:{flows}",
+            "kafka: {{{kafka}}}\nconnections:\n  wh: {{type: postgres, database: postgres, user: postgres}}\n  out: {{type: file, path: {out}}}\nflows:{flows}",
+            kafka = kafka.yaml(),
             out = dir.join("out").display()
         ),
     )
 }
 
-#[test]
-fn a_publication_that_misses_the_table_is_refused_and_other_tables_stay_out() {
-    let broker = Broker::start();
+fn a_publication_that_misses_the_table_is_refused_and_other_tables_stay_out(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let (t, other, publ) = (table("cdc_mine"), table("cdc_other"), table("cdc_users_pub"));
     let _cleanup = Cleanup {
@@ -68,7 +68,7 @@ fn a_publication_that_misses_the_table_is_refused_and_other_tables_stay_out() {
          CREATE PUBLICATION {publ} FOR TABLE {other}"
     ));
     let out = dir.path().join("out");
-    let cfg = config(dir.path(), &broker.addr, &flow("c", &t, &publ, "{id: int64, v: string}", "c.jsonl"));
+    let cfg = config(dir.path(), kafka, &flow("c", &t, &publ, "{id: int64, v: string}", "c.jsonl"));
     // The user's publication does not cover the table: a clear failure, naming both and the fix.
     let done = run(&["run", &cfg], dir.path(), &[], LIMIT);
     assert_eq!(done.code(), Some(1), "{}", done.stderr);
@@ -101,9 +101,7 @@ fn a_publication_that_misses_the_table_is_refused_and_other_tables_stay_out() {
     );
 }
 
-#[test]
-fn truncates_and_a_table_created_again_reach_the_output() {
-    let broker = Broker::start();
+fn truncates_and_a_table_created_again_reach_the_output(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let t = table("cdc_recreated");
     let publ = format!("p_{t}");
@@ -130,7 +128,7 @@ fn truncates_and_a_table_created_again_reach_the_output() {
 "#
     );
     let flows = flow("r", &t, &publ, "{id: int64, v: string}", "r.jsonl") + to_pg.as_str();
-    let cfg = config(dir.path(), &broker.addr, &flows);
+    let cfg = config(dir.path(), kafka, &flows);
     let file = out.join("r.jsonl");
     let p = spawn(&["run", &cfg], dir.path(), &[]);
     let ops = |f: &Path| captured(f).into_iter().map(|(op, id, _)| (op, id)).collect::<Vec<_>>();
@@ -170,7 +168,7 @@ fn truncates_and_a_table_created_again_reach_the_output() {
             == Some("streamed")
     };
     assert!(
-        wait_until(Duration::from_secs(60), || copied() && read_topic(&broker.addr, "sluice.rp.dlq").len() >= 2),
+        wait_until(Duration::from_secs(60), || copied() && kafka.read_topic(&kafka.topic("rp.dlq")).len() >= 2),
         "{}",
         p.stderr_so_far()
     );
@@ -179,7 +177,7 @@ fn truncates_and_a_table_created_again_reach_the_output() {
     let seen = ops(&file);
     assert_eq!(seen.iter().filter(|(op, _)| op == "t").count(), 2, "the truncate, and the resync's: {seen:?}");
     // A postgres sink refuses a truncate by default, to the DLQ, saying why.
-    let dlq = read_topic(&broker.addr, "sluice.rp.dlq");
+    let dlq = kafka.read_topic(&kafka.topic("rp.dlq"));
     assert_eq!(dlq.len(), 2, "both truncates dead-lettered by the postgres sink");
     assert!(
         dlq.iter().all(|m| m.headers["sluice.error"].contains("changes arrive in order per key")),
@@ -188,9 +186,7 @@ fn truncates_and_a_table_created_again_reach_the_output() {
     );
 }
 
-#[test]
-fn values_are_exact_toasted_values_survive_and_a_finished_snapshot_is_not_taken_again() {
-    let broker = Broker::start();
+fn values_are_exact_toasted_values_survive_and_a_finished_snapshot_is_not_taken_again(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let t = table("cdc_values");
     let copy = format!("{t}_copy");
@@ -226,10 +222,10 @@ fn values_are_exact_toasted_values_survive_and_a_finished_snapshot_is_not_taken_
 "#
         )
         .as_str();
-    let cfg = config(dir.path(), &broker.addr, &flows);
+    let cfg = config(dir.path(), kafka, &flows);
     let file = out.join("f.jsonl");
     let snapshot_done = || {
-        read_topic(&broker.addr, "sluice.positions").iter().any(|m| {
+        kafka.read_topic(&kafka.topic("positions")).iter().any(|m| {
             m.key.as_deref() == Some("f")
                 && serde_json::from_slice::<Value>(&m.payload).is_ok_and(|v| v["position"]["snapshot"] == "done")
         })
@@ -280,7 +276,8 @@ fn values_are_exact_toasted_values_survive_and_a_finished_snapshot_is_not_taken_
     let done = p.terminate(Duration::from_secs(30));
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
     // The snapshot was taken once: 20,001 reads in the changes topic, not one more.
-    let reads = read_topic(&broker.addr, "sluice.f.changes")
+    let reads = kafka
+        .read_topic(&kafka.topic("f.changes"))
         .iter()
         .filter(|m| serde_json::from_slice::<Value>(&m.payload).is_ok_and(|v| v["op"] == "r"))
         .count();
@@ -324,3 +321,9 @@ flows:
     let done = p.terminate(Duration::from_secs(30));
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
 }
+
+crate::on_both_brokers!(
+    a_publication_that_misses_the_table_is_refused_and_other_tables_stay_out,
+    truncates_and_a_table_created_again_reach_the_output,
+    values_are_exact_toasted_values_survive_and_a_finished_snapshot_is_not_taken_again,
+);

@@ -8,7 +8,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Broker, counts_of, free_port, read_jsonl, run, write};
+use common::kafka::Kafka;
+use common::{counts_of, free_port, read_jsonl, run, write};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -125,10 +126,8 @@ flows:
     assert!(!done.stderr.contains("panicked"), "{}", done.stderr);
 }
 
-#[test]
-fn a_canary_secret_is_never_printed() {
+fn a_canary_secret_is_never_printed(kafka: &mut Kafka) {
     const CANARY: &str = "canary-7f3a9c1e-do-not-print";
-    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let secret_file = write(dir.path(), "pw.txt", &format!("{CANARY}-file\n"));
     let cfg = write(
@@ -136,9 +135,7 @@ fn a_canary_secret_is_never_printed() {
         "c.yaml",
         &format!(
             r#"
-kafka:
-  bootstrap_servers: {addr}
-  connect_timeout_secs: 5
+kafka: {{{kafka}, connect_timeout_secs: 5}}
 connections:
   gen: {{type: generate}}
   # A SASL cluster that is really a plaintext broker: the handshake fails, errors get printed.
@@ -156,7 +153,8 @@ flows:
     source: {{connection: gen, object: o, options: {{count: 10}}}}
     destination: {{connection: remote, object: out-topic}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
+            addr = kafka.addr(),
         ),
     );
     let env = [("SLUICE_TEST_CANARY", CANARY), ("SLUICE_LOG", "debug")];
@@ -256,3 +254,5 @@ flows: []
     assert_eq!(unknown.code(), Some(2));
     assert!(unknown.stderr.contains("no connection named `nope`"), "{}", unknown.stderr);
 }
+
+crate::on_both_brokers!(a_canary_secret_is_never_printed);

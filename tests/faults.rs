@@ -8,56 +8,23 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
 use common::http::{Destination, Mode, Options};
-use common::{Broker, counts_of, produce, read_jsonl, read_topic, run, spawn, wait_until, write};
+use common::kafka::Kafka;
+use common::oracle::{IN_FLIGHT_WINDOW, oracle};
+use common::{counts_of, read_jsonl, run, spawn, wait_until, write};
 use serde_json::Value;
 
-/// The most records a worker holds unacknowledged: one batch (the runtime's default
-/// `max_records`). A kill re-delivers at most that many per kill.
-const IN_FLIGHT_WINDOW: usize = 5000;
-
-/// What the oracle found.
-#[derive(Debug)]
-#[allow(dead_code)] // printed in the fault summary lines
-struct Verdict {
-    delivered: usize,
-    distinct: usize,
-    duplicates: usize,
-}
-
-/// Checks rows with `seq`, `id` and `version` against the generated range `0..count`.
-fn oracle(rows: &[Value], count: u64) -> Verdict {
-    let seqs = counts_of(rows, "seq");
-    let missing: Vec<u64> = (0..count).filter(|s| !seqs.contains_key(&(*s as i64))).collect();
-    assert!(missing.is_empty(), "lost {} records, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
-    assert_eq!(seqs.len() as u64, count, "records outside the generated range arrived");
-    let mut last: HashMap<i64, i64> = HashMap::new();
-    let mut seen = BTreeSet::new();
-    for r in rows {
-        let (seq, id, version) =
-            (r["seq"].as_i64().unwrap(), r["id"].as_i64().unwrap(), r["version"].as_i64().unwrap());
-        if !seen.insert(seq) {
-            continue;
-        }
-        if let Some(prev) = last.insert(id, version) {
-            assert!(version > prev, "key {id}: version {version} arrived after {prev}");
-        }
-    }
-    Verdict { delivered: rows.len(), distinct: seqs.len(), duplicates: rows.len() - seqs.len() }
-}
-
-fn continuous_config(dir: &Path, addr: &str, flow: &str, count: u64, rate: u64) -> String {
+fn continuous_config(dir: &Path, kafka: &Kafka, flow: &str, count: u64, rate: u64) -> String {
     write(
         dir,
         "flow.yaml",
         &format!(
             r#"
-kafka:
-  bootstrap_servers: {addr}
+kafka: {{{kafka}}}
 connections:
   gen: {{type: generate}}
   out: {{type: file, path: {out}}}
@@ -69,23 +36,27 @@ flows:
       sql: SELECT seq, id, version FROM source
     destination: {{connection: out, object: {flow}.jsonl}}
 "#,
+            kafka = kafka.yaml(),
             out = dir.join("out").display(),
         ),
     )
 }
 
+/// The embedded broker's own fault; on the cluster, `tests/cluster_faults.rs` kills the
+/// partitions' leader instead.
 #[test]
 fn broker_killed_and_restarted_mid_run_loses_nothing() {
-    let mut broker = Broker::start();
+    let mut kafka = Kafka::embedded();
+    let kafka = &mut kafka;
     let dir = tempfile::tempdir().unwrap();
     let count = 20_000;
-    let cfg = continuous_config(dir.path(), &broker.addr, "brokerkill", count, 4000);
+    let cfg = continuous_config(dir.path(), kafka, "brokerkill", count, 4000);
     let file = dir.path().join("out/brokerkill.jsonl");
     let p = spawn(&["run", &cfg], dir.path(), &[]);
     assert!(wait_until(Duration::from_secs(60), || read_jsonl(&file).0.len() >= 4000), "{}", p.stderr_so_far());
-    broker.kill9();
+    kafka.embedded_broker().unwrap().kill9();
     std::thread::sleep(Duration::from_secs(2));
-    broker.restart();
+    kafka.embedded_broker().unwrap().restart();
     let all = |f: &Path| counts_of(&read_jsonl(f).0, "seq").len() as u64 >= count;
     let ok = wait_until(Duration::from_secs(150), || all(&file));
     let stderr = p.stderr_so_far();
@@ -97,12 +68,10 @@ fn broker_killed_and_restarted_mid_run_loses_nothing() {
     eprintln!("FAULT broker-kill: sent {count}, lost 0, duplicated {}, dlq 0 ({v:?})", v.duplicates);
 }
 
-#[test]
-fn sigterm_under_load_drains_with_no_loss_and_no_duplicates() {
-    let broker = Broker::start();
+fn sigterm_under_load_drains_with_no_loss_and_no_duplicates(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let count = 40_000;
-    let cfg = continuous_config(dir.path(), &broker.addr, "drain", count, 8000);
+    let cfg = continuous_config(dir.path(), kafka, "drain", count, 8000);
     let file = dir.path().join("out/drain.jsonl");
     for threshold in [5_000usize, 15_000] {
         let p = spawn(&["run", &cfg], dir.path(), &[]);
@@ -126,9 +95,7 @@ fn sigterm_under_load_drains_with_no_loss_and_no_duplicates() {
     eprintln!("FAULT sigterm x2: sent {count}, lost 0, duplicated 0, dlq 0");
 }
 
-#[test]
-fn poison_pills_go_to_the_dlq_and_the_flow_goes_on() {
-    let broker = Broker::start();
+fn poison_pills_go_to_the_dlq_and_the_flow_goes_on(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let good = |i: i64| (Some(format!("{{\"id\":{i}}}")), format!("{{\"id\":{i},\"name\":\"n{i}\"}}").into_bytes());
     let mut msgs: Vec<(Option<String>, Vec<u8>)> = (0..100).map(good).collect();
@@ -147,14 +114,14 @@ fn poison_pills_go_to_the_dlq_and_the_flow_goes_on() {
         msgs.insert(10 + i * 20, (Some(format!("pill-{name}")), p.clone()));
     }
     msgs.extend((100..200).map(good));
-    produce(&broker.addr, "dirty", 1, &msgs);
+    let input = kafka.name("dirty");
+    kafka.produce(&input, 1, &msgs);
     let cfg = write(
         dir.path(),
         "flow.yaml",
         &format!(
             r#"
-kafka:
-  bootstrap_servers: {addr}
+kafka: {{{kafka}}}
 connections:
   bus: {{type: kafka}}
   out: {{type: file, path: {out}}}
@@ -162,14 +129,14 @@ flows:
   - name: dirty
     source:
       connection: bus
-      object: dirty
+      object: {input}
       options: {{format: json}}
       schema: {{id: int64, name: string}}
     transform:
       sql: SELECT id, name FROM source
     destination: {{connection: out, object: clean.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             out = dir.path().join("out").display(),
         ),
     );
@@ -180,7 +147,7 @@ flows:
     let ids: BTreeSet<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, (0..200).collect::<BTreeSet<i64>>(), "every good record delivered once");
     assert_eq!(rows.len(), 200);
-    let dlq = read_topic(&broker.addr, "sluice.dirty.dlq");
+    let dlq = kafka.read_topic(&kafka.topic("dirty.dlq"));
     let keys: BTreeSet<String> = dlq.iter().filter_map(|m| m.key.clone()).collect();
     let expected: BTreeSet<String> = pills.iter().map(|(n, _)| format!("pill-{n}")).collect();
     assert_eq!(keys, expected, "exactly the pills are dead-lettered");
@@ -196,14 +163,12 @@ flows:
             assert_eq!(m.payload, pill.1, "the DLQ keeps the original payload of {}", pill.0);
         }
         assert!(!m.headers["sluice.error"].is_empty());
-        assert_eq!(m.headers["sluice.topic"], "dirty");
+        assert_eq!(m.headers["sluice.topic"], input);
     }
     eprintln!("FAULT poison pills: sent {}, lost 0, duplicated 0, dlq {}", msgs.len(), dlq.len());
 }
 
-#[test]
-fn two_workers_one_killed_the_other_takes_over() {
-    let broker = Broker::start();
+fn two_workers_one_killed_the_other_takes_over(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let count = 30_000i64;
     // Input: an existing topic with 4 partitions, keyed, versioned per key.
@@ -216,14 +181,14 @@ fn two_workers_one_killed_the_other_takes_over() {
             )
         })
         .collect();
-    produce(&broker.addr, "shared-in", 4, &msgs);
+    let (input, output) = (kafka.name("shared-in"), kafka.name("shared-out"));
+    kafka.produce(&input, 4, &msgs);
     let cfg = write(
         dir.path(),
         "flow.yaml",
         &format!(
             r#"
-kafka:
-  bootstrap_servers: {addr}
+kafka: {{{kafka}}}
 connections:
   bus: {{type: kafka}}
 flows:
@@ -231,27 +196,25 @@ flows:
     trigger: continuous
     source:
       connection: bus
-      object: shared-in
+      object: {input}
       options: {{format: json}}
       schema: {{seq: int64, id: int64, version: int64}}
     transform:
       sql: SELECT seq, id, version, _key FROM source
-    destination: {{connection: bus, object: shared-out}}
+    destination: {{connection: bus, object: {output}}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
         ),
     );
     // Throttle the sink through small batches so the kill lands mid-stream.
     let a = spawn(&["run", &cfg], dir.path(), &[]);
     let b = spawn(&["run", &cfg], dir.path(), &[]);
-    let out_len = || read_topic(&broker.addr, "shared-out").len();
+    let out_len = || kafka.read_topic(&output).len();
     assert!(wait_until(Duration::from_secs(90), || out_len() >= 1), "{}", a.stderr_so_far());
     a.kill9();
     let ok = wait_until(Duration::from_secs(150), || {
-        let rows: Vec<Value> = read_topic(&broker.addr, "shared-out")
-            .iter()
-            .map(|m| serde_json::from_slice(&m.payload).unwrap())
-            .collect();
+        let rows: Vec<Value> =
+            kafka.read_topic(&output).iter().map(|m| serde_json::from_slice(&m.payload).unwrap()).collect();
         counts_of(&rows, "seq").len() as i64 >= count
     });
     let stderr = b.stderr_so_far();
@@ -260,7 +223,7 @@ flows:
     assert!(ok, "the survivor did not deliver everything");
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
     let rows: Vec<Value> =
-        read_topic(&broker.addr, "shared-out").iter().map(|m| serde_json::from_slice(&m.payload).unwrap()).collect();
+        kafka.read_topic(&output).iter().map(|m| serde_json::from_slice(&m.payload).unwrap()).collect();
     let v = oracle(&rows, count as u64);
     assert!(v.duplicates <= IN_FLIGHT_WINDOW, "duplicates beyond the killed worker's in-flight batch: {v:?}");
     eprintln!("FAULT two workers, one killed: sent {count}, lost 0, duplicated {}, dlq 0", v.duplicates);
@@ -268,7 +231,7 @@ flows:
 
 /// `count` records keyed by `id` (40 keys) with a per-key `version`, padded with `pad` bytes,
 /// produced to `topic` over `partitions` partitions.
-fn produce_versioned(addr: &str, topic: &str, partitions: i32, count: i64, pad: usize) {
+fn produce_versioned(kafka: &Kafka, topic: &str, partitions: i32, count: i64, pad: usize) {
     let filler = "x".repeat(pad);
     let msgs: Vec<(Option<String>, Vec<u8>)> = (0..count)
         .map(|seq| {
@@ -277,18 +240,18 @@ fn produce_versioned(addr: &str, topic: &str, partitions: i32, count: i64, pad: 
             (Some(format!("{{\"id\":{id}}}")), body.into_bytes())
         })
         .collect();
-    produce(addr, topic, partitions, &msgs);
+    kafka.produce(topic, partitions, &msgs);
 }
 
 /// A flow from topic `input` to the HTTP destination at `url`, with `options` for the sink.
-fn http_flow_config(dir: &Path, addr: &str, flow: &str, input: &str, url: &str, options: &str) -> String {
+fn http_flow_config(dir: &Path, kafka: &Kafka, flow: &str, input: &str, url: &str, options: &str) -> String {
+    let kafka = kafka.yaml();
     write(
         dir,
         "flow.yaml",
         &format!(
             r#"
-kafka:
-  bootstrap_servers: {addr}
+kafka: {{{kafka}}}
 connections:
   bus: {{type: kafka}}
   hook:
@@ -321,14 +284,13 @@ fn accepted(dest: &Destination) -> Vec<Value> {
     dest.rows()
 }
 
-#[test]
-fn http_destination_failing_hanging_and_resetting_then_recovering_gets_everything() {
-    let broker = Broker::start();
+fn http_destination_failing_hanging_and_resetting_then_recovering_gets_everything(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let count = 20_000i64;
-    produce_versioned(&broker.addr, "hook-in", 3, count, 0);
+    let hook_in = kafka.name("hook-in");
+    produce_versioned(kafka, &hook_in, 3, count, 0);
     let dest = Destination::start(Options { mode: Mode::Error500, hang: Duration::from_secs(3), ..Options::default() });
-    let cfg = http_flow_config(dir.path(), &broker.addr, "outage", "hook-in", &dest.url, "{max_rows: 250}");
+    let cfg = http_flow_config(dir.path(), kafka, "outage", &hook_in, &dest.url, "{max_rows: 250}");
     let p = spawn(&["run", &cfg], dir.path(), &[("HOOK_TOKEN", "t0ps3cret")]);
     // Three 500s, then two requests hanging past the sink's 1 s timeout, then two reset
     // connections; then the service recovers. Each phase lasts until the worker met it.
@@ -349,7 +311,7 @@ fn http_destination_failing_hanging_and_resetting_then_recovering_gets_everythin
     assert!(!done.stderr.contains("t0ps3cret"), "the token leaked into the log");
     let v = oracle(&accepted(&dest), count as u64);
     assert!(v.duplicates <= IN_FLIGHT_WINDOW, "{v:?}");
-    assert!(read_topic(&broker.addr, "sluice.outage.dlq").is_empty(), "a retriable failure is never dead-lettered");
+    assert!(kafka.read_topic(&kafka.topic("outage.dlq")).is_empty(), "a retriable failure is never dead-lettered");
     let status = run(&["status", &cfg], dir.path(), &[("HOOK_TOKEN", "t0ps3cret")], Duration::from_secs(60));
     assert!(
         status
@@ -365,18 +327,17 @@ fn http_destination_failing_hanging_and_resetting_then_recovering_gets_everythin
     );
 }
 
-#[test]
-fn http_destination_rejecting_specific_records_dead_letters_exactly_those() {
-    let broker = Broker::start();
+fn http_destination_rejecting_specific_records_dead_letters_exactly_those(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let count = 10_000i64;
-    produce_versioned(&broker.addr, "picky-in", 2, count, 0);
+    let picky_in = kafka.name("picky-in");
+    produce_versioned(kafka, &picky_in, 2, count, 0);
     fn reject(row: &Value) -> Option<String> {
         let seq = row["seq"].as_i64()?;
         (seq % 997 == 13).then(|| format!("record {seq}: field seq is not accepted"))
     }
     let dest = Destination::start(Options { reject: Some(reject), ..Options::default() });
-    let cfg = http_flow_config(dir.path(), &broker.addr, "picky", "picky-in", &dest.url, "{max_rows: 200}");
+    let cfg = http_flow_config(dir.path(), kafka, "picky", &picky_in, &dest.url, "{max_rows: 200}");
     let done = run(&["run", &cfg], dir.path(), &[("HOOK_TOKEN", "t")], Duration::from_secs(180));
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
 
@@ -387,14 +348,14 @@ fn http_destination_rejecting_specific_records_dead_letters_exactly_those() {
     let expected: BTreeSet<i64> = (0..count).filter(|s| !refused.contains(s)).collect();
     assert_eq!(got.keys().copied().collect::<BTreeSet<i64>>(), expected, "everything else is delivered");
 
-    let dlq = read_topic(&broker.addr, "sluice.picky.dlq");
+    let dlq = kafka.read_topic(&kafka.topic("picky.dlq"));
     let mut dead = BTreeSet::new();
     for m in &dlq {
         let row: Value = serde_json::from_slice(&m.payload).unwrap();
         let seq = row["seq"].as_i64().unwrap();
         assert!(dead.insert(seq), "record {seq} dead-lettered twice");
         assert_eq!(m.headers["sluice.stage"], "sink");
-        assert_eq!(m.headers["sluice.topic"], "picky-in");
+        assert_eq!(m.headers["sluice.topic"], picky_in);
         assert_eq!(m.key.as_deref(), Some(format!("{{\"id\":{}}}", seq % 40).as_str()), "the original key");
         let why = &m.headers["sluice.error"];
         assert!(why.contains("HTTP 400") && why.contains(&format!("record {seq}: field seq is not accepted")), "{why}");
@@ -429,11 +390,11 @@ fn http_destination_rejecting_specific_records_dead_letters_exactly_those() {
         "{}",
         replay.stdout
     );
-    let dlq = read_topic(&broker.addr, "sluice.picky.dlq");
+    let dlq = kafka.read_topic(&kafka.topic("picky.dlq"));
     assert_eq!(dlq.len(), 2 * n);
     let second: Vec<_> = dlq.iter().filter(|m| m.headers["sluice.attempts"] == "2").collect();
     assert_eq!(second.len(), n);
-    assert!(second.iter().all(|m| m.headers["sluice.topic"] == "picky-in"));
+    assert!(second.iter().all(|m| m.headers["sluice.topic"] == picky_in));
 
     // The destination is fixed: a replay sends exactly the dead letters not replayed yet,
     // once; another finds nothing new.
@@ -467,17 +428,16 @@ fn peak_rss_mib(pid: nix::unistd::Pid) -> Option<u64> {
 /// 186–192 MiB with a 100 MB and with a 200 MB backlog alike.
 const RSS_BOUND_MIB: u64 = 230;
 
-#[test]
-fn slow_destination_bounds_memory_and_keeps_group_membership() {
-    let broker = Broker::start();
+fn slow_destination_bounds_memory_and_keeps_group_membership(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     // 10,000 records of about 10 KB: a 100 MB backlog.
     let count = 10_000i64;
-    produce_versioned(&broker.addr, "slow-in", 2, count, 10_000);
+    let slow_in = kafka.name("slow-in");
+    produce_versioned(kafka, &slow_in, 2, count, 10_000);
     let dest = Destination::start(Options { delay: Duration::from_millis(100), ..Options::default() });
     // 50 rows per request at 100 ms each: a 5,000-record batch takes 10 s, the group's whole
     // session timeout, so membership must survive on heartbeats while the worker waits.
-    let cfg = http_flow_config(dir.path(), &broker.addr, "slow", "slow-in", &dest.url, "{max_rows: 50}");
+    let cfg = http_flow_config(dir.path(), kafka, "slow", &slow_in, &dest.url, "{max_rows: 50}");
     let p = spawn(&["run", &cfg], dir.path(), &[("HOOK_TOKEN", "t")]);
     let pid = p.pid();
     let mut peak = 0;
@@ -503,3 +463,12 @@ fn slow_destination_bounds_memory_and_keeps_group_membership() {
         "FAULT slow destination (100 ms/request): sent {count} (~100 MB), lost 0, duplicated 0, dlq 0, peak RSS {peak} MiB"
     );
 }
+
+crate::on_both_brokers!(
+    sigterm_under_load_drains_with_no_loss_and_no_duplicates,
+    poison_pills_go_to_the_dlq_and_the_flow_goes_on,
+    two_workers_one_killed_the_other_takes_over,
+    http_destination_failing_hanging_and_resetting_then_recovering_gets_everything,
+    http_destination_rejecting_specific_records_dead_letters_exactly_those,
+    slow_destination_bounds_memory_and_keeps_group_membership,
+);

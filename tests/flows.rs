@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Broker, counts_of, produce, read_jsonl, read_topic, run, spawn, wait_until, write};
+use common::kafka::Kafka;
+use common::{counts_of, read_jsonl, run, spawn, wait_until, write};
 use serde_json::{Value, json};
 use sluice_connectors::generate::{GenerateOptions, GenerateSource};
 
@@ -22,9 +23,7 @@ fn generated(count: u64, keys: u64, seed: u64) -> Vec<Value> {
     (0..count).map(|n| Value::Object(g.record(n).after.expect("generated rows have `after`"))).collect()
 }
 
-#[test]
-fn on_demand_flow_delivers_exactly_the_generated_records() {
-    let broker = Broker::start();
+fn on_demand_flow_delivers_exactly_the_generated_records(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let (count, keys, seed) = (20_000u64, 500u64, 11u64);
     let cfg = write(
@@ -32,9 +31,7 @@ fn on_demand_flow_delivers_exactly_the_generated_records() {
         "flow.yaml",
         &format!(
             r#"
-kafka:
-  bootstrap_servers: {addr}
-  partitions: 3
+kafka: {{{kafka}, partitions: 3}}
 connections:
   gen: {{type: generate}}
   out: {{type: file, path: {out}}}
@@ -45,7 +42,7 @@ flows:
       sql: SELECT seq, id, upper(name) AS name, amount, _op AS op FROM source WHERE amount >= 300
     destination: {{connection: out, object: exact.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             out = dir.path().join("out").display(),
         ),
     );
@@ -83,7 +80,7 @@ flows:
     assert!(status.stdout.contains("flow exact: succeeded") && status.stdout.contains(&expect), "{}", status.stdout);
 
     // The changes topic carries Debezium envelopes keyed by id.
-    let msgs = read_topic(&broker.addr, "sluice.exact.changes");
+    let msgs = kafka.read_topic(&kafka.topic("exact.changes"));
     assert_eq!(msgs.len(), count as usize);
     let m = &msgs[0];
     let env: Value = serde_json::from_slice(&m.payload).unwrap();
@@ -95,9 +92,7 @@ flows:
     assert!(env["after"].get("connector").is_none(), "metadata leaked into `after`");
 }
 
-#[test]
-fn continuous_flow_killed_and_restarted_loses_nothing() {
-    let broker = Broker::start();
+fn continuous_flow_killed_and_restarted_loses_nothing(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let count = 30_000u64;
     let out = dir.path().join("out");
@@ -106,8 +101,7 @@ fn continuous_flow_killed_and_restarted_loses_nothing() {
         "flow.yaml",
         &format!(
             r#"
-kafka:
-  bootstrap_servers: {addr}
+kafka: {{{kafka}}}
 connections:
   gen: {{type: generate}}
   out: {{type: file, path: {out}}}
@@ -119,7 +113,7 @@ flows:
       sql: SELECT seq, id, version FROM source
     destination: {{connection: out, object: forever.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             out = out.display(),
         ),
     );
@@ -176,9 +170,7 @@ flows:
     }
 }
 
-#[test]
-fn malformed_file_lines_go_to_the_dlq_with_their_line_and_the_flow_goes_on() {
-    let broker = Broker::start();
+fn malformed_file_lines_go_to_the_dlq_with_their_line_and_the_flow_goes_on(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("in");
     std::fs::create_dir_all(&data).unwrap();
@@ -192,8 +184,7 @@ fn malformed_file_lines_go_to_the_dlq_with_their_line_and_the_flow_goes_on() {
         "flow.yaml",
         &format!(
             r#"
-kafka:
-  bootstrap_servers: {addr}
+kafka: {{{kafka}}}
 connections:
   files: {{type: file, path: {root}}}
 flows:
@@ -207,7 +198,7 @@ flows:
       sql: SELECT id, name FROM source WHERE age > 40
     destination: {{connection: files, object: out/people.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             root = dir.path().display(),
         ),
     );
@@ -219,7 +210,7 @@ flows:
 
     // Line 3 is not JSON (refused by the source); line 4 does not fit the schema (refused by
     // the SQL stage's decoder). Both are in the DLQ with the reason; nothing else is.
-    let dlq = read_topic(&broker.addr, "sluice.people.dlq");
+    let dlq = kafka.read_topic(&kafka.topic("people.dlq"));
     assert_eq!(dlq.len(), 2, "{dlq:#?}");
     let decode = dlq
         .iter()
@@ -240,15 +231,16 @@ flows:
     let shown = run(&["dlq", "show", &cfg, "people"], dir.path(), &[], LIMIT);
     assert_eq!(shown.code(), Some(0), "{}", shown.stderr);
     let out = &shown.stdout;
-    assert!(out.contains("sluice.people.dlq: 2 dead letters"), "{out}");
+    assert!(out.contains(&format!("{}: 2 dead letters", kafka.topic("people.dlq"))), "{out}");
     assert!(out.contains("stage decode") && out.contains("line 3: invalid JSON"), "{out}");
-    assert!(out.contains("stage sql") && out.contains("from:    sluice.people.changes partition"), "{out}");
+    assert!(
+        out.contains("stage sql") && out.contains(&format!("from:    {} partition", kafka.topic("people.changes"))),
+        "{out}"
+    );
     assert!(out.contains("forty-one"), "{out}");
 }
 
-#[test]
-fn kafka_topic_in_sql_kafka_topic_out() {
-    let broker = Broker::start();
+fn kafka_topic_in_sql_kafka_topic_out(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let n = 5_000i64;
     let msgs: Vec<(Option<String>, Vec<u8>)> = (0..n)
@@ -259,33 +251,33 @@ fn kafka_topic_in_sql_kafka_topic_out() {
             )
         })
         .collect();
-    produce(&broker.addr, "payments", 2, &msgs);
+    let (input, output) = (kafka.name("payments"), kafka.name("big-payments"));
+    kafka.produce(&input, 2, &msgs);
     let cfg = write(
         dir.path(),
         "flow.yaml",
         &format!(
             r#"
-kafka:
-  bootstrap_servers: {addr}
+kafka: {{{kafka}}}
 connections:
   bus: {{type: kafka}}
 flows:
   - name: big-payments
     source:
       connection: bus
-      object: payments
+      object: {input}
       options: {{format: json}}
       schema: {{id: int64, amount: int64, name: string}}
     transform:
       sql: SELECT id, amount * 2 AS doubled, _key FROM source WHERE amount > 500
-    destination: {{connection: bus, object: big-payments}}
+    destination: {{connection: bus, object: {output}}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
         ),
     );
     let done = run(&["run", &cfg], dir.path(), &[], LIMIT);
     assert_eq!(done.code(), Some(0), "stderr:\n{}", done.stderr);
-    let out = read_topic(&broker.addr, "big-payments");
+    let out = kafka.read_topic(&output);
     let expected: BTreeSet<i64> = (0..n).filter(|i| i % 1000 > 500).collect();
     let mut got = BTreeSet::new();
     for m in &out {
@@ -298,12 +290,10 @@ flows:
     }
     assert_eq!(got, expected);
     // No copy of the input topic was made.
-    assert!(read_topic(&broker.addr, "sluice.big-payments.changes").is_empty());
+    assert!(kafka.read_topic(&kafka.topic("big-payments.changes")).is_empty());
 }
 
-#[test]
-fn error_policies_drop_or_stop_on_bad_records() {
-    let broker = Broker::start();
+fn error_policies_drop_or_stop_on_bad_records(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.jsonl"), "{\"id\":1}\n{\"id\":2}\nnot json\n{\"id\":\"three\"}\n{\"id\":5}\n")
         .unwrap();
@@ -313,8 +303,7 @@ fn error_policies_drop_or_stop_on_bad_records() {
             &format!("{flow}.yaml"),
             &format!(
                 r#"
-kafka:
-  bootstrap_servers: {addr}
+kafka: {{{kafka}}}
 connections:
   files: {{type: file, path: {root}}}
 flows:
@@ -323,7 +312,7 @@ flows:
     destination: {{connection: files, object: {flow}.out.jsonl}}
     errors: {errors}
 "#,
-                addr = broker.addr,
+                kafka = kafka.yaml(),
                 root = dir.path().display(),
             ),
         )
@@ -335,7 +324,7 @@ flows:
     let ids: BTreeSet<i64> =
         read_jsonl(&dir.path().join("dropper.out.jsonl")).0.iter().map(|r| r["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, BTreeSet::from([1, 2, 5]));
-    assert!(read_topic(&broker.addr, "sluice.dropper.dlq").is_empty());
+    assert!(kafka.read_topic(&kafka.topic("dropper.dlq")).is_empty());
 
     // fail: the first bad record stops the flow with its reason and exit code 1.
     let strict = config("strict", "{policy: fail}");
@@ -357,9 +346,7 @@ flows:
     assert!(done.stderr.contains("exceed errors.max_errors = 1"), "{}", done.stderr);
 }
 
-#[test]
-fn a_scheduled_flow_runs_at_each_time_of_its_cron_schedule() {
-    let broker = Broker::start();
+fn a_scheduled_flow_runs_at_each_time_of_its_cron_schedule(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let cfg = write(
@@ -367,7 +354,7 @@ fn a_scheduled_flow_runs_at_each_time_of_its_cron_schedule() {
         "sched.yaml",
         &format!(
             r#"
-kafka: {{bootstrap_servers: "{addr}"}}
+kafka: {{{kafka}}}
 connections:
   gen: {{type: generate}}
   out: {{type: file, path: {out}}}
@@ -378,7 +365,7 @@ flows:
     source: {{connection: gen, object: orders, options: {{count: 100, keys: 10}}}}
     destination: {{connection: out, object: sched.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             out = out.display(),
         ),
     );
@@ -398,3 +385,12 @@ flows:
     assert_eq!(v.code(), Some(2), "{}", v.stderr);
     assert!(v.stderr.contains("bad.yaml:9:") && v.stderr.contains("schedule.cron"), "{}", v.stderr);
 }
+
+crate::on_both_brokers!(
+    on_demand_flow_delivers_exactly_the_generated_records,
+    continuous_flow_killed_and_restarted_loses_nothing,
+    malformed_file_lines_go_to_the_dlq_with_their_line_and_the_flow_goes_on,
+    kafka_topic_in_sql_kafka_topic_out,
+    error_policies_drop_or_stop_on_bad_records,
+    a_scheduled_flow_runs_at_each_time_of_its_cron_schedule,
+);

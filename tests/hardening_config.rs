@@ -10,7 +10,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Broker, run, write};
+use common::kafka::Kafka;
+use common::{run, write};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -212,16 +213,14 @@ fn every_outbound_url_is_checked_when_validated() {
     assert!(stderr.contains("schema_registry.url") && stderr.contains("169.254.169.254"), "{stderr}");
 }
 
-#[test]
-fn no_secret_reaches_a_log_at_trace_level() {
+fn no_secret_reaches_a_log_at_trace_level(kafka: &mut Kafka) {
     // An s3 flow against a local S3-protocol port that refuses connections, at trace level: the
     // AWS SDK logs its credentials' key id at debug; sluice's log writer hides it.
-    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let dead = common::free_port();
     let text = format!(
-        "kafka:\n  bootstrap_servers: {addr}\nconnections:\n  gen: {{type: generate}}\n  lake: {{type: s3, endpoint: \"http://127.0.0.1:{dead}\", allow_private_addresses: true, path_style: true, region: us-east-1, access_key_id: \"${{env:KEY_ID}}\", secret_access_key: \"${{env:KEY_SECRET}}\"}}\nflows:\n  - name: leak\n    source: {{connection: gen, object: o, options: {{count: 5}}}}\n    destination: {{connection: lake, object: bucket}}\n    retry: {{max_attempts: 2, max_elapsed_secs: 5, initial_backoff_ms: 100}}\n",
-        addr = broker.addr
+        "kafka: {{{kafka}}}\nconnections:\n  gen: {{type: generate}}\n  lake: {{type: s3, endpoint: \"http://127.0.0.1:{dead}\", allow_private_addresses: true, path_style: true, region: us-east-1, access_key_id: \"${{env:KEY_ID}}\", secret_access_key: \"${{env:KEY_SECRET}}\"}}\nflows:\n  - name: leak\n    source: {{connection: gen, object: o, options: {{count: 5}}}}\n    destination: {{connection: lake, object: bucket}}\n    retry: {{max_attempts: 2, max_elapsed_secs: 5, initial_backoff_ms: 100}}\n",
+        kafka = kafka.yaml()
     );
     let cfg = write(dir.path(), "c.yaml", &text);
     let env =
@@ -237,3 +236,5 @@ fn no_secret_reaches_a_log_at_trace_level() {
         );
     }
 }
+
+crate::on_both_brokers!(no_secret_reaches_a_log_at_trace_level);

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use common::http::serve;
-use common::{Broker, read_jsonl, read_topic, run, spawn, wait_until, write};
+use common::kafka::Kafka;
+use common::oracle::{balanced, status_of};
+use common::{read_jsonl, run, spawn, wait_until, write};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(240);
@@ -23,9 +25,7 @@ fn big(id: i64, bytes: usize) -> Value {
     json!({"id": id, "pad": "x".repeat(bytes)})
 }
 
-#[test]
-fn records_over_the_limit_from_a_file_and_an_api_go_to_the_dlq_and_the_flow_goes_on() {
-    let broker = Broker::start();
+fn records_over_the_limit_from_a_file_and_an_api_go_to_the_dlq_and_the_flow_goes_on(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("in");
     std::fs::create_dir_all(&data).unwrap();
@@ -56,7 +56,7 @@ fn records_over_the_limit_from_a_file_and_an_api_go_to_the_dlq_and_the_flow_goes
         "flows.yaml",
         &format!(
             r#"
-kafka: {{bootstrap_servers: "{addr}"}}
+kafka: {{{kafka}}}
 connections:
   files: {{type: file, path: {data}}}
   api: {{type: http, url: "{api}", allow_private_addresses: true}}
@@ -71,7 +71,7 @@ flows:
     transform: {{sql: "SELECT id FROM source"}}
     destination: {{connection: out, object: api.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             data = data.display(),
             out = dir.path().join("out").display(),
         ),
@@ -83,7 +83,7 @@ flows:
         let got: BTreeSet<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
         assert_eq!(got, (0..150).collect::<BTreeSet<i64>>(), "{flow}: every small record, and nothing else");
         assert_eq!(rows.len(), 150, "{flow}");
-        let dlq = read_topic(&broker.addr, &format!("sluice.{flow}.dlq"));
+        let dlq = kafka.read_topic(&kafka.topic(&format!("{flow}.dlq")));
         assert_eq!(dlq.len(), 2, "{flow}: the two large records are dead-lettered");
         let mut sizes = Vec::new();
         for m in &dlq {
@@ -116,7 +116,7 @@ flows:
     // A dead letter cut to fit is not replayed as if it were the record: it says so.
     let replay = run(&["dlq", "replay", &cfg, "from_file"], dir.path(), &[], LIMIT);
     assert_eq!(replay.code(), Some(0), "{}", replay.stderr);
-    let dlq = read_topic(&broker.addr, "sluice.from_file.dlq");
+    let dlq = kafka.read_topic(&kafka.topic("from_file.dlq"));
     assert_eq!(dlq.len(), 4, "both letters back, once each");
     let refused = dlq.iter().filter(|m| m.headers["sluice.error"].contains("cut to fit the DLQ")).count();
     assert_eq!(refused, 2, "{:?}", dlq.iter().map(|m| m.headers["sluice.error"].clone()).collect::<Vec<_>>());
@@ -124,9 +124,7 @@ flows:
     eprintln!("oversized records: 2 per source dead-lettered, 150 delivered each");
 }
 
-#[test]
-fn values_arrive_as_written_or_are_refused_with_the_reason() {
-    let broker = Broker::start();
+fn values_arrive_as_written_or_are_refused_with_the_reason(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("in");
     std::fs::create_dir_all(&data).unwrap();
@@ -145,7 +143,7 @@ fn values_arrive_as_written_or_are_refused_with_the_reason() {
         "flows.yaml",
         &format!(
             r#"
-kafka: {{bootstrap_servers: "{addr}"}}
+kafka: {{{kafka}}}
 connections:
   files: {{type: file, path: {data}}}
   out: {{type: file, path: {out}}}
@@ -155,7 +153,7 @@ flows:
     transform: {{sql: "SELECT id, n FROM source"}}
     destination: {{connection: out, object: v.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             data = data.display(),
             out = dir.path().join("out").display(),
         ),
@@ -165,7 +163,7 @@ flows:
     let (rows, _) = read_jsonl(&dir.path().join("out/v.jsonl"));
     let got: BTreeMap<i64, i64> = rows.iter().map(|r| (r["id"].as_i64().unwrap(), r["n"].as_i64().unwrap())).collect();
     assert_eq!(got, BTreeMap::from([(1, 5), (5, 17), (6, 100)]), "the BOM is skipped; whole numbers pass");
-    let dlq = read_topic(&broker.addr, "sluice.values.dlq");
+    let dlq = kafka.read_topic(&kafka.topic("values.dlq"));
     let reason = |needle: &str| {
         dlq.iter()
             .find(|m| String::from_utf8_lossy(&m.payload).contains(needle))
@@ -207,10 +205,8 @@ flows:
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
 }
 
-#[test]
-fn a_stop_request_ends_the_process_within_its_bound_even_when_a_write_hangs() {
+fn a_stop_request_ends_the_process_within_its_bound_even_when_a_write_hangs(kafka: &mut Kafka) {
     use common::http::{Destination, Mode, Options};
-    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let dest = Destination::start(Options { mode: Mode::Hang, hang: Duration::from_secs(600), ..Options::default() });
     let cfg = write(
@@ -218,7 +214,7 @@ fn a_stop_request_ends_the_process_within_its_bound_even_when_a_write_hangs() {
         "hang.yaml",
         &format!(
             r#"
-kafka: {{bootstrap_servers: "{addr}"}}
+kafka: {{{kafka}}}
 connections:
   gen: {{type: generate}}
   hook: {{type: http, url: "{url}", allow_private_addresses: true, timeout_secs: 600}}
@@ -228,7 +224,7 @@ flows:
     source: {{connection: gen, object: o, options: {{count: 100}}}}
     destination: {{connection: hook, object: /ingest}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             url = dest.url,
         ),
     );
@@ -242,17 +238,7 @@ flows:
     assert!(done.stderr.contains("did not stop within 3 s"), "{}", done.stderr);
 }
 
-/// Each flow's latest run record line from `sluice status`.
-fn status_of(cfg: &str, dir: &std::path::Path, flow: &str) -> String {
-    let s = run(&["status", cfg], dir, &[], LIMIT);
-    assert_eq!(s.code(), Some(0), "{}", s.stderr);
-    let at = s.stdout.find(&format!("flow {flow}:")).unwrap_or_else(|| panic!("{}", s.stdout));
-    s.stdout[at..].lines().take(2).collect::<Vec<_>>().join("\n")
-}
-
-#[test]
-fn a_run_after_an_interrupted_one_goes_on_with_it_and_every_ledger_balances() {
-    let broker = Broker::start();
+fn a_run_after_an_interrupted_one_goes_on_with_it_and_every_ledger_balances(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let count = 200_000u64;
@@ -261,7 +247,7 @@ fn a_run_after_an_interrupted_one_goes_on_with_it_and_every_ledger_balances() {
         "pull.yaml",
         &format!(
             r#"
-kafka: {{bootstrap_servers: "{addr}"}}
+kafka: {{{kafka}}}
 connections:
   gen: {{type: generate}}
   out: {{type: file, path: {out}}}
@@ -270,21 +256,12 @@ flows:
     source: {{connection: gen, object: o, options: {{count: {count}, rate_per_sec: 20000, keys: 1000}}}}
     destination: {{connection: out, object: pull.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             out = out.display(),
         ),
     );
     let file = out.join("pull.jsonl");
     let seqs = || -> Vec<i64> { read_jsonl(&file).0.iter().map(|r| r["seq"].as_i64().unwrap()).collect() };
-    let balanced = |line: &str| {
-        let nums: Vec<u64> = line.split(['=', '+', ' ']).filter_map(|w| w.trim_end_matches(',').parse().ok()).collect();
-        // read, delivered, filtered, dlq, dropped, in flight
-        assert!(nums.len() >= 6, "{line}");
-        let n = &nums[nums.len() - 6..];
-        assert_eq!(n[0], n[1] + n[2] + n[3] + n[4] + n[5], "the ledger balances: {line}");
-        n.to_vec()
-    };
-
     // 1. A clean stop in the middle; the next run finishes the pull with no duplicate.
     let p = spawn(&["run", &cfg], dir.path(), &[]);
     assert!(wait_until(Duration::from_secs(90), || seqs().len() >= 30_000), "{}", p.stderr_so_far());
@@ -329,3 +306,10 @@ flows:
     assert_eq!(n[5], 0, "nothing in flight after the resumed run");
     eprintln!("FAULT kill -9 mid pull: sent {count}, lost 0, duplicated {dups}; SIGTERM mid pull: duplicated 0");
 }
+
+crate::on_both_brokers!(
+    a_stop_request_ends_the_process_within_its_bound_even_when_a_write_hangs,
+    records_over_the_limit_from_a_file_and_an_api_go_to_the_dlq_and_the_flow_goes_on,
+    values_arrive_as_written_or_are_refused_with_the_reason,
+    a_run_after_an_interrupted_one_goes_on_with_it_and_every_ledger_balances,
+);

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::http::serve;
-use common::{Broker, read_jsonl, run, write};
+use common::kafka::Kafka;
+use common::{read_jsonl, run, write};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -57,9 +58,7 @@ fn ticket(id: i64) -> Value {
     json!({"id": id, "subject": format!("ticket {id}"), "updated_at": 1_700_000_000 + id})
 }
 
-#[test]
-fn a_zendesk_style_cursor_export_is_read_whole_then_resumed() {
-    let broker = Broker::start();
+fn a_zendesk_style_cursor_export_is_read_whole_then_resumed(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let state =
         Arc::new(Tickets { tickets: Mutex::new((0..1050).map(ticket).collect()), requests: AtomicUsize::new(0) });
@@ -71,7 +70,7 @@ fn a_zendesk_style_cursor_export_is_read_whole_then_resumed() {
         "zd.yaml",
         &format!(
             r#"
-kafka: {{bootstrap_servers: "{addr}"}}
+kafka: {{{kafka}}}
 connections:
   zendesk:
     type: http
@@ -95,7 +94,7 @@ flows:
     retry: {{initial_backoff_ms: 100}}
     destination: {{connection: out, object: tickets.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             out = out.display(),
         ),
     );
@@ -167,9 +166,7 @@ async fn items(State(s): State<Arc<Items>>, headers: HeaderMap, Query(q): Query<
     resp
 }
 
-#[test]
-fn a_link_header_api_behind_oauth2_is_paged_and_pulled_incrementally() {
-    let broker = Broker::start();
+fn a_link_header_api_behind_oauth2_is_paged_and_pulled_incrementally(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let item = |id: i64| json!({"id": id, "name": format!("item {id}"), "updated_at": 100 + id});
     let state = Arc::new(Items {
@@ -185,7 +182,7 @@ fn a_link_header_api_behind_oauth2_is_paged_and_pulled_incrementally() {
         "link.yaml",
         &format!(
             r#"
-kafka: {{bootstrap_servers: "{addr}"}}
+kafka: {{{kafka}}}
 connections:
   api:
     type: http
@@ -207,7 +204,7 @@ flows:
     retry: {{initial_backoff_ms: 100}}
     destination: {{connection: out, object: items.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             out = out.display(),
         ),
     );
@@ -242,3 +239,8 @@ flows:
         state.issued.load(Ordering::SeqCst)
     );
 }
+
+crate::on_both_brokers!(
+    a_zendesk_style_cursor_export_is_read_whole_then_resumed,
+    a_link_header_api_behind_oauth2_is_paged_and_pulled_incrementally,
+);

@@ -10,20 +10,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use common::kafka::Kafka;
 use common::pg::{pg, table};
-use common::{Broker, produce, read_topic, run, write};
+use common::{run, write};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-fn config(dir: &Path, addr: &str, flow: &str, input: &str, format: &str, sql: &str, dest: &str) -> String {
+fn config(dir: &Path, kafka: &Kafka, flow: &str, input: &str, format: &str, sql: &str, dest: &str) -> String {
+    let kafka = kafka.yaml();
     write(
         dir,
         "flow.yaml",
         &format!(
             r#"
-kafka:
-  bootstrap_servers: {addr}
+kafka: {{{kafka}}}
 connections:
   bus: {{type: kafka}}
   wh: {{type: postgres, host: 127.0.0.1, port: 5432, database: postgres, user: postgres, password: "${{env:PG_SECRET}}"}}
@@ -46,9 +47,7 @@ flows:
     )
 }
 
-#[test]
-fn change_records_are_applied_by_op_with_upserts_and_deletes() {
-    let broker = Broker::start();
+fn change_records_are_applied_by_op_with_upserts_and_deletes(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let t = table("sluice_changes");
     // 300 keys: created, updated three times, and every seventh deleted at the end.
@@ -65,14 +64,15 @@ fn change_records_are_applied_by_op_with_upserts_and_deletes() {
         let env = json!({"before": row(id, 3), "after": null, "op": "d", "source": {}, "ts_ms": 2});
         msgs.push((Some(json!({"id": id}).to_string()), env.to_string().into_bytes()));
     }
-    produce(&broker.addr, "pg-changes", 3, &msgs);
+    let pg_changes = kafka.name("pg-changes");
+    kafka.produce(&pg_changes, 3, &msgs);
     let dest =
         format!("{{connection: wh, object: public.{t}, options: {{mode: upsert, key: [id], create_table: true}}}}");
     let cfg = config(
         dir.path(),
-        &broker.addr,
+        kafka,
         "apply",
-        "pg-changes",
+        &pg_changes,
         "debezium",
         "SELECT id, name, amount, version, _op, _key FROM source",
         &dest,
@@ -94,9 +94,7 @@ fn change_records_are_applied_by_op_with_upserts_and_deletes() {
     eprintln!("postgres upsert/delete: {} changes applied -> {} rows", msgs.len(), got.len());
 }
 
-#[test]
-fn rows_the_database_refuses_go_to_the_dlq_and_the_rest_commit() {
-    let broker = Broker::start();
+fn rows_the_database_refuses_go_to_the_dlq_and_the_rest_commit(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let t = table("sluice_checked");
     pg(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, name text NOT NULL, amount bigint CHECK (amount < 900))"));
@@ -111,10 +109,10 @@ fn rows_the_database_refuses_go_to_the_dlq_and_the_rest_commit() {
             )
         })
         .collect();
-    produce(&broker.addr, "pg-rows", 2, &msgs);
+    let pg_rows = kafka.name("pg-rows");
+    kafka.produce(&pg_rows, 2, &msgs);
     let dest = format!("{{connection: wh, object: {t}}}");
-    let cfg =
-        config(dir.path(), &broker.addr, "checked", "pg-rows", "json", "SELECT id, name, amount FROM source", &dest);
+    let cfg = config(dir.path(), kafka, "checked", &pg_rows, "json", "SELECT id, name, amount FROM source", &dest);
     let done = run(&["run", &cfg], dir.path(), &[("PG_SECRET", "x")], LIMIT);
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
 
@@ -124,7 +122,7 @@ fn rows_the_database_refuses_go_to_the_dlq_and_the_rest_commit() {
         .collect();
     let expected: Vec<i64> = (0..count).filter(|i| !bad(*i)).collect();
     assert_eq!(ids, expected, "every acceptable row inserted once");
-    let dlq = read_topic(&broker.addr, "sluice.checked.dlq");
+    let dlq = kafka.read_topic(&kafka.topic("checked.dlq"));
     let dead: BTreeSet<i64> =
         dlq.iter().map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["id"].as_i64().unwrap()).collect();
     assert_eq!(dead, (0..count).filter(|i| bad(*i)).collect::<BTreeSet<i64>>());
@@ -137,11 +135,10 @@ fn rows_the_database_refuses_go_to_the_dlq_and_the_rest_commit() {
     eprintln!("postgres refusals: sent {count}, inserted {}, dlq {}", ids.len(), dlq.len());
 }
 
-#[test]
-fn connection_mistakes_are_clear_errors_that_name_the_connection() {
-    let broker = Broker::start();
+fn connection_mistakes_are_clear_errors_that_name_the_connection(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
-    produce(&broker.addr, "pg-few", 1, &[(None, br#"{"id":1,"name":"a","amount":1}"#.to_vec())]);
+    let pg_few = kafka.name("pg-few");
+    kafka.produce(&pg_few, 1, &[(None, br#"{"id":1,"name":"a","amount":1}"#.to_vec())]);
     let sql = "SELECT id, name, amount FROM source";
     let cases = [
         ("{connection: wh, object: sluice_no_such_table}", "postgres connection `wh`", "the table does not exist"),
@@ -149,7 +146,7 @@ fn connection_mistakes_are_clear_errors_that_name_the_connection() {
         ("{connection: nowhere, object: t}", "postgres connection `nowhere`", "giving up after 3 attempts"),
     ];
     for (dest, names, says) in cases {
-        let cfg = config(dir.path(), &broker.addr, "mistake", "pg-few", "json", sql, dest);
+        let cfg = config(dir.path(), kafka, "mistake", &pg_few, "json", sql, dest);
         let done = run(&["run", &cfg], dir.path(), &[("PG_SECRET", "s3cr3t-canary")], LIMIT);
         assert_eq!(done.code(), Some(1), "{dest}: {}", done.stderr);
         assert!(
@@ -161,9 +158,7 @@ fn connection_mistakes_are_clear_errors_that_name_the_connection() {
     }
 }
 
-#[test]
-fn incremental_pulls_resume_at_the_cursor_and_complete_pulls_read_everything() {
-    let broker = Broker::start();
+fn incremental_pulls_resume_at_the_cursor_and_complete_pulls_read_everything(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let t = table("sluice_pull");
     // Seven rows share each `updated_at`, so the 5,000-row pages end among equal cursor values.
@@ -178,8 +173,7 @@ fn incremental_pulls_resume_at_the_cursor_and_complete_pulls_read_everything() {
         "pull.yaml",
         &format!(
             r#"
-kafka:
-  bootstrap_servers: {addr}
+kafka: {{{kafka}}}
 connections:
   wh: {{type: postgres, database: postgres, user: postgres}}
   out: {{type: file, path: {out}}}
@@ -201,7 +195,7 @@ flows:
       schema: {{id: int64, name: string, amount: int64, version: int64}}
     destination: {{connection: out, object: all.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             out = out.display(),
         ),
     );
@@ -257,9 +251,7 @@ fn captured(file: &Path) -> Vec<(i64, String, String)> {
         .collect()
 }
 
-#[test]
-fn change_data_capture_streams_a_script_in_order_and_survives_a_kill() {
-    let broker = Broker::start();
+fn change_data_capture_streams_a_script_in_order_and_survives_a_kill(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let t = table("sluice_cdc");
     pg(&format!(
@@ -273,7 +265,7 @@ fn change_data_capture_streams_a_script_in_order_and_survives_a_kill() {
         "cdc.yaml",
         &format!(
             r#"
-kafka: {{bootstrap_servers: "{addr}"}}
+kafka: {{{kafka}}}
 connections:
   wh: {{type: postgres, database: postgres, user: postgres}}
   out: {{type: file, path: {out}}}
@@ -289,7 +281,7 @@ flows:
       sql: SELECT id, name, _op AS op, _key AS k FROM source
     destination: {{connection: out, object: cdc.jsonl}}
 "#,
-            addr = broker.addr,
+            kafka = kafka.yaml(),
             out = out.display(),
         ),
     );
@@ -468,3 +460,11 @@ flows: []
         assert!(started.elapsed() < Duration::from_secs(30), "{name} took {:?}", started.elapsed());
     }
 }
+
+crate::on_both_brokers!(
+    change_records_are_applied_by_op_with_upserts_and_deletes,
+    rows_the_database_refuses_go_to_the_dlq_and_the_rest_commit,
+    connection_mistakes_are_clear_errors_that_name_the_connection,
+    incremental_pulls_resume_at_the_cursor_and_complete_pulls_read_everything,
+    change_data_capture_streams_a_script_in_order_and_survives_a_kill,
+);

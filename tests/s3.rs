@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Broker, counts_of, free_port, run, spawn, wait_until, write};
+use common::kafka::Kafka;
+use common::{counts_of, free_port, run, spawn, wait_until, write};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -110,13 +111,14 @@ fn parquet_rows(bytes: &[u8]) -> (Vec<String>, Vec<Value>) {
     (names, rows)
 }
 
-fn config(dir: &Path, addr: &str, s3: &str, body: &str) -> String {
+fn config(dir: &Path, kafka: &Kafka, s3: &str, body: &str) -> String {
+    let kafka = kafka.yaml();
     write(
         dir,
         "s3.yaml",
         &format!(
             r#"
-kafka: {{bootstrap_servers: "{addr}"}}
+kafka: {{{kafka}}}
 connections:
   gen: {{type: generate}}
   bus: {{type: kafka}}
@@ -129,9 +131,7 @@ flows:
     )
 }
 
-#[test]
-fn parquet_objects_round_trip_and_a_kill_leaves_no_duplicate() {
-    let broker = Broker::start();
+fn parquet_objects_round_trip_and_a_kill_leaves_no_duplicate(kafka: &mut Kafka) {
     let s3 = start_s3();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(&s3.url, &rt);
@@ -150,21 +150,23 @@ fn parquet_objects_round_trip_and_a_kill_leaves_no_duplicate() {
             (Some(format!("{{\"id\":{id}}}")), row.into_bytes())
         })
         .collect();
-    common::produce(&broker.addr, "to-lake", 3, &msgs);
+    let to_lake = kafka.name("to-lake");
+    kafka.produce(&to_lake, 3, &msgs);
     let cfg = config(
         dir.path(),
-        &broker.addr,
+        kafka,
         &s3.url,
-        r#"  - name: tolake
+        &r#"  - name: tolake
     trigger: continuous
     source:
       connection: bus
-      object: to-lake
+      object: {to_lake}
       options: {format: json}
       schema: {seq: int64, id: int64, version: int64, name: string, amount: int64}
     transform:
       sql: SELECT seq, id, version, name, amount FROM source
-    destination: {connection: lake, object: lake-parquet, options: {format: parquet, compression: zstd}}"#,
+    destination: {connection: lake, object: lake-parquet, options: {format: parquet, compression: zstd}}"#
+            .replace("{to_lake}", &to_lake),
     );
     let env = [("S3_SECRET", SECRET)];
     let keys = || rt.block_on(c.list_objects_v2().bucket("lake-parquet").send()).unwrap().contents().len();
@@ -183,7 +185,7 @@ fn parquet_objects_round_trip_and_a_kill_leaves_no_duplicate() {
     let all = objects(&c, &rt, "lake-parquet");
     let mut rows = Vec::new();
     for (key, bytes) in &all {
-        assert!(key.starts_with("tolake/to-lake/") && key.ends_with(".parquet"), "{key}");
+        assert!(key.starts_with(&format!("tolake/{to_lake}/")) && key.ends_with(".parquet"), "{key}");
         let (names, r) = parquet_rows(bytes);
         assert_eq!(names, ["seq:Int64", "id:Int64", "version:Int64", "name:Utf8", "amount:Int64"], "{key}");
         rows.extend(r);
@@ -195,9 +197,7 @@ fn parquet_objects_round_trip_and_a_kill_leaves_no_duplicate() {
     eprintln!("s3 parquet: {count} records in {} objects ({killed_at} when killed), 0 duplicates", all.len());
 }
 
-#[test]
-fn jsonl_gzip_and_csv_objects_and_clear_errors() {
-    let broker = Broker::start();
+fn jsonl_gzip_and_csv_objects_and_clear_errors(kafka: &mut Kafka) {
     let s3 = start_s3();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(&s3.url, &rt);
@@ -216,7 +216,7 @@ fn jsonl_gzip_and_csv_objects_and_clear_errors() {
     let env = [("S3_SECRET", SECRET)];
     let cfg = config(
         dir.path(),
-        &broker.addr,
+        kafka,
         &s3.url,
         &flows(
             "{connection: lake, object: lake-text, options: {compression: gzip, path: \"{flow}/{date}/{hour}/{partition}-{first_offset}.{ext}\"}}",
@@ -235,7 +235,7 @@ fn jsonl_gzip_and_csv_objects_and_clear_errors() {
 
     let cfg = config(
         dir.path(),
-        &broker.addr,
+        kafka,
         &s3.url,
         // Objects roll at the flow's batch limits: here 400 records.
         &flows_with(
@@ -261,14 +261,16 @@ fn jsonl_gzip_and_csv_objects_and_clear_errors() {
     let big: Vec<(Option<String>, Vec<u8>)> = (0..5000)
         .map(|seq| (None, format!("{{\"seq\":{seq},\"name\":\"{}\"}}", "x".repeat(2000)).into_bytes()))
         .collect();
-    common::produce(&broker.addr, "big-rows", 1, &big);
+    let big_rows = kafka.name("big-rows");
+    kafka.produce(&big_rows, 1, &big);
     let cfg = config(
         dir.path(),
-        &broker.addr,
+        kafka,
         &s3.url,
-        r#"  - name: big
+        &r#"  - name: big
     source: {connection: bus, object: big-rows, options: {format: json}, schema: {seq: int64, name: string}}
-    destination: {connection: lake, object: lake-text, options: {path: "big/{first_offset}.{ext}", part_size_bytes: 5242880}}"#,
+    destination: {connection: lake, object: lake-text, options: {path: "big/{first_offset}.{ext}", part_size_bytes: 5242880}}"#
+            .replace("object: big-rows", &format!("object: {big_rows}")),
     );
     let done = run(&["run", &cfg], dir.path(), &env, LIMIT);
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
@@ -292,7 +294,7 @@ fn jsonl_gzip_and_csv_objects_and_clear_errors() {
         ("{connection: lake, object: no-such-bucket}", "NoSuchBucket"),
         ("{connection: wrong_key, object: lake-text}", "SignatureDoesNotMatch"),
     ] {
-        let cfg = config(dir.path(), &broker.addr, &s3.url, &flows(dest));
+        let cfg = config(dir.path(), kafka, &s3.url, &flows(dest));
         let done = run(&["run", &cfg], dir.path(), &env, LIMIT);
         assert_eq!(done.code(), Some(1), "{}", done.stderr);
         assert!(done.stderr.contains(says) && done.stderr.contains("s3 connection `"), "{says}:\n{}", done.stderr);
@@ -300,9 +302,7 @@ fn jsonl_gzip_and_csv_objects_and_clear_errors() {
     }
 }
 
-#[test]
-fn avro_objects_partitioned_by_field_with_run_and_schema_version() {
-    let broker = Broker::start();
+fn avro_objects_partitioned_by_field_with_run_and_schema_version(kafka: &mut Kafka) {
     let s3 = start_s3();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(&s3.url, &rt);
@@ -310,7 +310,7 @@ fn avro_objects_partitioned_by_field_with_run_and_schema_version() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         dir.path(),
-        &broker.addr,
+        kafka,
         &s3.url,
         r#"  - name: avro
     source: {connection: gen, object: orders, options: {count: 4000, keys: 25}}
@@ -359,7 +359,7 @@ fn avro_objects_partitioned_by_field_with_run_and_schema_version() {
     // A column the output does not have: a clear error before any object is written.
     let cfg = config(
         dir.path(),
-        &broker.addr,
+        kafka,
         &s3.url,
         r#"  - name: avro2
     source: {connection: gen, object: orders, options: {count: 10}}
@@ -369,3 +369,9 @@ fn avro_objects_partitioned_by_field_with_run_and_schema_version() {
     assert_eq!(done.code(), Some(1), "{}", done.stderr);
     assert!(done.stderr.contains("{field:country}") && done.stderr.contains("no column `country`"), "{}", done.stderr);
 }
+
+crate::on_both_brokers!(
+    parquet_objects_round_trip_and_a_kill_leaves_no_duplicate,
+    jsonl_gzip_and_csv_objects_and_clear_errors,
+    avro_objects_partitioned_by_field_with_run_and_schema_version,
+);

@@ -23,10 +23,10 @@ use url::Url;
 /// Where the embedded broker keeps its log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerStorage {
-    /// A SQLite file under this directory; survives a kill -9 and restart.
+    /// A SQLite file under this directory; survives a kill -9 and restart. (There was a
+    /// memory log too; it was removed: whatever it acknowledged died with the process, while
+    /// the positions that said it was safe to move on stayed behind in sources' upstreams.)
     Sqlite(PathBuf),
-    /// Process memory; gone when the process ends. For benchmarks.
-    Memory,
 }
 
 /// Starting the embedded broker failed.
@@ -127,7 +127,7 @@ pub struct EmbeddedBroker {
     stop: CancellationToken,
     /// Resolves when the broker's runtime has ended, with the reason if it failed.
     stopped: Option<oneshot::Receiver<Result<(), String>>>,
-    /// The data directory's lock, held while the broker runs (none for a memory log).
+    /// The data directory's lock, held while the broker runs.
     _lock: Option<std::fs::File>,
 }
 
@@ -140,9 +140,6 @@ impl EmbeddedBroker {
                 std::fs::create_dir_all(dir).map_err(|source| BrokerError::DataDir { path: dir.clone(), source })?;
                 let lock = lock(dir, addr)?;
                 (sqlite_url(&dir.join("broker.db"))?, Some(lock))
-            }
-            BrokerStorage::Memory => {
-                (Url::parse("memory://sluice/").map_err(|e| BrokerError::Start(e.to_string()))?, None)
             }
         };
         let endpoint = Url::parse(&format!("tcp://{addr}")).map_err(|e| BrokerError::Start(e.to_string()))?;

@@ -107,6 +107,17 @@ impl OffsetTracker {
         self.partitions.values().map(|p| p.open.iter().filter(|(_, done)| !*done).count()).sum()
     }
 
+    /// Moves `partition`'s commit point up to `offset` (the consumer's position) when nothing
+    /// of it is open: the consumer went past offsets it never hands out — transaction markers,
+    /// records of aborted transactions — and committing only up to the last record read would
+    /// leave the group short of the partition's end forever.
+    pub fn skip_to(&mut self, partition: i32, offset: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        if p.open.is_empty() && offset > p.next {
+            p.next = offset;
+        }
+    }
+
     /// Forgets a partition (revoked in a rebalance): its new owner starts at the committed
     /// offset, and nothing read here may be committed by this worker any more.
     pub fn forget(&mut self, partition: i32) {
@@ -228,5 +239,24 @@ mod tests {
                 prop_assert_eq!(t.in_flight(), open.iter().map(|s| s.len()).sum::<usize>());
             }
         }
+    }
+
+    #[test]
+    fn skipping_markers_moves_the_commit_point_only_when_nothing_is_open() {
+        let mut t = OffsetTracker::new();
+        t.read(0, 10);
+        t.read(0, 11);
+        t.skip_to(0, 13);
+        t.finish(0, 10);
+        assert_eq!(t.to_commit(), vec![(0, 11)], "an open record holds the commit point");
+        t.finish(0, 11);
+        t.skip_to(0, 13);
+        assert_eq!(t.to_commit(), vec![(0, 13)], "past the marker at 12");
+        t.committed(0, 13);
+        t.skip_to(0, 12);
+        assert!(t.to_commit().is_empty(), "never backwards");
+        // A partition where only a marker was passed.
+        t.skip_to(1, 5);
+        assert_eq!(t.to_commit(), vec![(1, 5)]);
     }
 }

@@ -169,6 +169,45 @@ impl Producer {
     }
 }
 
+/// Transactions, for a producer created with a `transactional.id`. librdkafka's calls block
+/// until the coordinator answers, so each runs on tokio's blocking pool.
+impl Producer {
+    /// Registers the transactional id with its coordinator. Any earlier producer with the same
+    /// id is fenced from then on (its open transaction aborted, its later writes refused).
+    pub async fn init_transactions(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.blocking(move |p| p.init_transactions(timeout)).await
+    }
+
+    /// Starts a transaction: what is sent from now until the commit is one unit.
+    pub fn begin_transaction(&self) -> Result<(), KafkaError> {
+        self.inner.base.begin_transaction()
+    }
+
+    /// Flushes what was sent in the transaction and commits it.
+    pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.blocking(move |p| p.commit_transaction(timeout)).await
+    }
+
+    /// The producer's fatal error, if it has had one (a fenced transactional producer has).
+    pub fn fatal_error(&self) -> Option<(rdkafka::types::RDKafkaErrorCode, String)> {
+        self.inner.base.client().fatal_error()
+    }
+
+    /// Aborts the open transaction: readers with `read_committed` never see its records.
+    pub async fn abort_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.blocking(move |p| p.abort_transaction(timeout)).await
+    }
+
+    async fn blocking(
+        &self,
+        call: impl FnOnce(&BaseProducer<Deliveries>) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<(), KafkaError> {
+        let base = self.inner.base.clone();
+        // A panic in the call was printed by the panic hook; the caller sees the call cancelled.
+        tokio::task::spawn_blocking(move || call(&base)).await.unwrap_or(Err(KafkaError::Canceled))
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);

@@ -80,6 +80,18 @@ impl Loader {
             Ok(k) => k,
             Err(e) => return self.err(file, e),
         };
+        let namespace_ok = !k.namespace.is_empty()
+            && k.namespace.len() <= 100
+            && k.namespace.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !namespace_ok {
+            let at = node.get("namespace").unwrap_or(node);
+            self.at(
+                file,
+                at,
+                "kafka.namespace",
+                "a namespace is 1 to 100 letters, digits, `.`, `_` and `-` (it starts every topic name)",
+            );
+        }
         if let Some(opts) = node.get("options")
             && let Kind::Map(entries) = &opts.kind
         {
@@ -99,21 +111,33 @@ impl Loader {
             (Some(e), None) => {
                 let mut settings = KafkaSettings::plaintext("");
                 settings.partitions = i32::from(k.partitions.get());
-                settings.replication_factor = i32::from(k.replication_factor.get());
+                settings.replication_factor = k.replication_factor.map_or(1, |r| i32::from(r.get()));
                 settings.max_record_bytes = k.max_record_bytes.get();
+                settings.namespace = k.namespace.clone();
                 settings.connect_timeout = timeout;
+                settings.transactions = false;
+                if k.transactions == Some(true) {
+                    let at = node.get("transactions").unwrap_or(node);
+                    self.at(
+                        file,
+                        at,
+                        "kafka.transactions",
+                        "the embedded broker (tansu 0.6) cannot commit Kafka transactions; leave it unset or set `false`",
+                    );
+                }
                 let storage = match e.storage {
                     StorageKind::Sqlite => BrokerStorage::Sqlite(e.data_dir),
-                    StorageKind::Memory => BrokerStorage::Memory,
                 };
                 Some(KafkaSection::Embedded { storage, listen: e.listen, settings })
             }
             (None, Some(servers)) => match KafkaSettings::from_parts(&servers, k.security.as_ref(), &k.options) {
                 Ok(mut s) => {
                     s.partitions = i32::from(k.partitions.get());
-                    s.replication_factor = i32::from(k.replication_factor.get());
+                    s.replication_factor = k.replication_factor.map_or(-1, |r| i32::from(r.get()));
                     s.max_record_bytes = k.max_record_bytes.get();
+                    s.namespace = k.namespace.clone();
                     s.connect_timeout = timeout;
+                    s.transactions = k.transactions.unwrap_or(true);
                     Some(KafkaSection::External(s))
                 }
                 // Already reported per option above, with lines.
@@ -210,16 +234,16 @@ impl Loader {
                 "a flow name is letters, digits, `_` and `-` (it names Kafka topics)",
             );
             ok = false;
-        } else if f.name.len() > sluice_engine::kafka::MAX_FLOW_NAME {
+        } else if f.name.len() > sluice_engine::kafka::max_flow_name(&self.namespace()) {
             self.at(
                 file,
                 name_node,
                 &format!("{path}.name"),
                 format!(
-                    "a flow name is at most {} characters, this one has {}: it names the topic `{}`, and Kafka allows {} characters",
-                    sluice_engine::kafka::MAX_FLOW_NAME,
+                    "a flow name is at most {} characters, this one has {}: it names the topic `{}.<name>.changes`, and Kafka allows {} characters",
+                    sluice_engine::kafka::max_flow_name(&self.namespace()),
                     f.name.len(),
-                    sluice_engine::kafka::changes_topic("<name>"),
+                    self.namespace(),
                     sluice_engine::kafka::MAX_TOPIC_NAME,
                 ),
             );
@@ -427,6 +451,16 @@ impl Loader {
             },
             schedule,
         });
+    }
+
+    /// The namespace of the `kafka:` section (its default when the section is missing or bad).
+    fn namespace(&self) -> String {
+        match &self.kafka {
+            Some(KafkaSection::Embedded { settings, .. } | KafkaSection::External(settings)) => {
+                settings.namespace.clone()
+            }
+            None => sluice_engine::kafka::DEFAULT_NAMESPACE.to_owned(),
+        }
     }
 
     /// The record size limit of the `kafka:` section (its default when the section is missing

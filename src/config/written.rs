@@ -33,8 +33,9 @@ pub(super) struct KafkaConfig {
     #[serde(default = "default_partitions")]
     pub(super) partitions: NonZeroU16,
     /// Replication factor of the topics sluice creates (at least 1).
-    #[serde(default = "default_replication")]
-    pub(super) replication_factor: NonZeroU16,
+    /// Unset: 1 for the embedded broker (it has one node), the cluster's own default
+    /// (`default.replication.factor`) for an external cluster.
+    pub(super) replication_factor: Option<NonZeroU16>,
     /// Seconds to wait for the cluster before reporting it unreachable.
     #[serde(default = "default_connect_timeout")]
     pub(super) connect_timeout_secs: NonZeroU64,
@@ -44,13 +45,25 @@ pub(super) struct KafkaConfig {
     /// `max.message.bytes` raised too.
     #[serde(default = "default_max_record_bytes")]
     pub(super) max_record_bytes: NonZeroUsize,
+    /// The prefix of every topic and consumer group sluice creates (`<namespace>.<flow>.changes`,
+    /// `<namespace>.positions`, …): deployments sharing a cluster keep apart by it.
+    #[serde(default = "default_namespace")]
+    pub(super) namespace: String,
+    /// Whether sources write each batch, its dead letters and its position in one Kafka
+    /// transaction, which fences a replaced source owner and leaves nothing of a failed batch.
+    /// Unset: on for an external cluster, off for the embedded broker (tansu 0.6 cannot commit
+    /// transactions, so `true` there is an error). Turn it off only for a Kafka-compatible service
+    /// without transactions; then a source owner paused past its session timeout may publish one
+    /// more batch after its successor started (duplicates, never loss).
+    pub(super) transactions: Option<bool>,
+}
+
+fn default_namespace() -> String {
+    sluice_engine::kafka::DEFAULT_NAMESPACE.to_owned()
 }
 
 fn default_partitions() -> NonZeroU16 {
     NonZeroU16::new(3).unwrap_or(NonZeroU16::MIN)
-}
-fn default_replication() -> NonZeroU16 {
-    NonZeroU16::MIN
 }
 fn default_connect_timeout() -> NonZeroU64 {
     NonZeroU64::new(15).unwrap_or(NonZeroU64::MIN)
@@ -68,7 +81,8 @@ pub(super) struct EmbeddedConfig {
     /// Address to listen on; port 0 picks a free one.
     #[serde(default = "default_listen")]
     pub(super) listen: String,
-    /// `sqlite` (durable, the default) or `memory`.
+    /// `sqlite`, the only engine: durable across kill -9. (`memory` was removed: it lost
+    /// acknowledged records with the process.)
     #[serde(default)]
     pub(super) storage: StorageKind,
 }
@@ -82,7 +96,6 @@ fn default_listen() -> String {
 pub(super) enum StorageKind {
     #[default]
     Sqlite,
-    Memory,
 }
 
 /// A flow's `schedule:` section, for `trigger: scheduled`.

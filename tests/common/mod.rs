@@ -14,6 +14,8 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod kafka;
+pub mod oracle;
 pub mod pg;
 
 use std::collections::HashMap;
@@ -29,7 +31,6 @@ use nix::unistd::Pid;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -126,7 +127,7 @@ impl Drop for Broker {
     }
 }
 
-fn now_nanos() -> u128 {
+pub fn now_nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
@@ -294,12 +295,16 @@ fn client(bootstrap: &str) -> ClientConfig {
     c
 }
 
-/// Reads every message of `topic` from the beginning up to its current end.
+/// Reads every committed message of `topic` (`read_committed`, as sluice's own consumers) from
+/// the beginning up to its current end: each partition's end-of-partition event, since the
+/// last offsets of a transactionally written topic are markers no consumer is given.
 pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Msg> {
     let limit = Duration::from_secs(20);
     let consumer: BaseConsumer = client(bootstrap)
         .set("group.id", format!("sluice-test-reader-{}", now_nanos()))
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
         .create()
         .expect("creating test consumer");
     let md = consumer.fetch_metadata(Some(topic), limit).expect("fetching topic metadata");
@@ -322,8 +327,14 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Msg> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ends.is_empty() {
         assert!(Instant::now() < deadline, "reading {topic} did not reach its end within 60 s");
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let m = m.expect("consuming test topic");
+        let m = match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                ends.remove(&p);
+                continue;
+            }
+            Some(m) => m.expect("consuming test topic"),
+        };
         let mut headers = HashMap::new();
         if let Some(h) = m.headers() {
             for i in 0..h.count() {
@@ -348,31 +359,64 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Msg> {
 /// Creates `topic` with `partitions` partitions (if missing) and produces `(key, payload)`
 /// messages to it, waiting for every acknowledgement.
 pub fn produce(bootstrap: &str, topic: &str, partitions: i32, messages: &[(Option<String>, Vec<u8>)]) {
+    produce_replicated(bootstrap, topic, partitions, 1, messages);
+}
+
+/// [`produce`] to a topic created with `replication` copies (-1: the cluster's default, and a
+/// topic limit of 16 MiB per record, as another client's topic may have). Fails if any message
+/// is not acknowledged: a test's input must be whole.
+pub fn produce_replicated(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    messages: &[(Option<String>, Vec<u8>)],
+) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
     let rt = tokio::runtime::Runtime::new().expect("test runtime");
-    let mut settings = sluice_engine::kafka::KafkaSettings::plaintext(bootstrap);
-    settings.partitions = partitions;
-    rt.block_on(settings.ensure_topics(&[topic])).expect("creating test topic");
-    let producer: BaseProducer = client(bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.max.bytes", "33554432")
-        .create()
-        .expect("creating test producer");
-    for (k, p) in messages {
-        let mut rec = BaseRecord::<String, Vec<u8>>::to(topic).payload(p);
-        if let Some(k) = k {
-            rec = rec.key(k);
+    rt.block_on(async {
+        let admin: AdminClient<_> = client(bootstrap).create().expect("creating test admin client");
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        if replication == -1 {
+            new = new.set("max.message.bytes", "16777216");
         }
-        let mut rec = rec;
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    producer.poll(Duration::from_millis(20));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for r in admin.create_topics([&new], &opts).await.expect("creating test topic") {
+            match r {
+                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => panic!("creating test topic {t}: {e}"),
+            }
+        }
+        let producer: FutureProducer = client(bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.max.bytes", "33554432")
+            .create()
+            .expect("creating test producer");
+        let mut pending = Vec::with_capacity(messages.len());
+        for (k, p) in messages {
+            let mut rec = FutureRecord::<String, Vec<u8>>::to(topic).payload(p);
+            if let Some(k) = k {
+                rec = rec.key(k);
+            }
+            let mut rec = rec;
+            loop {
+                match producer.send_result(rec) {
+                    Ok(f) => break pending.push(f),
+                    Err((_, back)) => {
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
             }
         }
-    }
-    producer.flush(Duration::from_secs(30)).expect("flushing test producer");
+        for (i, f) in pending.into_iter().enumerate() {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => panic!("producing test message {i} to {topic}: {e}"),
+                Err(_) => panic!("producing test message {i} to {topic}: the producer went away"),
+            }
+        }
+    });
 }

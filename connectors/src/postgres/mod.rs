@@ -227,8 +227,9 @@ pub(crate) fn classify(context: &str, e: &tokio_postgres::Error) -> ConnectorErr
     let message = server_message(e);
     let retriable = match e.code().map(SqlState::code) {
         // Connection problems, serialization failures and deadlocks, resource shortages,
-        // the server shutting down or starting up.
-        Some(code) => ["08", "40", "53", "57P", "58"].iter().any(|p| code.starts_with(p)),
+        // the server shutting down or starting up; and an object in use (55006: a replication
+        // slot still held by the process a new source owner replaced, until it lets go).
+        Some(code) => ["08", "40", "53", "57P", "58", "55006"].iter().any(|p| code.starts_with(p)),
         // No SQLSTATE: I/O, a closed connection, a timeout.
         None => true,
     };

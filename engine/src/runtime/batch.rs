@@ -8,7 +8,7 @@ use crate::connector::{InputMessage, Sink, Transform, WriteContext, Written};
 use crate::error::FlowError;
 use crate::errors_policy::ErrorMode;
 use crate::inbox::Batch;
-use crate::kafka;
+
 use crate::ledger::Ledger;
 
 /// What became of one processed batch's messages: each is counted once, in one of delivered,
@@ -62,10 +62,12 @@ pub(super) async fn process_batch(
         futures.push(
             dlq.send(batch.key(r.index), batch.payload(r.index).unwrap_or_default(), &r.reason, origin)
                 .await
-                .map_err(ctx.kafka_err(format!("producing to {}", kafka::dlq_topic(&ctx.flow))))?,
+                .map_err(ctx.kafka_err(format!("producing to {}", ctx.kafka.dlq_topic(&ctx.flow))))?,
         );
     }
-    confirm(futures).await.map_err(ctx.kafka_err(format!("confirming delivery to {}", kafka::dlq_topic(&ctx.flow))))?;
+    confirm(futures)
+        .await
+        .map_err(ctx.kafka_err(format!("confirming delivery to {}", ctx.kafka.dlq_topic(&ctx.flow))))?;
     let rows = out.rows();
     let written = if rows > 0 {
         let batch_id = batch_id(topic, batch);
@@ -151,7 +153,7 @@ async fn dead_letter_refused(
     let Some(first) = written.rejected.first() else { return Ok(refused) };
     let n = written.rejected.len();
     ctx.errors.admit(&ctx.flow, "sink", n as u64, &first.reason)?;
-    let producing = || ctx.kafka_err(format!("producing to {}", kafka::dlq_topic(&ctx.flow)));
+    let producing = || ctx.kafka_err(format!("producing to {}", ctx.kafka.dlq_topic(&ctx.flow)));
     let mut futures = Vec::with_capacity(n);
     for r in &written.rejected {
         match out.origins.as_ref().and_then(|o| o.get(r.index)) {
@@ -177,7 +179,9 @@ async fn dead_letter_refused(
             }
         }
     }
-    confirm(futures).await.map_err(ctx.kafka_err(format!("confirming delivery to {}", kafka::dlq_topic(&ctx.flow))))?;
+    confirm(futures)
+        .await
+        .map_err(ctx.kafka_err(format!("confirming delivery to {}", ctx.kafka.dlq_topic(&ctx.flow))))?;
     Ok(refused)
 }
 

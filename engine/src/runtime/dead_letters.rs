@@ -7,7 +7,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
-use crate::kafka;
+use crate::kafka::KafkaSettings;
 use crate::producer::{Delivery, Producer};
 use crate::record::now_ms;
 
@@ -54,9 +54,14 @@ impl<'a> Origin<'a> {
 }
 
 impl DeadLetters {
-    /// A DLQ writer for `flow` over `producer`, whose letters fit `max_record_bytes`.
-    pub fn new(producer: Producer, flow: &str, max_record_bytes: usize) -> Self {
-        DeadLetters { producer, topic: kafka::dlq_topic(flow), flow: flow.to_owned(), max_record_bytes }
+    /// A DLQ writer for `flow` over `producer`, to the flow's DLQ on the cluster of `settings`.
+    pub fn new(producer: Producer, flow: &str, settings: &KafkaSettings) -> Self {
+        DeadLetters {
+            producer,
+            topic: settings.dlq_topic(flow),
+            flow: flow.to_owned(),
+            max_record_bytes: settings.max_record_bytes,
+        }
     }
 
     /// Queues one dead letter; the returned future resolves when Kafka acknowledged it.

@@ -1,22 +1,28 @@
 //! Running a flow: the source task and the sink worker.
 //!
 //! ```text
-//!   Source ──poll──▶ run_source ──produce (idempotent, acks=all)──▶ sluice.<flow>.changes
-//!                        │ malformed input                                   │
-//!                        └──────────────▶ sluice.<flow>.dlq ◀── rejected ── run_sink ──▶ Sink
-//!                                                                  (consumer group, SQL stage)
+//!   Source ──poll──▶ run_source ──one transaction per batch──▶ <ns>.<flow>.changes
+//!     ▲                  │ malformed input, position            │ (read_committed)
+//!     │                  └──────▶ <ns>.<flow>.dlq, <ns>.positions    ▼
+//!   claim: the one process                       <ns>.<flow>.dlq ◀── rejected ── run_sink ──▶ Sink
+//!   holding <ns>.claims in                                     (consumer group, SQL stage)
+//!   the flow's claim group
 //! ```
 //!
-//! The two halves meet only through Kafka, so either can run on another machine. Each keeps one
-//! promise: the source stores a position only after Kafka acknowledged every record before it;
-//! the sink worker commits an offset only after the sink (or the DLQ) acknowledged every message
-//! before it. A crash anywhere therefore re-delivers, never loses.
+//! The two halves meet only through Kafka, so either can run on another machine, and sink
+//! workers of one flow in many. Each keeps one promise: the source's batch, its dead letters and
+//! the position after it commit together or not at all (and only the claim's holder writes
+//! them, fenced by the flow's transactional id); the sink worker commits an offset only after
+//! the sink (or the DLQ) acknowledged every message before it. A crash anywhere therefore
+//! re-delivers, never loses.
 
 mod batch;
+mod claim;
 mod dead_letters;
 mod retry;
 mod runs;
 mod sink_worker;
+mod source_owner;
 mod source_task;
 mod watchdog;
 
@@ -30,11 +36,13 @@ use crate::errors_policy::ErrorGate;
 use crate::kafka::KafkaSettings;
 use crate::ledger::Ledger;
 
+pub use claim::SourceClaim;
 pub use dead_letters::{DeadLetters, KEPT_BYTES, Origin, TRUNCATED_HEADER};
 pub use retry::{BatchSettings, RetryPolicy, write_with_retry};
 pub use runs::{RunReporter, latest_runs};
 pub use sink_worker::{SinkConsumerContext, SinkInput, SinkSummary, StopAt, run_sink};
-pub use source_task::{SourceSummary, StoredPosition, load_position, run_source};
+pub use source_owner::{SourceHalf, run_claimed_source};
+pub use source_task::{SourceEnd, SourceWriter, StoredPosition, load_position, run_source, writer_id};
 
 /// Everything a flow's tasks share.
 #[derive(Clone)]

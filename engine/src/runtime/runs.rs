@@ -13,7 +13,7 @@ use crate::ledger::{Ledger, LedgerSnapshot, RunRecord, RunStatus};
 use crate::producer::Producer;
 use crate::record::now_ms;
 
-/// Publishes a flow's run record to [`kafka::RUNS_TOPIC`]: every few seconds while the flow
+/// Publishes a flow's run record to the runs topic ([`KafkaSettings::runs_topic`]): every few seconds while the flow
 /// runs, and once more, with the outcome, when it ends.
 pub struct RunReporter {
     record: Arc<std::sync::Mutex<RunRecord>>,
@@ -58,7 +58,7 @@ impl RunReporter {
         let (r, s, l, p) = (record.clone(), settings.clone(), ledger.clone(), producer.clone());
         let ticker = tokio::spawn(async move {
             let Some(producer) = p else { return };
-            if s.ensure_topics(&[kafka::RUNS_TOPIC]).await.is_err() {
+            if s.ensure_topics(&[&s.runs_topic()]).await.is_err() {
                 return;
             }
             loop {
@@ -73,7 +73,7 @@ impl RunReporter {
                     })
                     .ok();
                 if let Some(rec) = rec {
-                    let _ = publish_run(&producer, &rec).await;
+                    let _ = publish_run(&producer, &s.runs_topic(), &rec).await;
                 }
                 tokio::time::sleep(REPORT_EVERY).await;
             }
@@ -95,28 +95,28 @@ impl RunReporter {
             return;
         };
         let (settings, producer) = (self.settings, self.producer);
-        let publish = async move {
+        let topic = settings.runs_topic();
+        let publish = async {
             // The ticker may not have got as far as creating the topic (a short run).
-            settings.ensure_topics(&[kafka::RUNS_TOPIC]).await.ok()?;
-            publish_run(producer.as_ref()?, &rec).await.ok()
+            settings.ensure_topics(&[&topic]).await.ok()?;
+            publish_run(producer.as_ref()?, &topic, &rec).await.ok()
         };
         if tokio::time::timeout(FINAL_REPORT_LIMIT, publish).await.ok().flatten().is_none() {
-            tracing::warn!("the run record could not be written to {}", kafka::RUNS_TOPIC);
+            tracing::warn!("the run record could not be written to {topic}");
         }
     }
 }
 
-async fn publish_run(producer: &Producer, rec: &RunRecord) -> Result<(), KafkaError> {
+async fn publish_run(producer: &Producer, topic: &str, rec: &RunRecord) -> Result<(), KafkaError> {
     let payload = serde_json::to_vec(rec).unwrap_or_default();
-    let f = enqueue(producer, FutureRecord::to(kafka::RUNS_TOPIC).key(rec.flow.as_bytes()).payload(payload.as_slice()))
-        .await?;
+    let f = enqueue(producer, FutureRecord::to(topic).key(rec.flow.as_bytes()).payload(payload.as_slice())).await?;
     confirm(vec![f]).await
 }
 
-/// The latest run record of each flow, from [`kafka::RUNS_TOPIC`].
+/// The latest run record of each flow, from the runs topic.
 pub async fn latest_runs(settings: &KafkaSettings) -> Result<HashMap<String, RunRecord>, kafka::KafkaSetupError> {
     let mut out = HashMap::new();
-    for m in kafka::read_topic(settings, kafka::RUNS_TOPIC, usize::MAX).await? {
+    for m in kafka::read_topic(settings, &settings.runs_topic(), usize::MAX).await? {
         if let Some(rec) = m.payload.as_deref().and_then(|p| serde_json::from_slice::<RunRecord>(p).ok()) {
             // One flow's records share a key, so a partition, so offset order is time order.
             out.insert(rec.flow.clone(), rec);

@@ -45,7 +45,7 @@ pub struct SinkInput {
     pub kafka: KafkaSettings,
     /// The topic.
     pub topic: String,
-    /// The consumer group ([`kafka::sink_group`], or [`kafka::replay_group`] for a replay).
+    /// The consumer group ([`KafkaSettings::sink_group`], or [`KafkaSettings::replay_group`] for a replay).
     pub group: String,
     /// For a flow's own changes topic: each partition's end when the run started. What lies
     /// below was published by earlier runs (a stopped or killed run's records in flight); this
@@ -122,7 +122,7 @@ pub async fn run_sink(
     let consumer: SinkConsumer = input.kafka.consumer_with_context(&group, &group, SinkConsumerContext::default())?;
     consumer.subscribe(&[input.topic.as_str()]).map_err(ctx.kafka_err(format!("subscribing to {}", input.topic)))?;
     let dlq_producer = ctx.kafka.dlq_producer(&format!("sluice.{}.dlq", ctx.flow))?;
-    let dlq = DeadLetters::new(dlq_producer, &ctx.flow, ctx.kafka.max_record_bytes);
+    let dlq = DeadLetters::new(dlq_producer, &ctx.flow, &ctx.kafka);
     let mut summary = SinkSummary::default();
     // Next offset to read per partition, as far as this worker committed it (or read from the
     // group, for the on-demand stop check).
@@ -135,8 +135,11 @@ pub async fn run_sink(
     let mut watchdog = Watchdog::new();
     let mut commit_failing_since: Option<Instant> = None;
     loop {
-        if let Some(target) = stop_at.borrow().clone() {
-            let done = reached(&consumer, &input.topic, &target, &mut committed)
+        // Where this run stops, once known: nothing at or past it is taken (another run's, or
+        // letters a replay itself wrote), nor committed.
+        let limit = stop_at.borrow().clone();
+        if let Some(target) = &limit {
+            let done = reached(&consumer, &input.topic, target, &mut committed)
                 .map_err(ctx.kafka_err(format!("reading committed offsets of {group}")))?;
             if done {
                 break;
@@ -155,10 +158,13 @@ pub async fn run_sink(
         let Some(first) = first else {
             drop_revoked(&consumer, &mut batch, &mut tracker, &mut committed);
             watchdog.check(&consumer, &input, &ctx.flow);
+            // Idle: whatever was read is delivered; step over transaction markers.
+            skip_markers(&consumer, &mut tracker, limit.as_deref());
+            commit(ctx, &consumer, &input.topic, &mut tracker, &mut committed)?;
             continue;
         };
         drop_revoked(&consumer, &mut batch, &mut tracker, &mut committed);
-        if !take(ctx, &input.topic, first, &mut batch, &mut tracker)? {
+        if !take(ctx, &input.topic, first, &mut batch, &mut tracker, limit.as_deref())? {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
@@ -179,7 +185,7 @@ pub async fn run_sink(
             // A rebalance runs inside the poll: what was read before it for a revoked
             // partition is now someone else's to deliver.
             drop_revoked(&consumer, &mut batch, &mut tracker, &mut committed);
-            if !take(ctx, &input.topic, m, &mut batch, &mut tracker)? {
+            if !take(ctx, &input.topic, m, &mut batch, &mut tracker, limit.as_deref())? {
                 break;
             }
             if batch.len().is_multiple_of(256) && tokio::time::Instant::now() >= deadline {
@@ -295,8 +301,10 @@ fn take(
     received: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
     batch: &mut Inbox,
     tracker: &mut OffsetTracker,
+    limit: Option<&[(i32, i64)]>,
 ) -> Result<bool, FlowError> {
     match received {
+        Ok(m) if limit.is_some_and(|l| l.iter().any(|(p, end)| *p == m.partition() && m.offset() >= *end)) => Ok(true),
         Ok(m) => {
             tracker.read(m.partition(), m.offset());
             batch.push(&m);
@@ -329,6 +337,20 @@ fn drop_revoked(
     }
     tracing::info!(partitions = ?revoked, dropped = before - batch.len(), "partitions revoked; their undelivered messages are left to the new owner");
     true
+}
+
+/// Moves the tracker of each assigned partition up to the consumer's position: the next offset
+/// it would hand out, past transaction markers and aborted records it skips — but not past the
+/// run's stop point, if it has one. Called only with an empty batch, so nothing before the
+/// position is waiting to be delivered.
+fn skip_markers(consumer: &SinkConsumer, tracker: &mut OffsetTracker, limit: Option<&[(i32, i64)]>) {
+    let Ok(positions) = consumer.position() else { return };
+    for e in positions.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            let end = limit.and_then(|l| l.iter().find(|(p, _)| *p == e.partition())).map_or(o, |(_, end)| o.min(*end));
+            tracker.skip_to(e.partition(), end);
+        }
+    }
 }
 
 fn partitions_of(batch: &Inbox) -> String {

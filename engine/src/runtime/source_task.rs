@@ -1,4 +1,5 @@
-//! The source task: poll the source, produce its records, confirm them, store the position.
+//! The source task: poll the source; publish its records, dead letters and position in one
+//! transaction per batch.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,8 @@ use super::dead_letters::{DeadLetters, Origin, confirm, enqueue};
 use crate::connector::{Poll, Position, Source, SourceItem};
 use crate::error::FlowError;
 use crate::errors_policy::ErrorMode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
 use crate::kafka::{self, KafkaSettings};
 use crate::ledger::Ledger;
 use crate::producer::Producer;
@@ -29,7 +32,7 @@ pub struct StoredPosition {
 /// parse is an error, not a fresh start: starting over would re-read everything silently.
 pub async fn load_position(settings: &KafkaSettings, flow: &str) -> Result<Option<StoredPosition>, FlowError> {
     let mut last = None;
-    for m in kafka::read_topic(settings, kafka::POSITIONS_TOPIC, usize::MAX).await? {
+    for m in kafka::read_topic(settings, &settings.positions_topic(), usize::MAX).await? {
         // One flow's positions share a key, so a partition, so the last one read is the latest.
         if let (true, Some(p)) = (m.key.as_deref() == Some(flow.as_bytes()), m.payload.as_deref()) {
             last = Some(p.to_vec());
@@ -39,7 +42,7 @@ pub async fn load_position(settings: &KafkaSettings, flow: &str) -> Result<Optio
     let corrupt = |why: String| {
         FlowError::Internal(format!(
             "reading the position of flow `{flow}` from {}: {why}; the source cannot tell where to resume",
-            kafka::POSITIONS_TOPIC
+            settings.positions_topic()
         ))
     };
     let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
@@ -48,44 +51,103 @@ pub async fn load_position(settings: &KafkaSettings, flow: &str) -> Result<Optio
     Ok(Some(StoredPosition { position, pull_id }))
 }
 
-/// What the source half did in a run.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SourceSummary {
-    /// Records acknowledged by Kafka on the changes topic.
-    pub produced: u64,
-    /// Malformed inputs acknowledged on the DLQ topic.
-    pub dlq: u64,
+/// How a source's turn as the flow's writer ended.
+#[derive(Debug)]
+pub enum SourceEnd {
+    /// The source has nothing more (an on-demand pull is complete).
+    Exhausted,
+    /// Shutdown was requested; every committed batch's position is stored.
+    Stopped,
+    /// Another process owns the source now: the claim was revoked or this producer was fenced.
+    /// Whatever this process had not committed was aborted and is the new owner's to publish.
+    Lost,
+    /// A batch's transaction failed and was aborted (the cluster refused or timed out a write):
+    /// nothing of it is visible. The source must start again from the stored position.
+    Aborted {
+        /// Why.
+        error: FlowError,
+        /// Whether batches committed before this one in the same turn (the failure is new).
+        progressed: bool,
+    },
 }
 
-/// Runs a source until it is exhausted or shutdown is requested.
+/// The writer of a flow's source while this process owns it: a transactional producer
+/// registered with the flow's transactional id (or, where the cluster has no transactions, an
+/// idempotent one), and the signal that the claim was lost.
+pub struct SourceWriter {
+    producer: Producer,
+    lost: tokio_util::sync::CancellationToken,
+    transactional: bool,
+    /// This turn's writer id (see [`writer_id`]), in every record's `source.writer` and in
+    /// every stored position.
+    id: serde_json::Value,
+}
+
+/// Set once a cluster said it cannot commit transactions (tansu 0.6, the embedded broker, has
+/// no EndTxn, also when reached as an external cluster through `sluice broker`): from then on
+/// this process's sources write without them, as `kafka.transactions: false` would.
+static NO_TRANSACTIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How long a transaction call may wait for its coordinator.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl SourceWriter {
+    /// Registers the flow's transactional id, which fences every earlier writer of the flow (an
+    /// earlier owner's open transaction is aborted, its later writes refused). `lost` is
+    /// cancelled when this process's claim on the source goes.
+    ///
+    /// Without transactions (`kafka.transactions: false`) the producer is idempotent only: each
+    /// batch is acknowledged before its position is stored, and the position is stored only
+    /// while the claim is held.
+    pub async fn start(
+        ctx: &FlowContext,
+        lost: tokio_util::sync::CancellationToken,
+    ) -> Result<SourceWriter, FlowError> {
+        if !ctx.kafka.transactions || NO_TRANSACTIONS.load(std::sync::atomic::Ordering::Relaxed) {
+            let producer = ctx.kafka.producer(&format!("{}.{}.source", ctx.kafka.namespace, ctx.flow))?;
+            return Ok(SourceWriter { producer, lost, transactional: false, id: next_turn() });
+        }
+        let producer = ctx.kafka.source_producer(&ctx.flow)?;
+        producer.init_transactions(TXN_TIMEOUT).await.map_err(ctx.kafka_err(format!(
+            "registering the source's transactional id {}",
+            ctx.kafka.source_transactional_id(&ctx.flow)
+        )))?;
+        Ok(SourceWriter { producer, lost, transactional: true, id: next_turn() })
+    }
+}
+
+/// Runs a source until it is exhausted, shutdown is requested or the claim on it is lost.
 ///
-/// Each poll's records are produced, then confirmed, then the poll's last position is stored:
-/// a position never runs ahead of what Kafka holds.
+/// Each poll's records, its dead letters and the position after it are one Kafka transaction:
+/// all visible to readers (`read_committed`) or none. A position is therefore never stored
+/// ahead of the records before it, and a batch that fails leaves nothing behind to duplicate.
+/// Only after the commit may the upstream forget what came before (a slot advances).
 pub async fn run_source(
     ctx: &FlowContext,
     mut source: Box<dyn Source>,
     resume: Option<Position>,
-    store_positions: bool,
-) -> Result<SourceSummary, FlowError> {
-    let topic = kafka::changes_topic(&ctx.flow);
-    let producer = ctx.kafka.producer(&format!("sluice.{}.source", ctx.flow))?;
-    let dlq = DeadLetters::new(producer.clone(), &ctx.flow, ctx.kafka.max_record_bytes);
-    let limit = ctx.kafka.max_record_bytes;
+    writer: &SourceWriter,
+) -> Result<SourceEnd, FlowError> {
+    let topic = ctx.kafka.changes_topic(&ctx.flow);
     source
         .open(resume)
         .await
         .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
-    let mut summary = SourceSummary::default();
     // A source's upstream may hiccup (a database restarting, a connection reset): retriable
     // errors are retried within the flow's retry policy, counted from the first failure.
     let mut failing: Option<(Instant, usize)> = None;
+    let mut progressed = false;
     loop {
         if ctx.shutdown.is_cancelled() {
-            break;
+            return Ok(SourceEnd::Stopped);
+        }
+        if writer.lost.is_cancelled() {
+            return Ok(SourceEnd::Lost);
         }
         let polled = tokio::select! {
             p = source.poll(ctx.batch.max_records) => p,
-            _ = ctx.shutdown.cancelled() => break,
+            _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),
+            _ = writer.lost.cancelled() => return Ok(SourceEnd::Lost),
         };
         let polled = match polled {
             Ok(p) => {
@@ -112,7 +174,7 @@ pub async fn run_source(
                 tracing::warn!(flow = %ctx.flow, attempt = *attempts, wait_ms = wait.as_millis() as u64, error = %e, "reading the source failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = ctx.shutdown.cancelled() => break,
+                    _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),
                 }
                 continue;
             }
@@ -123,111 +185,285 @@ pub async fn run_source(
             Poll::Idle => {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = ctx.shutdown.cancelled() => break,
+                    _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),
+                    _ = writer.lost.cancelled() => return Ok(SourceEnd::Lost),
                 }
                 continue;
             }
-            Poll::Exhausted => break,
+            Poll::Exhausted => return Ok(SourceEnd::Exhausted),
         };
         let span = tracing::info_span!("batch", flow = %ctx.flow, stage = "source", topic = %topic, partition = "all", records = items.len());
-        async {
-            let mut futures = Vec::with_capacity(items.len());
-            let (mut read, mut produced, mut dead) = (0usize, 0u64, 0u64);
-            let mut last_position = None;
-            for item in items {
-                // What goes to the DLQ instead of the changes topic, and why.
-                let (key, payload, reason, source, stage) = match item {
-                    SourceItem::Checkpoint { position } => {
-                        last_position = Some(position);
-                        continue;
-                    }
-                    SourceItem::Record { record, position } => {
-                        read += 1;
-                        last_position = Some(position);
-                        let key = record.key_bytes();
-                        let payload = record.payload_bytes();
-                        // Checked here, before the producer: a record the cluster refuses would
-                        // fail the run at this record on every retry, and nothing after it
-                        // would ever be delivered.
-                        let size = key.len() + payload.len();
-                        if size <= limit {
-                            let rec = FutureRecord::to(&topic)
-                                .key(key.as_slice())
-                                .payload(payload.as_slice())
-                                .timestamp(record.ts_ms);
-                            futures.push(
-                                enqueue(&producer, rec)
-                                    .await
-                                    .map_err(ctx.kafka_err(format!("producing to {topic}")))?,
-                            );
-                            produced += 1;
-                            continue;
-                        }
-                        let reason =
-                            format!("record of {size} bytes is over the {limit}-byte limit (kafka.max_record_bytes)");
-                        (
-                            Some(key),
-                            payload,
-                            reason,
-                            Some(serde_json::Value::Object(record.source).to_string()),
-                            "source",
-                        )
-                    }
-                    SourceItem::Malformed { payload, reason, position } => {
-                        read += 1;
-                        last_position = Some(position);
-                        (None, payload, reason, None, "decode")
-                    }
-                };
-                ctx.errors.admit(&ctx.flow, stage, 1, &reason)?;
-                if ctx.errors.mode() == ErrorMode::Drop {
-                    tracing::debug!(flow = %ctx.flow, %reason, "bad source input dropped");
-                    Ledger::add(&ctx.ledger.dropped, 1);
-                } else {
-                    tracing::debug!(flow = %ctx.flow, %reason, "bad source input to the DLQ");
-                    let origin = Origin { source: source.as_deref(), ..Origin::stage(stage) };
-                    futures.push(
-                        dlq.send(key.as_deref(), &payload, &reason, origin)
-                            .await
-                            .map_err(ctx.kafka_err(format!("producing to {}", kafka::dlq_topic(&ctx.flow))))?,
-                    );
-                    dead += 1;
+        let committed = async {
+            if writer.transactional {
+                writer
+                    .producer
+                    .begin_transaction()
+                    .map_err(|e| Failed::classify(ctx, writer, "starting a transaction", e))?;
+            }
+            let mut sent = publish(ctx, writer, &topic, items).await?;
+            if !writer.transactional {
+                // No transaction to hold the batch and its position together: the position is
+                // stored only once Kafka acknowledged every record before it, and only while
+                // this process still owns the source.
+                let deliveries = std::mem::take(&mut sent.deliveries);
+                wait_acknowledged(ctx, &topic, deliveries)
+                    .await
+                    .map_err(|e| Failed::classify(ctx, writer, &format!("confirming delivery to {topic}"), e))?;
+                if writer.lost.is_cancelled() {
+                    return Err(Failed::Lost);
                 }
             }
-            Ledger::add(&ctx.ledger.source_read, read);
-            confirm(futures).await.map_err(ctx.kafka_err(format!("confirming delivery to {topic}")))?;
-            Ledger::add(&ctx.ledger.produced, produced as usize);
-            Ledger::add(&ctx.ledger.source_dlq, dead as usize);
-            summary.produced += produced;
-            summary.dlq += dead;
-            if let (true, Some(position)) = (store_positions, last_position) {
-                store_position(ctx, &producer, &position).await?;
-                // Now the upstream may forget what came before (a replication slot advances).
-                source
-                    .committed(&position)
-                    .await
-                    .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
+            if let Some(position) = &sent.position {
+                let stored = store_position(ctx, writer, position).await?;
+                sent.deliveries.push(stored);
             }
-            Ok::<(), FlowError>(())
+            if writer.transactional {
+                commit(ctx, writer, &topic).await?;
+            } else {
+                let topic = ctx.kafka.positions_topic();
+                wait_acknowledged(ctx, &topic, std::mem::take(&mut sent.deliveries))
+                    .await
+                    .map_err(|e| Failed::classify(ctx, writer, &format!("storing position in {topic}"), e))?;
+            }
+            Ok::<Sent, Failed>(sent)
         }
         .instrument(span)
-        .await?;
+        .await;
+        let sent = match committed {
+            Ok(sent) => sent,
+            Err(Failed::Lost) => return Ok(SourceEnd::Lost),
+            Err(Failed::Flow(e)) => return Err(e),
+            Err(Failed::Abort(e)) => {
+                // Nothing of the batch is visible (with transactions; without, what was
+                // acknowledged is published again: duplicates, never loss). The next turn starts
+                // at the stored position.
+                if writer.transactional
+                    && let Err(abort) = writer.producer.abort_transaction(TXN_TIMEOUT).await
+                {
+                    tracing::debug!(flow = %ctx.flow, error = %abort, "aborting the failed transaction");
+                }
+                return Ok(SourceEnd::Aborted { error: e, progressed });
+            }
+        };
+        progressed = true;
+        Ledger::add(&ctx.ledger.source_read, sent.read);
+        Ledger::add(&ctx.ledger.produced, sent.produced);
+        Ledger::add(&ctx.ledger.source_dlq, sent.dead);
+        if let Some(position) = &sent.position {
+            // Now the upstream may forget what came before (a replication slot advances).
+            source
+                .committed(position)
+                .await
+                .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
+        }
     }
-    Ok(summary)
 }
 
-async fn store_position(ctx: &FlowContext, producer: &Producer, position: &Position) -> Result<(), FlowError> {
+/// What one batch put in its transaction.
+struct Sent {
+    read: usize,
+    produced: usize,
+    dead: usize,
+    /// The position after the batch, if it moved.
+    position: Option<Position>,
+    /// Kafka's acknowledgements to wait for (without transactions; a commit covers them).
+    deliveries: Vec<crate::producer::Delivery>,
+}
+
+/// Why a batch's transaction did not commit.
+enum Failed {
+    /// This producer was fenced: another process writes the flow's source now.
+    Lost,
+    /// The transaction can be aborted and the batch read again.
+    Abort(FlowError),
+    /// Neither: the flow stops (a bad record under `fail`, an authorization error).
+    Flow(FlowError),
+}
+
+impl Failed {
+    /// Sorts a producer error: fenced, fatal to the producer, or abortable.
+    fn classify(ctx: &FlowContext, writer: &SourceWriter, doing: &str, e: KafkaError) -> Failed {
+        if writer.transactional && e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnsupportedFeature) {
+            // The batch cannot be committed, nor aborted: what of it reached the broker is
+            // there to stay, and the next turn writes it again without a transaction
+            // (duplicates, never loss). Said once per process.
+            if !NO_TRANSACTIONS.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(flow = %ctx.flow, error = %e, "the Kafka cluster cannot commit transactions; sources write without them (set `kafka.transactions: false` to say so)");
+            }
+            return Failed::Abort(ctx.kafka_err(doing.to_owned())(e));
+        }
+        let fatal = writer.producer.fatal_error();
+        let fenced = |c: RDKafkaErrorCode| {
+            matches!(c, RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        };
+        if e.rdkafka_error_code().is_some_and(fenced) || fatal.as_ref().is_some_and(|(c, _)| fenced(*c)) {
+            return Failed::Lost;
+        }
+        let err = ctx.kafka_err(doing.to_owned())(e);
+        if fatal.is_some() { Failed::Flow(err) } else { Failed::Abort(err) }
+    }
+}
+
+/// Queues a batch's records on the changes topic and its bad inputs on the DLQ.
+async fn publish(
+    ctx: &FlowContext,
+    writer: &SourceWriter,
+    topic: &str,
+    items: Vec<SourceItem>,
+) -> Result<Sent, Failed> {
+    let limit = ctx.kafka.max_record_bytes;
+    let dlq = DeadLetters::new(writer.producer.clone(), &ctx.flow, &ctx.kafka);
+    let mut sent = Sent { read: 0, produced: 0, dead: 0, position: None, deliveries: Vec::new() };
+    for item in items {
+        // What goes to the DLQ instead of the changes topic, and why.
+        let (key, payload, reason, source, stage) = match item {
+            SourceItem::Checkpoint { position } => {
+                sent.position = Some(position);
+                continue;
+            }
+            SourceItem::Record { mut record, position } => {
+                sent.read += 1;
+                // Which process published it: at most one per flow at a time, as the records
+                // can show.
+                record.source.insert("writer".into(), writer.id.clone());
+                sent.position = Some(position);
+                let key = record.key_bytes();
+                let payload = record.payload_bytes();
+                // Checked here, before the producer: a record the cluster refuses would fail
+                // the run at this record on every retry, and nothing after it would ever be
+                // delivered.
+                let size = key.len() + payload.len();
+                if size <= limit {
+                    let rec =
+                        FutureRecord::to(topic).key(key.as_slice()).payload(payload.as_slice()).timestamp(record.ts_ms);
+                    // With a transaction the commit flushes every record and fails if any was
+                    // refused; the acknowledgements are only waited for without one.
+                    let delivery = enqueue(&writer.producer, rec)
+                        .await
+                        .map_err(|e| Failed::classify(ctx, writer, &format!("producing to {topic}"), e))?;
+                    if !writer.transactional {
+                        sent.deliveries.push(delivery);
+                    }
+                    sent.produced += 1;
+                    continue;
+                }
+                let reason = format!("record of {size} bytes is over the {limit}-byte limit (kafka.max_record_bytes)");
+                (Some(key), payload, reason, Some(serde_json::Value::Object(record.source).to_string()), "source")
+            }
+            SourceItem::Malformed { payload, reason, position } => {
+                sent.read += 1;
+                sent.position = Some(position);
+                (None, payload, reason, None, "decode")
+            }
+        };
+        ctx.errors.admit(&ctx.flow, stage, 1, &reason).map_err(Failed::Flow)?;
+        if ctx.errors.mode() == ErrorMode::Drop {
+            tracing::debug!(flow = %ctx.flow, %reason, "bad source input dropped");
+            Ledger::add(&ctx.ledger.dropped, 1);
+        } else {
+            tracing::debug!(flow = %ctx.flow, %reason, "bad source input to the DLQ");
+            let origin = Origin { source: source.as_deref(), ..Origin::stage(stage) };
+            let delivery = dlq.send(key.as_deref(), &payload, &reason, origin).await.map_err(|e| {
+                Failed::classify(ctx, writer, &format!("producing to {}", ctx.kafka.dlq_topic(&ctx.flow)), e)
+            })?;
+            if !writer.transactional {
+                sent.deliveries.push(delivery);
+            }
+            sent.dead += 1;
+        }
+    }
+    Ok(sent)
+}
+
+/// Commits the batch's transaction. While the cluster does not acknowledge (fewer in-sync
+/// replicas than `min.insync.replicas`, a leader election), librdkafka keeps retrying and the
+/// commit waits; that is said every [`STALL_WARNING`] so an operator sees why the flow is
+/// still. A retriable failure of the commit itself is retried, as librdkafka asks.
+async fn commit(ctx: &FlowContext, writer: &SourceWriter, topic: &str) -> Result<(), Failed> {
+    let started = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let call = writer.producer.commit_transaction(TXN_TIMEOUT);
+        tokio::pin!(call);
+        let result = loop {
+            tokio::select! {
+                r = &mut call => break r,
+                _ = tokio::time::sleep(STALL_WARNING) => tracing::warn!(
+                    flow = %ctx.flow,
+                    waited_secs = started.elapsed().as_secs(),
+                    "Kafka has not acknowledged the source's batch to {topic} yet; waiting (is a broker down, or fewer \
+                     in-sync replicas than min.insync.replicas?)"
+                ),
+            }
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => continue,
+            Err(e) => {
+                return Err(Failed::classify(ctx, writer, &format!("committing the source's batch to {topic}"), e));
+            }
+        }
+    }
+}
+
+/// Waits for Kafka's acknowledgement of `deliveries` (no transaction), saying every
+/// [`STALL_WARNING`] that it still waits, as [`commit`] does.
+async fn wait_acknowledged(
+    ctx: &FlowContext,
+    topic: &str,
+    deliveries: Vec<crate::producer::Delivery>,
+) -> Result<(), KafkaError> {
+    let started = Instant::now();
+    let all = confirm(deliveries);
+    tokio::pin!(all);
+    loop {
+        tokio::select! {
+            r = &mut all => return r,
+            _ = tokio::time::sleep(STALL_WARNING) => tracing::warn!(
+                flow = %ctx.flow,
+                waited_secs = started.elapsed().as_secs(),
+                "Kafka has not acknowledged the source's batch to {topic} yet; waiting (is the broker down?)"
+            ),
+        }
+    }
+}
+
+/// How long a commit waits before saying that it waits.
+const STALL_WARNING: Duration = Duration::from_secs(10);
+
+/// Queues the flow's position after the batch, in the batch's transaction.
+async fn store_position(
+    ctx: &FlowContext,
+    writer: &SourceWriter,
+    position: &Position,
+) -> Result<crate::producer::Delivery, Failed> {
     let body = serde_json::json!({
         "flow": ctx.flow,
         "position": position,
         "ts_ms": now_ms(),
         "run_id": ctx.run_id,
         "pull_id": ctx.pull_id,
+        "writer": writer.id,
     });
     let payload = body.to_string();
-    let rec = FutureRecord::to(kafka::POSITIONS_TOPIC).key(ctx.flow.as_bytes()).payload(payload.as_bytes());
-    let f = enqueue(producer, rec)
+    let topic = ctx.kafka.positions_topic();
+    let rec = FutureRecord::to(&topic).key(ctx.flow.as_bytes()).payload(payload.as_bytes());
+    enqueue(&writer.producer, rec)
         .await
-        .map_err(ctx.kafka_err(format!("storing position in {}", kafka::POSITIONS_TOPIC)))?;
-    confirm(vec![f]).await.map_err(ctx.kafka_err(format!("storing position in {}", kafka::POSITIONS_TOPIC)))
+        .map_err(|e| Failed::classify(ctx, writer, &format!("storing position in {topic}"), e))
+}
+
+/// This process: its host and process id.
+pub fn writer_id() -> String {
+    format!("{}:{}", crate::ledger::host_name(), std::process::id())
+}
+
+/// A new turn's writer id, `<host>:<pid>/<turn>`: the process, and which of its turns as a
+/// source's owner. Stored with positions and in change records' `source.writer`, so a reader can
+/// tell who published what — and check that two turns never published at once.
+fn next_turn() -> serde_json::Value {
+    static TURNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let turn = TURNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    serde_json::Value::String(format!("{}/{turn}", writer_id()))
 }

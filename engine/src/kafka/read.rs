@@ -1,0 +1,152 @@
+//! Reading what sluice keeps on its cluster: watermarks and whole small topics.
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{KafkaSettings, KafkaSetupError};
+
+/// The high watermark (next offset to be written) of each partition of `topic`.
+pub async fn high_watermarks(settings: &KafkaSettings, topic: &str) -> Result<Vec<(i32, i64)>, KafkaSetupError> {
+    let cfg = settings.client_config();
+    let timeout = settings.connect_timeout;
+    let topic = topic.to_owned();
+    let res = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, KafkaError> {
+        let consumer: rdkafka::consumer::BaseConsumer = cfg.create()?;
+        let md = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let mut out = Vec::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (_, high) = consumer.fetch_watermarks(&topic, p.id(), timeout)?;
+                out.push((p.id(), high));
+            }
+        }
+        Ok(out)
+    })
+    .await;
+    match res {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(settings.client_error("reading topic watermarks".into(), e)),
+        Err(join) => Err(KafkaSetupError::CreateTopic {
+            topic: String::new(),
+            message: format!("watermark task failed: {join}"),
+        }),
+    }
+}
+
+/// One message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key bytes, if any.
+    pub key: Option<Vec<u8>>,
+    /// Payload bytes, if any.
+    pub payload: Option<Vec<u8>>,
+    /// Headers, values as (lossy) text.
+    pub headers: Vec<(String, String)>,
+}
+
+impl StoredMessage {
+    /// The value of header `name`, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `topic` from its start up to its end as of now, at most `limit` messages, in
+/// partition then offset order. A topic that does not exist reads as empty.
+///
+/// Only committed records are read (`read_committed`): a position or run record written in a
+/// transaction that was aborted (a fenced source owner's) never happened. A partition's end is
+/// where the broker says it is (partition EOF), not the high watermark, which may sit past
+/// transaction markers no message is ever returned for. A partition that gives nothing for
+/// `connect_timeout` before its end is an error: returning what was read so far would pass a
+/// stale record for the latest.
+pub async fn read_topic(
+    settings: &KafkaSettings,
+    topic: &str,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, KafkaSetupError> {
+    use rdkafka::message::{Headers, Message};
+    let cfg = settings.client_config();
+    let timeout = settings.connect_timeout;
+    let topic_name = topic.to_owned();
+    let res = tokio::task::spawn_blocking(move || -> Result<Vec<StoredMessage>, KafkaError> {
+        let consumer: rdkafka::consumer::BaseConsumer = {
+            let mut cfg = cfg;
+            cfg.set("group.id", "sluice.reader")
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true")
+                .set("isolation.level", "read_committed")
+                .create()?
+        };
+        let md = consumer.fetch_metadata(Some(&topic_name), timeout)?;
+        let mut out = Vec::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (low, high) = consumer.fetch_watermarks(&topic_name, p.id(), timeout)?;
+                if high <= low {
+                    continue;
+                }
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                tpl.add_partition_offset(&topic_name, p.id(), rdkafka::Offset::Offset(low))?;
+                consumer.assign(&tpl)?;
+                let mut quiet_since = std::time::Instant::now();
+                while out.len() < limit {
+                    let m = match consumer.poll(std::time::Duration::from_millis(200)) {
+                        None if quiet_since.elapsed() >= timeout => {
+                            return Err(KafkaError::MessageConsumption(RDKafkaErrorCode::RequestTimedOut));
+                        }
+                        None => continue,
+                        Some(Err(KafkaError::PartitionEOF(_))) => break,
+                        Some(m) => m?,
+                    };
+                    quiet_since = std::time::Instant::now();
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| {
+                                    (
+                                        x.key.to_owned(),
+                                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(StoredMessage {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                        headers,
+                    });
+                    if m.offset() + 1 >= high {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await;
+    match res {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::RequestTimedOut))) => Err(KafkaSetupError::Client {
+            context: format!("reading {topic}"),
+            message: format!(
+                "a partition gave nothing for {} s before its end; is the cluster healthy?",
+                timeout.as_secs()
+            ),
+        }),
+        Ok(Err(e)) => Err(settings.client_error(format!("reading {topic}"), e)),
+        Err(join) => Err(KafkaSetupError::CreateTopic {
+            topic: topic.to_owned(),
+            message: format!("reader task failed: {join}"),
+        }),
+    }
+}
