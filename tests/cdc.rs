@@ -322,7 +322,56 @@ flows:
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
 }
 
+/// The slot exists before the snapshot is read (another process made it and died, or a user
+/// did), and the table changed in between: those changes are in the snapshot and still ahead
+/// in the slot. Each row must arrive in order — its snapshot copy, then only later changes —
+/// not the snapshot's newer value followed by the older changes again.
+fn a_snapshot_taken_after_the_slot_skips_the_changes_it_already_holds(kafka: &mut Kafka) {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table("cdc_late_snapshot");
+    let (publ, slot) = (format!("p_{t}"), format!("s_{t}"));
+    let _cleanup = Cleanup { slots: vec![slot.clone()], publications: vec![publ.clone()], tables: vec![t.clone()] };
+    pg(&format!(
+        "CREATE TABLE {t} (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO {t} SELECT i, 0 FROM generate_series(1, 50) i;
+         CREATE PUBLICATION {publ} FOR TABLE {t}"
+    ));
+    pg(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+    // Two transactions after the slot, before any snapshot.
+    pg(&format!("UPDATE {t} SET v = 1"));
+    pg(&format!("UPDATE {t} SET v = 2 WHERE id <= 25"));
+    let out = dir.path().join("out");
+    let flows = flow("s", &t, &publ, "{id: int64, v: int64}", "s.jsonl");
+    let cfg = config(dir.path(), kafka, &flows);
+    let p = spawn(&["run", &cfg], dir.path(), &[]);
+    let file = out.join("s.jsonl");
+    assert!(wait_until(LIMIT, || captured(&file).len() >= 50), "{}", p.stderr_so_far());
+    // A change after the snapshot still streams.
+    pg(&format!("UPDATE {t} SET v = 3 WHERE id % 2 = 0"));
+    assert!(
+        wait_until(LIMIT, || captured(&file).iter().filter(|r| r.2["v"] == 3).count() >= 25),
+        "{}",
+        p.stderr_so_far()
+    );
+    let done = p.terminate(Duration::from_secs(30));
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    let mut seen: BTreeMap<i64, Vec<(String, i64)>> = BTreeMap::new();
+    for (op, id, row) in captured(&file) {
+        seen.entry(id.unwrap()).or_default().push((op, row["v"].as_i64().unwrap()));
+    }
+    assert_eq!(seen.len(), 50);
+    for (id, changes) in &seen {
+        let expected_snapshot = if *id <= 25 { 2 } else { 1 };
+        let mut expected = vec![("r".to_owned(), expected_snapshot)];
+        if id % 2 == 0 {
+            expected.push(("u".to_owned(), 3));
+        }
+        assert_eq!(changes, &expected, "row {id}: its snapshot copy, then only later changes");
+    }
+}
+
 crate::on_both_brokers!(
+    a_snapshot_taken_after_the_slot_skips_the_changes_it_already_holds,
     a_publication_that_misses_the_table_is_refused_and_other_tables_stay_out,
     truncates_and_a_table_created_again_reach_the_output,
     values_are_exact_toasted_values_survive_and_a_finished_snapshot_is_not_taken_again,

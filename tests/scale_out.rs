@@ -116,7 +116,9 @@ fn three_processes_share_three_flows_through_kills_a_freeze_a_broker_kill_and_a_
     let (gen_count, file_count, cdc_count) = (60_000u64, 60_000u64, 6_000u64);
     let t = table("scale_cdc");
     let _cleanup = Cleanup { slots: vec![t.clone()], publications: vec![t.clone()], tables: vec![t.clone()] };
-    pg(&format!("CREATE TABLE {t} (seq bigint PRIMARY KEY, id bigint NOT NULL, version bigint NOT NULL)"));
+    // Keyed by `id` (its primary key): 50 rows, each inserted and then updated over and over,
+    // so the oracle's per-key order is the order of each row's changes.
+    pg(&format!("CREATE TABLE {t} (id bigint PRIMARY KEY, seq bigint NOT NULL, version bigint NOT NULL)"));
     let lines: String =
         (0..file_count).map(|s| format!("{{\"seq\":{s},\"id\":{},\"version\":{}}}\n", s % 50, s / 50)).collect();
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
@@ -162,14 +164,20 @@ flows:
     for name in ["a", "b", "c"] {
         ps.start(name);
     }
-    // The database changes as the test goes: 6,000 inserts over about 30 s.
+    // The database changes as the test goes: 6,000 changes over about 30 s, from when the slot
+    // exists (each row's changes before would reach the output only as its snapshot).
+    let slot_exists = || !pg(&format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = '{t}'")).is_empty();
+    assert!(wait_until(Duration::from_secs(120), slot_exists), "the cdc flow made no slot:\n{}", ps.logs());
     let writer = {
         let t = t.clone();
         std::thread::spawn(move || {
             for chunk in 0..(cdc_count / 40) {
                 let values: Vec<String> =
-                    (chunk * 40..chunk * 40 + 40).map(|s| format!("({s}, {}, {})", s % 50, s / 50)).collect();
-                pg(&format!("INSERT INTO {t} VALUES {}", values.join(",")));
+                    (chunk * 40..chunk * 40 + 40).map(|s| format!("({}, {s}, {})", s % 50, s / 50)).collect();
+                pg(&format!(
+                    "INSERT INTO {t} VALUES {} ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, version = EXCLUDED.version",
+                    values.join(",")
+                ));
                 std::thread::sleep(Duration::from_millis(200));
             }
         })
@@ -177,21 +185,28 @@ flows:
 
     let mut report = Vec::new();
     let mut faults = 0usize;
+    // A killed process is started again at once, as its supervisor (systemd, Kubernetes) would.
     let kill_owner = |ps: &mut Processes, flow: &str, report: &mut Vec<String>| {
         let owner = ps.wait_owner(flow);
         let victim = ps.live.remove(&owner).unwrap();
         let claims = ps.claims(flow);
         victim.kill9();
         let killed = Instant::now();
+        ps.start(&owner);
         let taken = wait_until(Duration::from_secs(120), || ps.claims(flow) > claims);
         assert!(taken, "nobody took {flow} over after {owner} was killed:\n{}", ps.logs());
-        report.push(format!("SIGKILL {flow}'s owner {owner}: taken over in {:.1} s", killed.elapsed().as_secs_f64()));
+        report.push(format!(
+            "SIGKILL {flow}'s owner {owner} (restarted at once): taken over in {:.1} s",
+            killed.elapsed().as_secs_f64()
+        ));
+        eprintln!("step: {}", report.last().unwrap());
     };
     let progress = |f: &str, n: u64, ps: &Processes| {
         assert!(wait_until(Duration::from_secs(180), || distinct(f) >= n), "{f} stuck below {n}:\n{}", ps.logs());
     };
 
     progress("gen.jsonl", 5_000, &ps);
+    eprintln!("step: 5000 gen records delivered");
     kill_owner(&mut ps, "gen", &mut report);
     faults += 1;
     progress("gen.jsonl", distinct("gen.jsonl") + 3_000, &ps);
@@ -208,12 +223,14 @@ flows:
     kill(pid, Signal::SIGCONT).unwrap();
     assert!(taken, "nobody took gen over from the frozen {frozen}:\n{}", ps.logs());
     report.push(format!("SIGSTOP gen's owner {frozen} for 15 s: taken over in {:.1} s", took.as_secs_f64()));
+    eprintln!("step: {}", report.last().unwrap());
     faults += 1;
 
     kill_owner(&mut ps, "cdc", &mut report);
     faults += 1;
     ps.start("d");
     report.push("process d added".into());
+    eprintln!("step: process d added");
     progress("gen.jsonl", distinct("gen.jsonl") + 3_000, &ps);
 
     let node = cluster.leader_of("sluice.gen.changes", 0);
@@ -221,6 +238,7 @@ flows:
     progress("gen.jsonl", distinct("gen.jsonl") + 2_000, &ps);
     cluster.restart(node);
     report.push(format!("broker node {node} (leader of gen.changes/0) SIGKILL, restarted"));
+    eprintln!("step: {}", report.last().unwrap());
     faults += 1;
 
     kill_owner(&mut ps, "gen", &mut report);
@@ -250,6 +268,7 @@ flows:
 
     // Every record, each key in order; duplicates within one in-flight window per fault.
     for (f, n) in [("gen.jsonl", gen_count), ("lines.jsonl", file_count), ("cdc.jsonl", cdc_count)] {
+        eprintln!("checking every record of {f}");
         let v = oracle(&read_jsonl(&out(f)).0, n);
         assert!(v.duplicates <= faults * IN_FLIGHT_WINDOW, "{f}: {v:?} after {faults} faults");
         report.push(format!("{f}: sent {n}, lost 0, duplicated {}", v.duplicates));

@@ -1,7 +1,7 @@
 //! The embedded Kafka-protocol broker.
 //!
 //! `kafka: embedded` and `sluice broker` both run tansu's broker inside this process, persisted
-//! in a SQLite file under the data directory (or in memory, for benchmarks). Flows still talk to
+//! in a SQLite file under the data directory. Flows still talk to
 //! it through rdkafka over loopback, so the embedded set-up exercises exactly the code a user's
 //! Kafka cluster does.
 //!
@@ -162,6 +162,8 @@ impl EmbeddedBroker {
                         return;
                     }
                 };
+                let BrokerStorage::Sqlite(dir) = &storage;
+                rt.spawn(watch_disk(dir.clone(), token.clone()));
                 let result = rt.block_on(serve(storage_url, endpoint, token, ready_tx));
                 let _ = stopped_tx.send(result);
             })
@@ -186,6 +188,56 @@ impl EmbeddedBroker {
         match self.stopped.take() {
             Some(rx) => rx.await.unwrap_or_else(|_| Err("broker thread ended unexpectedly".into())),
             None => Ok(()),
+        }
+    }
+}
+
+/// Below this much free space the data directory's disk counts as full: SQLite needs room for
+/// its journal and new pages, and tansu answers a produce it cannot store with nothing better
+/// than "unknown broker error".
+const LOW_DISK_BYTES: u64 = 16 << 20;
+
+/// What [`disk_full`] reports: the data directory whose disk is full, and its free bytes.
+static DISK_FULL: std::sync::Mutex<Option<(PathBuf, u64)>> = std::sync::Mutex::new(None);
+
+/// If this process's embedded broker is out of disk space: which directory, and how much is
+/// left. Producers of a full broker only see "unknown broker error"; the runtime adds this to
+/// what it reports so the reason is named.
+pub fn disk_full() -> Option<String> {
+    let full = DISK_FULL.lock().ok()?.clone()?;
+    Some(format!(
+        "the embedded broker's data directory {} has no space left on device ({} bytes free); writes resume once space is freed",
+        full.0.display(),
+        full.1
+    ))
+}
+
+/// Watches the free space of the data directory's file system every second, and says once when
+/// it runs out and once when it is back. The broker itself goes on: it refuses what it cannot
+/// store, producers retry, and nothing it acknowledged is lost.
+async fn watch_disk(dir: PathBuf, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let Ok(vfs) = nix::sys::statvfs::statvfs(&dir) else { continue };
+        // The field types differ between platforms (u32 on some); u64 holds either.
+        #[allow(clippy::unnecessary_cast)]
+        let free = (vfs.blocks_available() as u64).saturating_mul(vfs.fragment_size() as u64);
+        let Ok(mut state) = DISK_FULL.lock() else { return };
+        match (state.is_some(), free < LOW_DISK_BYTES) {
+            (false, true) => {
+                tracing::error!(data_dir = %dir.display(), free_bytes = free, "the embedded broker's disk is full (no space left on device): it refuses writes, and producers retry, until space is freed");
+                *state = Some((dir.clone(), free));
+            }
+            (true, true) => *state = Some((dir.clone(), free)),
+            (true, false) => {
+                tracing::info!(data_dir = %dir.display(), free_bytes = free, "space was freed on the embedded broker's disk; it takes writes again");
+                *state = None;
+            }
+            (false, false) => {}
         }
     }
 }

@@ -132,6 +132,19 @@ impl Kafka {
         super::produce_replicated(self.addr(), topic, partitions, replication, messages);
     }
 
+    /// [`Kafka::produce`] by a producer with `settings` of its own (another client's way of
+    /// writing: compression, batching).
+    pub fn produce_with(
+        &self,
+        topic: &str,
+        partitions: i32,
+        settings: &[(&str, &str)],
+        messages: &[(Option<String>, Vec<u8>)],
+    ) {
+        let replication = if self.is_cluster() { -1 } else { 1 };
+        super::produce_with(self.addr(), topic, partitions, replication, settings, messages);
+    }
+
     /// Every message of `topic`, from its start to its current end.
     pub fn read_topic(&self, topic: &str) -> Vec<super::Msg> {
         super::read_topic(self.addr(), topic)

@@ -73,14 +73,21 @@ pub struct Broker {
     /// `127.0.0.1:port`, for `bootstrap.servers`.
     pub addr: String,
     dir: TempDir,
+    /// Its data directory: `data` in `dir`, or one the test chose.
+    data: PathBuf,
 }
 
 impl Broker {
     /// Starts a broker on a free port and waits until it accepts connections.
     pub fn start() -> Broker {
         let dir = tempfile::tempdir().expect("creating broker directory");
+        let data = dir.path().join("data");
+        Broker::start_on(dir, data)
+    }
+
+    fn start_on(dir: TempDir, data: PathBuf) -> Broker {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut b = Broker { child: None, addr, dir };
+        let mut b = Broker { child: None, addr, dir, data };
         b.spawn();
         b
     }
@@ -89,7 +96,7 @@ impl Broker {
         let log = File::create(self.dir.path().join(format!("broker-{}.log", now_nanos()))).expect("broker log");
         let child = Command::new(sluice_bin())
             .args(["broker", "--data-dir"])
-            .arg(self.dir.path().join("data"))
+            .arg(&self.data)
             .args(["--listen", &self.addr])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("broker log"))
@@ -372,8 +379,13 @@ pub fn produce_replicated(
     replication: i32,
     messages: &[(Option<String>, Vec<u8>)],
 ) {
+    produce_with(bootstrap, topic, partitions, replication, &[], messages);
+}
+
+/// Creates `topic` if it is missing: `partitions` partitions of `replication` copies (-1: the
+/// cluster's default, with a topic limit of 16 MiB per record).
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32, replication: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
     let rt = tokio::runtime::Runtime::new().expect("test runtime");
     rt.block_on(async {
         let admin: AdminClient<_> = client(bootstrap).create().expect("creating test admin client");
@@ -388,12 +400,29 @@ pub fn produce_replicated(
                 Err((t, e)) => panic!("creating test topic {t}: {e}"),
             }
         }
-        let producer: FutureProducer = client(bootstrap)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.max.bytes", "33554432")
-            .create()
-            .expect("creating test producer");
+    });
+}
+
+/// [`produce_replicated`] by a producer with `settings` on top of the test producer's own
+/// (e.g. `compression.type`, `linger.ms`): another client's way of writing a topic.
+pub fn produce_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    settings: &[(&str, &str)],
+    messages: &[(Option<String>, Vec<u8>)],
+) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    create_topic(bootstrap, topic, partitions, replication);
+    let rt = tokio::runtime::Runtime::new().expect("test runtime");
+    rt.block_on(async {
+        let mut producer = client(bootstrap);
+        producer.set("enable.idempotence", "true").set("acks", "all").set("message.max.bytes", "33554432");
+        for (k, v) in settings {
+            producer.set(*k, *v);
+        }
+        let producer: FutureProducer = producer.create().expect("creating test producer");
         let mut pending = Vec::with_capacity(messages.len());
         for (k, p) in messages {
             let mut rec = FutureRecord::<String, Vec<u8>>::to(topic).payload(p);

@@ -24,6 +24,12 @@
 //! (a truncate record, op `t`, then a fresh snapshot), and keeps its old id in positions until
 //! that is done, so a crash in the middle resyncs again.
 //!
+//! **Snapshot and stream agree.** A snapshot is read after the slot's position (the slot may
+//! be older: another process made it and died before its snapshot was stored). Changes made in
+//! between are in the snapshot and still ahead in the slot; the snapshot records which
+//! transactions it sees and the stream drops the table's changes from exactly those
+//! ([`visible`]), so every row arrives in order.
+//!
 //! **Never past undecoded WAL.** pgoutput is silent about a table its publication does not cover
 //! (see [`publication`]): before any slot advance the source checks coverage and ids; a table
 //! missing from a publication sluice manages is added back and resynced, one missing from a
@@ -41,6 +47,7 @@
 mod pgoutput;
 mod publication;
 mod slots;
+mod visible;
 
 pub use slots::{SlotInfo, drop_slot, list_slots};
 
@@ -104,6 +111,9 @@ pub struct CdcSource {
     /// Tables still to snapshot, in order, and the one being read.
     snapshot_todo: VecDeque<Snapshot>,
     snapshot_open: Option<OpenSnapshot>,
+    /// Per table, what its last snapshot already holds, until the stream passes it
+    /// (see [`visible`]).
+    seen: BTreeMap<String, visible::SnapshotView>,
     /// The end LSN of the last transaction handed out (as a number), to skip re-peeked ones.
     last_lsn: u64,
     /// The end of a run of transactions with nothing for this source, to advance the slot past.
@@ -159,6 +169,7 @@ impl CdcSource {
             current: HashMap::new(),
             snapshot_todo: VecDeque::new(),
             snapshot_open: None,
+            seen: BTreeMap::new(),
             last_lsn: 0,
             quiet_to: None,
             last_heartbeat: Instant::now(),
@@ -197,11 +208,15 @@ impl CdcSource {
 
     /// The position after what has been handed out: the stream's LSN and the established tables.
     fn position(&self) -> Position {
-        json!({
+        let mut p = json!({
             "lsn": (self.last_lsn > 0).then(|| lsn_text(self.last_lsn)),
             "snapshot": if self.snapshot_todo.is_empty() { "done" } else { "pending" },
             "oids": self.established,
-        })
+        });
+        if !self.seen.is_empty() {
+            p["seen"] = json!(self.seen);
+        }
+        p
     }
 
     /// Schedules a snapshot of `table` unless one is already due.
@@ -278,12 +293,24 @@ impl CdcSource {
                 .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u32))
                 .collect();
             client
-                .batch_execute(&format!(
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
-                     DECLARE sluice_snapshot NO SCROLL CURSOR FOR SELECT * FROM {quoted}"
-                ))
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
                 .map_err(|e| classify(&doing, &e))?;
+            // The transaction's first statement takes its snapshot: record which transactions
+            // it sees, so the stream skips their changes to this table (see `visible`).
+            let view = client
+                .query_one("SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text", &[])
+                .await
+                .map_err(|e| classify(&doing, &e))?;
+            let (snap, lsn): (String, String) = (view.get(0), view.get(1));
+            let view = parse_lsn(&lsn).and_then(|lsn| visible::SnapshotView::parse(&snap, lsn)).ok_or_else(|| {
+                ConnectorError::Other { context: doing.clone(), message: format!("reading snapshot {snap} at {lsn}") }
+            })?;
+            client
+                .batch_execute(&format!("DECLARE sluice_snapshot NO SCROLL CURSOR FOR SELECT * FROM {quoted}"))
+                .await
+                .map_err(|e| classify(&doing, &e))?;
+            self.seen.insert(next.table.clone(), view);
             self.snapshot_open = Some(OpenSnapshot { table: next.table.clone(), types });
         }
         let key_cols = self.primary_keys.get(&next.table).cloned().unwrap_or_default();
@@ -374,6 +401,11 @@ impl CdcSource {
                     if !self.tables.contains(&name) {
                         continue;
                     }
+                    let t = txn.as_ref().ok_or_else(|| bad("a change outside a transaction".into()))?;
+                    if self.seen.get(&name).is_some_and(|v| v.sees(t.xid)) {
+                        // Already in the table's snapshot.
+                        continue;
+                    }
                     let pk = self.primary_keys.get(&name).map(Vec::as_slice).unwrap_or_default();
                     let records = pgoutput::change_records(kind, rel, pk, old, new).map_err(bad)?;
                     let t = txn.as_mut().ok_or_else(|| bad("a change outside a transaction".into()))?;
@@ -383,7 +415,8 @@ impl CdcSource {
                     let t = txn.as_mut().ok_or_else(|| bad("a truncate outside a transaction".into()))?;
                     for oid in oids {
                         let Some(rel) = self.relations.get(&oid) else { continue };
-                        if !self.tables.contains(&format!("{}.{}", rel.schema, rel.table)) {
+                        let name = format!("{}.{}", rel.schema, rel.table);
+                        if !self.tables.contains(&name) || self.seen.get(&name).is_some_and(|v| v.sees(t.xid)) {
                             continue;
                         }
                         t.records.push(ChangeRecord {
@@ -404,6 +437,8 @@ impl CdcSource {
                         continue;
                     }
                     self.last_lsn = end_lsn;
+                    // Whatever commits from here on, no snapshot taken before saw it.
+                    self.seen.retain(|_, v| v.lsn > end_lsn);
                     if t.records.is_empty() {
                         // Nothing of ours: the slot may pass it once everything before is
                         // acknowledged.
@@ -489,6 +524,13 @@ impl Source for CdcSource {
             stored.is_none() && resume.as_ref().and_then(|p| p.get("snapshot")).and_then(Value::as_str) == Some("done");
         // A new slot has seen none of the tables' history: whatever a position says, start over.
         let stored = if has_slot { stored.unwrap_or_default() } else { BTreeMap::new() };
+        // What established tables' snapshots hold that the stream has not passed yet.
+        let seen: BTreeMap<String, visible::SnapshotView> = resume
+            .as_ref()
+            .and_then(|p| p.get("seen"))
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default();
+        self.seen = seen.into_iter().filter(|(t, v)| stored.contains_key(t) && v.lsn > self.last_lsn).collect();
         for s in &self.coverage().await? {
             match stored.get(&s.name) {
                 Some(oid) if *oid == s.oid && s.covered => {

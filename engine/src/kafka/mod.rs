@@ -240,10 +240,12 @@ impl KafkaSettings {
     ) -> Result<StreamConsumer<C>, KafkaSetupError> {
         let defaults = [
             ("client.id", client_id),
-            // A worker that dies holds its partitions until its session expires; 10 s (as
-            // Vector and Kafka Connect's workers use) bounds that pause after a crash.
-            ("session.timeout.ms", "10000"),
-            ("heartbeat.interval.ms", "3000"),
+            // A worker that dies holds its partitions (and a source owner its claim) until its
+            // session expires. 6 s, Apache Kafka's least allowed (`group.min.session.timeout.ms`),
+            // bounds that pause after a crash; heartbeats come from librdkafka's own thread, so a
+            // busy runtime does not miss them. Kafka Connect uses 10 s, librdkafka 45 s.
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "2000"),
             // Brokers that do not return a message larger than the partition fetch size would
             // leave the worker stuck in front of one big record; allow up to 8 MiB (more than
             // sluice accepts as a record, 1 MiB) so it can be read and dead-lettered.

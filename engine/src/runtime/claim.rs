@@ -65,11 +65,11 @@ impl ConsumerContext for ClaimContext {
 }
 
 /// How often the owner says it is alive, and a stand-by looks whether the owner does.
-const BEAT: Duration = Duration::from_secs(3);
+const BEAT: Duration = Duration::from_secs(2);
 /// How long an owner may be silent before a stand-by calls the claim abandoned: the session
-/// timeout (10 s, after which any coordinator has dropped a silent member) and one beat more.
+/// timeout (6 s, after which any coordinator has dropped a silent member) and one beat more.
 /// Also the least time between two rejoins; the most is [`STALE_MAX`].
-const STALE: Duration = Duration::from_secs(13);
+const STALE: Duration = Duration::from_secs(8);
 const STALE_MAX: Duration = Duration::from_secs(300);
 
 /// The owner's heartbeat, and a stand-by's watch over it.
@@ -111,19 +111,30 @@ impl Liveness {
             }
             return;
         }
-        if self.waiting_since.elapsed() < self.window {
+        // The first look is at once: a process restarted after a kill -9 finds its own dead
+        // predecessor's beat and need not wait out the window.
+        let first_window = self.window == STALE;
+        if !first_window && self.waiting_since.elapsed() < self.window {
             return;
         }
         let beat = tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(5)));
         let last_beat = beat.ok().and_then(|t| {
             let e = t.find_partition(topic, 0)?;
-            let ms: u64 = e.metadata().rsplit(' ').next()?.parse().ok()?;
-            Some(crate::record::now_ms().saturating_sub(ms as i64))
+            let (writer, ms) = e.metadata().rsplit_once(' ')?;
+            let ms: i64 = ms.parse().ok()?;
+            Some((writer.to_owned(), crate::record::now_ms().saturating_sub(ms)))
         });
-        if last_beat.is_some_and(|ago| ago < self.window.as_millis() as i64) {
+        let owner_gone = first_window && last_beat.as_ref().is_some_and(|(w, _)| super::process::is_gone(w));
+        let silent = self.waiting_since.elapsed() >= self.window
+            && last_beat.as_ref().is_none_or(|(_, ago)| *ago >= self.window.as_millis() as i64);
+        if !owner_gone && !silent {
             return;
         }
-        tracing::warn!(%flow, silent_secs = self.window.as_secs(), "no process has run the source for a while; rejoining the claim group for a fresh rebalance");
+        if owner_gone {
+            tracing::info!(%flow, owner = %last_beat.as_ref().map(|(w, _)| w.as_str()).unwrap_or_default(), "the source's last owner, a process of this host, is gone; rejoining the claim group for a fresh rebalance");
+        } else {
+            tracing::warn!(%flow, silent_secs = self.window.as_secs(), "no process has run the source for a while; rejoining the claim group for a fresh rebalance");
+        }
         consumer.unsubscribe();
         if let Err(e) = consumer.subscribe(&[topic]) {
             tracing::warn!(%flow, error = %e, "rejoining the source claim group");
@@ -143,7 +154,7 @@ pub struct SourceClaim {
 
 impl SourceClaim {
     /// Joins `flow`'s claim group. The group's members are known by Kafka after their session
-    /// timeout's worth of silence: 10 s, as for sink workers.
+    /// timeout's worth of silence: 6 s, as for sink workers.
     pub async fn join(settings: &KafkaSettings, flow: &str) -> Result<SourceClaim, FlowError> {
         let topic = settings.claims_topic();
         settings.ensure_topics(&[&topic]).await?;

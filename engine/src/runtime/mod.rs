@@ -15,10 +15,15 @@
 //! them, fenced by the flow's transactional id); the sink worker commits an offset only after
 //! the sink (or the DLQ) acknowledged every message before it. A crash anywhere therefore
 //! re-delivers, never loses.
+//!
+//! Modules: `source_owner` (claim, then run, then stand by), `claim` and `source_task` (the
+//! source's half), `sink_worker`, `batch`, `retry`, `dead_letters` and `watchdog` (the sink's
+//! half), `runs` (run records), `process` (writer ids, and telling a dead predecessor's).
 
 mod batch;
 mod claim;
 mod dead_letters;
+mod process;
 mod retry;
 mod runs;
 mod sink_worker;
@@ -38,11 +43,12 @@ use crate::ledger::Ledger;
 
 pub use claim::SourceClaim;
 pub use dead_letters::{DeadLetters, KEPT_BYTES, Origin, TRUNCATED_HEADER};
+pub use process::writer_id;
 pub use retry::{BatchSettings, RetryPolicy, write_with_retry};
 pub use runs::{RunReporter, latest_runs};
 pub use sink_worker::{SinkConsumerContext, SinkInput, SinkSummary, StopAt, run_sink};
 pub use source_owner::{SourceHalf, run_claimed_source};
-pub use source_task::{SourceEnd, SourceWriter, StoredPosition, load_position, run_source, writer_id};
+pub use source_task::{SourceEnd, SourceWriter, StoredPosition, load_position, run_source};
 
 /// Everything a flow's tasks share.
 #[derive(Clone)]

@@ -133,16 +133,25 @@ pub async fn run_sink(
     // waker (two lock round trips) for every message.
     let mut stream = consumer.stream();
     let mut watchdog = Watchdog::new();
-    let mut commit_failing_since: Option<Instant> = None;
+    let mut commit_failures = CommitFailures::default();
+    let mut stop_check_failing_since: Option<Instant> = None;
     loop {
         // Where this run stops, once known: nothing at or past it is taken (another run's, or
         // letters a replay itself wrote), nor committed.
         let limit = stop_at.borrow().clone();
         if let Some(target) = &limit {
-            let done = reached(&consumer, &input.topic, target, &mut committed)
-                .map_err(ctx.kafka_err(format!("reading committed offsets of {group}")))?;
-            if done {
-                break;
+            match reached(&consumer, &input.topic, target, &mut committed) {
+                Ok(true) => break,
+                Ok(false) => stop_check_failing_since = None,
+                // A coordinator moving or loading (a new group on a cluster, a broker restart)
+                // answers with an error for a while; as for commits, only a long refusal fails.
+                Err(e) => {
+                    let since = *stop_check_failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > COMMIT_FAILURE_LIMIT {
+                        return Err(ctx.kafka_err(format!("reading committed offsets of {group}"))(e));
+                    }
+                    tracing::debug!(flow = %ctx.flow, error = %e, "reading the group's committed offsets; retrying");
+                }
             }
         }
         if ctx.shutdown.is_cancelled() {
@@ -160,7 +169,8 @@ pub async fn run_sink(
             watchdog.check(&consumer, &input, &ctx.flow);
             // Idle: whatever was read is delivered; step over transaction markers.
             skip_markers(&consumer, &mut tracker, limit.as_deref());
-            commit(ctx, &consumer, &input.topic, &mut tracker, &mut committed)?;
+            let result = commit(ctx, &consumer, &input.topic, &mut tracker, &mut committed);
+            commit_failures.note(result, &ctx.flow)?;
             continue;
         };
         drop_revoked(&consumer, &mut batch, &mut tracker, &mut committed);
@@ -229,19 +239,8 @@ pub async fn run_sink(
             }
         }
         let committing = Instant::now();
-        match commit(ctx, &consumer, &input.topic, &mut tracker, &mut committed) {
-            Ok(()) => commit_failing_since = None,
-            // The finished offsets stay in the tracker and go with the next commit; only a
-            // crash before then re-delivers them. A cluster that refuses commits for long is
-            // a failure to report, not to wait out forever.
-            Err(e) => {
-                let since = *commit_failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > COMMIT_FAILURE_LIMIT {
-                    return Err(e);
-                }
-                tracing::warn!(flow = %ctx.flow, error = %e, "commit failed; retrying with the next batch");
-            }
-        }
+        let result = commit(ctx, &consumer, &input.topic, &mut tracker, &mut committed);
+        commit_failures.note(result, &ctx.flow)?;
         // Where a batch's time goes, for tuning: filling it, writing it, committing it.
         tracing::debug!(
             flow = %ctx.flow,
@@ -378,9 +377,13 @@ fn commit(
         return Ok(());
     }
     let mut tpl = TopicPartitionList::new();
+    // Each commit names its writer, so a worker restarted after a kill -9 can tell that the
+    // partitions no one delivers were its dead predecessor's (see the watchdog).
+    let writer = super::writer_id();
     for &(p, o) in &next {
-        tpl.add_partition_offset(topic, p, Offset::Offset(o))
-            .map_err(ctx.kafka_err(format!("committing offsets of {topic}")))?;
+        let mut e = tpl.add_partition(topic, p);
+        e.set_offset(Offset::Offset(o)).map_err(ctx.kafka_err(format!("committing offsets of {topic}")))?;
+        e.set_metadata(writer.as_str());
     }
     // A synchronous commit blocks this thread until the broker answers; tell the runtime so
     // its other tasks move to another worker meanwhile.
@@ -411,6 +414,43 @@ fn lost_membership(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::AssignmentLost
             | RDKafkaErrorCode::State
     )
+}
+
+/// Commits that failed, and since when. The finished offsets stay in the tracker and go with the
+/// next commit; only a crash before then re-delivers them. A coordinator that moves (its broker
+/// died, a session expired) refuses commits for a few seconds: that is waited out. A cluster
+/// that refuses commits for [`COMMIT_FAILURE_LIMIT`] is a failure to report, not to wait out
+/// forever.
+#[derive(Default)]
+struct CommitFailures {
+    since: Option<Instant>,
+    /// When the last warning was logged: an idle worker retries every 200 ms, and one line
+    /// every few seconds says as much.
+    warned: Option<Instant>,
+}
+
+impl CommitFailures {
+    fn note(&mut self, result: Result<(), FlowError>, flow: &str) -> Result<(), FlowError> {
+        match result {
+            Ok(()) => {
+                self.since = None;
+                self.warned = None;
+                Ok(())
+            }
+            Err(e) => {
+                let since = *self.since.get_or_insert_with(Instant::now);
+                if since.elapsed() > COMMIT_FAILURE_LIMIT {
+                    return Err(e);
+                }
+                if self.warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(5)) {
+                    self.warned = Some(Instant::now());
+                    let failing_secs = since.elapsed().as_secs();
+                    tracing::warn!(%flow, error = %e, failing_secs, "commit failed; retrying with the next batch");
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Whether every partition's committed offset reached its target watermark.

@@ -80,7 +80,9 @@ where
         if since.elapsed() + wait > policy.max_elapsed.max(MIN_PATIENCE) {
             return Err(failure);
         }
-        tracing::warn!(flow = %ctx.flow, attempt = *attempts, wait_ms = wait.as_millis() as u64, error = %failure, "the source's batch did not commit; starting again from the stored position");
+        // A full embedded broker says only "unknown broker error"; name the reason.
+        let broker = crate::broker::disk_full().unwrap_or_default();
+        tracing::warn!(flow = %ctx.flow, attempt = *attempts, wait_ms = wait.as_millis() as u64, error = %failure, broker, "the source's batch did not commit; starting again from the stored position");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = ctx.shutdown.cancelled() => break SourceHalf::Stopped,

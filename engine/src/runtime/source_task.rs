@@ -78,7 +78,7 @@ pub struct SourceWriter {
     producer: Producer,
     lost: tokio_util::sync::CancellationToken,
     transactional: bool,
-    /// This turn's writer id (see [`writer_id`]), in every record's `source.writer` and in
+    /// This turn's writer id (see [`super::writer_id`]), in every record's `source.writer` and in
     /// every stored position.
     id: serde_json::Value,
 }
@@ -454,16 +454,11 @@ async fn store_position(
         .map_err(|e| Failed::classify(ctx, writer, &format!("storing position in {topic}"), e))
 }
 
-/// This process: its host and process id.
-pub fn writer_id() -> String {
-    format!("{}:{}", crate::ledger::host_name(), std::process::id())
-}
-
 /// A new turn's writer id, `<host>:<pid>/<turn>`: the process, and which of its turns as a
 /// source's owner. Stored with positions and in change records' `source.writer`, so a reader can
 /// tell who published what — and check that two turns never published at once.
 fn next_turn() -> serde_json::Value {
     static TURNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let turn = TURNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    serde_json::Value::String(format!("{}/{turn}", writer_id()))
+    serde_json::Value::String(format!("{}/{turn}", super::writer_id()))
 }

@@ -32,12 +32,12 @@ pub(super) struct Watchdog {
     partitions: Option<usize>,
 }
 
-/// The first stall window (three default session timeouts).
-const STALL_WINDOW: Duration = Duration::from_secs(15);
+/// The first stall window (the session timeout, 6 s, and a margin for a live owner's commit).
+const STALL_WINDOW: Duration = Duration::from_secs(8);
 /// The longest stall window.
 const STALL_WINDOW_MAX: Duration = Duration::from_secs(300);
 /// How often the worker looks at the group's progress.
-const WATCH_EVERY: Duration = Duration::from_secs(5);
+const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 impl Watchdog {
     pub(super) fn new() -> Self {
@@ -65,24 +65,34 @@ impl Watchdog {
             return;
         };
         self.partitions = Some(progress.len());
-        let unowned: Vec<(i32, i64, i64)> =
-            progress.into_iter().filter(|(p, committed, end)| !assigned.contains(p) && committed < end).collect();
+        let unowned: Vec<(i32, i64, i64, String)> =
+            progress.into_iter().filter(|(p, committed, end, _)| !assigned.contains(p) && committed < end).collect();
         if unowned.is_empty() {
             self.window = STALL_WINDOW;
         }
-        if unowned.is_empty() || self.last.as_ref() != Some(&unowned) {
-            self.since = now;
-            self.last = Some(unowned);
-            return;
-        }
-        if now.duration_since(self.since) < self.window {
-            return;
+        // A worker restarted after a kill -9 finds the partitions last committed by its dead
+        // predecessor on this host: nobody will deliver them until someone rejoins, so it does
+        // at once (once; after that, only the stall window counts).
+        let predecessor_gone = self.window == STALL_WINDOW
+            && !unowned.is_empty()
+            && unowned.iter().all(|(_, _, _, writer)| super::process::is_gone(writer));
+        let unowned: Vec<(i32, i64, i64)> = unowned.into_iter().map(|(p, c, e, _)| (p, c, e)).collect();
+        if !predecessor_gone {
+            if unowned.is_empty() || self.last.as_ref() != Some(&unowned) {
+                self.since = now;
+                self.last = Some(unowned);
+                return;
+            }
+            if now.duration_since(self.since) < self.window {
+                return;
+            }
         }
         tracing::warn!(
             flow = %flow,
             topic = %input.topic,
             partitions = ?unowned.iter().map(|(p, _, _)| *p).collect::<Vec<_>>(),
             stalled_secs = now.duration_since(self.since).as_secs(),
+            predecessor_gone,
             "undelivered records sit in partitions no live worker is delivering; rejoining the group"
         );
         consumer.unsubscribe();
@@ -95,8 +105,13 @@ impl Watchdog {
     }
 }
 
-/// Per partition of `topic`: (partition, the group's committed offset or 0, the end offset).
-fn group_progress(consumer: &SinkConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+/// Per partition of `topic`: (partition, the group's committed offset or 0, the end offset, the
+/// writer its last commit names).
+fn group_progress(
+    consumer: &SinkConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, i64, String)>, KafkaError> {
     let md = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
@@ -110,14 +125,16 @@ fn group_progress(consumer: &SinkConsumer, topic: &str, timeout: Duration) -> Re
     let committed = consumer.committed_offsets(tpl, timeout)?;
     let mut out = Vec::with_capacity(ends.len());
     for (p, high) in ends {
-        let c = committed
-            .find_partition(topic, p)
+        let elem = committed.find_partition(topic, p);
+        let c = elem
+            .as_ref()
             .and_then(|e| match e.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             })
             .unwrap_or(0);
-        out.push((p, c, high));
+        let writer = elem.map(|e| e.metadata().to_owned()).unwrap_or_default();
+        out.push((p, c, high, writer));
     }
     Ok(out)
 }
