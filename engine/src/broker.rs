@@ -150,21 +150,8 @@ impl EmbeddedBroker {
         std::thread::Builder::new()
             .name("sluice-broker".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .thread_name("sluice-broker")
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("starting broker runtime: {e}")));
-                        return;
-                    }
-                };
                 let BrokerStorage::Sqlite(dir) = &storage;
-                rt.spawn(watch_disk(dir.clone(), token.clone()));
-                let result = rt.block_on(serve(storage_url, endpoint, token, ready_tx));
+                let result = supervise(storage_url, endpoint, dir, token, ready_tx);
                 let _ = stopped_tx.send(result);
             })
             .map_err(|e| BrokerError::Start(format!("starting broker thread: {e}")))?;
@@ -193,8 +180,8 @@ impl EmbeddedBroker {
 }
 
 /// Below this much free space the data directory's disk counts as full: SQLite needs room for
-/// its journal and new pages, and tansu answers a produce it cannot store with nothing better
-/// than "unknown broker error".
+/// its journal and new pages; tansu answers a produce it cannot store with nothing better than
+/// "unknown broker error", and may panic on a group write that fails.
 const LOW_DISK_BYTES: u64 = 16 << 20;
 
 /// What [`disk_full`] reports: the data directory whose disk is full, and its free bytes.
@@ -213,8 +200,8 @@ pub fn disk_full() -> Option<String> {
 }
 
 /// Watches the free space of the data directory's file system every second, and says once when
-/// it runs out and once when it is back. The broker itself goes on: it refuses what it cannot
-/// store, producers retry, and nothing it acknowledged is lost.
+/// it runs out and once when it is back. Sources hold back while it is out ([`disk_full`]), so
+/// SQLite keeps the margin for the broker's own bookkeeping; nothing acknowledged is lost.
 async fn watch_disk(dir: PathBuf, stop: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -229,7 +216,7 @@ async fn watch_disk(dir: PathBuf, stop: CancellationToken) {
         let Ok(mut state) = DISK_FULL.lock() else { return };
         match (state.is_some(), free < LOW_DISK_BYTES) {
             (false, true) => {
-                tracing::error!(data_dir = %dir.display(), free_bytes = free, "the embedded broker's disk is full (no space left on device): it refuses writes, and producers retry, until space is freed");
+                tracing::error!(data_dir = %dir.display(), free_bytes = free, margin_bytes = LOW_DISK_BYTES, "the embedded broker's disk is full (no space left on device, or under the margin): sources are held back until space is freed");
                 *state = Some((dir.clone(), free));
             }
             (true, true) => *state = Some((dir.clone(), free)),
@@ -242,12 +229,85 @@ async fn watch_disk(dir: PathBuf, stop: CancellationToken) {
     }
 }
 
-/// Builds and runs tansu's broker until `stop` is cancelled; reports readiness on `ready`.
+/// Set when a task of the embedded broker panics (see [`watch_panics`]).
+static BROKER_PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Notes panics on the broker's threads. tansu 0.6 panics on some storage failures (a full
+/// disk: "more or less than one row"); the panic ends one task and leaves a broker that accepts
+/// connections but can store nothing. The hook lets [`supervise`] see that and restart it.
+fn watch_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name().is_some_and(|n| n.starts_with("sluice-broker")) {
+                BROKER_PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Runs the broker on this thread until `stop` is cancelled, starting it again on the same
+/// data and address whenever it fails or one of its tasks panics: what it acknowledged is in
+/// SQLite, and clients reconnect by themselves. Readiness of the first start is reported on
+/// `ready`; a first start that fails ends here.
+fn supervise(
+    storage: Url,
+    endpoint: Url,
+    dir: &Path,
+    stop: CancellationToken,
+    ready: oneshot::Sender<Result<(), String>>,
+) -> Result<(), String> {
+    watch_panics();
+    let mut ready = Some(ready);
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sluice-broker")
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let e = format!("starting broker runtime: {e}");
+                return match ready.take() {
+                    Some(r) => {
+                        let _ = r.send(Err(e.clone()));
+                        Err(e)
+                    }
+                    None => Err(e),
+                };
+            }
+        };
+        BROKER_PANICKED.store(false, std::sync::atomic::Ordering::SeqCst);
+        rt.spawn(watch_disk(dir.to_owned(), stop.clone()));
+        let first = ready.is_some();
+        let result = rt.block_on(serve(storage.clone(), endpoint.clone(), stop.clone(), ready.take()));
+        rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        if stop.is_cancelled()
+            || (first && result.is_ok() && !BROKER_PANICKED.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            return result;
+        }
+        let why = result.err().unwrap_or_else(|| "a task of the embedded broker panicked".to_owned());
+        tracing::error!(error = %why, wait_secs = wait.as_secs(), data_dir = %dir.display(), "the embedded broker failed; starting it again on the same data");
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(std::time::Duration::from_secs(10));
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+    }
+}
+
+/// Builds and runs tansu's broker until `stop` is cancelled or one of its tasks panics;
+/// reports readiness on `ready` (the first start only).
 async fn serve(
     storage: Url,
     endpoint: Url,
     stop: CancellationToken,
-    ready: oneshot::Sender<Result<(), String>>,
+    ready: Option<oneshot::Sender<Result<(), String>>>,
 ) -> Result<(), String> {
     let built = tansu_broker::broker::Broker::<
         tansu_broker::coordinator::group::administrator::Controller<tansu_storage::StorageContainer>,
@@ -262,20 +322,34 @@ async fn serve(
     .silent(true)
     .build()
     .await;
+    // A failed first start is the caller's to report; a failed restart is retried.
+    let failed = |ready: Option<oneshot::Sender<Result<(), String>>>, e: String| match ready {
+        Some(r) => {
+            let _ = r.send(Err(e));
+            Ok(())
+        }
+        None => Err(format!("restarting the embedded broker: {e}")),
+    };
     let mut broker = match built {
         Ok(b) => b,
-        Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
-            return Ok(());
-        }
+        Err(e) => return failed(ready, e.to_string()),
     };
     if let Err(e) = broker.register().await {
-        let _ = ready.send(Err(e.to_string()));
-        return Ok(());
+        return failed(ready, e.to_string());
     }
-    let _ = ready.send(Ok(()));
+    if let Some(r) = ready {
+        let _ = r.send(Ok(()));
+    } else {
+        tracing::info!("the embedded broker is running again");
+    }
+    let panicked = async {
+        while !BROKER_PANICKED.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    };
     tokio::select! {
         r = broker.listen(tokio::time::Instant::now()) => r.map(|_| ()).map_err(|e| format!("embedded broker stopped: {e}")),
+        _ = panicked => Err("a task of the embedded broker panicked".to_owned()),
         _ = stop.cancelled() => Ok(()),
     }
 }

@@ -87,11 +87,15 @@ struct Liveness {
     waiting_since: std::time::Instant,
     /// How long a silence counts as abandonment; doubles after each rejoin that did not help.
     window: Duration,
+    /// Whether the next stand-by check looks at the beat at once (on joining, and after
+    /// losing the claim): a process restarted after a kill -9 finds its own dead
+    /// predecessor's beat and need not wait out the window.
+    first_look: bool,
 }
 
 impl Liveness {
     fn new() -> Self {
-        Liveness { waiting_since: std::time::Instant::now(), window: STALE }
+        Liveness { waiting_since: std::time::Instant::now(), window: STALE, first_look: true }
     }
 
     fn check(&mut self, consumer: &StreamConsumer<ClaimContext>, topic: &str, flow: &str, holding: bool) {
@@ -100,6 +104,7 @@ impl Liveness {
         if holding {
             self.waiting_since = std::time::Instant::now();
             self.window = STALE;
+            self.first_look = true;
             let beat = format!("{} {}", super::writer_id(), crate::record::now_ms());
             if tpl.set_partition_offset(topic, 0, Offset::Offset(0)).is_ok()
                 && let Some(mut e) = tpl.find_partition(topic, 0)
@@ -111,10 +116,8 @@ impl Liveness {
             }
             return;
         }
-        // The first look is at once: a process restarted after a kill -9 finds its own dead
-        // predecessor's beat and need not wait out the window.
-        let first_window = self.window == STALE;
-        if !first_window && self.waiting_since.elapsed() < self.window {
+        let first_look = std::mem::take(&mut self.first_look);
+        if !first_look && self.waiting_since.elapsed() < self.window {
             return;
         }
         let beat = tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(5)));
@@ -124,7 +127,7 @@ impl Liveness {
             let ms: i64 = ms.parse().ok()?;
             Some((writer.to_owned(), crate::record::now_ms().saturating_sub(ms)))
         });
-        let owner_gone = first_window && last_beat.as_ref().is_some_and(|(w, _)| super::process::is_gone(w));
+        let owner_gone = first_look && last_beat.as_ref().is_some_and(|(w, _)| super::process::is_gone(w));
         let silent = self.waiting_since.elapsed() >= self.window
             && last_beat.as_ref().is_none_or(|(_, ago)| *ago >= self.window.as_millis() as i64);
         if !owner_gone && !silent {

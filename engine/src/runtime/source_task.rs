@@ -144,6 +144,21 @@ pub async fn run_source(
         if writer.lost.is_cancelled() {
             return Ok(SourceEnd::Lost);
         }
+        // The embedded broker's disk is nearly full: hold new records back rather than let it
+        // run out mid-write (tansu 0.6 can leave its storage inconsistent then), as Redpanda
+        // refuses writes below `storage_min_free_bytes`. The broker watch names the reason.
+        let mut held_since: Option<Instant> = None;
+        while let Some(reason) = crate::broker::disk_full() {
+            if held_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                held_since = Some(Instant::now());
+                tracing::warn!(flow = %ctx.flow, %reason, "holding the source until the broker's disk has room");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),
+                _ = writer.lost.cancelled() => return Ok(SourceEnd::Lost),
+            }
+        }
         let polled = tokio::select! {
             p = source.poll(ctx.batch.max_records) => p,
             _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),
