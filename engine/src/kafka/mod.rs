@@ -238,6 +238,29 @@ impl KafkaSettings {
         client_id: &str,
         context: C,
     ) -> Result<StreamConsumer<C>, KafkaSetupError> {
+        self.consumer_built(group, client_id, context, &[])
+    }
+
+    /// A source claim group's consumer: [`KafkaSettings::consumer_with_context`] with a rebalance
+    /// timeout (`max.poll.interval.ms`) of 30 s instead of 5 minutes. Its member is polled all
+    /// the time (it only holds a partition), and a coordinator waits up to that long for known
+    /// members to rejoin: after a whole cluster restarts, the default kept a flow without its
+    /// source for minutes.
+    pub fn claim_consumer<C: rdkafka::consumer::ConsumerContext + 'static>(
+        &self,
+        group: &str,
+        context: C,
+    ) -> Result<StreamConsumer<C>, KafkaSetupError> {
+        self.consumer_built(group, group, context, &[("max.poll.interval.ms", "30000")])
+    }
+
+    fn consumer_built<C: rdkafka::consumer::ConsumerContext + 'static>(
+        &self,
+        group: &str,
+        client_id: &str,
+        context: C,
+        extra: &[(&str, &str)],
+    ) -> Result<StreamConsumer<C>, KafkaSetupError> {
         let defaults = [
             ("client.id", client_id),
             // A worker that dies holds its partitions (and a source owner its claim) until its
@@ -270,8 +293,11 @@ impl KafkaSettings {
             // a batch that failed) are never read. Other clients' transactional topics alike.
             ("isolation.level", "read_committed"),
         ];
-        self.config_with(Role::Consumer, &defaults, &forced)
-            .create_with_context(context)
+        let mut cfg = self.config_with(Role::Consumer, &defaults, &forced);
+        for (k, v) in extra {
+            cfg.set(*k, *v);
+        }
+        cfg.create_with_context(context)
             .map_err(|e| self.client_error(format!("creating Kafka consumer in group `{group}`"), e))
     }
 

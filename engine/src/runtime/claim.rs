@@ -164,7 +164,7 @@ impl SourceClaim {
         let (tx, held) = watch::channel(false);
         let group = settings.source_group(flow);
         let consumer: StreamConsumer<ClaimContext> =
-            settings.consumer_with_context(&group, &group, ClaimContext { held: tx, flow: flow.to_owned() })?;
+            settings.claim_consumer(&group, ClaimContext { held: tx, flow: flow.to_owned() })?;
         consumer.subscribe(&[topic.as_str()]).map_err(|e| FlowError::Kafka {
             flow: flow.to_owned(),
             context: format!("joining the source claim group {group}"),
