@@ -60,21 +60,22 @@ impl Drop for SmallDisk {
 }
 
 /// Writes `path` until the file system has only `leave` bytes free; returns how much it wrote.
+/// One look at the free space, then large writes: the flow keeps going meanwhile.
 fn fill(path: &Path, leave: u64) -> u64 {
-    let free = || {
-        let out = Command::new("df").args(["--output=avail", "-B1"]).arg(path.parent().unwrap()).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse::<u64>().ok()).unwrap()
-    };
+    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(path.parent().unwrap()).output().unwrap();
+    let free: u64 = String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap();
     let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0x5a_u8; 64 * 1024];
+    let chunk = vec![0x5a_u8; 1 << 20];
+    let mut left = free.saturating_sub(leave);
     let mut written = 0;
-    while free() > leave + chunk.len() as u64 {
-        match f.write(&chunk) {
-            Ok(n) => written += n as u64,
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        match f.write(&chunk[..n]) {
+            Ok(n) => {
+                written += n as u64;
+                left -= n as u64;
+            }
             Err(e) => panic!("writing ballast {}: {e}", path.display()),
-        }
-        if written % (8 << 20) == 0 {
-            f.sync_data().unwrap();
         }
     }
     f.sync_data().unwrap();
@@ -85,7 +86,7 @@ fn fill(path: &Path, leave: u64) -> u64 {
 fn embedded_broker_disk_full_then_freed_loses_nothing() {
     let disk = SmallDisk::mount(128);
     let dir = tempfile::tempdir().unwrap();
-    let (count, rate) = (30_000u64, 3000);
+    let (count, rate) = (60_000u64, 3000);
     let cfg = write(
         dir.path(),
         "flow.yaml",
