@@ -319,7 +319,19 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Msg> {
     let mut ends = HashMap::new();
     for t in md.topics() {
         for p in t.partitions() {
-            let (low, high) = consumer.fetch_watermarks(topic, p.id(), limit).expect("fetching watermarks");
+            // A partition between leaders (a loaded cluster, a topic just made) answers
+            // "not leader" for a moment: ask again for a while.
+            let deadline = Instant::now() + limit;
+            let (low, high) = loop {
+                match consumer.fetch_watermarks(topic, p.id(), limit) {
+                    Ok(w) => break w,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("fetching watermarks of {topic}[{}]: {e}; again", p.id());
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => panic!("fetching watermarks of {topic}[{}]: {e}", p.id()),
+                }
+            };
             if high > low {
                 tpl.add_partition_offset(topic, p.id(), Offset::Beginning).expect("assigning partition");
                 ends.insert(p.id(), high);

@@ -58,6 +58,35 @@ pub async fn high_watermarks(settings: &KafkaSettings, topic: &str) -> Result<Ve
     }
 }
 
+/// A partition's watermarks, asked again while the partition is between leaders (a loaded
+/// cluster, a topic just made), until `timeout`.
+fn settled_watermarks(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: std::time::Duration,
+) -> Result<(i64, i64), KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::UnknownTopicOrPartition
+                                | RDKafkaErrorCode::LeaderNotAvailable
+                                | RDKafkaErrorCode::NotLeaderForPartition
+                        )
+                    ) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// One message read back from a topic.
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
@@ -111,7 +140,7 @@ pub async fn read_topic(
         let mut out = Vec::new();
         for t in md.topics() {
             for p in t.partitions() {
-                let (low, high) = consumer.fetch_watermarks(&topic_name, p.id(), timeout)?;
+                let (low, high) = settled_watermarks(&consumer, &topic_name, p.id(), timeout)?;
                 if high <= low {
                     continue;
                 }
