@@ -168,6 +168,16 @@ flows:
     // exists (each row's changes before would reach the output only as its snapshot).
     let slot_exists = || !pg(&format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = '{t}'")).is_empty();
     assert!(wait_until(Duration::from_secs(120), slot_exists), "the cdc flow made no slot:\n{}", ps.logs());
+    // And from when its (empty) snapshot is stored: a snapshot taken later — the claim may move
+    // at start-up before the first owner stored one — holds each row's latest version only,
+    // and the stream rightly skips the changes it already holds; this test counts every change.
+    let snapshot_done = || {
+        read_topic(&cluster.bootstrap, "sluice.positions").iter().any(|m| {
+            m.key.as_deref() == Some("cdc")
+                && serde_json::from_slice::<Value>(&m.payload).unwrap()["position"]["snapshot"] == "done"
+        })
+    };
+    assert!(wait_until(Duration::from_secs(120), snapshot_done), "the cdc flow stored no snapshot:\n{}", ps.logs());
     let writer = {
         let t = t.clone();
         std::thread::spawn(move || {
