@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::kafka::Kafka;
 use common::{read_jsonl, run, write};
 use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -139,25 +139,7 @@ fn transactional_input_is_read_committed(kafka: &mut Kafka) {
         let codec = if commit { "zstd-committed" } else { "zstd-aborted" };
         let ids = (txn * 1_000)..((txn + 1) * 1_000);
         producer.begin_transaction().expect("beginning a transaction");
-        rt.block_on(async {
-            let mut pending = Vec::new();
-            for (k, p) in messages(ids.clone(), codec) {
-                let k = k.unwrap();
-                let mut rec = FutureRecord::to(&topic).key(&k).payload(&p);
-                loop {
-                    match producer.send_result(rec) {
-                        Ok(f) => break pending.push(f),
-                        Err((_, back)) => {
-                            rec = back;
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                }
-            }
-            for f in pending {
-                f.await.expect("the producer went away").map_err(|(e, _)| e).expect("producing in a transaction");
-            }
-        });
+        rt.block_on(common::send_all(&producer, &topic, &messages(ids.clone(), codec)));
         if commit {
             producer.commit_transaction(timeout).expect("committing a transaction");
             expected.extend(ids.map(|i| (i, codec)));

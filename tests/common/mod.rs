@@ -425,7 +425,7 @@ pub fn produce_with(
     settings: &[(&str, &str)],
     messages: &[(Option<String>, Vec<u8>)],
 ) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::producer::FutureProducer;
     create_topic(bootstrap, topic, partitions, replication);
     let rt = tokio::runtime::Runtime::new().expect("test runtime");
     rt.block_on(async {
@@ -435,29 +435,39 @@ pub fn produce_with(
             producer.set(*k, *v);
         }
         let producer: FutureProducer = producer.create().expect("creating test producer");
-        let mut pending = Vec::with_capacity(messages.len());
-        for (k, p) in messages {
-            let mut rec = FutureRecord::<String, Vec<u8>>::to(topic).payload(p);
-            if let Some(k) = k {
-                rec = rec.key(k);
-            }
-            let mut rec = rec;
-            loop {
-                match producer.send_result(rec) {
-                    Ok(f) => break pending.push(f),
-                    Err((_, back)) => {
-                        rec = back;
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+        send_all(&producer, topic, messages).await;
+    });
+}
+
+/// Sends `(key, payload)` messages to `topic` (waiting while the producer's queue is full) and
+/// waits for every acknowledgement; fails on the first message not acknowledged.
+pub async fn send_all(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    messages: &[(Option<String>, Vec<u8>)],
+) {
+    use rdkafka::producer::FutureRecord;
+    let mut pending = Vec::with_capacity(messages.len());
+    for (k, p) in messages {
+        let mut rec = FutureRecord::<String, Vec<u8>>::to(topic).payload(p);
+        if let Some(k) = k {
+            rec = rec.key(k);
+        }
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => break pending.push(f),
+                Err((_, back)) => {
+                    rec = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }
-        for (i, f) in pending.into_iter().enumerate() {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => panic!("producing test message {i} to {topic}: {e}"),
-                Err(_) => panic!("producing test message {i} to {topic}: the producer went away"),
-            }
+    }
+    for (i, f) in pending.into_iter().enumerate() {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => panic!("producing test message {i} to {topic}: {e}"),
+            Err(_) => panic!("producing test message {i} to {topic}: the producer went away"),
         }
-    });
+    }
 }

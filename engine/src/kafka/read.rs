@@ -13,39 +13,17 @@ pub async fn high_watermarks(settings: &KafkaSettings, topic: &str) -> Result<Ve
     let topic = topic.to_owned();
     let res = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, KafkaError> {
         let consumer: rdkafka::consumer::BaseConsumer = cfg.create()?;
-        let read = || -> Result<Vec<(i32, i64)>, KafkaError> {
-            let md = consumer.fetch_metadata(Some(&topic), timeout)?;
-            let mut out = Vec::new();
-            for t in md.topics() {
-                for p in t.partitions() {
-                    let (_, high) = consumer.fetch_watermarks(&topic, p.id(), timeout)?;
-                    out.push((p.id(), high));
-                }
-            }
-            Ok(out)
-        };
         // A topic just created is known to some brokers before others, and a partition may
-        // be between leaders: those answers heal within moments, so ask again until the
-        // connect timeout.
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            match read() {
-                Err(e)
-                    if std::time::Instant::now() < deadline
-                        && matches!(
-                            e.rdkafka_error_code(),
-                            Some(
-                                RDKafkaErrorCode::UnknownTopicOrPartition
-                                    | RDKafkaErrorCode::LeaderNotAvailable
-                                    | RDKafkaErrorCode::NotLeaderForPartition
-                            )
-                        ) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-                r => return r,
+        // be between leaders: those answers heal within moments (see `settled_watermarks`).
+        let md = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let mut out = Vec::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (_, high) = settled_watermarks(&consumer, &topic, p.id(), timeout)?;
+                out.push((p.id(), high));
             }
         }
+        Ok(out)
     })
     .await;
     match res {
