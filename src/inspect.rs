@@ -14,11 +14,13 @@ use tokio::sync::watch;
 use crate::cluster::{Attach, own_cluster};
 use crate::config::{self, Config, Flow};
 use crate::plan::{build_sink, known_flow, load_and_plan, print_config_errors};
+use crate::registry::Registry;
 use crate::run::{flow_context, is_stop};
+use sluice_connectors::PostgresConnector;
 
 /// `sluice dlq show CONFIG FLOW`.
-pub async fn dlq_show(path: &Path, flow: &str, limit: usize) -> ExitCode {
-    let cfg = match config::load(path) {
+pub async fn dlq_show(path: &Path, registry: &Registry, flow: &str, limit: usize) -> ExitCode {
+    let cfg = match config::load(path, registry) {
         Ok(c) => c,
         Err(rejected) => return print_config_errors(&rejected.errors),
     };
@@ -70,8 +72,8 @@ pub async fn dlq_show(path: &Path, flow: &str, limit: usize) -> ExitCode {
 /// since. It stops at the DLQ's end as it was when the replay started; letters that fail again
 /// are appended to the DLQ with their attempt count raised (and the original topic, partition
 /// and offset kept), for the next replay.
-pub async fn dlq_replay(path: &Path, name: &str) -> ExitCode {
-    let (cfg, stages) = match load_and_plan(path).await {
+pub async fn dlq_replay(path: &Path, registry: &Registry, name: &str) -> ExitCode {
+    let (cfg, stages) = match load_and_plan(path, registry).await {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -129,12 +131,12 @@ async fn replay(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage) -
 }
 
 /// `sluice cdc slots CONFIG CONNECTION`, or with `drop`, `sluice cdc drop-slot … SLOT`.
-pub async fn cdc_slots(path: &Path, connection: &str, drop: Option<&str>) -> ExitCode {
-    let cfg = match config::load(path) {
+pub async fn cdc_slots(path: &Path, registry: &Registry, connection: &str, drop: Option<&str>) -> ExitCode {
+    let cfg = match config::load(path, registry) {
         Ok(c) => c,
         Err(rejected) => return print_config_errors(&rejected.errors),
     };
-    let Some(sluice_connectors::Connection::Postgres(conn)) = cfg.connections.get(connection) else {
+    let Some(conn) = cfg.connections.get(connection).and_then(|c| c.settings::<PostgresConnector>()) else {
         eprintln!("error: `{connection}` is not a postgres connection of this config");
         return ExitCode::from(2);
     };
@@ -167,8 +169,8 @@ pub async fn cdc_slots(path: &Path, connection: &str, drop: Option<&str>) -> Exi
 }
 
 /// `sluice connections test CONFIG [NAME]`.
-pub async fn connections_test(path: &Path, only: Option<&str>) -> ExitCode {
-    let cfg = match config::load(path) {
+pub async fn connections_test(path: &Path, registry: &Registry, only: Option<&str>) -> ExitCode {
+    let cfg = match config::load(path, registry) {
         Ok(c) => c,
         Err(rejected) => return print_config_errors(&rejected.errors),
     };
@@ -186,7 +188,8 @@ pub async fn connections_test(path: &Path, only: Option<&str>) -> ExitCode {
     let mut failed = false;
     for name in names {
         let conn = &cfg.connections[name];
-        match sluice_connectors::test_connection(name, conn, &own).await {
+        let ctx = sluice_connectors::Context { connection: name, own: &own, flow: "" };
+        match conn.healthcheck(ctx).await {
             Ok(what) => println!("ok    {name} ({}): {what}", conn.kind()),
             Err(e) => {
                 println!("FAIL  {name} ({}): {e}", conn.kind());
@@ -208,8 +211,8 @@ fn shorten(bytes: &[u8]) -> String {
 }
 
 /// `sluice status CONFIG`: each flow's latest run.
-pub async fn status(path: &Path) -> ExitCode {
-    let cfg = match config::load(path) {
+pub async fn status(path: &Path, registry: &Registry) -> ExitCode {
+    let cfg = match config::load(path, registry) {
         Ok(c) => c,
         Err(rejected) => return print_config_errors(&rejected.errors),
     };

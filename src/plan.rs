@@ -9,7 +9,12 @@ use sluice_engine::connector::PayloadFormat;
 use sluice_engine::kafka::KafkaSettings;
 use sluice_sql::SqlStage;
 
+use std::collections::BTreeMap;
+
+use sluice_connectors::Input;
+
 use crate::config::{self, Config, ConfigError, Flow, Trigger};
+use crate::registry::{Connection, Registry};
 
 pub(crate) fn print_config_errors(errors: &[ConfigError]) -> ExitCode {
     for e in errors {
@@ -19,18 +24,10 @@ pub(crate) fn print_config_errors(errors: &[ConfigError]) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// The payload format the SQL stage decodes for a flow's input.
-pub(crate) fn input_format(flow: &Flow) -> PayloadFormat {
-    match &flow.source {
-        sluice_connectors::SourceOptions::Kafka(o) => o.format,
-        _ => PayloadFormat::Debezium,
-    }
-}
-
 /// Plans every flow's SQL; errors point at the `sql:` line.
 pub(crate) async fn plan_all(
     flows: &[Flow],
-    connections: Option<&std::collections::BTreeMap<String, sluice_connectors::Connection>>,
+    connections: Option<&BTreeMap<String, Connection>>,
 ) -> (Vec<(usize, SqlStage)>, Vec<ConfigError>) {
     let mut stages = Vec::new();
     let mut errors = Vec::new();
@@ -47,19 +44,17 @@ pub(crate) async fn plan_all(
 /// the connections are known: a config with other errors is only checked for its SQL).
 pub(crate) async fn plan_flow(
     f: &Flow,
-    connections: Option<&std::collections::BTreeMap<String, sluice_connectors::Connection>>,
+    connections: Option<&BTreeMap<String, Connection>>,
 ) -> Result<SqlStage, String> {
-    let stage = SqlStage::new(&f.name, &f.schema, input_format(f), &f.transform).await.map_err(|e| e.to_string())?;
-    let Some(connections) = connections.filter(|_| input_format(f) == PayloadFormat::Avro) else { return Ok(stage) };
-    let registry = match connections.get(&f.source_connection) {
-        Some(sluice_connectors::Connection::Kafka(c)) => {
-            sluice_connectors::kafka::registry(&f.source_connection, c).map_err(|e| e.to_string())?
-        }
-        _ => None,
-    };
-    match registry {
-        Some(r) => Ok(stage.with_registry(r)),
-        None => Err(format!(
+    let stage = SqlStage::new(&f.name, &f.schema, f.input_format, &f.transform).await.map_err(|e| e.to_string())?;
+    let Some(connections) = connections.filter(|_| f.input_format == PayloadFormat::Avro) else { return Ok(stage) };
+    let Some(conn) = connections.get(&f.source_connection) else { return Ok(stage) };
+    // Building a topic input reaches nothing; it is how the connector hands over its registry.
+    let own = KafkaSettings::plaintext("");
+    let ctx = sluice_connectors::Context { connection: &f.source_connection, own: &own, flow: &f.name };
+    match conn.build_source(ctx, &f.source_object, &f.source, false).map_err(|e| e.to_string())? {
+        Input::Topic { registry: Some(r), .. } => Ok(stage.with_registry(r)),
+        _ => Err(format!(
             "flow `{}`: `format: avro` needs a `schema_registry` on connection `{}`",
             f.name, f.source_connection
         )),
@@ -68,8 +63,11 @@ pub(crate) async fn plan_flow(
 
 /// Loads a config and plans its SQL. On failure, prints every problem — config and SQL alike —
 /// and gives the exit code.
-pub(crate) async fn load_and_plan(path: &Path) -> Result<(Config, Vec<(usize, SqlStage)>), ExitCode> {
-    match config::load(path) {
+pub(crate) async fn load_and_plan(
+    path: &Path,
+    registry: &Registry,
+) -> Result<(Config, Vec<(usize, SqlStage)>), ExitCode> {
+    match config::load(path, registry) {
         Ok(cfg) => {
             let (stages, errors) = plan_all(&cfg.flows, Some(&cfg.connections)).await;
             if errors.is_empty() { Ok((cfg, stages)) } else { Err(print_config_errors(&errors)) }
@@ -86,8 +84,8 @@ pub(crate) async fn load_and_plan(path: &Path) -> Result<(Config, Vec<(usize, Sq
 }
 
 /// `sluice validate CONFIG`.
-pub async fn validate(path: &Path) -> ExitCode {
-    let (cfg, stages) = match load_and_plan(path).await {
+pub async fn validate(path: &Path, registry: &Registry) -> ExitCode {
+    let (cfg, stages) = match load_and_plan(path, registry).await {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -123,7 +121,8 @@ pub(crate) fn known_flow(cfg: &Config, name: &str) -> Result<(), ExitCode> {
     Err(ExitCode::from(2))
 }
 
-/// Builds a flow's sink through the connector registry.
+/// Builds a flow's sink through its connector, and starts its destination's health check: a
+/// failing check is a warning (the sink's own retries decide what happens to the flow).
 pub(crate) async fn build_sink(
     cfg: &Config,
     flow: &Flow,
@@ -131,14 +130,25 @@ pub(crate) async fn build_sink(
 ) -> anyhow::Result<Box<dyn sluice_engine::connector::Sink>> {
     // invariant: the loader checked that the connection exists.
     let conn = cfg.connections.get(&flow.destination_connection).context("destination connection vanished")?;
-    sluice_connectors::build_sink(
-        &flow.destination_connection,
-        conn,
-        &flow.destination_object,
-        &flow.destination,
-        own,
-        &flow.name,
-    )
-    .await
-    .with_context(|| format!("building destination of flow `{}`", flow.name))
+    let ctx = sluice_connectors::Context { connection: &flow.destination_connection, own, flow: &flow.name };
+    let built = conn
+        .build_sink(ctx, &flow.destination_object, &flow.destination)
+        .await
+        .with_context(|| format!("building destination of flow `{}`", flow.name))?;
+    let (name, healthcheck) = (flow.name.clone(), built.healthcheck);
+    tokio::spawn(async move {
+        match tokio::time::timeout(HEALTHCHECK_TIMEOUT, healthcheck).await {
+            Ok(Ok(what)) => tracing::debug!(flow = %name, "destination health check: {what}"),
+            Ok(Err(e)) => tracing::warn!(flow = %name, "destination health check failed: {e}"),
+            Err(_) => tracing::warn!(
+                flow = %name,
+                "destination health check: no answer within {} s",
+                HEALTHCHECK_TIMEOUT.as_secs()
+            ),
+        }
+    });
+    Ok(built.sink)
 }
+
+/// How long a destination's health check may take before it counts as failed.
+const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{Attach, own_cluster};
 use crate::config::{Config, Flow, Trigger};
 use crate::plan::{build_sink, known_flow, load_and_plan, plan_flow};
+use crate::registry::Registry;
 use sluice_engine::ledger::RunStart;
 
 /// `sluice run CONFIG [--flow NAME] [--fresh]`. With `fresh`, on-demand flows start a new pull
 /// even where the last run was interrupted (by default they go on with it).
-pub async fn run(path: &Path, only: Option<&str>, fresh: bool) -> ExitCode {
-    let (cfg, stages) = match load_and_plan(path).await {
+pub async fn run(path: &Path, registry: &Registry, only: Option<&str>, fresh: bool) -> ExitCode {
+    let (cfg, stages) = match load_and_plan(path, registry).await {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -274,14 +275,8 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
     let changes = own.changes_topic(&flow.name);
     let dlq = own.dlq_topic(&flow.name);
     let build = || {
-        sluice_connectors::build_source(
-            &flow.source_connection,
-            src_conn,
-            &flow.source_object,
-            &flow.source,
-            own,
-            follow,
-        )
+        let ctx = sluice_connectors::Context { connection: &flow.source_connection, own, flow: &flow.name };
+        src_conn.build_source(ctx, &flow.source_object, &flow.source, follow)
     };
     let input = build().with_context(|| format!("building source of flow `{}`", flow.name))?;
     match &input {

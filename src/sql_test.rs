@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use sluice_engine::connector::PayloadFormat;
 use sluice_sql::SqlStage;
 
-use crate::plan::{input_format, load_and_plan};
+use crate::plan::load_and_plan;
+use crate::registry::Registry;
 
 /// `sluice sql test CONFIG FLOW --input SAMPLE.jsonl`: the flow's tasks and SQL over sample
 /// records, without Kafka or any connection. Prints the output rows as JSON lines, then the
@@ -16,9 +17,9 @@ use crate::plan::{input_format, load_and_plan};
 /// a `kafka` topic read as `format: json`), a line with `op` and `after`/`before` is taken as an
 /// envelope and any other object as the `after` of a create (`op: c`), so plain rows will do.
 /// Flows reading Avro take the same JSON lines (no registry is involved).
-pub async fn sql_test(path: &Path, name: &str, input: &Path, ts_ms: Option<i64>) -> ExitCode {
+pub async fn sql_test(path: &Path, registry: &Registry, name: &str, input: &Path, ts_ms: Option<i64>) -> ExitCode {
     use sluice_engine::connector::{InputMessage, Transform as _};
-    let (cfg, stages) = match load_and_plan(path).await {
+    let (cfg, stages) = match load_and_plan(path, registry).await {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -37,7 +38,7 @@ pub async fn sql_test(path: &Path, name: &str, input: &Path, ts_ms: Option<i64>)
         }
     };
     // Avro flows are tried with JSON samples: rows or envelopes, as their Avro records are.
-    if input_format(&cfg.flows[i]) == PayloadFormat::Avro {
+    if cfg.flows[i].input_format == PayloadFormat::Avro {
         let f = &cfg.flows[i];
         stage = match SqlStage::new(&f.name, &f.schema, PayloadFormat::Debezium, &f.transform).await {
             Ok(s) => s,
@@ -47,7 +48,7 @@ pub async fn sql_test(path: &Path, name: &str, input: &Path, ts_ms: Option<i64>)
             }
         };
     }
-    let envelope = input_format(&cfg.flows[i]) != PayloadFormat::Json;
+    let envelope = cfg.flows[i].input_format != PayloadFormat::Json;
     let ts = ts_ms.unwrap_or_else(sluice_engine::record::now_ms);
     // (line number, payload) of every non-blank line.
     let records: Vec<(usize, Vec<u8>)> = text

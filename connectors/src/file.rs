@@ -25,12 +25,75 @@ use sluice_engine::record::{ChangeRecord, Op, now_ms};
 
 use crate::json_text;
 
+use crate::connector::{BuiltSink, Connector, Context, Input};
+
 /// The `file` connection: a base directory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConnection {
     /// Directory that flows' `object` paths are relative to.
     pub path: PathBuf,
+}
+
+/// The `file` connector: files below a directory, as a source or a destination.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileConnector;
+
+#[async_trait]
+impl Connector for FileConnector {
+    const NAME: &'static str = "file";
+    type Connection = FileConnection;
+    type SourceOptions = FileSourceOptions;
+    type SinkOptions = FileSinkOptions;
+
+    async fn healthcheck(&self, ctx: Context<'_>, conn: &FileConnection) -> Result<String, ConnectorError> {
+        test_connection(ctx.connection, conn)
+    }
+
+    // The files are read at run time; they may not exist yet.
+    fn check_source(
+        &self,
+        _: Context<'_>,
+        _: &FileConnection,
+        _: &str,
+        _: &FileSourceOptions,
+    ) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    fn build_source(
+        &self,
+        _: Context<'_>,
+        conn: &FileConnection,
+        object: &str,
+        options: &FileSourceOptions,
+        _follow: bool,
+    ) -> Result<Input, ConnectorError> {
+        Ok(Input::Source(Box::new(FileSource::new(conn, object, options.clone())?)))
+    }
+
+    // The file is created at run time.
+    fn check_sink(
+        &self,
+        _: Context<'_>,
+        _: &FileConnection,
+        _: &str,
+        _: &FileSinkOptions,
+    ) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    async fn build_sink(
+        &self,
+        ctx: Context<'_>,
+        conn: &FileConnection,
+        object: &str,
+        options: &FileSinkOptions,
+    ) -> Result<BuiltSink, ConnectorError> {
+        let sink = Box::new(FileSink::new(conn, object, options.clone())?);
+        let (name, conn) = (ctx.connection.to_owned(), conn.clone());
+        Ok(BuiltSink { sink, healthcheck: Box::pin(async move { test_connection(&name, &conn) }) })
+    }
 }
 
 /// Checks that a `file` connection's directory exists and is a directory.

@@ -17,6 +17,59 @@ use sluice_engine::error::ConnectorError;
 use sluice_engine::record::{ChangeRecord, Op, now_ms};
 use sluice_engine::schema::{ColumnType, RowSchema};
 
+use crate::connector::{BuiltSink, Connector, Context, Input, Unsupported};
+
+/// The `generate` connector: synthetic data, a source only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenerateConnector;
+
+#[async_trait]
+impl Connector for GenerateConnector {
+    const NAME: &'static str = "generate";
+    type Connection = GenerateConnection;
+    type SourceOptions = GenerateOptions;
+    type SinkOptions = Unsupported;
+
+    async fn healthcheck(&self, _: Context<'_>, _: &GenerateConnection) -> Result<String, ConnectorError> {
+        Ok("synthetic data; nothing to reach".into())
+    }
+
+    fn source_schema(&self, _: &GenerateOptions) -> Option<RowSchema> {
+        Some(schema())
+    }
+
+    fn build_source(
+        &self,
+        _: Context<'_>,
+        _: &GenerateConnection,
+        object: &str,
+        options: &GenerateOptions,
+        _follow: bool,
+    ) -> Result<Input, ConnectorError> {
+        Ok(Input::Source(Box::new(GenerateSource::new(object, options.clone())?)))
+    }
+
+    fn check_sink(
+        &self,
+        _: Context<'_>,
+        _: &GenerateConnection,
+        _: &str,
+        o: &Unsupported,
+    ) -> Result<(), ConnectorError> {
+        match *o {}
+    }
+
+    async fn build_sink(
+        &self,
+        _: Context<'_>,
+        _: &GenerateConnection,
+        _: &str,
+        o: &Unsupported,
+    ) -> Result<BuiltSink, ConnectorError> {
+        match *o {}
+    }
+}
+
 /// The `generate` connection: nothing to connect to.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

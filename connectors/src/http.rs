@@ -32,6 +32,8 @@ use sluice_engine::secret::Secret;
 use crate::file::encode_json_lines;
 use crate::guard;
 
+use crate::connector::{BuiltSink, Connector, Context, Input};
+
 /// The `http` connection: where requests go and how they authenticate.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -769,5 +771,57 @@ mod tests {
         let mut s = sink(&format!("http://{addr}"), 10);
         let e = s.write(&[rows(1, &[])], WriteContext { batch_id: "x", run_id: "r" }).await.unwrap_err();
         assert!(!e.is_retriable() && e.to_string().contains("401"), "{e}");
+    }
+}
+
+/// The `http` connector: a REST API as a paginated source, or an endpoint rows are sent to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpConnector;
+
+#[async_trait]
+impl Connector for HttpConnector {
+    const NAME: &'static str = "http";
+    type Connection = HttpConnection;
+    type SourceOptions = crate::http_source::HttpSourceOptions;
+    type SinkOptions = HttpSinkOptions;
+
+    async fn healthcheck(&self, ctx: Context<'_>, conn: &HttpConnection) -> Result<String, ConnectorError> {
+        test_connection(ctx.connection, conn).await
+    }
+
+    fn build_source(
+        &self,
+        ctx: Context<'_>,
+        conn: &HttpConnection,
+        object: &str,
+        options: &crate::http_source::HttpSourceOptions,
+        follow: bool,
+    ) -> Result<Input, ConnectorError> {
+        let source = crate::http_source::HttpSource::new(ctx.connection, conn, object, options.clone(), follow)?;
+        Ok(Input::Source(Box::new(source)))
+    }
+
+    fn check_sink(
+        &self,
+        ctx: Context<'_>,
+        conn: &HttpConnection,
+        object: &str,
+        options: &HttpSinkOptions,
+    ) -> Result<(), ConnectorError> {
+        HttpSink::new(ctx.connection, conn, object, options.clone()).map(drop)
+    }
+
+    async fn build_sink(
+        &self,
+        ctx: Context<'_>,
+        conn: &HttpConnection,
+        object: &str,
+        options: &HttpSinkOptions,
+    ) -> Result<BuiltSink, ConnectorError> {
+        let sink = Box::new(HttpSink::new(ctx.connection, conn, object, options.clone())?);
+        // Not reached ahead of the first batch: a request to an endpoint that takes writes may
+        // not be harmless (as Vector's http sink, whose health check is opt-in).
+        let what = format!("{} is reached with the first batch", sink.describe());
+        Ok(BuiltSink { sink, healthcheck: Box::pin(async move { Ok(what) }) })
     }
 }

@@ -25,6 +25,8 @@ use crate::schema_registry::{RegistryClient, RegistryConfig};
 
 use crate::file::encode_json_lines;
 
+use crate::connector::{BuiltSink, Connector, Context, Input};
+
 /// The `kafka` connection: a cluster, or sluice's own when `bootstrap_servers` is unset.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -291,4 +293,88 @@ fn arrow_cast_to_strings(col: &dyn Array) -> Result<Vec<Option<String>>, String>
 fn refuses_record(e: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     matches!(e.rdkafka_error_code(), Some(C::MessageSizeTooLarge | C::InvalidRecord | C::InvalidMessage))
+}
+
+/// The `kafka` connector: an existing topic as a flow's input, or a topic as its destination.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KafkaConnector;
+
+#[async_trait]
+impl Connector for KafkaConnector {
+    const NAME: &'static str = "kafka";
+    type Connection = KafkaConnection;
+    type SourceOptions = KafkaSourceOptions;
+    type SinkOptions = KafkaSinkOptions;
+
+    async fn healthcheck(&self, ctx: Context<'_>, conn: &KafkaConnection) -> Result<String, ConnectorError> {
+        reach(ctx.connection, conn.settings(ctx.own)?).await
+    }
+
+    fn payload_format(&self, options: &KafkaSourceOptions) -> PayloadFormat {
+        options.format
+    }
+
+    fn build_source(
+        &self,
+        ctx: Context<'_>,
+        conn: &KafkaConnection,
+        object: &str,
+        options: &KafkaSourceOptions,
+        _follow: bool,
+    ) -> Result<Input, ConnectorError> {
+        let registry = match options.format {
+            PayloadFormat::Avro => Some(avro_registry(ctx.connection, conn)?),
+            PayloadFormat::Json | PayloadFormat::Debezium => None,
+        };
+        Ok(Input::Topic { kafka: conn.settings(ctx.own)?, topic: object.to_owned(), format: options.format, registry })
+    }
+
+    fn check_sink(
+        &self,
+        ctx: Context<'_>,
+        conn: &KafkaConnection,
+        _: &str,
+        options: &KafkaSinkOptions,
+    ) -> Result<(), ConnectorError> {
+        conn.settings(ctx.own)?;
+        if options.format == SinkFormat::Avro {
+            avro_registry(ctx.connection, conn)?;
+        }
+        Ok(())
+    }
+
+    async fn build_sink(
+        &self,
+        ctx: Context<'_>,
+        conn: &KafkaConnection,
+        object: &str,
+        options: &KafkaSinkOptions,
+    ) -> Result<BuiltSink, ConnectorError> {
+        let registry = match options.format {
+            SinkFormat::Json => None,
+            SinkFormat::Avro => Some(avro_registry(ctx.connection, conn)?),
+        };
+        let settings = conn.settings(ctx.own)?;
+        let sink = Box::new(KafkaSink::new(&settings, object, ctx.flow, registry).await?);
+        let name = ctx.connection.to_owned();
+        Ok(BuiltSink { sink, healthcheck: Box::pin(async move { reach(&name, settings).await }) })
+    }
+}
+
+/// The registry `format: avro` needs, or the error naming the missing setting.
+fn avro_registry(name: &str, conn: &KafkaConnection) -> Result<Arc<dyn SchemaRegistry>, ConnectorError> {
+    registry(name, conn)?.ok_or_else(|| {
+        ConnectorError::User(format!(
+            "kafka connection `{name}`: `format: avro` needs the connection's `schema_registry`"
+        ))
+    })
+}
+
+/// Asks the cluster for its topics: it answers, and accepts the credentials.
+async fn reach(name: &str, settings: KafkaSettings) -> Result<String, ConnectorError> {
+    let topics = settings
+        .check_reachable()
+        .await
+        .map_err(|e| ConnectorError::Other { context: format!("kafka connection `{name}`"), message: e.to_string() })?;
+    Ok(format!("cluster {} answered; {} topic(s) visible", settings.bootstrap_servers, topics.len()))
 }

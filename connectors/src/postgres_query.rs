@@ -60,31 +60,60 @@ pub struct QueryOptions {
     /// Where the first incremental run starts: a cursor value such as `2026-01-01T00:00:00Z`
     /// (rows at or past it). Unset: from the first row.
     pub first_execution_from: Option<String>,
-    /// Seconds between pulls once a continuous flow has caught up.
-    #[serde(default = "default_poll_interval")]
-    pub poll_interval_secs: u64,
+    /// Seconds between pulls once a continuous flow has caught up (default 5).
+    pub poll_interval_secs: Option<u64>,
     /// `cdc`: the replication slot (created if absent; default `sluice_<first table>`).
     pub slot: Option<String>,
     /// `cdc`: the publication (created for the tables if absent; default as the slot).
     pub publication: Option<String>,
-    /// `cdc`: read the tables' rows (op `r`) before streaming changes, when the slot is new.
-    #[serde(default = "default_true")]
-    pub snapshot: bool,
-    /// `cdc`: seconds between moving an idle slot to the current WAL position.
-    #[serde(default = "default_heartbeat")]
-    pub heartbeat_secs: std::num::NonZeroU64,
+    /// `cdc`: read the tables' rows (op `r`) before streaming changes, when the slot is new
+    /// (default true).
+    pub snapshot: Option<bool>,
+    /// `cdc`: seconds between moving an idle slot to the current WAL position (default 10).
+    pub heartbeat_secs: Option<std::num::NonZeroU64>,
 }
 
-fn default_true() -> bool {
-    true
-}
+impl QueryOptions {
+    /// Seconds between pulls once caught up.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.poll_interval_secs.unwrap_or(5))
+    }
 
-fn default_heartbeat() -> std::num::NonZeroU64 {
-    std::num::NonZeroU64::new(10).unwrap_or(std::num::NonZeroU64::MIN)
-}
+    /// Whether a new CDC slot starts with a snapshot.
+    pub fn snapshot(&self) -> bool {
+        self.snapshot.unwrap_or(true)
+    }
 
-fn default_poll_interval() -> u64 {
-    5
+    /// How often an idle CDC slot is moved on.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.map_or(10, std::num::NonZeroU64::get))
+    }
+
+    /// Refuses an option the chosen mode would ignore: a pull has no slot, a change stream no
+    /// cursor, so writing one is a mistake worth naming rather than a setting silently dropped.
+    pub fn check_mode(&self) -> Result<(), ConnectorError> {
+        let cdc = self.mode == PullMode::Cdc;
+        let given: [(&str, bool, bool); 9] = [
+            ("query", self.query.is_some(), false),
+            ("cursor", self.cursor.is_some(), false),
+            ("key", !self.key.is_empty(), false),
+            ("first_execution_from", self.first_execution_from.is_some(), false),
+            ("poll_interval_secs", self.poll_interval_secs.is_some(), false),
+            ("slot", self.slot.is_some(), true),
+            ("publication", self.publication.is_some(), true),
+            ("snapshot", self.snapshot.is_some(), true),
+            ("heartbeat_secs", self.heartbeat_secs.is_some(), true),
+        ];
+        match given.iter().find(|(_, set, for_cdc)| *set && *for_cdc != cdc) {
+            None => Ok(()),
+            Some((field, _, true)) => Err(ConnectorError::User(format!(
+                "option `{field}` applies to `mode: cdc` only; this source pulls by query"
+            ))),
+            Some((field, _, false)) => Err(ConnectorError::User(format!(
+                "option `{field}` applies to pulls (`mode: incremental` or `complete`) only, not to `mode: cdc`"
+            ))),
+        }
+    }
 }
 
 /// Pulls rows from PostgreSQL.
@@ -306,7 +335,7 @@ impl Source for QuerySource {
             PullMode::Complete | PullMode::Cdc => self.pull_complete(max).await?,
         };
         if finished && self.follow {
-            self.next_pull = Some(Instant::now() + Duration::from_secs(self.options.poll_interval_secs));
+            self.next_pull = Some(Instant::now() + self.options.poll_interval());
         }
         Ok(match (items.is_empty(), finished, self.follow) {
             (false, _, _) => Poll::Items(items),

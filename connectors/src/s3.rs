@@ -45,6 +45,8 @@ use sluice_engine::secret::Secret;
 
 use crate::file::encode_json_lines;
 
+use crate::connector::{BuiltSink, Connector, Context, Input, Unsupported};
+
 /// The `s3` connection: where the service is and how to sign requests.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,6 +232,38 @@ impl<'a> Origin<'a> {
     }
 }
 
+/// The S3 client of connection `name`: its credentials, region and endpoint, names resolved
+/// through the address guard, and no retries of its own (the runtime retries with the flow's
+/// policy; one layer of retries is enough).
+fn client(name: &str, conn: &S3Connection) -> Result<aws_sdk_s3::Client, ConnectorError> {
+    let credentials = aws_sdk_s3::config::Credentials::new(
+        conn.access_key_id.expose(),
+        conn.secret_access_key.expose(),
+        conn.session_token.as_ref().map(|t| t.expose().to_owned()),
+        None,
+        "sluice-config",
+    );
+    let mut config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(conn.region.clone()))
+        .credentials_provider(credentials)
+        .force_path_style(conn.path_style)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled());
+    if let Some(endpoint) = &conn.endpoint {
+        crate::guard::checked_url(endpoint, conn.allow_private_addresses)
+            .map_err(|e| ConnectorError::User(format!("s3 connection `{name}`: `endpoint`: {e}")))?;
+        config = config.endpoint_url(endpoint);
+    }
+    // Names resolve through the guard, as for every outbound client.
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .build_with_resolver(crate::guard::S3Resolver::new(conn.allow_private_addresses));
+    config = config.http_client(http);
+    Ok(aws_sdk_s3::Client::from_conf(config.build()))
+}
+
 impl S3Sink {
     /// A sink writing to bucket `object` through connection `name`, for flow `flow`.
     pub fn new(
@@ -247,34 +281,8 @@ impl S3Sink {
         if options.part_size_bytes < 5 << 20 {
             return Err(wrong("`part_size_bytes` must be at least 5 MiB (5242880), S3's smallest part".into()));
         }
-        let credentials = aws_sdk_s3::config::Credentials::new(
-            conn.access_key_id.expose(),
-            conn.secret_access_key.expose(),
-            conn.session_token.as_ref().map(|t| t.expose().to_owned()),
-            None,
-            "sluice-config",
-        );
-        let mut config = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new(conn.region.clone()))
-            .credentials_provider(credentials)
-            .force_path_style(conn.path_style)
-            // The runtime retries with the flow's own policy; one layer of retries is enough.
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled());
-        if let Some(endpoint) = &conn.endpoint {
-            crate::guard::checked_url(endpoint, conn.allow_private_addresses)
-                .map_err(|e| wrong(format!("`endpoint`: {e}")))?;
-            config = config.endpoint_url(endpoint);
-        }
-        // Names resolve through the guard, as for every outbound client.
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
-            ))
-            .build_with_resolver(crate::guard::S3Resolver::new(conn.allow_private_addresses));
-        config = config.http_client(http);
         Ok(S3Sink {
-            client: aws_sdk_s3::Client::from_conf(config.build()),
+            client: client(name, conn)?,
             connection: name.to_owned(),
             bucket: object.trim().to_owned(),
             flow: flow.to_owned(),
@@ -613,9 +621,12 @@ impl Sink for S3Sink {
 
 /// Lists the bucket's first key, to check credentials and the bucket for `connections test`.
 pub async fn test_connection(name: &str, conn: &S3Connection) -> Result<String, ConnectorError> {
-    let sink = S3Sink::new(name, conn, "---", S3SinkOptions::default(), "-")?;
-    let out = sink
-        .client
+    healthcheck(name, &client(name, conn)?).await
+}
+
+/// Lists the buckets with `client`: signed in, and how many buckets the credentials see.
+async fn healthcheck(name: &str, client: &aws_sdk_s3::Client) -> Result<String, ConnectorError> {
+    let out = client
         .list_buckets()
         .send()
         .await
@@ -773,5 +784,54 @@ mod tests {
         let mut sink = S3Sink::new("lake", &conn, "bucket", missing, "orders").unwrap();
         let e = sink.objects(&[batch], ctx).unwrap_err().to_string();
         assert!(e.contains("no column `nope`") && e.contains("country, _ts"), "{e}");
+    }
+}
+
+/// The `s3` connector: objects in a bucket of any S3-protocol store, a destination only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct S3Connector;
+
+#[async_trait]
+impl Connector for S3Connector {
+    const NAME: &'static str = "s3";
+    type Connection = S3Connection;
+    type SourceOptions = Unsupported;
+    type SinkOptions = S3SinkOptions;
+
+    async fn healthcheck(&self, ctx: Context<'_>, conn: &S3Connection) -> Result<String, ConnectorError> {
+        test_connection(ctx.connection, conn).await
+    }
+
+    fn build_source(
+        &self,
+        _: Context<'_>,
+        _: &S3Connection,
+        _: &str,
+        o: &Unsupported,
+        _: bool,
+    ) -> Result<Input, ConnectorError> {
+        match *o {}
+    }
+
+    fn check_sink(
+        &self,
+        ctx: Context<'_>,
+        conn: &S3Connection,
+        object: &str,
+        options: &S3SinkOptions,
+    ) -> Result<(), ConnectorError> {
+        S3Sink::new(ctx.connection, conn, object, options.clone(), ctx.flow).map(drop)
+    }
+
+    async fn build_sink(
+        &self,
+        ctx: Context<'_>,
+        conn: &S3Connection,
+        object: &str,
+        options: &S3SinkOptions,
+    ) -> Result<BuiltSink, ConnectorError> {
+        let sink = S3Sink::new(ctx.connection, conn, object, options.clone(), ctx.flow)?;
+        let (name, client) = (ctx.connection.to_owned(), sink.client.clone());
+        Ok(BuiltSink { sink: Box::new(sink), healthcheck: Box::pin(async move { healthcheck(&name, &client).await }) })
     }
 }

@@ -10,6 +10,55 @@ use sluice_engine::error::ConnectorError;
 
 use crate::file::encode_json_lines;
 
+use crate::connector::{BuiltSink, Connector, Context, Input, Unsupported};
+
+/// The `stdout` connector: a destination only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdoutConnector;
+
+#[async_trait]
+impl Connector for StdoutConnector {
+    const NAME: &'static str = "stdout";
+    type Connection = StdoutConnection;
+    type SourceOptions = Unsupported;
+    type SinkOptions = StdoutOptions;
+
+    async fn healthcheck(&self, _: Context<'_>, _: &StdoutConnection) -> Result<String, ConnectorError> {
+        Ok("standard output; nothing to reach".into())
+    }
+
+    fn build_source(
+        &self,
+        _: Context<'_>,
+        _: &StdoutConnection,
+        _: &str,
+        o: &Unsupported,
+        _: bool,
+    ) -> Result<Input, ConnectorError> {
+        match *o {}
+    }
+
+    fn check_sink(
+        &self,
+        _: Context<'_>,
+        _: &StdoutConnection,
+        _: &str,
+        _: &StdoutOptions,
+    ) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    async fn build_sink(
+        &self,
+        _: Context<'_>,
+        _: &StdoutConnection,
+        _: &str,
+        _: &StdoutOptions,
+    ) -> Result<BuiltSink, ConnectorError> {
+        Ok(BuiltSink::local(Box::new(StdoutSink), "standard output; nothing to reach".into()))
+    }
+}
+
 /// The `stdout` connection: nothing to configure.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_connectors::Connection;
 use sluice_engine::broker::BrokerStorage;
+use sluice_engine::connector::PayloadFormat;
 use sluice_engine::kafka::KafkaSettings;
 use sluice_engine::runtime::BatchSettings;
 use sluice_engine::schema::RowSchema;
@@ -14,9 +14,10 @@ use sluice_engine::schema::RowSchema;
 use super::written::{FlowConfig, KafkaConfig, StorageKind};
 use super::yaml::{self, Kind, Node};
 use super::{ConfigError, Flow, KafkaSection, Location, Schedule, Trigger};
+use crate::registry::{Connection, Options, Registry, parse_connection};
 
-#[derive(Default)]
-pub(super) struct Loader {
+pub(super) struct Loader<'r> {
+    pub(super) registry: &'r Registry,
     pub(super) errors: Vec<ConfigError>,
     pub(super) kafka: Option<KafkaSection>,
     pub(super) kafka_seen: bool,
@@ -27,7 +28,21 @@ pub(super) struct Loader {
     pub(super) flow_index: usize,
 }
 
-impl Loader {
+impl<'r> Loader<'r> {
+    pub(super) fn new(registry: &'r Registry, errors: Vec<ConfigError>) -> Self {
+        Loader {
+            registry,
+            errors,
+            kafka: None,
+            kafka_seen: false,
+            connections: BTreeMap::new(),
+            connection_lines: BTreeMap::new(),
+            flows: Vec::new(),
+            flow_names: HashSet::new(),
+            flow_index: 0,
+        }
+    }
+
     fn err(&mut self, file: &Path, e: yaml::Error) {
         self.errors.push(ConfigError {
             file: file.to_owned(),
@@ -165,22 +180,22 @@ impl Loader {
                     file,
                     v,
                     &path,
-                    format!("missing field `type`, expected one of {}", quoted(sluice_connectors::KINDS)),
+                    format!("missing field `type`, expected one of {}", quoted(&self.registry.names())),
                 );
                 continue;
             };
-            if !sluice_connectors::KINDS.contains(&kind) {
+            let Some(connector) = self.registry.get(kind) else {
                 let at = v.get("type").unwrap_or(v);
                 self.at(
                     file,
                     at,
                     &format!("{path}.type"),
-                    format!("unknown connector `{kind}`, expected one of {}", quoted(sluice_connectors::KINDS)),
+                    format!("unknown connector `{kind}`, expected one of {}", quoted(&self.registry.names())),
                 );
                 continue;
-            }
+            };
             let body = v.without("type");
-            match Connection::deserialize_kind(kind, yaml::De::new(&body, &path)) {
+            match parse_connection(connector, &body, &path) {
                 Ok(c) => {
                     // A `kafka` connection's extra librdkafka options pass the same allow-list
                     // as the `kafka:` section's, here, with their lines, not first at `run`.
@@ -254,13 +269,15 @@ impl Loader {
         }
         let src_node = node.get("source").unwrap_or(node);
         let dst_node = node.get("destination").unwrap_or(node);
-        let source = self.endpoint(file, src_node, &format!("{path}.source"), &f.source.connection, |c, d| {
-            sluice_connectors::source_options(c, d)
-        });
-        let destination =
-            self.endpoint(file, dst_node, &format!("{path}.destination"), &f.destination.connection, |c, d| {
-                sluice_connectors::sink_options(c, d)
-            });
+        let source =
+            self.endpoint(file, src_node, &format!("{path}.source"), &f.source.connection, Connection::source_options);
+        let destination = self.endpoint(
+            file,
+            dst_node,
+            &format!("{path}.destination"),
+            &f.destination.connection,
+            Connection::sink_options,
+        );
         if f.retry.max_backoff_ms < f.retry.initial_backoff_ms {
             let at = node.get("retry").unwrap_or(node);
             self.at(
@@ -322,21 +339,15 @@ impl Loader {
             Some(KafkaSection::Embedded { settings, .. } | KafkaSection::External(settings)) => settings.clone(),
             None => sluice_engine::kafka::KafkaSettings::plaintext(""),
         };
+        let ctx = |connection| sluice_connectors::Context { connection, own: &own, flow: &f.name };
         if let Some(conn) = self.connections.get(&f.source.connection)
-            && let Err(e) = sluice_connectors::check_source(&f.source.connection, conn, &f.source.object, &source, &own)
+            && let Err(e) = conn.check_source(ctx(&f.source.connection), &f.source.object, &source)
         {
             self.at(file, src_node, &format!("{path}.source"), e.to_string());
             return;
         }
         if let Some(conn) = self.connections.get(&f.destination.connection)
-            && let Err(e) = sluice_connectors::check_sink(
-                &f.destination.connection,
-                conn,
-                &f.destination.object,
-                &destination,
-                &own,
-                &f.name,
-            )
+            && let Err(e) = conn.check_sink(ctx(&f.destination.connection), &f.destination.object, &destination)
         {
             self.at(file, dst_node, &format!("{path}.destination"), e.to_string());
             return;
@@ -387,7 +398,10 @@ impl Loader {
                 return;
             }
         };
-        let schema = match (declared, sluice_connectors::builtin_schema(&source)) {
+        let src_conn = self.connections.get(&f.source.connection);
+        let builtin = src_conn.and_then(|c| c.source_schema(&source));
+        let input_format = src_conn.map_or(PayloadFormat::Debezium, |c| c.payload_format(&source));
+        let schema = match (declared, builtin) {
             (Some(declared), _) => declared,
             (None, Some(builtin)) => builtin,
             (None, None) => {
@@ -435,6 +449,7 @@ impl Loader {
             source_connection: f.source.connection,
             source_object: f.source.object,
             source,
+            input_format,
             schema,
             transform,
             transform_at,
@@ -474,14 +489,14 @@ impl Loader {
         }
     }
 
-    fn endpoint<T>(
+    fn endpoint(
         &mut self,
         file: &Path,
         node: &Node,
         path: &str,
         connection: &str,
-        parse: impl FnOnce(&Connection, yaml::De<'_>) -> Result<T, yaml::Error>,
-    ) -> Option<T> {
+        parse: impl FnOnce(&Connection, &Node, &str) -> Result<Options, yaml::Error>,
+    ) -> Option<Options> {
         let Some(conn) = self.connections.get(connection) else {
             let at = node.get("connection").unwrap_or(node);
             let known: Vec<&str> = self.connections.keys().map(String::as_str).collect();
@@ -501,7 +516,7 @@ impl Loader {
         let empty = Node::empty_map(node.line);
         let opts = node.get("options").unwrap_or(&empty);
         let opts_path = format!("{path}.options");
-        match parse(conn, yaml::De::new(opts, &opts_path)) {
+        match parse(conn, opts, &opts_path) {
             Ok(t) => Some(t),
             Err(e) => {
                 self.err(file, e.located(&opts_path, opts.line));

@@ -28,7 +28,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sluice_connectors::{Connection, SinkOptions, SourceOptions};
 use sluice_engine::broker::BrokerStorage;
 use sluice_engine::errors_policy::ErrorPolicy;
 use sluice_engine::kafka::KafkaSettings;
@@ -36,6 +35,8 @@ use sluice_engine::runtime::BatchSettings;
 use sluice_engine::schema::RowSchema;
 
 use loader::Loader;
+
+use crate::registry::{Connection, Options, Registry};
 
 /// One problem in a config, with where it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,8 +140,10 @@ pub struct Flow {
     pub source_connection: String,
     /// The source object.
     pub source_object: String,
-    /// Source options.
-    pub source: SourceOptions,
+    /// Source options, parsed by the source connection's connector.
+    pub source: Options,
+    /// How the payloads the SQL reads are encoded (the source connector says).
+    pub input_format: sluice_engine::connector::PayloadFormat,
     /// The row schema the SQL sees.
     pub schema: RowSchema,
     /// The tasks and query.
@@ -151,8 +154,8 @@ pub struct Flow {
     pub destination_connection: String,
     /// The destination object.
     pub destination_object: String,
-    /// Sink options.
-    pub destination: SinkOptions,
+    /// Sink options, parsed by the destination connection's connector.
+    pub destination: Options,
     /// How it runs.
     pub trigger: Trigger,
     /// What to do with bad records.
@@ -191,7 +194,7 @@ impl From<ConfigError> for Rejected {
 }
 
 /// Loads a file or a directory of files. All problems come back together.
-pub fn load(path: &Path) -> Result<Config, Rejected> {
+pub fn load(path: &Path, registry: &Registry) -> Result<Config, Rejected> {
     let files = config_files(path)?;
     let mut errors = Vec::new();
     let mut docs = Vec::new();
@@ -212,7 +215,7 @@ pub fn load(path: &Path) -> Result<Config, Rejected> {
             Err(message) => errors.push(ConfigError { file: f, line: None, path: String::new(), message }),
         }
     }
-    let mut loader = Loader { errors, ..Loader::default() };
+    let mut loader = Loader::new(registry, errors);
     for (file, node) in &docs {
         loader.top_level(file, node);
     }
@@ -286,7 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.yaml");
         std::fs::write(&p, text).unwrap();
-        load(&p).map_err(|r| r.errors)
+        load(&p, &crate::registry()).map_err(|r| r.errors)
     }
 
     const GOOD: &str = "\
@@ -354,5 +357,47 @@ flows:
             "{text:#?}"
         );
         assert!(text.iter().any(|t| t.starts_with("10:flows[0].source.options.count:")), "{text:#?}");
+    }
+
+    /// Settings that would be ignored are refused, naming them: a side a connector does not
+    /// have, columns on a destination, a CDC option on a pull and a pull option on CDC.
+    #[test]
+    fn settings_that_would_be_ignored_are_refused() {
+        let bad = "\
+kafka:
+  bootstrap_servers: 127.0.0.1:9092
+connections:
+  gen: {type: generate}
+  out: {type: stdout}
+  pg: {type: postgres, host: localhost, user: u, database: d}
+flows:
+  - name: a
+    source: {connection: out, object: o}
+    destination: {connection: gen, object: o}
+  - name: b
+    source: {connection: gen, object: o}
+    destination: {connection: out, object: o, schema: {id: int64}}
+  - name: c
+    source: {connection: pg, object: t, schema: {id: int64}, options: {mode: complete, slot: s}}
+    destination: {connection: out}
+  - name: d
+    source: {connection: pg, object: t, schema: {id: int64}, options: {mode: cdc, cursor: id}}
+    destination: {connection: out}
+";
+        let errs = load_str(bad).unwrap_err();
+        let text: Vec<String> =
+            errs.iter().map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.path, e.message)).collect();
+        let has = |line: usize, path: &str, words: &str| {
+            assert!(
+                text.iter().any(|t| t.starts_with(&format!("{line}:{path}:")) && t.contains(words)),
+                "no `{line}:{path}: …{words}…` in {text:#?}"
+            )
+        };
+        has(9, "flows[0].source.options", "a `stdout` connection cannot be a source");
+        has(10, "flows[0].destination.options", "a `generate` connection cannot be a destination");
+        has(13, "flows[1].destination.schema", "unknown field `schema`");
+        has(15, "flows[2].source", "option `slot` applies to `mode: cdc` only");
+        has(18, "flows[3].source", "option `cursor` applies to pulls");
+        assert_eq!(errs.len(), 5, "{text:#?}");
     }
 }

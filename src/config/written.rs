@@ -121,11 +121,11 @@ pub(super) struct FlowConfig {
     /// Unique name; names the flow's topics and consumer group.
     pub(super) name: String,
     /// Where records come from.
-    pub(super) source: EndpointConfig,
+    pub(super) source: SourceConfig,
     /// The SQL stage.
     pub(super) transform: Option<TransformConfig>,
     /// Where rows go.
-    pub(super) destination: EndpointConfig,
+    pub(super) destination: DestinationConfig,
     /// `on_demand` (default) or `continuous`.
     #[serde(default)]
     pub(super) trigger: Trigger,
@@ -237,10 +237,26 @@ impl RetryConfig {
     }
 }
 
-/// A flow's source or destination as written.
+/// A flow's destination as written: it has no columns of its own (the SQL's output is what it
+/// writes), so `schema:` and its kin are refused here rather than ignored.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct EndpointConfig {
+pub(super) struct DestinationConfig {
+    /// The name of an entry under `connections:`.
+    pub(super) connection: String,
+    /// What to write at that connection: a file, a topic, a table, a bucket.
+    #[serde(default)]
+    pub(super) object: String,
+    /// Connector-specific options, checked against the connection's type.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub(super) options: IgnoredAny,
+}
+
+/// A flow's source as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SourceConfig {
     /// The name of an entry under `connections:`.
     pub(super) connection: String,
     /// What to read or write at that connection: a file, a directory, a topic, a table.

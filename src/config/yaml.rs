@@ -257,6 +257,11 @@ pub struct Error {
 }
 
 impl Error {
+    /// An error found at `path`, line `line`.
+    pub fn at(path: &str, line: usize, message: impl Into<String>) -> Self {
+        Error { message: message.into(), path: Some(path.to_owned()), line: Some(line) }
+    }
+
     /// Attaches a location unless one is already attached (the innermost wins).
     fn locate(mut self, path: &str, line: usize) -> Self {
         if self.path.is_none() {
@@ -531,13 +536,6 @@ impl<'de, 'a, I: Iterator<Item = &'de (Node, Node)>> MapAccess<'de> for Map<'a, 
             return Err(de::Error::custom("value requested before its key"));
         };
         seed.deserialize(De { node, path: path.clone() }).map_err(|e| e.locate(&path, node.line))
-    }
-}
-
-impl<'a> De<'a> {
-    /// A deserializer for `node` at `path`.
-    pub fn new(node: &'a Node, path: &str) -> Self {
-        De { node, path: path.to_owned() }
     }
 }
 

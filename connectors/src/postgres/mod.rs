@@ -2,8 +2,11 @@
 //! the sink ([`sink`]), the pulls (`crate::postgres_query`) and change data capture
 //! (`crate::postgres_cdc`).
 
+mod connector;
 mod plan;
 pub mod sink;
+
+pub use connector::PostgresConnector;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,0 +1,363 @@
+//! The connector registry: which connectors a sluice binary knows, by name.
+//!
+//! [`registry()`] lists the built-in ones; a program built on sluice adds its own with
+//! [`Registry::with`] and hands the result to [`Cli::with_registry`](crate::Cli::with_registry).
+//! Adding a connector is its module plus one line in [`registry()`].
+//!
+//! Each connector is kept behind [`Registered`], the object-safe face of
+//! [`Connector`](sluice_connectors::Connector): it parses the connector's own types from the
+//! config tree (so errors keep their field path and line) and hands them back as
+//! [`Connection`] and [`Options`], which carry the connector that parsed them and can only go
+//! back to it.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sluice_connectors::{
+    BuiltSink, Connector, Context, FileConnector, GenerateConnector, HttpConnector, Input, KafkaConnector,
+    PostgresConnector, S3Connector, StdoutConnector, Unsupported,
+};
+use sluice_engine::connector::PayloadFormat;
+use sluice_engine::error::ConnectorError;
+use sluice_engine::schema::RowSchema;
+
+use crate::config::yaml;
+
+/// The built-in connectors.
+pub fn registry() -> Registry {
+    Registry::empty()
+        .with(FileConnector)
+        .with(GenerateConnector)
+        .with(HttpConnector)
+        .with(KafkaConnector)
+        .with(PostgresConnector)
+        .with(S3Connector)
+        .with(StdoutConnector)
+}
+
+/// Connectors by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    connectors: Vec<Arc<dyn Registered>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl Registry {
+    /// No connectors.
+    pub fn empty() -> Self {
+        Registry::default()
+    }
+
+    /// This registry and `connector`; a connector of the same name is replaced.
+    pub fn with<C: Connector>(mut self, connector: C) -> Self {
+        self.connectors.retain(|c| c.name() != C::NAME);
+        self.connectors.push(Arc::new(Erased(connector)));
+        self.connectors.sort_by_key(|c| c.name());
+        self
+    }
+
+    /// The connector names, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.connectors.iter().map(|c| c.name()).collect()
+    }
+
+    /// The connector called `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn Registered>> {
+        self.connectors.iter().find(|c| c.name() == name)
+    }
+}
+
+/// A parsed connection, with the connector that parsed it.
+#[derive(Clone)]
+pub struct Connection {
+    connector: Arc<dyn Registered>,
+    settings: Arc<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Settings are not shown: they hold secret references, and `Debug` output ends up in logs.
+        write!(f, "Connection({})", self.kind())
+    }
+}
+
+/// A flow's parsed source or destination options, with the connector that parsed them.
+#[derive(Clone)]
+pub struct Options {
+    connector: &'static str,
+    value: Arc<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Options({})", self.connector)
+    }
+}
+
+impl Connection {
+    /// The connector's name.
+    pub fn kind(&self) -> &'static str {
+        self.connector.name()
+    }
+
+    /// The settings, if this is a connection of connector `C` (for commands that belong to one
+    /// connector, such as `sluice cdc slots`).
+    pub fn settings<C: Connector>(&self) -> Option<&C::Connection> {
+        self.settings.downcast_ref()
+    }
+
+    /// Parses a flow's source options for this connection's connector.
+    pub(crate) fn source_options(&self, node: &yaml::Node, path: &str) -> Result<Options, yaml::Error> {
+        if !self.connector.roles().0 {
+            return Err(yaml::Error::at(path, node.line, cannot_be(self.kind(), "source")));
+        }
+        self.connector.source_options(node, path)
+    }
+
+    /// Parses a flow's destination options for this connection's connector.
+    pub(crate) fn sink_options(&self, node: &yaml::Node, path: &str) -> Result<Options, yaml::Error> {
+        if !self.connector.roles().1 {
+            return Err(yaml::Error::at(path, node.line, cannot_be(self.kind(), "destination")));
+        }
+        self.connector.sink_options(node, path)
+    }
+
+    /// The row schema the source defines itself, when it does.
+    pub fn source_schema(&self, options: &Options) -> Option<RowSchema> {
+        self.connector.source_schema(options)
+    }
+
+    /// How the payloads the flow's SQL reads are encoded.
+    pub fn payload_format(&self, options: &Options) -> PayloadFormat {
+        self.connector.payload_format(options)
+    }
+
+    /// Checks a flow's source settings without reaching the service (see
+    /// [`Connector::check_source`]).
+    pub fn check_source(&self, ctx: Context<'_>, object: &str, options: &Options) -> Result<(), ConnectorError> {
+        self.connector.check_source(ctx, &*self.settings, object, options)
+    }
+
+    /// Builds a flow's input.
+    pub fn build_source(
+        &self,
+        ctx: Context<'_>,
+        object: &str,
+        options: &Options,
+        follow: bool,
+    ) -> Result<Input, ConnectorError> {
+        self.connector.build_source(ctx, &*self.settings, object, options, follow)
+    }
+
+    /// Checks a flow's destination settings without reaching the service.
+    pub fn check_sink(&self, ctx: Context<'_>, object: &str, options: &Options) -> Result<(), ConnectorError> {
+        self.connector.check_sink(ctx, &*self.settings, object, options)
+    }
+
+    /// Builds a flow's sink and its destination's health check.
+    pub async fn build_sink(
+        &self,
+        ctx: Context<'_>,
+        object: &str,
+        options: &Options,
+    ) -> Result<BuiltSink, ConnectorError> {
+        self.connector.build_sink(ctx, &*self.settings, object, options).await
+    }
+
+    /// Reaches the service and logs in (`sluice connections test`).
+    pub async fn healthcheck(&self, ctx: Context<'_>) -> Result<String, ConnectorError> {
+        self.connector.healthcheck(ctx, &*self.settings).await
+    }
+}
+
+/// "a `stdout` connection cannot be a source".
+fn cannot_be(kind: &str, side: &str) -> String {
+    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    format!("{article} `{kind}` connection cannot be a {side}")
+}
+
+/// Parses a connection of connector `kind` from `node` (its body, without `type`).
+pub(crate) fn parse_connection(
+    connector: &Arc<dyn Registered>,
+    node: &yaml::Node,
+    path: &str,
+) -> Result<Connection, yaml::Error> {
+    Ok(Connection { connector: connector.clone(), settings: connector.connection(node, path)? })
+}
+
+/// The object-safe face of a [`Connector`]: its types parsed from and handed back as `Any`.
+#[async_trait]
+pub(crate) trait Registered: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Whether it can be a source, and a destination.
+    fn roles(&self) -> (bool, bool);
+    fn connection(&self, node: &yaml::Node, path: &str) -> Result<Arc<dyn Any + Send + Sync>, yaml::Error>;
+    fn source_options(&self, node: &yaml::Node, path: &str) -> Result<Options, yaml::Error>;
+    fn sink_options(&self, node: &yaml::Node, path: &str) -> Result<Options, yaml::Error>;
+    fn source_schema(&self, options: &Options) -> Option<RowSchema>;
+    fn payload_format(&self, options: &Options) -> PayloadFormat;
+    fn check_source(
+        &self,
+        ctx: Context<'_>,
+        conn: &dyn Any,
+        object: &str,
+        options: &Options,
+    ) -> Result<(), ConnectorError>;
+    fn build_source(
+        &self,
+        ctx: Context<'_>,
+        conn: &dyn Any,
+        object: &str,
+        options: &Options,
+        follow: bool,
+    ) -> Result<Input, ConnectorError>;
+    fn check_sink(
+        &self,
+        ctx: Context<'_>,
+        conn: &dyn Any,
+        object: &str,
+        options: &Options,
+    ) -> Result<(), ConnectorError>;
+    async fn build_sink(
+        &self,
+        ctx: Context<'_>,
+        conn: &(dyn Any + Send + Sync),
+        object: &str,
+        options: &Options,
+    ) -> Result<BuiltSink, ConnectorError>;
+    async fn healthcheck(&self, ctx: Context<'_>, conn: &(dyn Any + Send + Sync)) -> Result<String, ConnectorError>;
+}
+
+struct Erased<C>(C);
+
+/// A value handed to the wrong connector: [`Connection`] and [`Options`] only go back to the
+/// connector that parsed them, so this is a bug in sluice.
+fn mismatch(connector: &str) -> ConnectorError {
+    ConnectorError::Other {
+        context: format!("connector `{connector}`"),
+        message: "internal error: given settings it did not parse".into(),
+    }
+}
+
+impl<C: Connector> Erased<C> {
+    fn conn<'a>(&self, conn: &'a dyn Any) -> Result<&'a C::Connection, ConnectorError> {
+        conn.downcast_ref().ok_or_else(|| mismatch(C::NAME))
+    }
+    fn source<'a>(&self, options: &'a Options) -> Result<&'a C::SourceOptions, ConnectorError> {
+        options.value.downcast_ref().ok_or_else(|| mismatch(C::NAME))
+    }
+    fn sink<'a>(&self, options: &'a Options) -> Result<&'a C::SinkOptions, ConnectorError> {
+        options.value.downcast_ref().ok_or_else(|| mismatch(C::NAME))
+    }
+}
+
+fn is_unsupported<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<Unsupported>()
+}
+
+#[async_trait]
+impl<C: Connector> Registered for Erased<C> {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+
+    fn roles(&self) -> (bool, bool) {
+        (!is_unsupported::<C::SourceOptions>(), !is_unsupported::<C::SinkOptions>())
+    }
+
+    fn connection(&self, node: &yaml::Node, path: &str) -> Result<Arc<dyn Any + Send + Sync>, yaml::Error> {
+        Ok(Arc::new(yaml::from_node::<C::Connection>(node, path)?))
+    }
+
+    fn source_options(&self, node: &yaml::Node, path: &str) -> Result<Options, yaml::Error> {
+        Ok(Options { connector: C::NAME, value: Arc::new(yaml::from_node::<C::SourceOptions>(node, path)?) })
+    }
+
+    fn sink_options(&self, node: &yaml::Node, path: &str) -> Result<Options, yaml::Error> {
+        Ok(Options { connector: C::NAME, value: Arc::new(yaml::from_node::<C::SinkOptions>(node, path)?) })
+    }
+
+    fn source_schema(&self, options: &Options) -> Option<RowSchema> {
+        self.source(options).ok().and_then(|o| self.0.source_schema(o))
+    }
+
+    fn payload_format(&self, options: &Options) -> PayloadFormat {
+        self.source(options).map_or(PayloadFormat::Debezium, |o| self.0.payload_format(o))
+    }
+
+    fn check_source(
+        &self,
+        ctx: Context<'_>,
+        conn: &dyn Any,
+        object: &str,
+        options: &Options,
+    ) -> Result<(), ConnectorError> {
+        self.0.check_source(ctx, self.conn(conn)?, object, self.source(options)?)
+    }
+
+    fn build_source(
+        &self,
+        ctx: Context<'_>,
+        conn: &dyn Any,
+        object: &str,
+        options: &Options,
+        follow: bool,
+    ) -> Result<Input, ConnectorError> {
+        self.0.build_source(ctx, self.conn(conn)?, object, self.source(options)?, follow)
+    }
+
+    fn check_sink(
+        &self,
+        ctx: Context<'_>,
+        conn: &dyn Any,
+        object: &str,
+        options: &Options,
+    ) -> Result<(), ConnectorError> {
+        self.0.check_sink(ctx, self.conn(conn)?, object, self.sink(options)?)
+    }
+
+    async fn build_sink(
+        &self,
+        ctx: Context<'_>,
+        conn: &(dyn Any + Send + Sync),
+        object: &str,
+        options: &Options,
+    ) -> Result<BuiltSink, ConnectorError> {
+        self.0.build_sink(ctx, self.conn(conn)?, object, self.sink(options)?).await
+    }
+
+    async fn healthcheck(&self, ctx: Context<'_>, conn: &(dyn Any + Send + Sync)) -> Result<String, ConnectorError> {
+        self.0.healthcheck(ctx, self.conn(conn)?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_registry_lists_every_connector_once_sorted() {
+        assert_eq!(registry().names(), ["file", "generate", "http", "kafka", "postgres", "s3", "stdout"]);
+        assert_eq!(registry().with(StdoutConnector).names().len(), 7, "a connector of the same name is replaced");
+    }
+
+    #[test]
+    fn a_side_a_connector_lacks_is_refused_by_name() {
+        let r = registry();
+        let node = yaml::Node::empty_map(3);
+        let out = parse_connection(r.get("stdout").expect("stdout"), &node, "connections.out").expect("parses");
+        let e = out.source_options(&node, "flows[0].source.options").expect_err("not a source");
+        assert_eq!(e.message, "a `stdout` connection cannot be a source");
+        let g = parse_connection(r.get("generate").expect("generate"), &node, "connections.g").expect("parses");
+        let e = g.sink_options(&node, "flows[0].destination.options").expect_err("not a sink");
+        assert_eq!(e.message, "a `generate` connection cannot be a destination");
+        assert_eq!(e.line, Some(3));
+    }
+}
