@@ -17,6 +17,7 @@ use crate::plan::{build_sink, known_flow, load_and_plan, print_config_errors};
 use crate::registry::Registry;
 use crate::run::{flow_context, is_stop};
 use sluice_connectors::PostgresConnector;
+use sluice_engine::names::dlq_header;
 
 /// `sluice dlq show CONFIG FLOW`.
 pub async fn dlq_show(path: &Path, registry: &Registry, flow: &str, limit: usize) -> ExitCode {
@@ -46,13 +47,13 @@ pub async fn dlq_show(path: &Path, registry: &Registry, flow: &str, limit: usize
             "\n[{}:{}] stage {} · attempts {} · at {} ms",
             m.partition,
             m.offset,
-            h("sluice.stage"),
-            h("sluice.attempts"),
-            h("sluice.ts_ms")
+            h(dlq_header::STAGE),
+            h(dlq_header::ATTEMPTS),
+            h(dlq_header::TS_MS)
         );
-        println!("  error:   {}", h("sluice.error"));
+        println!("  error:   {}", h(dlq_header::ERROR));
         if let (Some(t), Some(p), Some(o)) =
-            (m.header("sluice.topic"), m.header("sluice.partition"), m.header("sluice.offset"))
+            (m.header(dlq_header::TOPIC), m.header(dlq_header::PARTITION), m.header(dlq_header::OFFSET))
         {
             println!("  from:    {t} partition {p} offset {o}");
         }

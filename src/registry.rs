@@ -240,9 +240,9 @@ struct Erased<C>(C);
 /// A value handed to the wrong connector: [`Connection`] and [`Options`] only go back to the
 /// connector that parsed them, so this is a bug in sluice.
 fn mismatch(connector: &str) -> ConnectorError {
-    ConnectorError::Other {
+    ConnectorError::Internal {
         context: format!("connector `{connector}`"),
-        message: "internal error: given settings it did not parse".into(),
+        message: "given settings it did not parse".into(),
     }
 }
 

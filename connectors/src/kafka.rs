@@ -26,6 +26,7 @@ use crate::schema_registry::{RegistryClient, RegistryConfig};
 use crate::file::encode_json_lines;
 
 use crate::connector::{BuiltSink, Connector, Context, Input};
+use sluice_engine::names::column;
 
 /// The `kafka` connection: a cluster, or sluice's own when `bootstrap_servers` is unset.
 #[derive(Debug, Clone, Deserialize)]
@@ -180,7 +181,7 @@ impl Sink for KafkaSink {
         let mut json = std::mem::take(&mut self.json);
         for batch in batches {
             let schema = batch.schema();
-            let key_idx = schema.index_of("_key").ok();
+            let key_idx = schema.index_of(column::KEY).ok();
             let keys = match key_idx {
                 Some(i) => Some(
                     arrow_cast_to_strings(batch.column(i))

@@ -14,6 +14,7 @@
 
 use rdkafka::Message;
 use rdkafka::message::Headers as _;
+use sluice_core::names::dlq_header;
 
 /// One consumed message: where it was read, and where its bytes are in the [`Inbox`].
 #[derive(Debug, Clone, Copy)]
@@ -70,13 +71,13 @@ impl Inbox {
                 |name: &str| hs.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok());
             let original = (|| {
                 Some((
-                    header("sluice.topic")?.to_owned(),
-                    header("sluice.partition")?.parse().ok()?,
-                    header("sluice.offset")?.parse().ok()?,
+                    header(dlq_header::TOPIC)?.to_owned(),
+                    header(dlq_header::PARTITION)?.parse().ok()?,
+                    header(dlq_header::OFFSET)?.parse().ok()?,
                 ))
             })();
-            let attempts = header("sluice.attempts").and_then(|a| a.parse().ok());
-            let truncated = header(crate::runtime::TRUNCATED_HEADER) == Some("true");
+            let attempts = header(dlq_header::ATTEMPTS).and_then(|a| a.parse().ok());
+            let truncated = header(dlq_header::TRUNCATED) == Some("true");
             let replay = Replay { original, attempts, truncated };
             (replay != Replay::default()).then_some(replay)
         });

@@ -18,9 +18,9 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
-use sluice_engine::avro::{RegistryError, SchemaRegistry, split_wire};
-use sluice_engine::connector::{InputMessage, RejectedRow};
-use sluice_engine::schema::{ColumnType, RowSchema};
+use sluice_core::avro::{RegistryError, SchemaRegistry, split_wire};
+use sluice_core::connector::{InputMessage, RejectedRow};
+use sluice_core::schema::{ColumnType, RowSchema};
 
 /// One converted field.
 enum Cell {

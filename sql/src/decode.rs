@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow_array::builder::StringBuilder;
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, StructArray, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use sluice_engine::connector::{InputMessage, PayloadFormat, RejectedRow};
+use sluice_core::connector::{InputMessage, PayloadFormat, RejectedRow};
 
 use crate::SqlStage;
 

@@ -38,10 +38,10 @@ use arrow_schema::{Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use sluice_engine::avro::SchemaRegistry;
-use sluice_engine::connector::{InputMessage, PayloadFormat, RejectedRow, Transform, Transformed};
-use sluice_engine::error::TransformError;
-use sluice_engine::schema::RowSchema;
+use sluice_core::avro::SchemaRegistry;
+use sluice_core::connector::{InputMessage, PayloadFormat, RejectedRow, Transform, Transformed};
+use sluice_core::error::TransformError;
+use sluice_core::schema::RowSchema;
 
 pub use decode::MAX_NESTING;
 pub use step::ROW_COLUMN;
@@ -80,7 +80,7 @@ impl Default for TransformSpec {
             sql: None,
             memory_limit_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
             batch_timeout: DEFAULT_BATCH_TIMEOUT,
-            max_record_bytes: sluice_engine::kafka::DEFAULT_MAX_RECORD_BYTES,
+            max_record_bytes: sluice_core::names::DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -352,7 +352,7 @@ pub fn describe_schema(schema: &Schema) -> String {
 mod tests {
     use super::*;
     use arrow_array::Int64Array;
-    use sluice_engine::schema::ColumnType;
+    use sluice_core::schema::ColumnType;
 
     fn schema() -> RowSchema {
         RowSchema::new(vec![

@@ -27,10 +27,11 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SQLOptions, SessionContext};
 use futures::StreamExt as _;
-use sluice_engine::connector::RejectedRow;
-use sluice_engine::error::TransformError;
+use sluice_core::connector::RejectedRow;
+use sluice_core::error::TransformError;
 
 use crate::{SOURCE_TABLE, batch_limit, bounded, functions, sandbox, tasks};
+use sluice_core::names::column;
 
 /// The hidden column that carries each row's index in its input batch through the plan, so an
 /// output row can be traced back to the Kafka message it came from (for dead-lettering a row
@@ -41,9 +42,9 @@ pub const ROW_COLUMN: &str = "__sluice_row";
 /// column.
 pub fn input_schema(row: &SchemaRef) -> SchemaRef {
     let mut fields: Vec<Field> = row.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new("_op", DataType::Utf8, false));
-    fields.push(Field::new("_key", DataType::Utf8, true));
-    fields.push(Field::new("_ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true));
+    fields.push(Field::new(column::OP, DataType::Utf8, false));
+    fields.push(Field::new(column::KEY, DataType::Utf8, true));
+    fields.push(Field::new(column::TS, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true));
     fields.push(Field::new(ROW_COLUMN, DataType::UInt32, false));
     Arc::new(Schema::new(fields))
 }

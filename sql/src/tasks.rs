@@ -20,6 +20,7 @@
 //! DLQ reason; `fail` marks it in another, which fails the batch; `drop` filters the row out.
 
 use serde::Deserialize;
+use sluice_core::names::column;
 
 /// The hidden column naming the first `dlq` rule a row broke.
 pub const VIOLATION_COLUMN: &str = "__sluice_violation";
@@ -197,7 +198,7 @@ fn literal(v: &serde_json::Value, what: &str) -> Result<String, String> {
 }
 
 fn sql_type(cast: &str) -> Result<&'static str, String> {
-    use sluice_engine::schema::ColumnType as C;
+    use sluice_core::schema::ColumnType as C;
     Ok(match C::parse(cast) {
         Some(C::Bool) => "BOOLEAN",
         Some(C::Int32) => "INT",
@@ -211,7 +212,7 @@ fn sql_type(cast: &str) -> Result<&'static str, String> {
 }
 
 /// The metadata columns every task list carries through.
-const META: [&str; 3] = ["_op", "_key", "_ts"];
+const META: [&str; 3] = column::HIDDEN;
 
 /// Compiles `tasks` over input columns `columns` into one `SELECT … FROM source`. Errors name
 /// the task (`tasks[2]`) and the field.

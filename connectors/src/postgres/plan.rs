@@ -11,6 +11,7 @@ use sluice_engine::record::UNAVAILABLE_VALUE;
 use super::quote_ident;
 use super::sink::{PostgresSinkOptions, TruncatePolicy, WriteMode};
 use crate::file::encode_json_lines;
+use sluice_engine::names::column;
 
 /// An output row's index in the batch and a JSON object for it.
 pub(super) type RowJson = (usize, Vec<u8>);
@@ -68,7 +69,7 @@ impl Plan {
             let mut buf = Vec::new();
             encode_json_lines(std::slice::from_ref(&data), &mut buf)?;
             let lines = buf.split(|c| *c == b'\n').filter(|l| !l.is_empty());
-            let ops = text_column(b, "_op");
+            let ops = text_column(b, column::OP);
             let op = |i: usize| ops.filter(|o| o.is_valid(i)).map(|o| o.value(i));
             if !keyed {
                 for (i, line) in lines.enumerate() {
@@ -96,7 +97,7 @@ impl Plan {
             let mut kbuf = Vec::new();
             encode_json_lines(std::slice::from_ref(&key_cols), &mut kbuf)?;
             let key_lines = kbuf.split(|c| *c == b'\n').filter(|l| !l.is_empty());
-            let kafka_keys = text_column(b, "_key");
+            let kafka_keys = text_column(b, column::KEY);
             for (i, (line, key_line)) in lines.zip(key_lines).enumerate() {
                 if op(i) == Some("t") {
                     if options.truncate == TruncatePolicy::Apply {

@@ -38,6 +38,7 @@ use tokio_postgres::error::SqlState;
 
 use super::plan::{Plan, json_array};
 use super::{PgTarget, PostgresConnection, classify, client_config, connect, quote_ident, server_message};
+use sluice_engine::names::column;
 
 /// How rows change the table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -93,7 +94,7 @@ pub enum TruncatePolicy {
 }
 
 /// Columns of the SQL output that steer the sink rather than being written.
-const META: [&str; 3] = ["_op", "_key", "_ts"];
+const META: [&str; 3] = column::HIDDEN;
 
 /// Writes rows to a PostgreSQL table.
 pub struct PostgresSink {

@@ -56,10 +56,7 @@ pub struct KafkaSettings {
 /// The namespace unless the config names another.
 pub const DEFAULT_NAMESPACE: &str = "sluice";
 
-/// The default record size limit: under librdkafka's and Kafka's own default limits
-/// (1,000,000 and 1,048,588 bytes) with room for the record's headers and framing, so a record
-/// sluice accepts is one every default cluster takes.
-pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000 - 24 * 1024;
+pub use sluice_core::names::DEFAULT_MAX_RECORD_BYTES;
 
 /// What a record may add to its key and payload on the wire (headers, framing), on top of
 /// `max_record_bytes`, for the producer's own size check.

@@ -10,6 +10,7 @@ use rdkafka::producer::FutureRecord;
 use crate::kafka::KafkaSettings;
 use crate::producer::{Delivery, Producer};
 use crate::record::now_ms;
+use sluice_core::names::dlq_header;
 
 /// Writes to the flow's DLQ topic: the original key and payload, with the reason in headers.
 ///
@@ -87,27 +88,27 @@ impl DeadLetters {
             (key, payload, reason)
         };
         let mut headers = OwnedHeaders::new()
-            .insert(Header { key: "sluice.flow", value: Some(self.flow.as_str()) })
-            .insert(Header { key: "sluice.stage", value: Some(origin.stage) })
-            .insert(Header { key: "sluice.error", value: Some(reason) })
-            .insert(Header { key: "sluice.attempts", value: Some(attempts.as_str()) })
-            .insert(Header { key: "sluice.ts_ms", value: Some(now.as_str()) });
+            .insert(Header { key: dlq_header::FLOW, value: Some(self.flow.as_str()) })
+            .insert(Header { key: dlq_header::STAGE, value: Some(origin.stage) })
+            .insert(Header { key: dlq_header::ERROR, value: Some(reason) })
+            .insert(Header { key: dlq_header::ATTEMPTS, value: Some(attempts.as_str()) })
+            .insert(Header { key: dlq_header::TS_MS, value: Some(now.as_str()) });
         if let Some((topic, partition, offset)) = origin.kafka {
             headers = headers
-                .insert(Header { key: "sluice.topic", value: Some(topic) })
-                .insert(Header { key: "sluice.partition", value: Some(&partition.to_string()) })
-                .insert(Header { key: "sluice.offset", value: Some(&offset.to_string()) });
+                .insert(Header { key: dlq_header::TOPIC, value: Some(topic) })
+                .insert(Header { key: dlq_header::PARTITION, value: Some(&partition.to_string()) })
+                .insert(Header { key: dlq_header::OFFSET, value: Some(&offset.to_string()) });
         }
         if let Some(source) = origin.source {
             headers = headers.insert(Header {
-                key: "sluice.source",
+                key: dlq_header::SOURCE,
                 value: Some(std::str::from_utf8(prefix(source.as_bytes(), KEPT_SHORT_BYTES)).unwrap_or_default()),
             });
         }
         if cut {
             headers = headers
-                .insert(Header { key: TRUNCATED_HEADER, value: Some("true") })
-                .insert(Header { key: "sluice.original_bytes", value: Some(original_bytes.as_str()) });
+                .insert(Header { key: dlq_header::TRUNCATED, value: Some("true") })
+                .insert(Header { key: dlq_header::ORIGINAL_BYTES, value: Some(original_bytes.as_str()) });
         }
         let mut rec = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(payload).headers(headers);
         if let Some(k) = key {
@@ -116,9 +117,6 @@ impl DeadLetters {
         enqueue(&self.producer, rec).await
     }
 }
-
-/// The header that marks a dead letter whose payload was cut to fit: it cannot be replayed.
-pub const TRUNCATED_HEADER: &str = "sluice.truncated";
 
 /// At most the first `n` bytes of `bytes`, not splitting a UTF-8 character.
 fn prefix(bytes: &[u8], n: usize) -> &[u8] {

@@ -42,9 +42,9 @@ use crate::kafka::KafkaSettings;
 use crate::ledger::Ledger;
 
 pub use claim::SourceClaim;
-pub use dead_letters::{DeadLetters, KEPT_BYTES, Origin, TRUNCATED_HEADER};
+pub use dead_letters::{DeadLetters, KEPT_BYTES, Origin};
 pub use process::writer_id;
-pub use retry::{BatchSettings, RetryPolicy, write_with_retry};
+pub use retry::{Backoff, BatchSettings, RetryPolicy, write_with_retry};
 pub use runs::{RunReporter, latest_runs};
 pub use sink_worker::{SinkConsumerContext, SinkInput, SinkSummary, StopAt, run_sink};
 pub use source_owner::{SourceHalf, run_claimed_source};

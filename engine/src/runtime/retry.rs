@@ -60,6 +60,49 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The waits between attempts at one thing that keeps failing, within a [`RetryPolicy`]:
+/// exponential, with full jitter (so workers that failed together do not retry together), at
+/// least what the service asked for. The one backoff every retry loop of a flow uses — the
+/// sink's writes and the source's reads alike.
+pub struct Backoff {
+    delays: backon::ExponentialBackoff,
+    max_elapsed: Duration,
+    started: Instant,
+    attempts: usize,
+}
+
+impl Backoff {
+    /// A backoff starting now, for the first failure.
+    pub fn new(policy: &RetryPolicy) -> Self {
+        use backon::BackoffBuilder as _;
+        let delays = backon::ExponentialBuilder::default()
+            .with_min_delay(policy.initial)
+            .with_max_delay(policy.max_delay)
+            .with_max_times(policy.max_attempts.saturating_sub(1))
+            .with_jitter()
+            .build();
+        Backoff { delays, max_elapsed: policy.max_elapsed, started: Instant::now(), attempts: 0 }
+    }
+
+    /// Records a failed attempt that asked for at least `retry_after`: the wait before the
+    /// next one, or `None` when the policy's attempts or time are spent.
+    pub fn next(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
+        self.attempts += 1;
+        let delay = self.delays.next()?.max(retry_after.unwrap_or_default());
+        (self.started.elapsed() + delay <= self.max_elapsed).then_some(delay)
+    }
+
+    /// Attempts made so far.
+    pub fn attempts(&self) -> usize {
+        self.attempts
+    }
+
+    /// Time since the first failure.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
 /// Writes `batches` to `sink`, retrying retriable failures within `policy`.
 pub async fn write_with_retry(
     flow: &str,
@@ -69,36 +112,24 @@ pub async fn write_with_retry(
     policy: &RetryPolicy,
     shutdown: &CancellationToken,
 ) -> Result<Written, FlowError> {
-    use backon::BackoffBuilder as _;
-    let started = Instant::now();
-    let mut delays = backon::ExponentialBuilder::default()
-        .with_min_delay(policy.initial)
-        .with_max_delay(policy.max_delay)
-        .with_max_times(policy.max_attempts.saturating_sub(1))
-        .with_jitter()
-        .build();
-    let mut attempts = 0;
+    let mut backoff = Backoff::new(policy);
     loop {
-        attempts += 1;
         let err = match sink.write(batches, write).await {
             Ok(w) => return Ok(w),
             Err(e) => e,
         };
-        let give_up = |source| FlowError::RetriesExhausted {
-            flow: flow.to_owned(),
-            attempts,
-            secs: started.elapsed().as_secs(),
-            source: Box::new(source),
-        };
         if !err.is_retriable() {
             return Err(FlowError::Connector { flow: flow.to_owned(), source: Box::new(err) });
         }
-        let Some(delay) = delays.next() else { return Err(give_up(err)) };
-        let delay = delay.max(err.retry_after().unwrap_or_default());
-        if started.elapsed() + delay > policy.max_elapsed {
-            return Err(give_up(err));
-        }
-        tracing::warn!(flow, attempt = attempts, wait_ms = delay.as_millis() as u64, error = %err, "write failed; retrying");
+        let Some(delay) = backoff.next(err.retry_after()) else {
+            return Err(FlowError::RetriesExhausted {
+                flow: flow.to_owned(),
+                attempts: backoff.attempts(),
+                secs: backoff.elapsed().as_secs(),
+                source: Box::new(err),
+            });
+        };
+        tracing::warn!(flow, attempt = backoff.attempts(), wait_ms = delay.as_millis() as u64, error = %err, "write failed; retrying");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return Err(FlowError::StoppedWhileRetrying { flow: flow.to_owned() }),

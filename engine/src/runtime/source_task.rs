@@ -8,6 +8,7 @@ use tracing::Instrument;
 
 use super::FlowContext;
 use super::dead_letters::{DeadLetters, Origin, confirm, enqueue};
+use super::retry::Backoff;
 use crate::connector::{Poll, Position, Source, SourceItem};
 use crate::error::FlowError;
 use crate::errors_policy::ErrorMode;
@@ -135,7 +136,7 @@ pub async fn run_source(
         .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
     // A source's upstream may hiccup (a database restarting, a connection reset): retriable
     // errors are retried within the flow's retry policy, counted from the first failure.
-    let mut failing: Option<(Instant, usize)> = None;
+    let mut failing: Option<Backoff> = None;
     let mut progressed = false;
     loop {
         if ctx.shutdown.is_cancelled() {
@@ -170,23 +171,16 @@ pub async fn run_source(
                 p
             }
             Err(e) if e.is_retriable() => {
-                let (since, attempts) = failing.get_or_insert((Instant::now(), 0));
-                *attempts += 1;
-                let policy = &ctx.batch.retry;
-                let wait = policy
-                    .initial
-                    .saturating_mul(1 << (*attempts - 1).min(16))
-                    .min(policy.max_delay)
-                    .max(e.retry_after().unwrap_or_default());
-                if *attempts >= policy.max_attempts || since.elapsed() + wait > policy.max_elapsed {
+                let backoff = failing.get_or_insert_with(|| Backoff::new(&ctx.batch.retry));
+                let Some(wait) = backoff.next(e.retry_after()) else {
                     return Err(FlowError::RetriesExhausted {
                         flow: ctx.flow.clone(),
-                        attempts: *attempts,
-                        secs: since.elapsed().as_secs(),
+                        attempts: backoff.attempts(),
+                        secs: backoff.elapsed().as_secs(),
                         source: Box::new(e),
                     });
-                }
-                tracing::warn!(flow = %ctx.flow, attempt = *attempts, wait_ms = wait.as_millis() as u64, error = %e, "reading the source failed; retrying");
+                };
+                tracing::warn!(flow = %ctx.flow, attempt = backoff.attempts(), wait_ms = wait.as_millis() as u64, error = %e, "reading the source failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),

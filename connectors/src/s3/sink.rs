@@ -1,4 +1,4 @@
-//! `s3`: output rows written as objects to Amazon S3 or any S3-protocol server (MinIO, Ceph, …).
+//! The `s3` sink.
 //!
 //! Each write is one object holding the rows of one partition's batch (the sink asks the runtime
 //! for per-partition writes), in JSON lines, CSV or Parquet (written straight from the Arrow
@@ -23,58 +23,24 @@
 //!
 //! Rows of one write whose per-row parts differ go to different objects; each object's key still
 //! names the batch's first offset, so the whole set is deterministic.
-//!
-//! Wrong credentials and a missing bucket fail the flow naming the connection; timeouts, 5xx
-//! and throttling are retried.
-
-use std::io::Write as _;
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use serde::Deserialize;
 use sluice_engine::connector::{Sink, WriteContext, Written};
 use sluice_engine::error::ConnectorError;
-use sluice_engine::secret::Secret;
+use sluice_engine::names::column;
 
+use super::template::{Origin, Part, civil, parse_template};
+use super::{S3Connection, classify, client};
 use crate::file::encode_json_lines;
-
-use crate::connector::{BuiltSink, Connector, Context, Input, Unsupported};
-
-/// The `s3` connection: where the service is and how to sign requests.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Connection {
-    /// The region (`us-east-1` by default; S3-protocol servers mostly accept any).
-    #[serde(default = "default_region")]
-    pub region: String,
-    /// The service's URL, for S3-protocol servers other than AWS (`http://minio:9000`).
-    pub endpoint: Option<String>,
-    /// Address buckets as `endpoint/bucket/key` rather than `bucket.endpoint/key` (what most
-    /// S3-protocol servers need).
-    #[serde(default)]
-    pub path_style: bool,
-    /// The access key id.
-    pub access_key_id: Secret,
-    /// The secret access key.
-    pub secret_access_key: Secret,
-    /// A session token, for temporary credentials.
-    pub session_token: Option<Secret>,
-    /// Allow an endpoint on a loopback, private, link-local or other non-public address (a MinIO
-    /// on the local network): off by default, as for every outbound client (see `crate::guard`).
-    #[serde(default)]
-    pub allow_private_addresses: bool,
-}
-
-fn default_region() -> String {
-    "us-east-1".into()
-}
 
 /// Object formats.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -142,65 +108,9 @@ fn default_part_size() -> usize {
     8 << 20
 }
 
-/// One part of a key template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Flow,
-    Topic,
-    Partition,
-    FirstOffset,
-    LastOffset,
-    Ext,
-    Date,
-    Hour,
-    RunId,
-    SchemaVersion,
-    Field(String),
-}
-
-const PARTS: &str = "{flow}, {topic}, {partition}, {first_offset}, {last_offset}, {ext}, {date}, {hour}, \
-                     {field:COLUMN}, {run_id}, {schema_version}";
-
-/// Splits a key template into its parts.
-fn parse_template(path: &str) -> Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut rest = path;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            parts.push(Part::Text(rest[..open].to_owned()));
-        }
-        let Some(len) = rest[open..].find('}') else {
-            return Err(format!("`path`: `{{` without a closing `}}` in `{path}`"));
-        };
-        let name = &rest[open + 1..open + len];
-        parts.push(match name {
-            "flow" => Part::Flow,
-            "topic" => Part::Topic,
-            "partition" => Part::Partition,
-            "first_offset" => Part::FirstOffset,
-            "last_offset" => Part::LastOffset,
-            "ext" => Part::Ext,
-            "date" => Part::Date,
-            "hour" => Part::Hour,
-            "run_id" => Part::RunId,
-            "schema_version" => Part::SchemaVersion,
-            _ => match name.strip_prefix("field:") {
-                Some(column) if !column.is_empty() => Part::Field(column.to_owned()),
-                _ => return Err(format!("`path`: unknown part `{{{name}}}`; expected one of {PARTS}")),
-            },
-        });
-        rest = &rest[open + len + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_owned()));
-    }
-    Ok(parts)
-}
-
 /// Writes batches as objects.
 pub struct S3Sink {
-    client: aws_sdk_s3::Client,
+    pub(super) client: aws_sdk_s3::Client,
     connection: String,
     bucket: String,
     flow: String,
@@ -214,55 +124,6 @@ pub struct S3Sink {
 
 /// Rows of one input batch: its index and the row indices.
 type BatchRows = (usize, Vec<u32>);
-
-/// Where a write's rows were read from, out of its batch id ("topic/partition:first-last").
-struct Origin<'a> {
-    topic: &'a str,
-    partition: &'a str,
-    first: u64,
-    last: u64,
-}
-
-impl<'a> Origin<'a> {
-    fn of(batch_id: &'a str) -> Origin<'a> {
-        let (topic, range) = batch_id.rsplit_once('/').unwrap_or((batch_id, ""));
-        let (partition, offsets) = range.split_once(':').unwrap_or(("0", range));
-        let (first, last) = offsets.split_once('-').unwrap_or((offsets, offsets));
-        Origin { topic, partition, first: first.parse().unwrap_or(0), last: last.parse().unwrap_or(0) }
-    }
-}
-
-/// The S3 client of connection `name`: its credentials, region and endpoint, names resolved
-/// through the address guard, and no retries of its own (the runtime retries with the flow's
-/// policy; one layer of retries is enough).
-fn client(name: &str, conn: &S3Connection) -> Result<aws_sdk_s3::Client, ConnectorError> {
-    let credentials = aws_sdk_s3::config::Credentials::new(
-        conn.access_key_id.expose(),
-        conn.secret_access_key.expose(),
-        conn.session_token.as_ref().map(|t| t.expose().to_owned()),
-        None,
-        "sluice-config",
-    );
-    let mut config = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(conn.region.clone()))
-        .credentials_provider(credentials)
-        .force_path_style(conn.path_style)
-        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled());
-    if let Some(endpoint) = &conn.endpoint {
-        crate::guard::checked_url(endpoint, conn.allow_private_addresses)
-            .map_err(|e| ConnectorError::User(format!("s3 connection `{name}`: `endpoint`: {e}")))?;
-        config = config.endpoint_url(endpoint);
-    }
-    // Names resolve through the guard, as for every outbound client.
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .build_with_resolver(crate::guard::S3Resolver::new(conn.allow_private_addresses));
-    config = config.http_client(http);
-    Ok(aws_sdk_s3::Client::from_conf(config.build()))
-}
 
 impl S3Sink {
     /// A sink writing to bucket `object` through connection `name`, for flow `flow`.
@@ -328,7 +189,7 @@ impl S3Sink {
         batches: &[RecordBatch],
         ctx: WriteContext<'_>,
     ) -> Result<Vec<(String, Vec<RecordBatch>)>, ConnectorError> {
-        let origin = Origin::of(ctx.batch_id);
+        let origin = Origin::of(ctx.batch_id)?;
         let schema_version = if self.template.contains(&Part::SchemaVersion) {
             match batches.first() {
                 Some(b) => self.avro_rows(&b.schema())?.fingerprint(),
@@ -359,7 +220,7 @@ impl S3Sink {
             .collect();
         let has_ts = batches
             .iter()
-            .any(|b| b.column_by_name("_ts").is_some_and(|c| c.as_any().is::<TimestampMillisecondArray>()));
+            .any(|b| b.column_by_name(column::TS).is_some_and(|c| c.as_any().is::<TimestampMillisecondArray>()));
         let per_row = self
             .template
             .iter()
@@ -383,7 +244,8 @@ impl S3Sink {
         let mut groups: Vec<(String, Vec<BatchRows>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for (bi, batch) in batches.iter().enumerate() {
-            let ts = batch.column_by_name("_ts").and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>());
+            let ts =
+                batch.column_by_name(column::TS).and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>());
             let mut fields = HashMap::new();
             for p in &self.template {
                 if let Part::Field(name) = p
@@ -619,87 +481,11 @@ impl Sink for S3Sink {
     }
 }
 
-/// Lists the bucket's first key, to check credentials and the bucket for `connections test`.
-pub async fn test_connection(name: &str, conn: &S3Connection) -> Result<String, ConnectorError> {
-    healthcheck(name, &client(name, conn)?).await
-}
-
-/// Lists the buckets with `client`: signed in, and how many buckets the credentials see.
-async fn healthcheck(name: &str, client: &aws_sdk_s3::Client) -> Result<String, ConnectorError> {
-    let out = client
-        .list_buckets()
-        .send()
-        .await
-        .map_err(|e| classify(&format!("listing buckets (s3 connection `{name}`)"), e))?;
-    Ok(format!("signed in; {} bucket(s) visible", out.buckets().len()))
-}
-
-/// Sorts an SDK error: the user's to fix (credentials, a missing bucket), or worth a retry.
-fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
-    doing: &str,
-    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> ConnectorError {
-    let status = e.raw_response().map(|r| r.status().as_u16());
-    let code = e.code().map(str::to_owned);
-    let message = match (&code, e.message()) {
-        (Some(c), Some(m)) => format!("{c}: {m}"),
-        (Some(c), None) => c.clone(),
-        _ => {
-            let mut text = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                text.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            text
-        }
-    };
-    let user = matches!(
-        code.as_deref(),
-        Some(
-            "NoSuchBucket"
-                | "AccessDenied"
-                | "InvalidAccessKeyId"
-                | "SignatureDoesNotMatch"
-                | "InvalidBucketName"
-                | "AllAccessDisabled"
-                | "AuthorizationHeaderMalformed"
-        )
-    ) || status.is_some_and(|s| matches!(s, 400 | 401 | 403 | 404));
-    if user {
-        ConnectorError::User(format!("{doing}: {message}"))
-    } else {
-        ConnectorError::Retriable { context: doing.to_owned(), message, retry_after: None }
-    }
-}
-
-/// UTC `YYYY-MM-DD` and `HH` of a time in milliseconds (the civil-from-days algorithm).
-fn civil(ms: i64) -> (String, String) {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (format!("{y:04}-{m:02}-{d:02}"), format!("{:02}", rem / 3600))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil(0), ("1970-01-01".into(), "00".into()));
-        assert_eq!(civil(1_798_156_800_000 + 13 * 3_600_000), ("2026-12-25".into(), "13".into()));
-        assert_eq!(civil(951_782_400_000), ("2000-02-29".into(), "00".into()));
-    }
+    use sluice_engine::secret::Secret;
 
     #[test]
     fn keys_follow_the_template_and_the_batch() {
@@ -784,54 +570,5 @@ mod tests {
         let mut sink = S3Sink::new("lake", &conn, "bucket", missing, "orders").unwrap();
         let e = sink.objects(&[batch], ctx).unwrap_err().to_string();
         assert!(e.contains("no column `nope`") && e.contains("country, _ts"), "{e}");
-    }
-}
-
-/// The `s3` connector: objects in a bucket of any S3-protocol store, a destination only.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct S3Connector;
-
-#[async_trait]
-impl Connector for S3Connector {
-    const NAME: &'static str = "s3";
-    type Connection = S3Connection;
-    type SourceOptions = Unsupported;
-    type SinkOptions = S3SinkOptions;
-
-    async fn healthcheck(&self, ctx: Context<'_>, conn: &S3Connection) -> Result<String, ConnectorError> {
-        test_connection(ctx.connection, conn).await
-    }
-
-    fn build_source(
-        &self,
-        _: Context<'_>,
-        _: &S3Connection,
-        _: &str,
-        o: &Unsupported,
-        _: bool,
-    ) -> Result<Input, ConnectorError> {
-        match *o {}
-    }
-
-    fn check_sink(
-        &self,
-        ctx: Context<'_>,
-        conn: &S3Connection,
-        object: &str,
-        options: &S3SinkOptions,
-    ) -> Result<(), ConnectorError> {
-        S3Sink::new(ctx.connection, conn, object, options.clone(), ctx.flow).map(drop)
-    }
-
-    async fn build_sink(
-        &self,
-        ctx: Context<'_>,
-        conn: &S3Connection,
-        object: &str,
-        options: &S3SinkOptions,
-    ) -> Result<BuiltSink, ConnectorError> {
-        let sink = S3Sink::new(ctx.connection, conn, object, options.clone(), ctx.flow)?;
-        let (name, client) = (ctx.connection.to_owned(), sink.client.clone());
-        Ok(BuiltSink { sink: Box::new(sink), healthcheck: Box::pin(async move { healthcheck(&name, &client).await }) })
     }
 }
