@@ -24,6 +24,7 @@ mod inspect;
 mod logging;
 mod plan;
 mod registry;
+mod rest_spec;
 mod run;
 mod sql_test;
 mod stop;

@@ -63,6 +63,17 @@ impl Registry {
         self
     }
 
+    /// This registry and the REST connector `spec` describes (see [`crate::rest_spec`]).
+    pub fn with_spec(mut self, spec: sluice_connectors::http::spec::RestSpec) -> Result<Self, String> {
+        spec.check()?;
+        if self.get(&spec.name).is_some() {
+            return Err(format!("a connector named `{}` exists already; name the spec otherwise", spec.name));
+        }
+        self.connectors.push(Arc::new(crate::rest_spec::SpecConnector::new(spec)));
+        self.connectors.sort_by_key(|c| c.name());
+        Ok(self)
+    }
+
     /// The connector names, sorted.
     pub fn names(&self) -> Vec<&'static str> {
         self.connectors.iter().map(|c| c.name()).collect()
@@ -93,6 +104,18 @@ impl fmt::Debug for Connection {
 pub struct Options {
     connector: &'static str,
     value: Arc<dyn Any + Send + Sync>,
+}
+
+impl Options {
+    /// Options parsed by connector `connector`.
+    pub(crate) fn new(connector: &'static str, value: Arc<dyn Any + Send + Sync>) -> Self {
+        Options { connector, value }
+    }
+
+    /// The options, if they are a `T`.
+    pub(crate) fn get<T: 'static>(&self) -> Option<&T> {
+        self.value.downcast_ref()
+    }
 }
 
 impl fmt::Debug for Options {
@@ -129,9 +152,9 @@ impl Connection {
         self.connector.sink_options(node, path)
     }
 
-    /// The row schema the source defines itself, when it does.
-    pub fn source_schema(&self, options: &Options) -> Option<RowSchema> {
-        self.connector.source_schema(options)
+    /// The row schema the source defines itself for `object`, when it does.
+    pub fn source_schema(&self, object: &str, options: &Options) -> Option<RowSchema> {
+        self.connector.source_schema(object, options)
     }
 
     /// How the payloads the flow's SQL reads are encoded.
@@ -201,7 +224,7 @@ pub(crate) trait Registered: Send + Sync {
     fn connection(&self, node: &yaml::Node, path: &str) -> Result<Arc<dyn Any + Send + Sync>, yaml::Error>;
     fn source_options(&self, node: &yaml::Node, path: &str) -> Result<Options, yaml::Error>;
     fn sink_options(&self, node: &yaml::Node, path: &str) -> Result<Options, yaml::Error>;
-    fn source_schema(&self, options: &Options) -> Option<RowSchema>;
+    fn source_schema(&self, object: &str, options: &Options) -> Option<RowSchema>;
     fn payload_format(&self, options: &Options) -> PayloadFormat;
     fn check_source(
         &self,
@@ -284,8 +307,8 @@ impl<C: Connector> Registered for Erased<C> {
         Ok(Options { connector: C::NAME, value: Arc::new(yaml::from_node::<C::SinkOptions>(node, path)?) })
     }
 
-    fn source_schema(&self, options: &Options) -> Option<RowSchema> {
-        self.source(options).ok().and_then(|o| self.0.source_schema(o))
+    fn source_schema(&self, object: &str, options: &Options) -> Option<RowSchema> {
+        self.source(options).ok().and_then(|o| self.0.source_schema(object, o))
     }
 
     fn payload_format(&self, options: &Options) -> PayloadFormat {

@@ -16,47 +16,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use common::apis::{Tickets, export, ticket};
 use common::http::serve;
 use common::kafka::Kafka;
 use common::{read_jsonl, run, write};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-/// Zendesk's incremental ticket export: `start_time` or `cursor`, `after_cursor`, `end_of_stream`.
-struct Tickets {
-    tickets: Mutex<Vec<Value>>,
-    requests: AtomicUsize,
-}
-
-async fn export(
-    State(s): State<Arc<Tickets>>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer zd-token") {
-        return (StatusCode::UNAUTHORIZED, "no").into_response();
-    }
-    if s.requests.fetch_add(1, Ordering::SeqCst) == 2 {
-        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down").into_response();
-    }
-    let all = s.tickets.lock().unwrap().clone();
-    let start = match (q.get("cursor"), q.get("start_time")) {
-        (Some(c), _) => c.parse::<usize>().unwrap(),
-        (None, Some(t)) => {
-            let t: i64 = t.parse().unwrap();
-            all.iter().position(|x| x["updated_at"].as_i64().unwrap() >= t).unwrap_or(all.len())
-        }
-        (None, None) => return (StatusCode::BAD_REQUEST, "start_time or cursor required").into_response(),
-    };
-    let end = (start + 100).min(all.len());
-    Json(json!({"tickets": all[start..end], "after_cursor": end.to_string(), "end_of_stream": end == all.len()}))
-        .into_response()
-}
-
-fn ticket(id: i64) -> Value {
-    json!({"id": id, "subject": format!("ticket {id}"), "updated_at": 1_700_000_000 + id})
-}
 
 fn a_zendesk_style_cursor_export_is_read_whole_then_resumed(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();

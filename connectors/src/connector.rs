@@ -91,8 +91,9 @@ pub trait Connector: Send + Sync + 'static {
     /// Reaches the service and logs in, without running a flow (`sluice connections test`).
     async fn healthcheck(&self, ctx: Context<'_>, conn: &Self::Connection) -> Result<String, ConnectorError>;
 
-    /// The row schema the source defines itself, when it does (a flow may then omit `schema:`).
-    fn source_schema(&self, _options: &Self::SourceOptions) -> Option<RowSchema> {
+    /// The row schema the source defines itself for `object`, when it does (a flow may then
+    /// omit `schema:`).
+    fn source_schema(&self, _object: &str, _options: &Self::SourceOptions) -> Option<RowSchema> {
         None
     }
 

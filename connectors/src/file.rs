@@ -192,9 +192,14 @@ impl FileSource {
                 let mut r = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(file);
                 let headers = r
                     .headers()
-                    .map_err(|e| ConnectorError::Other {
-                        context: format!("reading CSV header of {}", path.display()),
-                        message: e.to_string(),
+                    .map_err(|e| {
+                        let context = format!("reading CSV header of {}", path.display());
+                        // A disk that failed may pass; a header that does not parse will not.
+                        if e.is_io_error() {
+                            ConnectorError::retriable(context, e.to_string())
+                        } else {
+                            ConnectorError::User(format!("{context}: {e}"))
+                        }
                     })?
                     .clone();
                 self.line = 2;
@@ -461,10 +466,9 @@ pub fn encode_json_lines(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(
     let mut w =
         arrow_json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow_json::writer::LineDelimited>(out);
     for b in batches {
-        w.write(b)
-            .map_err(|e| ConnectorError::Other { context: "encoding rows as JSON".into(), message: e.to_string() })?;
+        w.write(b).map_err(|e| ConnectorError::internal("encoding rows as JSON", e.to_string()))?;
     }
-    w.finish().map_err(|e| ConnectorError::Other { context: "encoding rows as JSON".into(), message: e.to_string() })
+    w.finish().map_err(|e| ConnectorError::internal("encoding rows as JSON", e.to_string()))
 }
 
 #[async_trait]

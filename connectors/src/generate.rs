@@ -34,7 +34,7 @@ impl Connector for GenerateConnector {
         Ok("synthetic data; nothing to reach".into())
     }
 
-    fn source_schema(&self, _: &GenerateOptions) -> Option<RowSchema> {
+    fn source_schema(&self, _: &str, _: &GenerateOptions) -> Option<RowSchema> {
         Some(schema())
     }
 

@@ -57,6 +57,8 @@ pub struct HttpSourceOptions {
     /// Seconds between pulls once a continuous flow has caught up.
     #[serde(default = "default_poll_interval")]
     pub poll_interval_secs: u64,
+    /// At most this many requests per second (unset: as fast as the answers come).
+    pub rate_limit_per_sec: Option<std::num::NonZeroU32>,
 }
 
 fn default_poll_interval() -> u64 {
@@ -141,6 +143,8 @@ pub struct HttpSource {
     /// This pull's incremental start parameter, sent with every page.
     run_start: Option<(String, String)>,
     next_pull: Option<Instant>,
+    /// When the last request went out, for the rate limit.
+    last_request: Option<Instant>,
 }
 
 impl HttpSource {
@@ -174,6 +178,7 @@ impl HttpSource {
             resume_cursor: None,
             run_start: None,
             next_pull: None,
+            last_request: None,
         })
     }
 
@@ -246,6 +251,11 @@ impl HttpSource {
         // A next page's URL comes from the answer (a `Link` header): it is outside input.
         let url = self.next_url();
         self.endpoint.check(&url)?;
+        if let (Some(rate), Some(last)) = (self.options.rate_limit_per_sec, self.last_request) {
+            let gap = Duration::from_secs(1) / rate.get();
+            tokio::time::sleep(gap.saturating_sub(last.elapsed())).await;
+        }
+        self.last_request = Some(Instant::now());
         let request = self.endpoint.client.get(url);
         let resp = self.endpoint.authorize(request).await?.send().await.map_err(|e| ConnectorError::Retriable {
             context: doing.clone(),
@@ -328,10 +338,9 @@ impl Source for HttpSource {
         let (text, link) = self.fetch().await?;
         let doing = self.doing();
         // invariant: `fetch` checked that the body is JSON.
-        let body: &RawValue = serde_json::from_str(&text).map_err(|e| ConnectorError::Other {
-            context: doing.clone(),
-            message: format!("reading the answer: {e}"),
-        })?;
+        // A page that is not JSON (a proxy's error page answered with 200) may pass.
+        let body: &RawValue = serde_json::from_str(&text)
+            .map_err(|e| ConnectorError::retriable(doing.clone(), format!("reading the answer: {e}")))?;
         let at = |pointer: &str| {
             json_text::pointer(body, pointer).map_err(|e| ConnectorError::User(format!("{doing}: {e}")))
         };

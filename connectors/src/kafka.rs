@@ -115,14 +115,14 @@ impl KafkaSink {
         flow: &str,
         registry: Option<Arc<dyn SchemaRegistry>>,
     ) -> Result<Self, ConnectorError> {
-        settings.ensure_topics(&[topic]).await.map_err(|e| ConnectorError::Other {
-            context: format!("preparing topic `{topic}`"),
-            message: e.to_string(),
-        })?;
-        let producer = settings.producer(&format!("sluice.{flow}.sink")).map_err(|e| ConnectorError::Other {
-            context: "creating Kafka sink producer".into(),
-            message: e.to_string(),
-        })?;
+        settings
+            .ensure_topics(&[topic])
+            .await
+            .map_err(|e| ConnectorError::retriable(format!("preparing topic `{topic}`"), e.to_string()))?;
+        // librdkafka refuses a producer only for its settings: the connection's to fix.
+        let producer = settings
+            .producer(&format!("sluice.{flow}.sink"))
+            .map_err(|e| ConnectorError::User(format!("creating Kafka sink producer: {e}")))?;
         Ok(KafkaSink {
             producer,
             topic: topic.to_owned(),
@@ -192,10 +192,9 @@ impl Sink for KafkaSink {
             let body = match key_idx {
                 Some(i) => {
                     let keep: Vec<usize> = (0..batch.num_columns()).filter(|c| *c != i).collect();
-                    batch.project(&keep).map_err(|e| ConnectorError::Other {
-                        context: "dropping `_key` from the payload".into(),
-                        message: e.to_string(),
-                    })?
+                    batch
+                        .project(&keep)
+                        .map_err(|e| ConnectorError::internal("dropping `_key` from the payload", e.to_string()))?
                 }
                 None => batch.clone(),
             };
@@ -210,11 +209,9 @@ impl Sink for KafkaSink {
                     values
                         .into_iter()
                         .map(|v| {
-                            let datum =
-                                apache_avro::to_avro_datum(rows.schema(), v).map_err(|e| ConnectorError::Other {
-                                    context: format!("encoding Avro for `{}`", self.topic),
-                                    message: e.to_string(),
-                                })?;
+                            let datum = apache_avro::to_avro_datum(rows.schema(), v).map_err(|e| {
+                                ConnectorError::internal(format!("encoding Avro for `{}`", self.topic), e.to_string())
+                            })?;
                             let mut framed = Vec::with_capacity(datum.len() + 5);
                             frame_wire(id, &datum, &mut framed);
                             Ok(std::borrow::Cow::Owned(framed))
@@ -376,6 +373,6 @@ async fn reach(name: &str, settings: KafkaSettings) -> Result<String, ConnectorE
     let topics = settings
         .check_reachable()
         .await
-        .map_err(|e| ConnectorError::Other { context: format!("kafka connection `{name}`"), message: e.to_string() })?;
+        .map_err(|e| ConnectorError::retriable(format!("kafka connection `{name}`"), e.to_string()))?;
     Ok(format!("cluster {} answered; {} topic(s) visible", settings.bootstrap_servers, topics.len()))
 }

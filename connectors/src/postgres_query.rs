@@ -185,9 +185,7 @@ impl QuerySource {
             // A new session has no open snapshot.
             self.snapshot = None;
         }
-        self.client
-            .as_ref()
-            .ok_or_else(|| ConnectorError::Other { context: self.doing(), message: "no connection".into() })
+        self.client.as_ref().ok_or_else(|| ConnectorError::internal(self.doing(), "no connection"))
     }
 
     /// The cursor column followed by the key columns, quoted, as `q.col`.

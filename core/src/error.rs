@@ -14,7 +14,13 @@ pub enum Domain {
     Internal,
 }
 
-/// An error from a connector (a source or a sink).
+/// An error from a connector (a source or a sink). The variant says whose fault it is and
+/// whether the runtime tries again: retrying is opt-in — only [`ConnectorError::Retriable`],
+/// Kafka client errors and I/O errors of a passing kind (a timeout, a reset connection, a full
+/// disk) are retried; a user's mistake and a bug in sluice stop the flow at once with the
+/// message. A record the destination refuses is not an error at all: it is an outcome
+/// ([`Written::rejected`](crate::connector::Written), or a source's `Malformed` item), and goes
+/// to the dead-letter topic while the flow goes on.
 #[derive(Debug, Error)]
 pub enum ConnectorError {
     /// Local file or socket I/O failed.
@@ -57,14 +63,6 @@ pub enum ConnectorError {
         /// What went wrong.
         message: String,
     },
-    /// Anything else a connector reports, with its context.
-    #[error("{context}: {message}")]
-    Other {
-        /// What was being done.
-        context: String,
-        /// What went wrong.
-        message: String,
-    },
 }
 
 impl ConnectorError {
@@ -78,22 +76,35 @@ impl ConnectorError {
         ConnectorError::Kafka { context: context.into(), source: Box::new(source) }
     }
 
+    /// A failure that may pass (a service down, throttling): the runtime tries again.
+    pub fn retriable(context: impl Into<String>, message: impl Into<String>) -> Self {
+        ConnectorError::Retriable { context: context.into(), message: message.into(), retry_after: None }
+    }
+
+    /// A broken invariant of sluice's own: never retried, reported as a bug.
+    pub fn internal(context: impl Into<String>, message: impl Into<String>) -> Self {
+        ConnectorError::Internal { context: context.into(), message: message.into() }
+    }
+
     /// Whose fault this is.
     pub fn domain(&self) -> Domain {
         match self {
             ConnectorError::User(_) => Domain::User,
             ConnectorError::Internal { .. } => Domain::Internal,
-            ConnectorError::Io { .. }
-            | ConnectorError::Kafka { .. }
-            | ConnectorError::Retriable { .. }
-            | ConnectorError::Other { .. } => Domain::External,
+            ConnectorError::Io { .. } | ConnectorError::Kafka { .. } | ConnectorError::Retriable { .. } => {
+                Domain::External
+            }
         }
     }
 
-    /// Whether trying the same write again may succeed: external failures may pass, a user's
-    /// mistake will not.
+    /// Whether trying the same thing again may succeed. Only errors that say so are retried:
+    /// an I/O error whose kind may pass, a Kafka client error, a [`ConnectorError::Retriable`].
     pub fn is_retriable(&self) -> bool {
-        self.domain() == Domain::External
+        match self {
+            ConnectorError::Retriable { .. } | ConnectorError::Kafka { .. } => true,
+            ConnectorError::Io { source, .. } => passing(source.kind()),
+            ConnectorError::User(_) | ConnectorError::Internal { .. } => false,
+        }
     }
 
     /// The wait the destination asked for, if it asked.
@@ -136,4 +147,53 @@ pub enum TransformError {
         /// The record's position in the batch handed to the stage.
         index: usize,
     },
+}
+
+/// Whether an I/O error of this kind may pass if tried again: a network hiccup, a timeout, a
+/// full disk that may be freed. Missing files, refused permissions and bad data do not.
+fn passing(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::Interrupted
+            | K::TimedOut
+            | K::WouldBlock
+            | K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::UnexpectedEof
+            | K::AddrInUse
+            | K::AddrNotAvailable
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown
+            | K::StorageFull
+            | K::ResourceBusy
+            | K::QuotaExceeded
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error as IoError, ErrorKind};
+
+    #[test]
+    fn only_errors_that_may_pass_are_retried() {
+        let io = |kind| ConnectorError::io("writing out/x.jsonl", IoError::from(kind));
+        assert!(io(ErrorKind::StorageFull).is_retriable());
+        assert!(io(ErrorKind::ConnectionReset).is_retriable());
+        assert!(!io(ErrorKind::PermissionDenied).is_retriable());
+        assert!(!io(ErrorKind::NotFound).is_retriable());
+        assert!(ConnectorError::retriable("posting batch", "HTTP 503").is_retriable());
+        assert!(!ConnectorError::internal("encoding rows as JSON", "bad type").is_retriable());
+        assert!(!ConnectorError::User("column `x` does not exist".into()).is_retriable());
+        assert_eq!(ConnectorError::internal("a", "b").domain(), Domain::Internal);
+        assert_eq!(
+            ConnectorError::internal("encoding rows", "bad type").to_string(),
+            "encoding rows: internal error (please report it): bad type"
+        );
+    }
 }

@@ -160,12 +160,22 @@ impl EmbeddedBroker {
             Ok(Err(e)) => return Err(BrokerError::Start(e)),
             Err(_) => return Err(BrokerError::Start("broker thread ended before it was ready".into())),
         }
-        // Wait until the listener accepts connections so the first client does not race it.
+        // Wait until the listener accepts connections so the first client does not race it. A
+        // broker that says it is ready but never answers is a failed start, not a success the
+        // first client finds out about.
+        let mut answered = false;
         for _ in 0..250 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                answered = true;
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if !answered {
+            stop.cancel();
+            return Err(BrokerError::Start(format!(
+                "the broker's listener on {addr} did not accept a connection within 5 s"
+            )));
         }
         Ok(EmbeddedBroker { bootstrap: addr.to_string(), stop, stopped: Some(stopped_rx), _lock: lock })
     }

@@ -15,9 +15,11 @@ use super::written::{FlowConfig, KafkaConfig, StorageKind};
 use super::yaml::{self, Kind, Node};
 use super::{ConfigError, Flow, KafkaSection, Location, Schedule, Trigger};
 use crate::registry::{Connection, Options, Registry, parse_connection};
+use sluice_connectors::http::spec::RestSpec;
 
-pub(super) struct Loader<'r> {
-    pub(super) registry: &'r Registry,
+pub(super) struct Loader {
+    /// The connectors known: the program's, and the REST specs the config lists.
+    pub(super) registry: Registry,
     pub(super) errors: Vec<ConfigError>,
     pub(super) kafka: Option<KafkaSection>,
     pub(super) kafka_seen: bool,
@@ -28,8 +30,8 @@ pub(super) struct Loader<'r> {
     pub(super) flow_index: usize,
 }
 
-impl<'r> Loader<'r> {
-    pub(super) fn new(registry: &'r Registry, errors: Vec<ConfigError>) -> Self {
+impl Loader {
+    pub(super) fn new(registry: Registry, errors: Vec<ConfigError>) -> Self {
         Loader {
             registry,
             errors,
@@ -69,6 +71,7 @@ impl<'r> Loader<'r> {
         for (k, v) in entries {
             match k.as_str() {
                 Some("connections" | "flows") => {}
+                Some("connector_specs") => self.specs(file, v),
                 Some("kafka") => {
                     if self.kafka_seen {
                         self.at(file, k, "kafka", "defined more than once");
@@ -82,10 +85,55 @@ impl<'r> Loader<'r> {
                     k,
                     other.unwrap_or("?"),
                     format!(
-                        "unknown field `{}`, expected one of `kafka`, `connections`, `flows`",
+                        "unknown field `{}`, expected one of `kafka`, `connector_specs`, `connections`, `flows`",
                         other.unwrap_or("?")
                     ),
                 ),
+            }
+        }
+    }
+
+    /// `connector_specs:` — REST connector spec files (relative to this config file), each
+    /// registered as a connection type before any connection is read.
+    fn specs(&mut self, file: &Path, node: &Node) {
+        let paths: Vec<String> = match yaml::from_node(node, "connector_specs") {
+            Ok(p) => p,
+            Err(e) => return self.err(file, e),
+        };
+        for (i, rel) in paths.iter().enumerate() {
+            let at = match &node.kind {
+                Kind::Seq(items) => items.get(i).unwrap_or(node),
+                _ => node,
+            };
+            let path = file.parent().unwrap_or(Path::new(".")).join(rel);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.at(file, at, &format!("connector_specs[{i}]"), format!("reading {}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let spec = match yaml::parse(&text) {
+                Ok(root) => match yaml::from_node::<RestSpec>(&root, "") {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        self.err(&path, e);
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    self.errors.push(ConfigError {
+                        file: path.clone(),
+                        line: Some(e.line),
+                        path: String::new(),
+                        message: format!("invalid YAML: {}", e.message),
+                    });
+                    continue;
+                }
+            };
+            match self.registry.clone().with_spec(spec) {
+                Ok(r) => self.registry = r,
+                Err(m) => self.errors.push(ConfigError { file: path, line: Some(1), path: String::new(), message: m }),
             }
         }
     }
@@ -399,7 +447,7 @@ impl<'r> Loader<'r> {
             }
         };
         let src_conn = self.connections.get(&f.source.connection);
-        let builtin = src_conn.and_then(|c| c.source_schema(&source));
+        let builtin = src_conn.and_then(|c| c.source_schema(&f.source.object, &source));
         let input_format = src_conn.map_or(PayloadFormat::Debezium, |c| c.payload_format(&source));
         let schema = match (declared, builtin) {
             (Some(declared), _) => declared,

@@ -4,6 +4,7 @@
 //! ```yaml
 //! kafka:                 # sluice's own cluster: `embedded:` or `bootstrap_servers:`
 //!   embedded: { data_dir: .sluice/data }
+//! connector_specs: []    # REST connector specs (files beside this one), each a connection type
 //! connections:           # named, typed, reused by many flows
 //!   gen: { type: generate }
 //!   out: { type: file, path: out }
@@ -215,7 +216,7 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Config, Rejected> {
             Err(message) => errors.push(ConfigError { file: f, line: None, path: String::new(), message }),
         }
     }
-    let mut loader = Loader::new(registry, errors);
+    let mut loader = Loader::new(registry.clone(), errors);
     for (file, node) in &docs {
         loader.top_level(file, node);
     }

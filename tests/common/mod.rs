@@ -13,6 +13,7 @@
 
 #![allow(dead_code)]
 
+pub mod apis;
 pub mod http;
 pub mod kafka;
 pub mod oracle;

@@ -8,6 +8,7 @@
 //! outbound client goes through).
 
 pub mod sink;
+pub mod spec;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -244,9 +245,10 @@ impl Endpoint {
             access_token: String,
             expires_in: Option<u64>,
         }
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| ConnectorError::Other {
-            context: doing.clone(),
-            message: format!("the token endpoint's answer has no access_token: {e}"),
+        // A token endpoint that answers without a token is the wrong endpoint: asking again
+        // will not help.
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
+            ConnectorError::User(format!("{doing}: the token endpoint's answer has no access_token: {e}"))
         })?;
         // Renew a little before the service would refuse it.
         let life = Duration::from_secs(answer.expires_in.unwrap_or(3600));

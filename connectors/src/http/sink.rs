@@ -155,9 +155,8 @@ impl HttpSink {
     async fn send(&mut self, rows: &[&[u8]], key: &str) -> Result<Answer, ConnectorError> {
         let (body, content_type) = body_of(rows, self.options.format);
         let doing = format!("{} {} (connection `{}`)", self.method(), self.endpoint.shown, self.endpoint.connection);
-        let key = HeaderValue::from_str(key).map_err(|e| ConnectorError::Other {
-            context: doing.clone(),
-            message: format!("idempotency key is not a valid header value: {e}"),
+        let key = HeaderValue::from_str(key).map_err(|e| {
+            ConnectorError::internal(doing.clone(), format!("idempotency key is not a valid header value: {e}"))
         })?;
         let request = self
             .endpoint

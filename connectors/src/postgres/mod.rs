@@ -115,9 +115,8 @@ fn tls_connector(name: &str, conn: &PostgresConnection) -> Result<postgres_opens
     let file_err = |field: &str, path: &std::path::Path, e: openssl::error::ErrorStack| {
         ConnectorError::User(format!("postgres connection `{name}`: `{field}` ({}): {e}", path.display()))
     };
-    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| ConnectorError::Other {
-        context: format!("setting up TLS for postgres connection `{name}`"),
-        message: e.to_string(),
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| {
+        ConnectorError::internal(format!("setting up TLS for postgres connection `{name}`"), e.to_string())
     })?;
     if let Some(ca) = &conn.ssl_root_cert {
         // As in libpq, a root certificate file is the whole trust: the system's authorities

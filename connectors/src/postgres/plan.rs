@@ -55,10 +55,8 @@ impl Plan {
         data_cols: &[usize],
         options: &PostgresSinkOptions,
     ) -> Result<Plan, ConnectorError> {
-        let encode_err = |e: arrow_schema::ArrowError| ConnectorError::Other {
-            context: "encoding rows for postgres".into(),
-            message: e.to_string(),
-        };
+        let encode_err =
+            |e: arrow_schema::ArrowError| ConnectorError::internal("encoding rows for postgres", e.to_string());
         let keyed = options.mode != WriteMode::Insert;
         let mut plan = Plan::default();
         // (output row index, change, row JSON, key JSON), in order.

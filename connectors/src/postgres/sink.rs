@@ -144,10 +144,7 @@ impl PostgresSink {
         if self.client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
             self.client = Some(connect(&self.connection, &self.config).await?);
         }
-        self.client.as_ref().ok_or_else(|| ConnectorError::Other {
-            context: "connecting to postgres".into(),
-            message: "no connection".into(),
-        })
+        self.client.as_ref().ok_or_else(|| ConnectorError::internal("connecting to postgres", "no connection"))
     }
 
     /// Creates the table if asked and checks that it exists.
@@ -222,10 +219,7 @@ impl Sink for PostgresSink {
         let data_cols: Vec<usize> =
             (0..first.num_columns()).filter(|i| !META.contains(&first.schema().field(*i).name().as_str())).collect();
         let data_schema = Arc::new(
-            first
-                .schema()
-                .project(&data_cols)
-                .map_err(|e| ConnectorError::Other { context: self.doing(), message: e.to_string() })?,
+            first.schema().project(&data_cols).map_err(|e| ConnectorError::internal(self.doing(), e.to_string()))?,
         );
         self.prepare(&data_schema).await?;
         let plan = Plan::of(batches, &data_cols, &self.options)?;

@@ -187,9 +187,7 @@ impl CdcSource {
             self.client = Some(client);
             self.snapshot_open = None;
         }
-        self.client
-            .as_ref()
-            .ok_or_else(|| ConnectorError::Other { context: self.doing(), message: "no connection".into() })
+        self.client.as_ref().ok_or_else(|| ConnectorError::internal(self.doing(), "no connection"))
     }
 
     /// The position after what has been handed out: the stream's LSN and the established tables.
@@ -265,10 +263,8 @@ impl CdcSource {
     /// that are not the flow's are passed over.
     fn decode(&mut self, messages: &[(String, Vec<u8>)]) -> Result<Vec<SourceItem>, ConnectorError> {
         let doing = self.doing();
-        let bad = |what: String| ConnectorError::Other {
-            context: doing.clone(),
-            message: format!("decoding pgoutput: {what}"),
-        };
+        // What the server sent and sluice cannot decode will read the same again: not retried.
+        let bad = |what: String| ConnectorError::internal(doing.clone(), format!("decoding pgoutput: {what}"));
         let mut items = Vec::new();
         let mut txn: Option<Txn> = None;
         for (_, data) in messages {

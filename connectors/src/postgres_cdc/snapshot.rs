@@ -75,7 +75,7 @@ impl CdcSource {
                 .map_err(|e| classify(&doing, &e))?;
             let (snap, lsn): (String, String) = (view.get(0), view.get(1));
             let view = parse_lsn(&lsn).and_then(|lsn| visible::SnapshotView::parse(&snap, lsn)).ok_or_else(|| {
-                ConnectorError::Other { context: doing.clone(), message: format!("reading snapshot {snap} at {lsn}") }
+                ConnectorError::internal(doing.clone(), format!("the server's snapshot {snap} at {lsn} does not parse"))
             })?;
             client
                 .batch_execute(&format!("DECLARE sluice_snapshot NO SCROLL CURSOR FOR SELECT * FROM {quoted}"))

@@ -259,11 +259,9 @@ impl S3Sink {
                             have.join(", ")
                         )));
                     };
-                    let text =
-                        arrow_cast::cast(col, &arrow_schema::DataType::Utf8).map_err(|e| ConnectorError::Other {
-                            context: format!("rendering column `{name}` for an s3 key"),
-                            message: e.to_string(),
-                        })?;
+                    let text = arrow_cast::cast(col, &arrow_schema::DataType::Utf8).map_err(|e| {
+                        ConnectorError::internal(format!("rendering column `{name}` for an s3 key"), e.to_string())
+                    })?;
                     fields.insert(name.as_str(), text);
                 }
             }
@@ -314,10 +312,7 @@ impl S3Sink {
                     .into_iter()
                     .map(|(bi, idx)| {
                         arrow_select::take::take_record_batch(&batches[bi], &UInt32Array::from(idx)).map_err(|e| {
-                            ConnectorError::Other {
-                                context: format!("splitting rows for s3 key {key}"),
-                                message: e.to_string(),
-                            }
+                            ConnectorError::internal(format!("splitting rows for s3 key {key}"), e.to_string())
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
@@ -328,7 +323,7 @@ impl S3Sink {
 
     fn encode(&mut self, batches: &[RecordBatch]) -> Result<Vec<u8>, ConnectorError> {
         let context = format!("encoding an object for s3 connection `{}`", self.connection);
-        let err = |e: String| ConnectorError::Other { context: context.clone(), message: e };
+        let err = |e: String| ConnectorError::internal(context.clone(), e);
         let raw = match self.options.format {
             ObjectFormat::Jsonl => {
                 let mut buf = Vec::new();
@@ -407,7 +402,7 @@ impl S3Sink {
             .await
             .map_err(|e| classify(&doing, e))?;
         let Some(upload_id) = created.upload_id() else {
-            return Err(ConnectorError::Other { context: doing, message: "no upload id in the answer".into() });
+            return Err(ConnectorError::retriable(doing, "no upload id in the answer"));
         };
         let mut parts = Vec::new();
         let result = async {
