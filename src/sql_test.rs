@@ -85,7 +85,7 @@ pub async fn sql_test(path: &Path, registry: &Registry, name: &str, input: &Path
         }
     };
     let mut buf = Vec::new();
-    if let Err(e) = sluice_connectors::file::encode_json_lines(&out.batches, &mut buf) {
+    if let Err(e) = sluice_connectors::encode::json_lines(&out.batches, &mut buf) {
         eprintln!("error: writing the output rows: {e}");
         return ExitCode::from(1);
     }

@@ -72,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..rounds {
             let out = stage.process(&input).await?;
             buf.clear();
-            sluice_connectors::file::encode_json_lines(&out.batches, &mut buf)?;
+            sluice_connectors::encode::json_lines(&out.batches, &mut buf)?;
             out_rows += out.rows();
             out_bytes += buf.len();
         }

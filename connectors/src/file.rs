@@ -23,6 +23,7 @@ use sluice_engine::connector::{Poll, Position, Sink, Source, SourceItem, WriteCo
 use sluice_engine::error::ConnectorError;
 use sluice_engine::record::{ChangeRecord, Op, now_ms};
 
+use crate::encode;
 use crate::json_text;
 
 use crate::connector::{BuiltSink, Connector, Context, Input};
@@ -461,21 +462,11 @@ impl FileSink {
     }
 }
 
-/// Encodes batches as JSON lines (explicit nulls), straight from the Arrow columns.
-pub fn encode_json_lines(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(), ConnectorError> {
-    let mut w =
-        arrow_json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow_json::writer::LineDelimited>(out);
-    for b in batches {
-        w.write(b).map_err(|e| ConnectorError::internal("encoding rows as JSON", e.to_string()))?;
-    }
-    w.finish().map_err(|e| ConnectorError::internal("encoding rows as JSON", e.to_string()))
-}
-
 #[async_trait]
 impl Sink for FileSink {
     async fn write(&mut self, batches: &[RecordBatch], _: WriteContext<'_>) -> Result<Written, ConnectorError> {
         let mut buf = Vec::new();
-        encode_json_lines(batches, &mut buf)?;
+        encode::json_lines(batches, &mut buf)?;
         let ctx = || format!("writing {}", self.path.display());
         self.file.write_all(&buf).map_err(|e| ConnectorError::io(ctx(), e))?;
         // Acknowledged means on disk: offsets are committed right after this returns.

@@ -23,7 +23,7 @@ use sluice_engine::producer::Producer;
 
 use crate::schema_registry::{RegistryClient, RegistryConfig};
 
-use crate::file::encode_json_lines;
+use crate::encode;
 
 use crate::connector::{BuiltSink, Connector, Context, Input};
 use sluice_engine::names::column;
@@ -219,7 +219,7 @@ impl Sink for KafkaSink {
                         .collect::<Result<_, ConnectorError>>()?
                 }
                 None => {
-                    encode_json_lines(std::slice::from_ref(&body), &mut json)?;
+                    encode::json_lines(std::slice::from_ref(&body), &mut json)?;
                     json.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(std::borrow::Cow::Borrowed).collect()
                 }
             };

@@ -21,9 +21,11 @@
 //! errors name the exact field.
 
 pub mod connector;
+pub mod encode;
 pub mod file;
 pub mod generate;
 pub mod guard;
+pub mod halving;
 pub mod http;
 pub mod http_source;
 pub mod json_text;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use sluice_engine::connector::{Sink, WriteContext, Written};
 use sluice_engine::error::ConnectorError;
 
-use crate::file::encode_json_lines;
+use crate::encode;
 
 use crate::connector::{BuiltSink, Connector, Context, Input, Unsupported};
 
@@ -76,7 +76,7 @@ pub struct StdoutSink;
 impl Sink for StdoutSink {
     async fn write(&mut self, batches: &[RecordBatch], _: WriteContext<'_>) -> Result<Written, ConnectorError> {
         let mut buf = Vec::new();
-        encode_json_lines(batches, &mut buf)?;
+        encode::json_lines(batches, &mut buf)?;
         let mut out = std::io::stdout().lock();
         out.write_all(&buf).and_then(|()| out.flush()).map_err(|e| ConnectorError::io("writing rows to stdout", e))?;
         Ok(Written::all())

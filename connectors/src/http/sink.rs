@@ -15,19 +15,18 @@
 //! | 3xx, 401, 403, 404, 405, 407 | the connection is wrong | fails the flow, naming the status |
 //! | other 4xx (400, 409, 413, 422, …) | some row is refused | splits the request in halves until the refused rows stand alone; those go to the DLQ with the status and the response body |
 
-use std::collections::{HashMap, HashSet};
-
 use arrow_array::RecordBatch;
 use async_trait::async_trait;
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
-use sluice_engine::connector::{RejectedRow, Sink, WriteContext, Written};
+use sluice_engine::connector::{Sink, WriteContext, Written};
 use sluice_engine::error::ConnectorError;
 
 use super::{Endpoint, HttpConnection, describe_transport_error, excerpt, retriable_status, retry_after};
-use crate::file::encode_json_lines;
+use crate::encode;
+use crate::halving::{Answer, Halving, Settled};
 
 /// Per-flow options of an `http` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,19 +110,8 @@ pub struct HttpSink {
 #[derive(Default)]
 struct Progress {
     batch_id: String,
-    /// Row ranges the destination accepted.
-    delivered: HashSet<(usize, usize)>,
-    /// Row ranges it refused and that were split in halves.
-    split: HashSet<(usize, usize)>,
-    /// Single rows it refused, with the reason.
-    refused: HashMap<usize, String>,
-}
-
-/// What one request's answer means for its rows.
-enum Answer {
-    Delivered,
-    /// The destination refused something in the request; the reason names the status.
-    Refused(String),
+    /// What the requests of the batch settled.
+    settled: Settled,
 }
 
 impl HttpSink {
@@ -206,7 +194,7 @@ impl HttpSink {
 impl Sink for HttpSink {
     async fn write(&mut self, batches: &[RecordBatch], ctx: WriteContext<'_>) -> Result<Written, ConnectorError> {
         let mut buf = Vec::new();
-        encode_json_lines(batches, &mut buf)?;
+        encode::json_lines(batches, &mut buf)?;
         // arrow-json escapes newlines inside strings, so each line is exactly one row.
         let rows: Vec<&[u8]> = buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
         // A retry of the same batch skips what earlier attempts settled.
@@ -215,37 +203,14 @@ impl Sink for HttpSink {
         }
         let mut rejected = Vec::new();
         for (start, end) in chunks(&rows, self.options.max_rows, self.options.max_bytes) {
-            // Halve a refused request until the refused rows stand alone. Ranges are taken
-            // from the end of `todo`, so rows still go out in order.
-            let mut todo = vec![(start, end)];
-            while let Some((a, b)) = todo.pop() {
-                let halves = [(a + (b - a) / 2, b), (a, a + (b - a) / 2)];
-                if self.progress.delivered.contains(&(a, b)) {
-                    continue;
-                }
-                if let Some(reason) = self.progress.refused.get(&a).filter(|_| b - a == 1) {
-                    rejected.push(RejectedRow { index: a, reason: reason.clone() });
-                    continue;
-                }
-                if self.progress.split.contains(&(a, b)) {
-                    todo.extend(halves);
-                    continue;
-                }
+            // A refused request is halved until the refused rows stand alone.
+            let mut halving = Halving::new(start, end);
+            while let Some((a, b)) = halving.next(&self.progress.settled) {
                 let key = format!("{}:{a}-{}", ctx.batch_id, b - 1);
-                match self.send(&rows[a..b], &key).await? {
-                    Answer::Delivered => {
-                        self.progress.delivered.insert((a, b));
-                    }
-                    Answer::Refused(reason) if b - a == 1 => {
-                        self.progress.refused.insert(a, reason.clone());
-                        rejected.push(RejectedRow { index: a, reason });
-                    }
-                    Answer::Refused(_) => {
-                        self.progress.split.insert((a, b));
-                        todo.extend(halves);
-                    }
-                }
+                let answer = self.send(&rows[a..b], &key).await?;
+                halving.answer((a, b), answer, &mut self.progress.settled);
             }
+            rejected.extend(halving.into_rejected());
         }
         Ok(Written { rejected })
     }

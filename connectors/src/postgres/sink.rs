@@ -38,6 +38,7 @@ use tokio_postgres::error::SqlState;
 
 use super::plan::{Plan, json_array};
 use super::{PgTarget, PostgresConnection, classify, client_config, connect, quote_ident, server_message};
+use crate::halving::{Answer, Halving, Settled};
 use sluice_engine::names::column;
 
 /// How rows change the table.
@@ -177,17 +178,17 @@ impl PostgresSink {
     async fn apply(&mut self, sql: &str, rows: &[&[u8]]) -> Result<Vec<(usize, String)>, ConnectorError> {
         let doing = self.doing();
         let client = self.client().await?;
-        let mut refused = Vec::new();
-        let mut todo = vec![(0, rows.len())];
-        while let Some((a, b)) = todo.pop() {
-            if a == b {
-                continue;
-            }
+        // The transaction is not retried piecemeal (a failed batch rolls back whole), so what
+        // one pass settles is not kept.
+        let mut settled = Settled::default();
+        let mut halving = Halving::new(0, rows.len());
+        while let Some((a, b)) = halving.next(&settled) {
             let body = json_array(&rows[a..b]);
             client.batch_execute("SAVEPOINT sluice_rows").await.map_err(|e| classify(&doing, &e))?;
-            match client.execute(sql, &[&body]).await {
+            let answer = match client.execute(sql, &[&body]).await {
                 Ok(_) => {
-                    client.batch_execute("RELEASE SAVEPOINT sluice_rows").await.map_err(|e| classify(&doing, &e))?
+                    client.batch_execute("RELEASE SAVEPOINT sluice_rows").await.map_err(|e| classify(&doing, &e))?;
+                    Answer::Delivered
                 }
                 Err(e) => {
                     let reason = match failure(&doing, &e) {
@@ -198,17 +199,12 @@ impl PostgresSink {
                         .batch_execute("ROLLBACK TO SAVEPOINT sluice_rows; RELEASE SAVEPOINT sluice_rows")
                         .await
                         .map_err(|e| classify(&doing, &e))?;
-                    if b - a == 1 {
-                        refused.push((a, reason));
-                    } else {
-                        let mid = a + (b - a) / 2;
-                        todo.push((mid, b));
-                        todo.push((a, mid));
-                    }
+                    Answer::Refused(reason)
                 }
-            }
+            };
+            halving.answer((a, b), answer, &mut settled);
         }
-        Ok(refused)
+        Ok(halving.into_rejected().into_iter().map(|r| (r.index, r.reason)).collect())
     }
 }
 

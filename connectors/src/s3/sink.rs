@@ -40,7 +40,7 @@ use sluice_engine::names::column;
 
 use super::template::{Origin, Part, civil, parse_template};
 use super::{S3Connection, classify, client};
-use crate::file::encode_json_lines;
+use crate::encode;
 
 /// Object formats.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -327,15 +327,13 @@ impl S3Sink {
         let raw = match self.options.format {
             ObjectFormat::Jsonl => {
                 let mut buf = Vec::new();
-                encode_json_lines(batches, &mut buf)?;
+                encode::json_lines(batches, &mut buf)?;
                 buf
             }
             ObjectFormat::Csv => {
-                let mut w = arrow_csv::WriterBuilder::new().with_header(true).build(Vec::new());
-                for b in batches {
-                    w.write(b).map_err(|e| err(e.to_string()))?;
-                }
-                w.into_inner()
+                let mut buf = Vec::new();
+                encode::csv(batches, &mut buf)?;
+                buf
             }
             ObjectFormat::Parquet => {
                 use parquet::basic::{Compression as Pc, GzipLevel, ZstdLevel};
