@@ -42,7 +42,7 @@ mod tests {
         ])
         .unwrap();
         let mut out = Vec::new();
-        json_lines(&[batch.clone()], &mut out).unwrap();
+        json_lines(std::slice::from_ref(&batch), &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "{\"id\":1,\"name\":\"a\\nb\"}\n{\"id\":2,\"name\":null}\n");
         let mut out = Vec::new();
         csv(&[batch], &mut out).unwrap();

@@ -121,6 +121,9 @@ impl Liveness {
             return;
         }
         let beat = tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(5)));
+        // The group's coordinator does not answer (it is down, or the cluster lost its quorum):
+        // nobody can claim the source until it does, and the user should hear why it is still.
+        let unanswered = beat.as_ref().err().map(ToString::to_string);
         let last_beat = beat.ok().and_then(|t| {
             let e = t.find_partition(topic, 0)?;
             let (writer, ms) = e.metadata().rsplit_once(' ')?;
@@ -135,6 +138,8 @@ impl Liveness {
         }
         if owner_gone {
             tracing::info!(%flow, owner = %last_beat.as_ref().map(|(w, _)| w.as_str()).unwrap_or_default(), "the source's last owner, a process of this host, is gone; rejoining the claim group for a fresh rebalance");
+        } else if let Some(error) = unanswered {
+            tracing::warn!(%flow, silent_secs = self.window.as_secs(), %error, "no process has run the source for a while and the cluster does not answer for the claim group: the source waits for the cluster (rejoining the group)");
         } else {
             tracing::warn!(%flow, silent_secs = self.window.as_secs(), "no process has run the source for a while; rejoining the claim group for a fresh rebalance");
         }
