@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use sluice_connectors::Input;
 
-use crate::config::{self, Config, ConfigError, Flow, Trigger};
+use crate::config::{self, Config, ConfigError, Flow};
 use crate::registry::{Connection, Registry};
 
 pub(crate) fn print_config_errors(errors: &[ConfigError]) -> ExitCode {
@@ -81,34 +81,6 @@ pub(crate) async fn load_and_plan(
             Err(print_config_errors(&errors))
         }
     }
-}
-
-/// `sluice validate CONFIG`.
-pub async fn validate(path: &Path, registry: &Registry) -> ExitCode {
-    let (cfg, stages) = match load_and_plan(path, registry).await {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    println!("{}: ok ({} connection(s), {} flow(s))", path.display(), cfg.connections.len(), cfg.flows.len());
-    for (i, stage) in stages {
-        use sluice_engine::connector::Transform as _;
-        let f = &cfg.flows[i];
-        println!(
-            "\nflow {} ({}): {} -> {}\noutput schema:",
-            f.name,
-            match f.trigger {
-                Trigger::OnDemand => "on_demand",
-                Trigger::Continuous => "continuous",
-                Trigger::Scheduled => "scheduled",
-            },
-            f.source_connection,
-            f.destination_connection
-        );
-        for line in sluice_sql::describe_schema(&stage.output_schema()).lines() {
-            println!("  {line}");
-        }
-    }
-    ExitCode::SUCCESS
 }
 
 /// Checks that the config has flow `name`; otherwise says which it has, with exit code 2.

@@ -35,12 +35,18 @@ fn example_binary() -> &'static Path {
         let tmp = example.join(format!("Cargo.lock.{}", std::process::id()));
         std::fs::copy(repo.join("Cargo.lock"), &tmp).unwrap();
         std::fs::rename(&tmp, example.join("Cargo.lock")).unwrap();
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--manifest-path"])
-            .arg(example.join("Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target)
-            .output()
-            .expect("running cargo");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "--manifest-path"]).arg(example.join("Cargo.toml")).env("CARGO_TARGET_DIR", &target);
+        // The test runner sets `CARGO_MANIFEST_DIR` and its kin for this process; a build script
+        // that watches one (ring's does) would see a change and rebuild half the tree. The build
+        // gets the environment `scripts/test` built the example in.
+        for (name, _) in std::env::vars_os() {
+            if let Some(name) = name.to_str().filter(|n| n.starts_with("CARGO_") && *n != "CARGO_HOME") {
+                cargo.env_remove(name);
+            }
+        }
+        cargo.env("CARGO_TARGET_DIR", &target);
+        let out = cargo.output().expect("running cargo");
         assert!(out.status.success(), "building the example failed:\n{}", String::from_utf8_lossy(&out.stderr));
         target.join("debug/sluice-logfmt")
     })

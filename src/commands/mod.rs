@@ -1,0 +1,194 @@
+//! The command line: its arguments ([`Args`]) and one module per subcommand that is not the
+//! run itself (`run` composes the flows in `crate::run`).
+
+mod cdc;
+mod connections;
+mod dlq;
+mod sql_test;
+mod status;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::registry::Registry;
+
+/// sluice: move change records from sources through Kafka and SQL to destinations, at least once.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the flows of a config (all of them, or one with --flow).
+    Run {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// Run only this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Start on-demand flows from the beginning of their source even where the last run was
+        /// interrupted (stopped, failed or killed); by default such a run is resumed.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Check a config without running it: fields, connections, secrets and each flow's SQL.
+    Validate {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+    },
+    /// Show each flow's latest run: status and counts.
+    Status {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+    },
+    /// Inspect a flow's dead-letter topic, or replay it.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Check connections: reach each service and log in, without running a flow.
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
+    /// Try a flow's tasks and SQL on sample records, without Kafka or connections.
+    Sql {
+        #[command(subcommand)]
+        command: SqlCommand,
+    },
+    /// Change data capture: list or drop a postgres connection's replication slots.
+    Cdc {
+        #[command(subcommand)]
+        command: CdcCommand,
+    },
+    /// Run the embedded Kafka-protocol broker on its own.
+    Broker {
+        /// Where the broker keeps its log.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        listen: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CdcCommand {
+    /// List the logical replication slots of a postgres connection's database, with their lag.
+    Slots {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The postgres connection.
+        connection: String,
+    },
+    /// Drop a replication slot (a flow using it starts over with a snapshot).
+    DropSlot {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The postgres connection.
+        connection: String,
+        /// The slot.
+        slot: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConnectionsCommand {
+    /// Reach the service of one connection (or all) and log in; exit 1 if any fails.
+    Test {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The connection (all of them when omitted).
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SqlCommand {
+    /// Run a flow's transform over a file of JSON lines; print the output rows and the records
+    /// the DLQ would get, with their reasons.
+    Test {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The flow.
+        flow: String,
+        /// Sample records, one JSON object per line (plain rows or change envelopes).
+        #[arg(long)]
+        input: PathBuf,
+        /// The change time given to plain rows, in milliseconds since the epoch (default: now).
+        #[arg(long)]
+        ts_ms: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// Print the dead letters of a flow: where each came from, why, and its payload.
+    Show {
+        /// A YAML file, or a directory of them (for the cluster's address).
+        config: PathBuf,
+        /// The flow.
+        flow: String,
+        /// Print at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send a flow's dead letters through its SQL and destination again (after a fix). Each
+    /// dead letter is replayed once; those that fail again return to the DLQ.
+    Replay {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The flow.
+        flow: String,
+    },
+}
+
+/// Runs the command `args` names with the connectors of `registry`.
+pub(crate) fn dispatch(args: Args, registry: &Registry) -> ExitCode {
+    // At least two workers: a flow's SQL stage may hold one worker for a while (a heavy
+    // batch), and the timers that bound it must still fire on another.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(async {
+        match args.command {
+            Command::Run { config, flow, fresh } => crate::run::run(&config, registry, flow.as_deref(), fresh).await,
+            Command::Validate { config } => validate::validate(&config, registry).await,
+            Command::Sql { command: SqlCommand::Test { config, flow, input, ts_ms } } => {
+                sql_test::sql_test(&config, registry, &flow, &input, ts_ms).await
+            }
+            Command::Broker { data_dir, listen } => crate::cluster::broker(data_dir, &listen).await,
+            Command::Status { config } => status::status(&config, registry).await,
+            Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => {
+                dlq::dlq_show(&config, registry, &flow, limit).await
+            }
+            Command::Dlq { command: DlqCommand::Replay { config, flow } } => {
+                dlq::dlq_replay(&config, registry, &flow).await
+            }
+            Command::Cdc { command: CdcCommand::Slots { config, connection } } => {
+                cdc::cdc_slots(&config, registry, &connection, None).await
+            }
+            Command::Cdc { command: CdcCommand::DropSlot { config, connection, slot } } => {
+                cdc::cdc_slots(&config, registry, &connection, Some(&slot)).await
+            }
+            Command::Connections { command: ConnectionsCommand::Test { config, name } } => {
+                connections::connections_test(&config, registry, name.as_deref()).await
+            }
+        }
+    });
+    // Dropping the runtime waits for every task to yield; one stuck in a computation never
+    // would. Everything worth waiting for is done by now.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
+}

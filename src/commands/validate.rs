@@ -1,0 +1,36 @@
+//! `sluice validate`: check a config without running it, and show each flow's output columns.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::Trigger;
+use crate::plan::load_and_plan;
+use crate::registry::Registry;
+
+/// `sluice validate CONFIG`.
+pub async fn validate(path: &Path, registry: &Registry) -> ExitCode {
+    let (cfg, stages) = match load_and_plan(path, registry).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    println!("{}: ok ({} connection(s), {} flow(s))", path.display(), cfg.connections.len(), cfg.flows.len());
+    for (i, stage) in stages {
+        use sluice_engine::connector::Transform as _;
+        let f = &cfg.flows[i];
+        println!(
+            "\nflow {} ({}): {} -> {}\noutput schema:",
+            f.name,
+            match f.trigger {
+                Trigger::OnDemand => "on_demand",
+                Trigger::Continuous => "continuous",
+                Trigger::Scheduled => "scheduled",
+            },
+            f.source_connection,
+            f.destination_connection
+        );
+        for line in sluice_sql::describe_schema(&stage.output_schema()).lines() {
+            println!("  {line}");
+        }
+    }
+    ExitCode::SUCCESS
+}
