@@ -132,7 +132,16 @@ fn truncates_and_a_table_created_again_reach_the_output(kafka: &mut Kafka) {
     let file = out.join("r.jsonl");
     let p = spawn(&["run", &cfg], dir.path(), &[]);
     let ops = |f: &Path| captured(f).into_iter().map(|(op, id, _)| (op, id)).collect::<Vec<_>>();
-    assert!(wait_until(Duration::from_secs(60), || ops(&file).len() >= 10), "{}", p.stderr_so_far());
+    // Both flows' first snapshots are in before the table changes: a slot created later (its
+    // creation waits for other sessions' transactions) would never see the changes below.
+    let copy_rows = || pg(&format!("SELECT count(*) FROM {t}_copy")).first().and_then(|r| r[0].clone());
+    assert!(
+        wait_until(Duration::from_secs(60), || ops(&file).len() >= 10
+            && pg(&format!("SELECT to_regclass('{t}_copy') IS NOT NULL"))[0][0].as_deref() == Some("t")
+            && copy_rows().as_deref() == Some("10")),
+        "{}",
+        p.stderr_so_far()
+    );
     // A TRUNCATE is a change of its own (op t), then new rows.
     pg(&format!("TRUNCATE {t}; INSERT INTO {t} VALUES (20, 'after truncate')"));
     assert!(
