@@ -21,6 +21,8 @@ mod alloc;
 mod cluster;
 mod commands;
 mod config;
+#[doc(hidden)]
+pub mod fuzz;
 mod logging;
 mod plan;
 mod registry;

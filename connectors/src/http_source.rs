@@ -465,6 +465,12 @@ fn greater(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// The next page's URL from a `Link` header, for the fuzz targets (see `crate::fuzz`).
+#[doc(hidden)]
+pub fn fuzz_next_link(header: &str) -> Option<String> {
+    next_link(header)
+}
+
 /// The `rel="next"` URL of a `Link` header (RFC 8288).
 fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|part| {

@@ -23,6 +23,8 @@
 pub mod connector;
 pub mod encode;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod generate;
 pub mod guard;
 pub mod halving;

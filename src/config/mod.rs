@@ -216,16 +216,40 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Config, Rejected> {
             Err(message) => errors.push(ConfigError { file: f, line: None, path: String::new(), message }),
         }
     }
+    from_docs(path, &docs, errors, registry)
+}
+
+/// Loads config text as if read from file `path` (for the fuzz target and its corpus test: the
+/// whole loader but the file reading).
+pub(crate) fn load_text(path: &Path, text: &str, registry: &Registry) -> Result<Config, Rejected> {
+    let mut errors = Vec::new();
+    let mut node = yaml::parse(text).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: Some(e.line),
+        path: String::new(),
+        message: format!("invalid YAML: {}", e.message),
+    })?;
+    references::resolve_all(&mut node, path, &mut errors);
+    from_docs(path, &[(path.to_owned(), node)], errors, registry)
+}
+
+/// The loader over parsed files, with the errors found reading them.
+fn from_docs(
+    path: &Path,
+    docs: &[(PathBuf, yaml::Node)],
+    errors: Vec<ConfigError>,
+    registry: &Registry,
+) -> Result<Config, Rejected> {
     let mut loader = Loader::new(registry.clone(), errors);
-    for (file, node) in &docs {
+    for (file, node) in docs {
         loader.top_level(file, node);
     }
-    for (file, node) in &docs {
+    for (file, node) in docs {
         if let Some(n) = node.get("connections") {
             loader.connections(file, n);
         }
     }
-    for (file, node) in &docs {
+    for (file, node) in docs {
         if let Some(n) = node.get("flows") {
             loader.flows(file, n);
         }

@@ -52,6 +52,12 @@ mod visible;
 
 pub use slots::{SlotInfo, drop_slot, list_slots};
 
+/// Decodes one pgoutput message and its values, for the fuzz targets (see `crate::fuzz`).
+#[doc(hidden)]
+pub fn fuzz_pgoutput(data: &[u8]) -> Result<(), String> {
+    pgoutput::decode(data).map(drop)
+}
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
