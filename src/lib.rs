@@ -21,6 +21,7 @@ mod alloc;
 mod cluster;
 mod commands;
 mod config;
+pub mod conformance;
 #[doc(hidden)]
 pub mod fuzz;
 mod logging;

@@ -6,62 +6,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use common::kafka::Kafka;
-use common::{counts_of, free_port, run, spawn, wait_until, write};
+use common::s3::{ACCESS, SECRET, start_s3};
+use common::{counts_of, run, spawn, wait_until, write};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(180);
-const ACCESS: &str = "sluice-test";
-const SECRET: &str = "sluice-test-secret";
-
-/// An s3s-fs server on a loopback port, serving a temporary directory.
-struct S3Server {
-    url: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn s3s_fs() -> PathBuf {
-    let home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-    let p = home.join("bin/s3s-fs");
-    assert!(
-        p.exists(),
-        "the s3 tests need s3s-fs ({}); scripts/test installs it: cargo install --locked s3s-fs@0.14.1 --features binary",
-        p.display()
-    );
-    p
-}
-
-fn start_s3() -> S3Server {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new(s3s_fs())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", ACCESS, "--secret-key", SECRET])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
-        "s3s-fs did not start"
-    );
-    S3Server { url: format!("http://127.0.0.1:{port}"), child, _dir: dir }
-}
-
 fn client(url: &str, rt: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
     let _guard = rt.enter();
     let conf = aws_sdk_s3::Config::builder()

@@ -20,7 +20,7 @@
 //! 429 and 5xx answers, timeouts and resets are retriable (honouring `Retry-After`); a 401 under
 //! OAuth 2.0 fetches a new token; other 4xx fail the flow naming the connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -145,6 +145,8 @@ pub struct HttpSource {
     next_pull: Option<Instant>,
     /// When the last request went out, for the rate limit.
     last_request: Option<Instant>,
+    /// The rest of a page longer than a poll asked for.
+    pending: VecDeque<SourceItem>,
 }
 
 impl HttpSource {
@@ -179,6 +181,7 @@ impl HttpSource {
             run_start: None,
             next_pull: None,
             last_request: None,
+            pending: VecDeque::new(),
         })
     }
 
@@ -312,10 +315,16 @@ impl Source for HttpSource {
             self.since = p.get("since").filter(|v| !v.is_null()).cloned();
         }
         self.next = Next::First;
+        self.pending.clear();
         Ok(())
     }
 
-    async fn poll(&mut self, _max: usize) -> Result<Poll, ConnectorError> {
+    async fn poll(&mut self, max: usize) -> Result<Poll, ConnectorError> {
+        // A page is handed out at most `max` items at a time, as the runtime's batches are sized.
+        if !self.pending.is_empty() {
+            let n = max.clamp(1, self.pending.len());
+            return Ok(Poll::Items(self.pending.drain(..n).collect()));
+        }
         if self.next_pull.is_some_and(|t| Instant::now() < t) {
             return Ok(Poll::Idle);
         }
@@ -432,11 +441,12 @@ impl Source for HttpSource {
         if self.next == Next::Done && self.follow {
             self.next_pull = Some(Instant::now() + Duration::from_secs(self.options.poll_interval_secs));
         }
-        Ok(if items.is_empty() {
-            if self.next == Next::Done && !self.follow { Poll::Exhausted } else { Poll::Idle }
-        } else {
-            Poll::Items(items)
-        })
+        if items.is_empty() {
+            return Ok(if self.next == Next::Done && !self.follow { Poll::Exhausted } else { Poll::Idle });
+        }
+        self.pending.extend(items);
+        let n = max.clamp(1, self.pending.len());
+        Ok(Poll::Items(self.pending.drain(..n).collect()))
     }
 
     fn incremental(&self) -> bool {

@@ -18,6 +18,8 @@ pub mod http;
 pub mod kafka;
 pub mod oracle;
 pub mod pg;
+pub mod proxy;
+pub mod s3;
 
 use std::collections::HashMap;
 use std::fs::File;

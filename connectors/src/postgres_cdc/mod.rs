@@ -110,6 +110,15 @@ pub struct CdcSource {
     last_lsn: u64,
     /// The end of a run of transactions with nothing for this source, to advance the slot past.
     quiet_to: Option<u64>,
+    /// The end LSN of the last transaction whose records were handed out, and the last LSN
+    /// acknowledged: the slot passes quiet transactions only when the two meet, so it never
+    /// passes a record Kafka has not acknowledged, however the runtime paces acknowledgements.
+    handed_lsn: u64,
+    acked_lsn: u64,
+    /// Messages at the head of the last peek that were handed out before (the slot keeps them
+    /// until they are acknowledged): the next peek asks for that many more, so reading goes on
+    /// ahead of acknowledgements instead of peeking the same transactions again.
+    repeeked: usize,
     last_heartbeat: Instant,
 }
 
@@ -164,6 +173,9 @@ impl CdcSource {
             seen: BTreeMap::new(),
             last_lsn: 0,
             quiet_to: None,
+            handed_lsn: 0,
+            acked_lsn: 0,
+            repeeked: 0,
             last_heartbeat: Instant::now(),
         })
     }
@@ -273,9 +285,16 @@ impl CdcSource {
         let bad = |what: String| ConnectorError::internal(doing.clone(), format!("decoding pgoutput: {what}"));
         let mut items = Vec::new();
         let mut txn: Option<Txn> = None;
+        // Messages of the transaction being decoded, counted for `repeeked`.
+        let mut in_txn = 0;
+        self.repeeked = 0;
         for (_, data) in messages {
+            in_txn += 1;
             match pgoutput::decode(data).map_err(bad)? {
-                Message::Begin { xid, commit_ts_ms } => txn = Some(Txn { xid, commit_ts_ms, records: Vec::new() }),
+                Message::Begin { xid, commit_ts_ms } => {
+                    in_txn = 1;
+                    txn = Some(Txn { xid, commit_ts_ms, records: Vec::new() });
+                }
                 Message::Relation(rel) => {
                     self.relations.insert(rel.oid, rel);
                 }
@@ -318,6 +337,7 @@ impl CdcSource {
                     let Some(t) = txn.take() else { continue };
                     // Already in Kafka before a restart: skip.
                     if end_lsn <= self.last_lsn {
+                        self.repeeked += in_txn;
                         continue;
                     }
                     self.last_lsn = end_lsn;
@@ -330,6 +350,7 @@ impl CdcSource {
                         continue;
                     }
                     self.quiet_to = None;
+                    self.handed_lsn = end_lsn;
                     let position = self.position();
                     for mut record in t.records {
                         record.source.insert("lsn".into(), json!(lsn_text(commit_lsn)));
@@ -395,6 +416,7 @@ impl Source for CdcSource {
         }
         let resumed_lsn = resume.as_ref().and_then(|p| p.get("lsn")).and_then(Value::as_str).and_then(parse_lsn);
         self.last_lsn = resumed_lsn.unwrap_or(0);
+        (self.handed_lsn, self.acked_lsn) = (self.last_lsn, self.last_lsn);
         // The stored position may be ahead of the slot (a crash between storing it and
         // advancing the slot): catch the slot up so those changes are not peeked again.
         if let Some(lsn) = resumed_lsn {
@@ -445,6 +467,7 @@ impl Source for CdcSource {
         }
         let doing = self.doing();
         let (slot, publication) = (self.slot.clone(), self.publication.clone());
+        let window = i32::try_from(max + self.repeeked).unwrap_or(i32::MAX);
         let client = self.client().await?;
         let upto: String =
             client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(|e| classify(&doing, &e))?.get(0);
@@ -452,7 +475,7 @@ impl Source for CdcSource {
             .query(
                 "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, $3, \
                  'proto_version', '1', 'publication_names', $4)",
-                &[&slot, &upto, &(max as i32), &publication],
+                &[&slot, &upto, &window, &publication],
             )
             .await
             .map_err(|e| classify(&doing, &e))?;
@@ -461,17 +484,22 @@ impl Source for CdcSource {
         if !items.is_empty() {
             return Ok(Poll::Items(items));
         }
-        // Only transactions with nothing for us: every earlier record is acknowledged (the
-        // runtime confirms a poll's records before the next poll), so the slot may pass them.
-        if let Some(lsn) = self.quiet_to.take() {
+        // Only transactions with nothing for us: once every record handed out is acknowledged,
+        // the slot may pass them.
+        if self.acked_lsn >= self.handed_lsn
+            && let Some(lsn) = self.quiet_to.take()
+        {
             self.advance_to(&lsn_text(lsn)).await?;
         }
-        if messages.is_empty() {
-            // Nothing of ours up to `upto`: let the slot go there so it does not hold back WAL.
-            if self.last_heartbeat.elapsed() >= self.heartbeat {
-                self.last_heartbeat = Instant::now();
-                self.advance_to(&upto).await?;
-            }
+        // The peek stopped at `upto`, not at its size: nothing new is waiting.
+        let caught_up = messages.len() < usize::try_from(window).unwrap_or(usize::MAX);
+        if messages.is_empty() && self.last_heartbeat.elapsed() >= self.heartbeat {
+            // Nothing at all up to `upto` (so nothing unacknowledged either): let the slot go
+            // there so it does not hold back WAL.
+            self.last_heartbeat = Instant::now();
+            self.advance_to(&upto).await?;
+        }
+        if caught_up {
             if !self.follow && self.snapshot_todo.is_empty() {
                 return Ok(Poll::Exhausted);
             }
@@ -482,7 +510,9 @@ impl Source for CdcSource {
 
     async fn committed(&mut self, position: &Position) -> Result<(), ConnectorError> {
         let Some(lsn) = position.get("lsn").and_then(Value::as_str).map(str::to_owned) else { return Ok(()) };
-        self.advance_to(&lsn).await
+        self.advance_to(&lsn).await?;
+        self.acked_lsn = self.acked_lsn.max(parse_lsn(&lsn).unwrap_or(0));
+        Ok(())
     }
 
     fn incremental(&self) -> bool {
