@@ -10,6 +10,7 @@
 //! [`Connection`] and [`Options`], which carry the connector that parsed them and can only go
 //! back to it.
 
+use sluice_engine::error::Invalid;
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
@@ -64,10 +65,10 @@ impl Registry {
     }
 
     /// This registry and the REST connector `spec` describes (see [`crate::rest_spec`]).
-    pub fn with_spec(mut self, spec: sluice_connectors::http::spec::RestSpec) -> Result<Self, String> {
+    pub fn with_spec(mut self, spec: sluice_connectors::http::spec::RestSpec) -> Result<Self, Invalid> {
         spec.check()?;
         if self.get(&spec.name).is_some() {
-            return Err(format!("a connector named `{}` exists already; name the spec otherwise", spec.name));
+            return Err(format!("a connector named `{}` exists already; name the spec otherwise", spec.name).into());
         }
         self.connectors.push(Arc::new(crate::rest_spec::SpecConnector::new(spec)));
         self.connectors.sort_by_key(|c| c.name());
@@ -165,7 +166,7 @@ impl Connection {
     /// Checks a flow's source settings without reaching the service (see
     /// [`Connector::check_source`]).
     pub fn check_source(&self, ctx: Context<'_>, object: &str, options: &Options) -> Result<(), ConnectorError> {
-        self.connector.check_source(ctx, &*self.settings, object, options)
+        self.connector.check_source(self.call(ctx, object, options))
     }
 
     /// Builds a flow's input.
@@ -176,12 +177,12 @@ impl Connection {
         options: &Options,
         follow: bool,
     ) -> Result<Input, ConnectorError> {
-        self.connector.build_source(ctx, &*self.settings, object, options, follow)
+        self.connector.build_source(self.call(ctx, object, options), follow)
     }
 
     /// Checks a flow's destination settings without reaching the service.
     pub fn check_sink(&self, ctx: Context<'_>, object: &str, options: &Options) -> Result<(), ConnectorError> {
-        self.connector.check_sink(ctx, &*self.settings, object, options)
+        self.connector.check_sink(self.call(ctx, object, options))
     }
 
     /// Builds a flow's sink and its destination's health check.
@@ -191,7 +192,11 @@ impl Connection {
         object: &str,
         options: &Options,
     ) -> Result<BuiltSink, ConnectorError> {
-        self.connector.build_sink(ctx, &*self.settings, object, options).await
+        self.connector.build_sink(self.call(ctx, object, options)).await
+    }
+
+    fn call<'a>(&'a self, ctx: Context<'a>, object: &'a str, options: &'a Options) -> Call<'a> {
+        Call { ctx, conn: &*self.settings, object, options }
     }
 
     /// Reaches the service and logs in (`sluice connections test`).
@@ -215,6 +220,16 @@ pub(crate) fn parse_connection(
     Ok(Connection { connector: connector.clone(), settings: connector.connection(node, path)? })
 }
 
+/// One call through the registry: the flow's context, the connection's settings, the object and
+/// the options (each parsed by the connector called).
+#[derive(Clone, Copy)]
+pub(crate) struct Call<'a> {
+    pub(crate) ctx: Context<'a>,
+    pub(crate) conn: &'a (dyn Any + Send + Sync),
+    pub(crate) object: &'a str,
+    pub(crate) options: &'a Options,
+}
+
 /// The object-safe face of a [`Connector`]: its types parsed from and handed back as `Any`.
 #[async_trait]
 pub(crate) trait Registered: Send + Sync {
@@ -226,35 +241,10 @@ pub(crate) trait Registered: Send + Sync {
     fn sink_options(&self, node: &yaml::Node, path: &str) -> Result<Options, yaml::Error>;
     fn source_schema(&self, object: &str, options: &Options) -> Option<RowSchema>;
     fn payload_format(&self, options: &Options) -> PayloadFormat;
-    fn check_source(
-        &self,
-        ctx: Context<'_>,
-        conn: &dyn Any,
-        object: &str,
-        options: &Options,
-    ) -> Result<(), ConnectorError>;
-    fn build_source(
-        &self,
-        ctx: Context<'_>,
-        conn: &dyn Any,
-        object: &str,
-        options: &Options,
-        follow: bool,
-    ) -> Result<Input, ConnectorError>;
-    fn check_sink(
-        &self,
-        ctx: Context<'_>,
-        conn: &dyn Any,
-        object: &str,
-        options: &Options,
-    ) -> Result<(), ConnectorError>;
-    async fn build_sink(
-        &self,
-        ctx: Context<'_>,
-        conn: &(dyn Any + Send + Sync),
-        object: &str,
-        options: &Options,
-    ) -> Result<BuiltSink, ConnectorError>;
+    fn check_source(&self, call: Call<'_>) -> Result<(), ConnectorError>;
+    fn build_source(&self, call: Call<'_>, follow: bool) -> Result<Input, ConnectorError>;
+    fn check_sink(&self, call: Call<'_>) -> Result<(), ConnectorError>;
+    async fn build_sink(&self, call: Call<'_>) -> Result<BuiltSink, ConnectorError>;
     async fn healthcheck(&self, ctx: Context<'_>, conn: &(dyn Any + Send + Sync)) -> Result<String, ConnectorError>;
 }
 
@@ -315,45 +305,20 @@ impl<C: Connector> Registered for Erased<C> {
         self.source(options).map_or(PayloadFormat::Debezium, |o| self.0.payload_format(o))
     }
 
-    fn check_source(
-        &self,
-        ctx: Context<'_>,
-        conn: &dyn Any,
-        object: &str,
-        options: &Options,
-    ) -> Result<(), ConnectorError> {
-        self.0.check_source(ctx, self.conn(conn)?, object, self.source(options)?)
+    fn check_source(&self, c: Call<'_>) -> Result<(), ConnectorError> {
+        self.0.check_source(c.ctx, self.conn(c.conn)?, c.object, self.source(c.options)?)
     }
 
-    fn build_source(
-        &self,
-        ctx: Context<'_>,
-        conn: &dyn Any,
-        object: &str,
-        options: &Options,
-        follow: bool,
-    ) -> Result<Input, ConnectorError> {
-        self.0.build_source(ctx, self.conn(conn)?, object, self.source(options)?, follow)
+    fn build_source(&self, c: Call<'_>, follow: bool) -> Result<Input, ConnectorError> {
+        self.0.build_source(c.ctx, self.conn(c.conn)?, c.object, self.source(c.options)?, follow)
     }
 
-    fn check_sink(
-        &self,
-        ctx: Context<'_>,
-        conn: &dyn Any,
-        object: &str,
-        options: &Options,
-    ) -> Result<(), ConnectorError> {
-        self.0.check_sink(ctx, self.conn(conn)?, object, self.sink(options)?)
+    fn check_sink(&self, c: Call<'_>) -> Result<(), ConnectorError> {
+        self.0.check_sink(c.ctx, self.conn(c.conn)?, c.object, self.sink(c.options)?)
     }
 
-    async fn build_sink(
-        &self,
-        ctx: Context<'_>,
-        conn: &(dyn Any + Send + Sync),
-        object: &str,
-        options: &Options,
-    ) -> Result<BuiltSink, ConnectorError> {
-        self.0.build_sink(ctx, self.conn(conn)?, object, self.sink(options)?).await
+    async fn build_sink(&self, c: Call<'_>) -> Result<BuiltSink, ConnectorError> {
+        self.0.build_sink(c.ctx, self.conn(c.conn)?, c.object, self.sink(c.options)?).await
     }
 
     async fn healthcheck(&self, ctx: Context<'_>, conn: &(dyn Any + Send + Sync)) -> Result<String, ConnectorError> {

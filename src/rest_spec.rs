@@ -19,7 +19,7 @@ use sluice_engine::error::ConnectorError;
 use sluice_engine::schema::RowSchema;
 
 use crate::config::yaml::{self, Kind, Node};
-use crate::registry::{Options, Registered};
+use crate::registry::{Call, Options, Registered};
 
 /// A spec, registered under its name.
 pub(crate) struct SpecConnector {
@@ -111,41 +111,22 @@ impl Registered for SpecConnector {
         PayloadFormat::Debezium
     }
 
-    fn check_source(
-        &self,
-        ctx: Context<'_>,
-        conn: &dyn Any,
-        object: &str,
-        options: &Options,
-    ) -> Result<(), ConnectorError> {
-        self.build_source(ctx, conn, object, options, false).map(drop)
+    fn check_source(&self, call: Call<'_>) -> Result<(), ConnectorError> {
+        self.build_source(call, false).map(drop)
     }
 
-    fn build_source(
-        &self,
-        ctx: Context<'_>,
-        conn: &dyn Any,
-        object: &str,
-        options: &Options,
-        follow: bool,
-    ) -> Result<Input, ConnectorError> {
-        let o = self.spec.object(object)?;
-        let opts = self.spec.source_options(o, self.options(options)?);
-        let source = HttpSource::new(ctx.connection, &self.conn(conn)?.http, &o.path, opts, follow)?;
+    fn build_source(&self, c: Call<'_>, follow: bool) -> Result<Input, ConnectorError> {
+        let o = self.spec.object(c.object)?;
+        let opts = self.spec.source_options(o, self.options(c.options)?);
+        let source = HttpSource::new(c.ctx.connection, &self.conn(c.conn)?.http, &o.path, opts, follow)?;
         Ok(Input::Source(Box::new(source)))
     }
 
-    fn check_sink(&self, _: Context<'_>, _: &dyn Any, _: &str, _: &Options) -> Result<(), ConnectorError> {
+    fn check_sink(&self, _: Call<'_>) -> Result<(), ConnectorError> {
         Err(unsupported(self.name, "destination"))
     }
 
-    async fn build_sink(
-        &self,
-        _: Context<'_>,
-        _: &(dyn Any + Send + Sync),
-        _: &str,
-        _: &Options,
-    ) -> Result<BuiltSink, ConnectorError> {
+    async fn build_sink(&self, _: Call<'_>) -> Result<BuiltSink, ConnectorError> {
         Err(unsupported(self.name, "destination"))
     }
 

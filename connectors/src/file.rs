@@ -294,7 +294,7 @@ impl Source for FileSource {
                                 Some(match String::from_utf8(buf) {
                                     Err(e) => Line::Bad(e.into_bytes(), "the line is not valid UTF-8".into()),
                                     Ok(text) => match json_text::object_fields(text.trim()) {
-                                        Err(why) => Line::Bad(text.into_bytes(), why),
+                                        Err(why) => Line::Bad(text.into_bytes(), why.to_string()),
                                         Ok(fields) => {
                                             let key = self.key_of(|k| {
                                                 fields.iter().find(|(n, _)| n == k).map(|(_, v)| json_text::value_of(v))

@@ -17,6 +17,7 @@
 //! resolver drops those refused, so a name cannot pass the check and then resolve elsewhere),
 //! and to every redirect hop (redirects are followed only through [`redirect_policy`]).
 
+use sluice_engine::error::Invalid;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -129,26 +130,27 @@ const REFUSED: &str = "a loopback, private, link-local or otherwise non-public a
 
 /// Parses a URL for an outbound client: http or https only, and no literal address the
 /// connection may not reach.
-pub fn checked_url(text: &str, allow_private: bool) -> Result<reqwest::Url, String> {
+pub fn checked_url(text: &str, allow_private: bool) -> Result<reqwest::Url, Invalid> {
     let url = reqwest::Url::parse(text).map_err(|e| format!("url `{text}`: {e}"))?;
     check_url(&url, allow_private)?;
     Ok(url)
 }
 
 /// Refuses a URL that is not http(s) or names a literal address the connection may not reach.
-pub fn check_url(url: &reqwest::Url, allow_private: bool) -> Result<(), String> {
+pub fn check_url(url: &reqwest::Url, allow_private: bool) -> Result<(), Invalid> {
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("url `{}`: only http and https are supported", shown(url)));
+        return Err(format!("url `{}`: only http and https are supported", shown(url)).into());
     }
     let literal = match url.host() {
         Some(url::Host::Ipv4(a)) => Some(IpAddr::V4(a)),
         Some(url::Host::Ipv6(a)) => Some(IpAddr::V6(a)),
         Some(url::Host::Domain(_)) => None,
-        None => return Err(format!("url `{}` has no host", shown(url))),
+        None => return Err(format!("url `{}` has no host", shown(url)).into()),
     };
     match literal.filter(|ip| !allow_private && is_private(*ip)) {
         Some(ip) => {
-            Err(format!("{ip} is {REFUSED}; set `allow_private_addresses: true` on the connection to send there"))
+            Err(format!("{ip} is {REFUSED}; set `allow_private_addresses: true` on the connection to send there")
+                .into())
         }
         None => Ok(()),
     }
@@ -342,11 +344,11 @@ mod tests {
             "http://0x7f.0.0.1/",
         ] {
             let e = checked_url(u, false).unwrap_err();
-            assert!(e.contains("allow_private_addresses"), "{u}: {e}");
+            assert!(e.0.contains("allow_private_addresses"), "{u}: {e}");
             assert!(checked_url(u, true).is_ok(), "{u} with allow_private_addresses");
         }
         assert!(checked_url("https://hooks.example.com/x", false).is_ok());
-        assert!(checked_url("ftp://example.com/x", false).unwrap_err().contains("only http and https"));
+        assert!(checked_url("ftp://example.com/x", false).unwrap_err().0.contains("only http and https"));
         assert!(checked_url("file:///etc/passwd", true).is_err());
     }
 }

@@ -10,6 +10,7 @@
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use sluice_engine::error::Invalid;
 
 /// A UTF-8 byte-order mark, which some tools write at the start of a text file.
 pub const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -19,13 +20,13 @@ pub type Fields<'a> = Vec<(String, &'a RawValue)>;
 
 /// Reads `text` as one JSON object: its fields, or why it is not one (invalid JSON, another
 /// kind of value, a field named twice).
-pub fn object_fields(text: &str) -> Result<Fields<'_>, String> {
+pub fn object_fields(text: &str) -> Result<Fields<'_>, Invalid> {
     let raw: &RawValue = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     fields_of(raw)
 }
 
 /// The fields of an object given as raw JSON, refusing duplicate names.
-pub fn fields_of(raw: &RawValue) -> Result<Fields<'_>, String> {
+pub fn fields_of(raw: &RawValue) -> Result<Fields<'_>, Invalid> {
     let kind = match raw.get().trim_start().as_bytes().first() {
         Some(b'{') => None,
         Some(b'[') => Some("an array"),
@@ -35,14 +36,14 @@ pub fn fields_of(raw: &RawValue) -> Result<Fields<'_>, String> {
         _ => Some("a number"),
     };
     if let Some(kind) = kind {
-        return Err(format!("expected a JSON object, found {kind}"));
+        return Err(format!("expected a JSON object, found {kind}").into());
     }
     let mut de = serde_json::Deserializer::from_str(raw.get());
     let fields = de.deserialize_map(FieldsVisitor).map_err(|e| e.to_string())?;
     let mut names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(format!("duplicate key `{}`: a field may appear once in a record", w[0]));
+        return Err(format!("duplicate key `{}`: a field may appear once in a record", w[0]).into());
     }
     Ok(fields)
 }
@@ -73,12 +74,12 @@ pub fn value_of(raw: &RawValue) -> Value {
 
 /// The value at a JSON pointer (`/a/0/b`) inside `raw`, without parsing what is not on the
 /// way; `None` when nothing is there.
-pub fn pointer<'a>(raw: &'a RawValue, pointer: &str) -> Result<Option<&'a RawValue>, String> {
+pub fn pointer<'a>(raw: &'a RawValue, pointer: &str) -> Result<Option<&'a RawValue>, Invalid> {
     if pointer.is_empty() {
         return Ok(Some(raw));
     }
     let Some(path) = pointer.strip_prefix('/') else {
-        return Err(format!("`{pointer}` is not a JSON pointer (it starts with `/`)"));
+        return Err(format!("`{pointer}` is not a JSON pointer (it starts with `/`)").into());
     };
     let mut at = raw;
     for token in path.split('/') {
@@ -122,10 +123,10 @@ mod tests {
         let f = object_fields(r#"{"id": 99999999999999999999, "x": 1.10, "s": "a\"b"}"#).unwrap();
         let got: Vec<(&str, &str)> = f.iter().map(|(n, v)| (n.as_str(), v.get())).collect();
         assert_eq!(got, vec![("id", "99999999999999999999"), ("x", "1.10"), ("s", r#""a\"b""#)]);
-        assert!(object_fields(r#"{"id": 1, "id": 2}"#).unwrap_err().contains("duplicate key `id`"));
-        assert!(object_fields("[1]").unwrap_err().contains("found an array"));
-        assert!(object_fields("17").unwrap_err().contains("found a number"));
-        assert!(object_fields("{\"a\":").unwrap_err().starts_with("invalid JSON"));
+        assert!(object_fields(r#"{"id": 1, "id": 2}"#).unwrap_err().0.contains("duplicate key `id`"));
+        assert!(object_fields("[1]").unwrap_err().0.contains("found an array"));
+        assert!(object_fields("17").unwrap_err().0.contains("found a number"));
+        assert!(object_fields("{\"a\":").unwrap_err().0.starts_with("invalid JSON"));
         // Nested objects are the record's own business.
         assert!(object_fields(r#"{"a": {"b": 1, "b": 2}}"#).is_ok());
     }

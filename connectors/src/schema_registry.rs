@@ -11,6 +11,7 @@
 //! (bounded: ≈ 3 s); a 404 is an unknown id (the record goes to the DLQ); other 4xx are refused
 //! (bad credentials, an incompatible schema) and named in the error.
 
+use sluice_engine::error::Invalid;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,7 +70,7 @@ struct IdAnswer {
 
 impl RegistryClient {
     /// A client for the registry of connection `name`.
-    pub fn new(name: &str, config: &RegistryConfig) -> Result<RegistryClient, String> {
+    pub fn new(name: &str, config: &RegistryConfig) -> Result<RegistryClient, Invalid> {
         let base = config.url.trim_end_matches('/').to_owned();
         crate::guard::checked_url(&base, config.allow_private_addresses)
             .map_err(|e| format!("`schema_registry.url`: {e}"))?;

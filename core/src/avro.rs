@@ -13,6 +13,7 @@
 //! Schema Registry (4 bytes, big-endian), then the datum. [`SchemaRegistry`] is how the SQL
 //! stage and the kafka sink reach a registry; the client lives with the kafka connector.
 
+use crate::error::Invalid;
 use std::sync::Arc;
 
 use apache_avro::types::Value;
@@ -45,11 +46,11 @@ pub enum AvroError {
 pub const MAGIC: u8 = 0;
 
 /// Splits a Confluent wire-format payload into the schema id and the datum.
-pub fn split_wire(payload: &[u8]) -> Result<(u32, &[u8]), String> {
+pub fn split_wire(payload: &[u8]) -> Result<(u32, &[u8]), Invalid> {
     match payload {
         [MAGIC, a, b, c, d, datum @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
-        [MAGIC, ..] => Err(format!("an Avro payload of {} bytes is too short for its header", payload.len())),
-        [first, ..] => Err(format!("not Confluent-framed Avro: first byte is {first:#04x}, not 0x00")),
+        [MAGIC, ..] => Err(format!("an Avro payload of {} bytes is too short for its header", payload.len()).into()),
+        [first, ..] => Err(format!("not Confluent-framed Avro: first byte is {first:#04x}, not 0x00").into()),
         [] => Err("empty payload".into()),
     }
 }

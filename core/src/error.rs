@@ -116,6 +116,32 @@ impl ConnectorError {
     }
 }
 
+/// Input that is not what it should be — a setting, a schema, a statement, a payload's framing
+/// — and why, in words for whoever wrote it. Whose fault that is, and so whether the caller
+/// refuses a record, a config line or a flow, is the caller's to say: it adds what it was doing
+/// and picks the [`ConnectorError`] or [`TransformError`] variant.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(why: String) -> Self {
+        Invalid(why)
+    }
+}
+
+impl From<Invalid> for String {
+    fn from(why: Invalid) -> Self {
+        why.0
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(why: &str) -> Self {
+        Invalid(why.to_owned())
+    }
+}
+
 /// An error from the SQL stage.
 #[derive(Debug, Error)]
 pub enum TransformError {

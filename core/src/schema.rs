@@ -1,5 +1,6 @@
 //! Declared row schemas: the columns a flow's SQL sees, written in config as `name: type`.
 
+use crate::error::Invalid;
 use std::fmt;
 use std::sync::Arc;
 
@@ -79,7 +80,7 @@ impl RowSchema {
 impl RowSchema {
     /// The columns of an Avro record schema (an `.avsc` file): its fields, or the fields of its
     /// `after` record when it is a change envelope. Nullable unions read as their other branch.
-    pub fn from_avro(schema: &apache_avro::Schema) -> Result<RowSchema, String> {
+    pub fn from_avro(schema: &apache_avro::Schema) -> Result<RowSchema, Invalid> {
         use apache_avro::Schema as A;
         fn strip(s: &A) -> &A {
             match s {
@@ -111,7 +112,8 @@ impl RowSchema {
                     return Err(format!(
                         "field `{}`: Avro type {other:?} has no column type; declare the columns instead",
                         f.name
-                    ));
+                    )
+                    .into());
                 }
             };
             columns.push((f.name.clone(), t));
@@ -123,7 +125,7 @@ impl RowSchema {
     /// order): integers, floats, booleans and text; a field whose values mix integers and
     /// floats is a float. Nested objects and arrays have no column type, so a sample with them
     /// is refused, naming the field.
-    pub fn infer_from_json_lines(text: &str) -> Result<RowSchema, String> {
+    pub fn infer_from_json_lines(text: &str) -> Result<RowSchema, Invalid> {
         let reader = std::io::BufReader::new(text.as_bytes());
         let (schema, n) = arrow_json::reader::infer_json_schema(reader, None).map_err(|e| e.to_string())?;
         if n == 0 {
@@ -140,7 +142,7 @@ impl RowSchema {
                     return Err(format!(
                         "field `{}` holds {other} values; inferred columns are scalars only (declare the columns, or keep the field as text)",
                         f.name()
-                    ));
+                    ).into());
                 }
             };
             columns.push((f.name().clone(), t));
@@ -200,7 +202,7 @@ mod tests {
         );
         let bad = r#"{"type":"record","name":"o","fields":[{"name":"tags","type":{"type":"array","items":"string"}}]}"#;
         let e = RowSchema::from_avro(&apache_avro::Schema::parse_str(bad).unwrap()).unwrap_err();
-        assert!(e.contains("`tags`"), "{e}");
+        assert!(e.0.contains("`tags`"), "{e}");
 
         let s =
             RowSchema::infer_from_json_lines("{\"id\":1,\"v\":1}\n{\"id\":2,\"v\":2.5,\"name\":\"x\",\"ok\":true}\n")
@@ -215,6 +217,6 @@ mod tests {
             ]
         );
         let e = RowSchema::infer_from_json_lines("{\"id\":1,\"tags\":[1]}\n").unwrap_err();
-        assert!(e.contains("`tags`"), "{e}");
+        assert!(e.0.contains("`tags`"), "{e}");
     }
 }

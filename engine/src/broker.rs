@@ -12,6 +12,7 @@
 //! may reach that broker instead ([`running_broker`]). The lock is the kernel's (`flock`), so a
 //! killed process leaves none behind.
 
+use crate::error::Invalid;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
@@ -181,9 +182,9 @@ impl EmbeddedBroker {
     }
 
     /// Runs until the broker stops; `Err` says why if it failed.
-    pub async fn wait(mut self) -> Result<(), String> {
+    pub async fn wait(mut self) -> Result<(), Invalid> {
         match self.stopped.take() {
-            Some(rx) => rx.await.unwrap_or_else(|_| Err("broker thread ended unexpectedly".into())),
+            Some(rx) => rx.await.unwrap_or_else(|_| Err("broker thread ended unexpectedly".into())).map_err(Invalid),
             None => Ok(()),
         }
     }

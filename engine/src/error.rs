@@ -4,7 +4,7 @@
 
 use thiserror::Error;
 
-pub use sluice_core::error::{ConnectorError, Domain, TransformError};
+pub use sluice_core::error::{ConnectorError, Domain, Invalid, TransformError};
 
 /// An error that stops a flow.
 #[derive(Debug, Error)]

@@ -14,6 +14,7 @@
 //! reference resolved to is also [`register`]ed, and the binary's log writer passes each line
 //! through [`redact`] before it is written.
 
+use crate::error::Invalid;
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::RwLock;
@@ -65,7 +66,7 @@ impl<'de> Deserialize<'de> for Secret {
 ///
 /// Errors name the reference (the variable or the path), never a value; an unknown kind
 /// (`${vault:x}`, `${HOME}`) or an unclosed `${` is an error, never a literal.
-pub fn interpolate(written: &str) -> Result<Cow<'_, str>, String> {
+pub fn interpolate(written: &str) -> Result<Cow<'_, str>, Invalid> {
     if !written.contains("${") {
         return Ok(Cow::Borrowed(written));
     }
@@ -175,7 +176,7 @@ mod tests {
         assert_eq!(interpolate("${env:PATH}").unwrap(), path);
         assert_eq!(interpolate("a ${env:PATH} b").unwrap(), format!("a {path} b"));
         let err = interpolate("${env:SLUICE_TEST_SURELY_UNSET}").unwrap_err();
-        assert!(err.contains("SLUICE_TEST_SURELY_UNSET") && err.contains("not set"), "{err}");
+        assert!(err.0.contains("SLUICE_TEST_SURELY_UNSET") && err.0.contains("not set"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
@@ -184,9 +185,9 @@ mod tests {
         let got = interpolate(&written).unwrap();
         assert_eq!(got, "postgres://u:s3cret@h/db");
 
-        assert!(interpolate("${vault:x}").unwrap_err().contains("unknown reference"));
-        assert!(interpolate("${HOME}").unwrap_err().contains("unknown reference"));
-        assert!(interpolate("x ${env:PATH").unwrap_err().contains("closing"));
+        assert!(interpolate("${vault:x}").unwrap_err().0.contains("unknown reference"));
+        assert!(interpolate("${HOME}").unwrap_err().0.contains("unknown reference"));
+        assert!(interpolate("x ${env:PATH").unwrap_err().0.contains("closing"));
         assert_eq!(interpolate("plain").unwrap(), "plain");
         assert_eq!(interpolate("costs $5, {a}").unwrap(), "costs $5, {a}");
         assert_eq!(interpolate("$${env:PATH} stays").unwrap(), "${env:PATH} stays");

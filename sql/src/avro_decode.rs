@@ -205,7 +205,7 @@ pub(crate) async fn decode_batch(
         let (id, mut datum) = match split_wire(payload) {
             Ok(x) => x,
             Err(e) => {
-                rejected.push(reject(e));
+                rejected.push(reject(e.to_string()));
                 continue;
             }
         };

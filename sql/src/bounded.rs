@@ -20,6 +20,7 @@
 //! | `array_repeat(e, n)` | `n ×` the element's size |
 //! | `array_resize(a, n [, v])` | `16n` |
 
+use sluice_core::error::Invalid;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -53,7 +54,7 @@ pub fn all(limit: usize) -> Vec<ScalarUDF> {
 
 /// Refuses a plan that calls a bounded function with constant arguments over its bound: such a
 /// call would fail on every row, so it is a mistake in the query, reported when it is planned.
-pub fn check_constants(plan: &datafusion::logical_expr::LogicalPlan) -> Result<(), String> {
+pub fn check_constants(plan: &datafusion::logical_expr::LogicalPlan) -> Result<(), Invalid> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     let mut found = Ok(());
     let _ = plan.apply_with_subqueries(|node| {
@@ -84,7 +85,7 @@ pub fn check_constants(plan: &datafusion::logical_expr::LogicalPlan) -> Result<(
             })
         })
     });
-    found
+    found.map_err(Invalid)
 }
 
 /// Which bound applies.

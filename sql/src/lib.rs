@@ -30,6 +30,7 @@ pub mod sandbox;
 mod step;
 pub mod tasks;
 
+use sluice_core::error::Invalid;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,7 +142,7 @@ impl SqlStage {
         format: PayloadFormat,
         spec: &TransformSpec,
     ) -> Result<SqlStage, TransformError> {
-        let plan_err = |message: String| TransformError::Plan { flow: flow.to_owned(), message };
+        let plan_err = |why: Invalid| TransformError::Plan { flow: flow.to_owned(), message: why.0 };
         let declared = row;
         let row = row.arrow();
         let input = step::input_schema(&row);
@@ -152,7 +153,7 @@ impl SqlStage {
             .with_memory_limit(memory, 1.0)
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()
-            .map_err(|e| plan_err(e.to_string()))?;
+            .map_err(|e| plan_err(Invalid(e.to_string())))?;
         let mut queries = Vec::new();
         if !spec.tasks.is_empty() {
             let columns: Vec<String> = row.fields().iter().map(|f| f.name().clone()).collect();

@@ -14,6 +14,7 @@
 //! functions that could allocate without bound are replaced by bounded ones
 //! ([`crate::bounded`]).
 
+use sluice_core::error::Invalid;
 use std::ops::ControlFlow;
 
 use datafusion::prelude::SessionConfig;
@@ -33,13 +34,14 @@ pub const MAX_EXPRESSION_DEPTH: usize = 256;
 const CHECK_STACK_BYTES: usize = 64 << 20;
 
 /// Refuses anything but one bounded query, before DataFusion plans it.
-pub fn check(sql: &str) -> Result<(), String> {
+pub fn check(sql: &str) -> Result<(), Invalid> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(format!(
             "the query is {} KiB long; a flow's query may be at most {} KiB",
             sql.len() / 1024,
             MAX_SQL_BYTES / 1024
-        ));
+        )
+        .into());
     }
     let text = sql.to_owned();
     std::thread::Builder::new()
@@ -49,6 +51,7 @@ pub fn check(sql: &str) -> Result<(), String> {
         .map_err(|e| format!("checking the query: {e}"))?
         .join()
         .map_err(|_| "checking the query: the check panicked".to_owned())?
+        .map_err(Invalid)
 }
 
 fn check_parsed(sql: &str) -> Result<(), String> {
@@ -124,11 +127,11 @@ mod tests {
         assert!(check(&chain(200)).is_ok());
         for n in [300, 10_000, 50_000] {
             let e = check(&chain(n)).unwrap_err();
-            assert!(e.contains("nests more than 256 deep"), "{n}: {e}");
+            assert!(e.0.contains("nests more than 256 deep"), "{n}: {e}");
         }
         let e = check(&format!("SELECT '{}' FROM source", "x".repeat(300_000))).unwrap_err();
-        assert!(e.contains("at most 256 KiB"), "{e}");
+        assert!(e.0.contains("at most 256 KiB"), "{e}");
         let e = check("INSERT INTO t VALUES (1)").unwrap_err();
-        assert!(e.contains("not INSERT"), "{e}");
+        assert!(e.0.contains("not INSERT"), "{e}");
     }
 }

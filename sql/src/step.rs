@@ -13,6 +13,7 @@
 //! runtime — whose timer ends the batch, whose tasks keep Kafka memberships alive — must not be
 //! the one starved.
 
+use sluice_core::error::Invalid;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -177,7 +178,12 @@ fn with_lineage(
 }
 
 /// Plans one query over a `source` table of `input`'s columns.
-pub async fn plan(input: &SchemaRef, sql: &str, runtime: Arc<RuntimeEnv>, memory_limit: usize) -> Result<Step, String> {
+pub async fn plan(
+    input: &SchemaRef,
+    sql: &str,
+    runtime: Arc<RuntimeEnv>,
+    memory_limit: usize,
+) -> Result<Step, Invalid> {
     let slot = Arc::new(Mutex::new(None));
     let mut ctx = SessionContext::new_with_config_rt(sandbox::session_config(), runtime);
     // No table functions (generate_series could fill the memory; none may read files).

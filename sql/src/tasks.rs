@@ -20,6 +20,7 @@
 //! DLQ reason; `fail` marks it in another, which fails the batch; `drop` filters the row out.
 
 use serde::Deserialize;
+use sluice_core::error::Invalid;
 use sluice_core::names::column;
 
 /// The hidden column naming the first `dlq` rule a row broke.
@@ -216,7 +217,7 @@ const META: [&str; 3] = column::HIDDEN;
 
 /// Compiles `tasks` over input columns `columns` into one `SELECT … FROM source`. Errors name
 /// the task (`tasks[2]`) and the field.
-pub fn compile(tasks: &[Task], columns: &[String]) -> Result<String, String> {
+pub fn compile(tasks: &[Task], columns: &[String]) -> Result<String, Invalid> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut wheres: Vec<String> = Vec::new();
     let mut dlq: Vec<(String, String)> = Vec::new();
@@ -262,7 +263,7 @@ pub fn compile(tasks: &[Task], columns: &[String]) -> Result<String, String> {
             TaskType::Merge => {
                 let target = need(t.target.as_ref(), "target")?;
                 if t.sources.len() < 2 {
-                    return Err(format!("tasks[{i}] (Merge): `sources` must name two columns or more"));
+                    return Err(format!("tasks[{i}] (Merge): `sources` must name two columns or more").into());
                 }
                 let parts: Vec<String> = match &t.format {
                     Some(f) => layout(f, &t.sources, i, &known)?,
@@ -289,7 +290,9 @@ pub fn compile(tasks: &[Task], columns: &[String]) -> Result<String, String> {
                     Some(Op::Multiply) => "*",
                     Some(Op::Divide) => "/",
                     _ => {
-                        return Err(format!("tasks[{i}] (Arithmetic): `op` must be add, subtract, multiply or divide"));
+                        return Err(
+                            format!("tasks[{i}] (Arithmetic): `op` must be add, subtract, multiply or divide").into()
+                        );
                     }
                 };
                 let left = known(
@@ -303,7 +306,8 @@ pub fn compile(tasks: &[Task], columns: &[String]) -> Result<String, String> {
                     _ => {
                         return Err(format!(
                             "tasks[{i}] (Arithmetic): give two `sources`, or one `sources` and a `value`"
-                        ));
+                        )
+                        .into());
                     }
                 };
                 // Division by zero gives null rather than failing the batch.
@@ -328,11 +332,11 @@ pub fn compile(tasks: &[Task], columns: &[String]) -> Result<String, String> {
                         MaskMode::Last => "last",
                     };
                     if mode != "all" && t.n.is_none() {
-                        return Err(format!("tasks[{i}] (Mask): `n` is required with mode {mode}"));
+                        return Err(format!("tasks[{i}] (Mask): `n` is required with mode {mode}").into());
                     }
                     let ch = t.char.as_deref().unwrap_or("*");
                     if ch.chars().count() != 1 {
-                        return Err(format!("tasks[{i}] (Mask): `char` must be one character"));
+                        return Err(format!("tasks[{i}] (Mask): `char` must be one character").into());
                     }
                     format!("mask({value}, '{mode}', {}, {})", t.n.unwrap_or(0), text(ch))
                 } else {
@@ -358,7 +362,7 @@ pub fn compile(tasks: &[Task], columns: &[String]) -> Result<String, String> {
                     Some(Op::Contains) => format!("strpos(CAST({col} AS VARCHAR), CAST({} AS VARCHAR)) > 0", v()?),
                     Some(Op::Between) => {
                         let [lo, hi] = t.values.as_slice() else {
-                            return Err(format!("tasks[{i}] (Filter): `between` needs `values: [low, high]`"));
+                            return Err(format!("tasks[{i}] (Filter): `between` needs `values: [low, high]`").into());
                         };
                         let lo = literal(lo, "values").map_err(|e| format!("tasks[{i}]: {e}"))?;
                         let hi = literal(hi, "values").map_err(|e| format!("tasks[{i}]: {e}"))?;
@@ -367,7 +371,7 @@ pub fn compile(tasks: &[Task], columns: &[String]) -> Result<String, String> {
                     _ => {
                         return Err(format!(
                             "tasks[{i}] (Filter): `op` must be one of equal_to, not_equal_to, less_than, less_than_or_equal_to, greater_than, greater_than_or_equal_to, between, contains"
-                        ));
+                        ).into());
                     }
                 };
                 wheres.push(format!("({pred})"));
@@ -399,7 +403,7 @@ pub fn compile(tasks: &[Task], columns: &[String]) -> Result<String, String> {
                             ));
                         }
                         if parts.is_empty() {
-                            return Err(format!("tasks[{i}] (Validate): `range` needs `min`, `max` or both"));
+                            return Err(format!("tasks[{i}] (Validate): `range` needs `min`, `max` or both").into());
                         }
                         parts.join(" AND ")
                     }
@@ -568,17 +572,17 @@ mod tests {
     #[test]
     fn mistakes_name_the_task_and_field() {
         let e = compile(&[task(serde_json::json!({"type": "truncate", "source": "name"}))], &cols()).unwrap_err();
-        assert!(e.contains("tasks[0]") && e.contains("`length`"), "{e}");
+        assert!(e.0.contains("tasks[0]") && e.0.contains("`length`"), "{e}");
         let e = compile(&[task(serde_json::json!({"type": "map", "source": "name", "cast": "money"}))], &cols())
             .unwrap_err();
-        assert!(e.contains("unknown type `money`"), "{e}");
+        assert!(e.0.contains("unknown type `money`"), "{e}");
         let e =
             compile(&[task(serde_json::json!({"type": "filter", "source": "id", "op": "add", "value": 1}))], &cols())
                 .unwrap_err();
-        assert!(e.contains("`op` must be one of"), "{e}");
+        assert!(e.0.contains("`op` must be one of"), "{e}");
         let e = compile(&[task(serde_json::json!({"type": "validate", "source": "id", "rule": "non_null"}))], &cols())
             .unwrap_err();
-        assert!(e.contains("no output columns"), "{e}");
+        assert!(e.0.contains("no output columns"), "{e}");
         let e = compile(
             &[task(
                 serde_json::json!({"type": "merge", "sources": ["id", "name"], "target": "x", "format": "{id}-{nme}"}),
@@ -586,7 +590,7 @@ mod tests {
             &cols(),
         )
         .unwrap_err();
-        assert!(e.contains("{nme}"), "{e}");
+        assert!(e.0.contains("{nme}"), "{e}");
         assert_eq!(ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(text("it's"), "'it''s'");
     }

@@ -133,7 +133,12 @@ impl Loader {
             };
             match self.registry.clone().with_spec(spec) {
                 Ok(r) => self.registry = r,
-                Err(m) => self.errors.push(ConfigError { file: path, line: Some(1), path: String::new(), message: m }),
+                Err(m) => self.errors.push(ConfigError {
+                    file: path,
+                    line: Some(1),
+                    path: String::new(),
+                    message: m.to_string(),
+                }),
             }
         }
     }

@@ -23,7 +23,9 @@ pub fn resolve_all(root: &mut Node, file: &Path, errors: &mut Vec<ConfigError>) 
             Kind::Scalar { text, .. } => match sluice_engine::secret::interpolate(text) {
                 Ok(Cow::Borrowed(_)) => {}
                 Ok(Cow::Owned(resolved)) => *text = resolved,
-                Err(message) => errors.push(ConfigError { file: file.to_owned(), line: Some(line), path, message }),
+                Err(message) => {
+                    errors.push(ConfigError { file: file.to_owned(), line: Some(line), path, message: message.0 })
+                }
             },
             Kind::Seq(items) => {
                 for (i, item) in items.iter_mut().enumerate() {

@@ -143,87 +143,64 @@ pub(super) struct FlowConfig {
 }
 
 /// A flow's `batch:` section: a write (an object, a request, a transaction) closes at whichever
-/// limit comes first.
+/// limit comes first. An unset field takes the engine's default ([`BatchSettings`]).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub(super) struct BatchConfig {
     /// Most records per write (at least 1).
-    #[serde(default = "default_batch_records")]
     pub(super) max_records: NonZeroUsize,
     /// Most payload bytes per write (at least 1; a write always takes one record).
-    #[serde(default = "default_batch_bytes")]
     pub(super) max_bytes: NonZeroUsize,
     /// Milliseconds a write waits to fill once its first record arrived.
-    #[serde(default = "default_linger_ms")]
     pub(super) linger_ms: u64,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
+        let d = BatchSettings::default();
         BatchConfig {
-            max_records: default_batch_records(),
-            max_bytes: default_batch_bytes(),
-            linger_ms: default_linger_ms(),
+            max_records: at_least_one(d.max_records),
+            max_bytes: at_least_one(d.max_bytes),
+            linger_ms: millis(d.linger),
         }
     }
 }
 
-fn default_batch_records() -> NonZeroUsize {
-    NonZeroUsize::new(BatchSettings::default().max_records).unwrap_or(NonZeroUsize::MIN)
-}
-
-fn default_batch_bytes() -> NonZeroUsize {
-    NonZeroUsize::new(BatchSettings::default().max_bytes).unwrap_or(NonZeroUsize::MIN)
-}
-
-fn default_linger_ms() -> u64 {
-    BatchSettings::default().linger.as_millis() as u64
-}
-
 /// A flow's `retry:` section: bounds on retrying a destination's retriable failures
 /// (timeouts, resets, 5xx, throttling). Past either bound the flow fails with the last error.
+/// An unset field takes the engine's default ([`RetryPolicy`]).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub(super) struct RetryConfig {
     /// Attempts in all, the first included (at least 1).
-    #[serde(default = "default_max_attempts")]
     pub(super) max_attempts: NonZeroUsize,
     /// Seconds in all, across attempts (at least 1).
-    #[serde(default = "default_max_elapsed_secs")]
     pub(super) max_elapsed_secs: NonZeroU64,
     /// The first wait, in milliseconds; each next wait doubles, with jitter.
-    #[serde(default = "default_initial_backoff_ms")]
     pub(super) initial_backoff_ms: u64,
     /// The longest single wait, in milliseconds.
-    #[serde(default = "default_max_backoff_ms")]
     pub(super) max_backoff_ms: u64,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
+        let d = RetryPolicy::default();
         RetryConfig {
-            max_attempts: default_max_attempts(),
-            max_elapsed_secs: default_max_elapsed_secs(),
-            initial_backoff_ms: default_initial_backoff_ms(),
-            max_backoff_ms: default_max_backoff_ms(),
+            max_attempts: at_least_one(d.max_attempts),
+            max_elapsed_secs: NonZeroU64::new(d.max_elapsed.as_secs()).unwrap_or(NonZeroU64::MIN),
+            initial_backoff_ms: millis(d.initial),
+            max_backoff_ms: millis(d.max_delay),
         }
     }
 }
 
-fn default_max_attempts() -> NonZeroUsize {
-    NonZeroUsize::new(RetryPolicy::default().max_attempts).unwrap_or(NonZeroUsize::MIN)
+/// An engine default as a config value (the engine's defaults are never zero).
+fn at_least_one(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
-fn default_max_elapsed_secs() -> NonZeroU64 {
-    NonZeroU64::new(RetryPolicy::default().max_elapsed.as_secs()).unwrap_or(NonZeroU64::MIN)
-}
-
-fn default_initial_backoff_ms() -> u64 {
-    RetryPolicy::default().initial.as_millis() as u64
-}
-
-fn default_max_backoff_ms() -> u64 {
-    RetryPolicy::default().max_delay.as_millis() as u64
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl RetryConfig {

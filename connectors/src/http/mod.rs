@@ -118,7 +118,7 @@ impl Endpoint {
             "" => base.to_owned(),
             path => format!("{base}/{path}"),
         };
-        let url = guard::checked_url(&joined, conn.allow_private_addresses).map_err(wrong)?;
+        let url = guard::checked_url(&joined, conn.allow_private_addresses).map_err(|e| wrong(e.0))?;
         let shown = guard::shown(&url);
         let mut headers = HeaderMap::new();
         for (k, v) in &conn.headers {
@@ -130,7 +130,7 @@ impl Endpoint {
         if let Some(auth) = &conn.auth {
             check_auth(auth).map_err(wrong)?;
             if let Some(token_url) = &auth.token_url {
-                guard::checked_url(token_url, conn.allow_private_addresses).map_err(wrong)?;
+                guard::checked_url(token_url, conn.allow_private_addresses).map_err(|e| wrong(e.0))?;
             }
             if auth.kind == AuthKind::ApiKey
                 && let (Some(header), Some(key)) = (&auth.header, &auth.key)

@@ -26,6 +26,7 @@
 //! parameter `name`. A secret parameter may appear in `headers` and `auth` only, never in the
 //! URL (which shows in messages).
 
+use sluice_engine::error::Invalid;
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroU64};
 
@@ -157,12 +158,12 @@ pub const RESERVED: [&str; 2] = ["allow_private_addresses", "timeout_secs"];
 
 impl RestSpec {
     /// Checks the spec on its own: its name, its placeholders, where secrets may go.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Invalid> {
         if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("`name: {}`: a connector name is letters, digits and `_`", self.name));
+            return Err(format!("`name: {}`: a connector name is letters, digits and `_`", self.name).into());
         }
         if let Some(r) = RESERVED.iter().find(|r| self.parameters.contains_key(**r)) {
-            return Err(format!("parameter `{r}` is every connection's own setting; name it otherwise"));
+            return Err(format!("parameter `{r}` is every connection's own setting; name it otherwise").into());
         }
         if self.objects.is_empty() {
             return Err("`objects` is empty: a spec describes at least one".into());
@@ -193,7 +194,7 @@ impl RestSpec {
         }
         for (name, o) in &self.objects {
             if !placeholders(&o.path).is_empty() {
-                return Err(format!("objects.{name}.path: placeholders belong in `base_url`"));
+                return Err(format!("objects.{name}.path: placeholders belong in `base_url`").into());
             }
         }
         Ok(())
@@ -361,8 +362,8 @@ mod tests {
     #[test]
     fn placeholders_are_parameters_and_secrets_stay_out_of_urls() {
         assert!(spec("{url}/api", "{token}").check().is_ok());
-        assert!(spec("{nope}/api", "{token}").check().unwrap_err().contains("`{nope}`, which is not a parameter"));
-        assert!(spec("{url}/{token}", "{token}").check().unwrap_err().contains("secret parameter `token`"));
+        assert!(spec("{nope}/api", "{token}").check().unwrap_err().0.contains("`{nope}`, which is not a parameter"));
+        assert!(spec("{url}/{token}", "{token}").check().unwrap_err().0.contains("secret parameter `token`"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! properties, each given only to the clients that read it.
 
 use super::KafkaSettings;
+use crate::error::Invalid;
 use crate::secret::Secret;
 
 /// Security settings for a Kafka cluster, as written in config.
@@ -122,7 +123,7 @@ const ALLOWED_OPTIONS: &[&str] = &[
 ];
 
 /// Checks one extra librdkafka property against the allow-list.
-pub fn check_option(key: &str) -> Result<(), String> {
+pub fn check_option(key: &str) -> Result<(), Invalid> {
     if ALLOWED_OPTIONS.contains(&key) || CONSUMER_OPTIONS.contains(&key) || PRODUCER_OPTIONS.contains(&key) {
         return Ok(());
     }
@@ -141,7 +142,7 @@ pub fn check_option(key: &str) -> Result<(), String> {
     } else {
         ""
     };
-    Err(format!("librdkafka option `{key}` is not allowed{why}"))
+    Err(format!("librdkafka option `{key}` is not allowed{why}").into())
 }
 
 impl KafkaSettings {
@@ -152,7 +153,7 @@ impl KafkaSettings {
         extra: &std::collections::BTreeMap<String, String>,
     ) -> Result<KafkaSettings, Vec<String>> {
         let mut s = KafkaSettings::plaintext(bootstrap_servers);
-        let errors: Vec<String> = extra.keys().filter_map(|k| check_option(k).err()).collect();
+        let errors: Vec<String> = extra.keys().filter_map(|k| check_option(k).err().map(|e| e.0)).collect();
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -195,9 +196,9 @@ mod tests {
     fn refuses_options_that_run_or_load_code() {
         assert!(check_option("linger.ms").is_ok());
         let e = check_option("sasl.kerberos.kinit.cmd").unwrap_err();
-        assert!(e.contains("runs a command"), "{e}");
+        assert!(e.0.contains("runs a command"), "{e}");
         let e = check_option("plugin.library.paths").unwrap_err();
-        assert!(e.contains("loads code"), "{e}");
+        assert!(e.0.contains("loads code"), "{e}");
         let mut extra = std::collections::BTreeMap::new();
         extra.insert("plugin.library.paths".to_string(), "x".to_string());
         extra.insert("linger.ms".to_string(), "1".to_string());
