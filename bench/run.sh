@@ -134,6 +134,50 @@ flows
 
 echo "==> loading $N records into bench.in.$RUN"
 "$R/loadgen" "$BOOT" "bench.in.$RUN" "$N"
+
+# SLUICE_BENCH_BASELINE=/path/to/an/older/sluice: only job (b), with that build and with this one,
+# alternately, SLUICE_BENCH_ROUNDS times each (default 3) over the same backlog, each run under a
+# flow name of its own (so it reads the whole topic); prints CPU per record for both builds and
+# the change, and writes bench/results/compare.md. The rest of the harness does not run.
+if [ -n "${SLUICE_BENCH_BASELINE:-}" ]; then
+    ROUNDS="${SLUICE_BENCH_ROUNDS:-3}"
+    for i in $(seq 1 "$ROUNDS"); do
+        for build in base this; do
+            cat >> "$WORK/flows.yaml" <<YAML
+  - name: cmp-$build-$i-$RUN
+    source: {connection: bus, object: bench.in.$RUN, options: {format: json}, schema: $SCHEMA}
+    transform: {sql: "$JOB"}
+    destination: {connection: bus, object: bench.cmp.$build.$i.$RUN}
+YAML
+        done
+    done
+    for i in $(seq 1 "$ROUNDS"); do
+        echo "==> round $i: job (b) with the baseline, then with this build"
+        measure "base" "$SLUICE_BENCH_BASELINE" run "$WORK/flows.yaml" --flow "cmp-base-$i-$RUN"
+        measure "this" "$R/sluice" run "$WORK/flows.yaml" --flow "cmp-this-$i-$RUN"
+    done
+    python3 - "$WORK/measures" "$N" "$SLUICE_BENCH_BASELINE" "$OUT/compare.md" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+n, base_bin, out = int(sys.argv[2]), sys.argv[3], sys.argv[4]
+cpu = {k: [(float(r[2]) + float(r[3])) * 1e9 / n for r in rows if r[0] == k] for k in ("base", "this")}
+wall = {k: [n / float(r[1]) for r in rows if r[0] == k] for k in ("base", "this")}
+med = {k: statistics.median(v) for k, v in cpu.items()}
+lines = [
+    f"Job (b), kafka -> SQL -> kafka, {n} records, {len(cpu['this'])} alternating runs per build.",
+    "",
+    "| build | CPU ns/record (median) | runs (ns/record) | records/s (median) |",
+    "|---|---|---|---|",
+]
+for k, label in (("base", f"baseline ({base_bin})"), ("this", "this build")):
+    runs = ", ".join(f"{v:.0f}" for v in cpu[k])
+    lines.append(f"| {label} | {med[k]:.0f} | {runs} | {statistics.median(wall[k]):.0f} |")
+lines += ["", f"CPU per record, this build against the baseline: {100 * (med['this'] / med['base'] - 1):+.1f} %"]
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+    exit 0
+fi
 echo "==> a. raw rdkafka pass-through";     measure a "$R/passthrough" "$BOOT" "bench.in.$RUN" "bench.a.$RUN" "$N"
 echo "==> b. sluice kafka -> SQL -> kafka";  measure b "$R/sluice" run "$WORK/flows.yaml" --flow "b-$RUN"
 echo "==> c. sluice kafka -> s3 parquet";    measure c "$R/sluice" run "$WORK/flows.yaml" --flow "c-$RUN"
