@@ -10,7 +10,6 @@
 //! [`Connection`] and [`Options`], which carry the connector that parsed them and can only go
 //! back to it.
 
-use sluice_engine::error::Invalid;
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use sluice_connectors::{
     PostgresConnector, S3Connector, StdoutConnector, Unsupported,
 };
 use sluice_engine::connector::PayloadFormat;
-use sluice_engine::error::ConnectorError;
+use sluice_engine::error::{ConnectorError, Invalid};
 use sluice_engine::schema::RowSchema;
 
 use crate::config::yaml;

@@ -9,15 +9,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use axum::Router;
-use axum::routing::get;
-use common::apis::{Issues, Tickets, export, issue, issues, ticket};
+use common::apis::{issue, serve_apis, ticket};
 use common::http::{Destination as HttpServer, Mode, Options};
 use common::kafka::Kafka;
 use common::pg::{Cleanup, pg, table};
@@ -146,15 +142,8 @@ fn generate_source(env: &Env<'_>) -> SourceReport {
 
 /// The `http` source with a pagination of its own (`spec: None`), or a REST spec's connection.
 fn http_source(env: &Env<'_>, spec: Option<&str>) -> SourceReport {
-    let tickets =
-        Arc::new(Tickets { tickets: Mutex::new((0..230).map(ticket).collect()), requests: AtomicUsize::new(0) });
-    let listing =
-        Arc::new(Issues { issues: Mutex::new((0..70).map(|i| issue(i, i)).collect()), requests: AtomicUsize::new(0) });
-    let app = Router::new()
-        .route("/api/v2/incremental/tickets/cursor.json", get(export))
-        .with_state(tickets.clone())
-        .merge(Router::new().route("/repos/acme/widgets/issues", get(issues)).with_state(listing.clone()));
-    let (url, _server) = common::http::serve(app);
+    let apis = serve_apis(230, 70);
+    let (url, tickets, listing) = (&apis.url, &apis.tickets, &apis.issues);
     let files = format!("  files: {{type: file, path: {}}}", env.out().display());
     let (connection, source) = match spec {
         None => (
@@ -413,17 +402,17 @@ fn s3_sink(env: &Env<'_>) -> SinkReport {
     unwrap("s3 sink", env.rt.block_on(check_sink(&f, "sink", &mut dest)))
 }
 
-/// The JSON lines of every object under `dir` (s3s-fs keeps an object as a file).
+/// The JSON lines of every object in the bucket folder `dir` (s3s-fs keeps an object as a file
+/// under its bucket's folder, and its own metadata in the root).
 fn objects(dir: &Path) -> Vec<Value> {
     let mut rows = Vec::new();
     let mut todo = vec![dir.to_owned()];
-    let mut seen = BTreeSet::new();
     while let Some(d) = todo.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let p = e.path();
             if p.is_dir() {
                 todo.push(p);
-            } else if seen.insert(p.clone()) && !p.to_string_lossy().contains(".s3s") {
+            } else {
                 let text = std::fs::read_to_string(&p).unwrap_or_default();
                 rows.extend(text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()));
             }

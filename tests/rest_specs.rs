@@ -9,14 +9,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
-use common::apis::{Issues, Tickets, export, issue, issues, ticket};
-use common::http::serve;
+use common::apis::{issue, serve_apis, ticket};
 use common::kafka::Kafka;
 use common::{read_jsonl, run, write};
 
@@ -34,15 +30,8 @@ fn specs(dir: &std::path::Path) {
 fn two_shipped_specs_read_their_apis_whole_then_incrementally(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     specs(dir.path());
-    let tickets =
-        Arc::new(Tickets { tickets: Mutex::new((0..650).map(ticket).collect()), requests: AtomicUsize::new(0) });
-    let listing =
-        Arc::new(Issues { issues: Mutex::new((0..260).map(|i| issue(i, i)).collect()), requests: AtomicUsize::new(0) });
-    let app = Router::new()
-        .route("/api/v2/incremental/tickets/cursor.json", get(export))
-        .with_state(tickets.clone())
-        .merge(Router::new().route("/repos/acme/widgets/issues", get(issues)).with_state(listing.clone()));
-    let (url, _rt) = serve(app);
+    let apis = serve_apis(650, 260);
+    let (url, tickets, listing) = (&apis.url, &apis.tickets, &apis.issues);
     let out = dir.path().join("out");
     let (t_flow, i_flow) = (kafka.name("tickets"), kafka.name("issues"));
     let cfg = write(

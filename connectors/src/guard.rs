@@ -17,9 +17,10 @@
 //! resolver drops those refused, so a name cannot pass the check and then resolve elsewhere),
 //! and to every redirect hop (redirects are followed only through [`redirect_policy`]).
 
-use sluice_engine::error::Invalid;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+
+use sluice_engine::error::Invalid;
 
 /// Whether `ip` is one a connection may reach only with `allow_private_addresses: true`.
 pub fn is_private(ip: IpAddr) -> bool {

@@ -11,7 +11,6 @@
 //! (bounded: ≈ 3 s); a 404 is an unknown id (the record goes to the DLQ); other 4xx are refused
 //! (bad credentials, an incompatible schema) and named in the error.
 
-use sluice_engine::error::Invalid;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +19,7 @@ use async_trait::async_trait;
 use backon::Retryable as _;
 use serde::Deserialize;
 use sluice_engine::avro::{RegistryError, SchemaRegistry};
+use sluice_engine::error::Invalid;
 use sluice_engine::secret::Secret;
 
 /// Where a connection's registry is, as written in config.

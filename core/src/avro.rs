@@ -13,7 +13,6 @@
 //! Schema Registry (4 bytes, big-endian), then the datum. [`SchemaRegistry`] is how the SQL
 //! stage and the kafka sink reach a registry; the client lives with the kafka connector.
 
-use crate::error::Invalid;
 use std::sync::Arc;
 
 use apache_avro::types::Value;
@@ -23,6 +22,8 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
+
+use crate::error::Invalid;
 
 /// A failure to describe or convert rows as Avro.
 #[derive(Debug, thiserror::Error)]

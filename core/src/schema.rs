@@ -1,11 +1,12 @@
 //! Declared row schemas: the columns a flow's SQL sees, written in config as `name: type`.
 
-use crate::error::Invalid;
 use std::fmt;
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+
+use crate::error::Invalid;
 
 /// A column type as written in config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

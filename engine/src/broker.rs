@@ -12,7 +12,6 @@
 //! may reach that broker instead ([`running_broker`]). The lock is the kernel's (`flock`), so a
 //! killed process leaves none behind.
 
-use crate::error::Invalid;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
@@ -20,6 +19,8 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use url::Url;
+
+use crate::error::Invalid;
 
 /// Where the embedded broker keeps its log.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,12 +14,13 @@
 //! reference resolved to is also [`register`]ed, and the binary's log writer passes each line
 //! through [`redact`] before it is written.
 
-use crate::error::Invalid;
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::RwLock;
 
 use serde::de::{Deserialize, Deserializer};
+
+use crate::error::Invalid;
 
 /// A credential's value. Formatting it never shows the value.
 #[derive(Clone, PartialEq, Eq)]

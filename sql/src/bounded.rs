@@ -20,7 +20,6 @@
 //! | `array_repeat(e, n)` | `n ×` the element's size |
 //! | `array_resize(a, n [, v])` | `16n` |
 
-use sluice_core::error::Invalid;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -32,6 +31,8 @@ use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
 };
+
+use sluice_core::error::Invalid;
 
 /// The bounded functions for a flow whose memory limit is `limit` bytes, to register over
 /// DataFusion's own (same names, same aliases).

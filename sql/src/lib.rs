@@ -30,7 +30,6 @@ pub mod sandbox;
 mod step;
 pub mod tasks;
 
-use sluice_core::error::Invalid;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +40,7 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use sluice_core::avro::SchemaRegistry;
 use sluice_core::connector::{InputMessage, PayloadFormat, RejectedRow, Transform, Transformed};
-use sluice_core::error::TransformError;
+use sluice_core::error::{Invalid, TransformError};
 use sluice_core::schema::RowSchema;
 
 pub use decode::MAX_NESTING;

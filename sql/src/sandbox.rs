@@ -14,12 +14,13 @@
 //! functions that could allocate without bound are replaced by bounded ones
 //! ([`crate::bounded`]).
 
-use sluice_core::error::Invalid;
 use std::ops::ControlFlow;
 
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::{DFParser, Statement as Df};
 use datafusion::sql::sqlparser::ast::{Expr, Statement, Visit, Visitor};
+
+use sluice_core::error::Invalid;
 
 /// The longest query text a flow may have. Hand-written queries are a few hundred bytes and
 /// task lists compile to a few kilobytes.

@@ -13,7 +13,6 @@
 //! runtime — whose timer ends the batch, whose tasks keep Kafka memberships alive — must not be
 //! the one starved.
 
-use sluice_core::error::Invalid;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,7 +28,7 @@ use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SQLOptions, SessionContext};
 use futures::StreamExt as _;
 use sluice_core::connector::RejectedRow;
-use sluice_core::error::TransformError;
+use sluice_core::error::{Invalid, TransformError};
 
 use crate::{SOURCE_TABLE, batch_limit, bounded, functions, sandbox, tasks};
 use sluice_core::names::column;

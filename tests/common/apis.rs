@@ -98,3 +98,35 @@ pub async fn issues(
     }
     resp
 }
+
+/// Both APIs on one loopback server, with tickets `0..tickets` and issues `0..issues` (issue `i`
+/// updated at minute `i`); their states stay shared with the test, which adds to them.
+pub struct Apis {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The ticket export's state.
+    pub tickets: Arc<Tickets>,
+    /// The issues listing's state.
+    pub issues: Arc<Issues>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// Starts [`Apis`].
+pub fn serve_apis(tickets: i64, issues: i64) -> Apis {
+    let tickets =
+        Arc::new(Tickets { tickets: Mutex::new((0..tickets).map(ticket).collect()), requests: AtomicUsize::new(0) });
+    let listing = Arc::new(Issues {
+        issues: Mutex::new((0..issues).map(|i| issue(i, i)).collect()),
+        requests: AtomicUsize::new(0),
+    });
+    let app = axum::Router::new()
+        .route("/api/v2/incremental/tickets/cursor.json", axum::routing::get(export))
+        .with_state(tickets.clone())
+        .merge(
+            axum::Router::new()
+                .route("/repos/acme/widgets/issues", axum::routing::get(self::issues))
+                .with_state(listing.clone()),
+        );
+    let (url, runtime) = super::http::serve(app);
+    Apis { url, tickets, issues: listing, _runtime: runtime }
+}

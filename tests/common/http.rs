@@ -19,6 +19,8 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::proxy::reset;
+
 /// How the destination behaves now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -195,15 +197,6 @@ async fn proxy(front: TcpListener, back: SocketAddr, shared: Arc<Shared>) {
             }
         });
     }
-}
-
-/// Closes a connection with a TCP RST rather than a FIN.
-fn reset(stream: TcpStream) {
-    // A zero linger makes close send RST at once; it cannot block (the deprecation warns about
-    // non-zero lingers).
-    #[allow(deprecated)]
-    let _ = stream.set_linger(Some(Duration::ZERO));
-    drop(stream);
 }
 
 /// Serves `app` on a loopback port from its own runtime; returns the base URL and the runtime

@@ -61,7 +61,7 @@ async fn forward(front: TcpListener, back: SocketAddr, down: watch::Sender<bool>
 }
 
 /// Closes a connection with a TCP RST rather than a FIN.
-fn reset(stream: TcpStream) {
+pub fn reset(stream: TcpStream) {
     // A zero linger makes close send RST at once; it cannot block (the deprecation warns about
     // non-zero lingers).
     #[allow(deprecated)]

@@ -49,29 +49,31 @@ fn default_timeout_secs() -> std::num::NonZeroU64 {
     std::num::NonZeroU64::new(30).unwrap_or(std::num::NonZeroU64::MIN)
 }
 
-/// How requests authenticate. `type` picks the scheme; each scheme reads its own fields.
+/// How requests authenticate. `type` picks the scheme; each scheme reads its own fields. `S` is
+/// how a secret value is held: a [`Secret`] in a connection, its text with placeholders in a
+/// REST spec ([`spec::SpecAuth`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HttpAuth {
+pub struct HttpAuth<S = Secret> {
     /// `bearer`, `basic`, `api_key` or `oauth2`.
     #[serde(rename = "type")]
     pub kind: AuthKind,
     /// The token, for `bearer`.
-    pub token: Option<Secret>,
+    pub token: Option<S>,
     /// The user, for `basic`.
     pub username: Option<String>,
     /// The password, for `basic`.
-    pub password: Option<Secret>,
+    pub password: Option<S>,
     /// The header carrying the key, for `api_key` (e.g. `X-Api-Key`).
     pub header: Option<String>,
     /// The key, for `api_key`.
-    pub key: Option<Secret>,
+    pub key: Option<S>,
     /// The token endpoint, for `oauth2` (client credentials grant).
     pub token_url: Option<String>,
     /// The client id, for `oauth2`.
     pub client_id: Option<String>,
     /// The client secret, for `oauth2`.
-    pub client_secret: Option<Secret>,
+    pub client_secret: Option<S>,
     /// The scope to ask for, for `oauth2` (optional).
     pub scope: Option<String>,
 }

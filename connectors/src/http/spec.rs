@@ -26,16 +26,15 @@
 //! parameter `name`. A secret parameter may appear in `headers` and `auth` only, never in the
 //! URL (which shows in messages).
 
-use sluice_engine::error::Invalid;
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroU64};
 
 use serde::Deserialize;
-use sluice_engine::error::ConnectorError;
+use sluice_engine::error::{ConnectorError, Invalid};
 use sluice_engine::schema::RowSchema;
 use sluice_engine::secret::Secret;
 
-use super::{AuthKind, HttpAuth, HttpConnection};
+use super::{HttpAuth, HttpConnection};
 use crate::http_source::{HttpSourceOptions, Incremental, Pagination};
 
 /// One API, described once.
@@ -77,32 +76,9 @@ pub struct Parameter {
     pub default: Option<String>,
 }
 
-/// Authentication, as the `http` connection's `auth:` with placeholders in its values.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpecAuth {
-    /// `bearer`, `basic`, `api_key` or `oauth2`.
-    #[serde(rename = "type")]
-    pub kind: AuthKind,
-    /// `bearer`: the token.
-    pub token: Option<String>,
-    /// `basic`: the user.
-    pub username: Option<String>,
-    /// `basic`: the password.
-    pub password: Option<String>,
-    /// `api_key`: the header carrying the key.
-    pub header: Option<String>,
-    /// `api_key`: the key.
-    pub key: Option<String>,
-    /// `oauth2`: the token endpoint.
-    pub token_url: Option<String>,
-    /// `oauth2`: the client id.
-    pub client_id: Option<String>,
-    /// `oauth2`: the client secret.
-    pub client_secret: Option<String>,
-    /// `oauth2`: the scope.
-    pub scope: Option<String>,
-}
+/// Authentication, as the `http` connection's `auth:` with placeholders in its values (secret
+/// values are text until a connection fills them in).
+pub type SpecAuth = HttpAuth<String>;
 
 /// A request rate limit.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -318,6 +294,7 @@ fn fill(text: &str, values: &BTreeMap<&str, &str>) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::http::AuthKind;
 
     fn spec(base_url: &str, token: &str) -> RestSpec {
         let mut parameters = BTreeMap::new();
