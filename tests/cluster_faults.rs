@@ -68,11 +68,17 @@ flows:
 
     /// Waits for every record, stops the process with SIGTERM, and checks the records and the
     /// ledger. Returns the duplicates.
-    fn finish(&self, p: Sluice, fault: &str, limit: Duration) -> usize {
+    fn finish(&self, cluster: &KafkaCluster, p: Sluice, fault: &str, limit: Duration) -> usize {
         let ok = wait_until(limit, || self.distinct() >= self.count);
         let stderr = p.stderr_so_far();
         let done = p.terminate(Duration::from_secs(60));
-        assert!(ok, "{fault}: not every record arrived ({} of {}); stderr:\n{stderr}", self.distinct(), self.count);
+        assert!(
+            ok,
+            "{fault}: not every record arrived ({} of {}); stderr:\n{stderr}\n{}",
+            self.distinct(),
+            self.count,
+            cluster.log_tails(60)
+        );
         assert_eq!(done.code(), Some(0), "{fault}: SIGTERM drains and exits 0; stderr:\n{}", done.stderr);
         let v = oracle(&read_jsonl(&self.file).0, self.count);
         assert!(v.duplicates <= IN_FLIGHT_WINDOW, "{fault}: duplicates beyond one in-flight window: {v:?}");
@@ -88,11 +94,12 @@ flows:
 }
 
 /// Waits until the flow delivered `n` records.
-fn progress(flow: &Flow, p: &Sluice, n: usize) {
+fn progress(cluster: &KafkaCluster, flow: &Flow, p: &Sluice, n: usize) {
     assert!(
         wait_until(Duration::from_secs(120), || flow.delivered() >= n),
-        "no progress to {n} records; stderr:\n{}",
-        p.stderr_so_far()
+        "no progress to {n} records; stderr:\n{}\n{}",
+        p.stderr_so_far(),
+        cluster.log_tails(60)
     );
 }
 
@@ -101,12 +108,17 @@ fn the_changes_topics_partition_leader_killed_under_load_then_restarted() {
     let mut cluster = KafkaCluster::start();
     let flow = Flow::new(&cluster, "leaderkill", 40_000, 4_000);
     let p = flow.start();
-    progress(&flow, &p, 6_000);
+    progress(&cluster, &flow, &p, 6_000);
     let leader = cluster.leader_of("sluice.leaderkill.changes", 0);
     cluster.kill9(leader);
-    progress(&flow, &p, flow.delivered() + 4_000);
+    progress(&cluster, &flow, &p, flow.delivered() + 4_000);
     cluster.restart(leader);
-    flow.finish(p, &format!("leader of changes/0 (node {leader}) SIGKILL then restart"), Duration::from_secs(240));
+    flow.finish(
+        &cluster,
+        p,
+        &format!("leader of changes/0 (node {leader}) SIGKILL then restart"),
+        Duration::from_secs(240),
+    );
 }
 
 #[test]
@@ -114,12 +126,17 @@ fn the_active_controller_killed() {
     let mut cluster = KafkaCluster::start();
     let flow = Flow::new(&cluster, "ctrlkill", 40_000, 4_000);
     let p = flow.start();
-    progress(&flow, &p, 6_000);
+    progress(&cluster, &flow, &p, 6_000);
     let controller = cluster.active_controller();
     cluster.kill9(controller);
-    progress(&flow, &p, flow.delivered() + 4_000);
+    progress(&cluster, &flow, &p, flow.delivered() + 4_000);
     cluster.restart(controller);
-    flow.finish(p, &format!("active controller (node {controller}) SIGKILL then restart"), Duration::from_secs(240));
+    flow.finish(
+        &cluster,
+        p,
+        &format!("active controller (node {controller}) SIGKILL then restart"),
+        Duration::from_secs(240),
+    );
 }
 
 #[test]
@@ -127,14 +144,14 @@ fn a_broker_frozen_past_the_session_timeout_then_thawed() {
     let mut cluster = KafkaCluster::start();
     let flow = Flow::new(&cluster, "frozen", 40_000, 4_000);
     let p = flow.start();
-    progress(&flow, &p, 6_000);
+    progress(&cluster, &flow, &p, 6_000);
     // The leader of a changes partition, which is also the group coordinator of some group:
     // frozen for 15 s, past the 10 s session timeout of sluice's consumers.
     let node = cluster.leader_of("sluice.frozen.changes", 0);
     cluster.pause(node);
     std::thread::sleep(Duration::from_secs(15));
     cluster.resume(node);
-    flow.finish(p, &format!("node {node} SIGSTOP 15 s then SIGCONT"), Duration::from_secs(240));
+    flow.finish(&cluster, p, &format!("node {node} SIGSTOP 15 s then SIGCONT"), Duration::from_secs(240));
 }
 
 #[test]
@@ -142,7 +159,7 @@ fn the_whole_cluster_stopped_and_started_again_under_a_running_flow() {
     let mut cluster = KafkaCluster::start();
     let flow = Flow::new(&cluster, "fullstop", 40_000, 4_000);
     let p = flow.start();
-    progress(&flow, &p, 6_000);
+    progress(&cluster, &flow, &p, 6_000);
     for id in 1..=3 {
         cluster.stop(id);
     }
@@ -153,11 +170,12 @@ fn the_whole_cluster_stopped_and_started_again_under_a_running_flow() {
     let restarted = std::time::Instant::now();
     assert!(
         wait_until(Duration::from_secs(300), || flow.delivered() >= stopped + 4_000),
-        "no progress after the cluster restart; stderr:\n{}",
-        p.stderr_so_far()
+        "no progress after the cluster restart; stderr:\n{}\n{}",
+        p.stderr_so_far(),
+        cluster.log_tails(60)
     );
     eprintln!("whole cluster: progress again {:.1} s after the restart returned", restarted.elapsed().as_secs_f64());
-    flow.finish(p, "whole cluster stopped 10 s and started", Duration::from_secs(300));
+    flow.finish(&cluster, p, "whole cluster stopped 10 s and started", Duration::from_secs(300));
 }
 
 #[test]
@@ -165,7 +183,7 @@ fn writes_that_cannot_be_replicated_wait_and_resume_when_a_broker_returns() {
     let mut cluster = KafkaCluster::start();
     let flow = Flow::new(&cluster, "insync", 40_000, 4_000);
     let p = flow.start();
-    progress(&flow, &p, 6_000);
+    progress(&cluster, &flow, &p, 6_000);
     // Two of three nodes down: no partition has two in-sync replicas (and the metadata quorum
     // is lost too), so no batch can be acknowledged with acks=all.
     let survivor = cluster.leader_of("sluice.insync.changes", 0);
@@ -186,7 +204,7 @@ fn writes_that_cannot_be_replicated_wait_and_resume_when_a_broker_returns() {
     let during = flow.delivered();
     let outage = Instant::now();
     cluster.restart(down[0]);
-    progress(&flow, &p, during + 4_000);
+    progress(&cluster, &flow, &p, during + 4_000);
     let resumed = outage.elapsed();
     cluster.restart(down[1]);
     eprintln!(
@@ -194,5 +212,10 @@ fn writes_that_cannot_be_replicated_wait_and_resume_when_a_broker_returns() {
         during - before,
         resumed.as_secs_f64()
     );
-    flow.finish(p, "two of three nodes down (min.insync.replicas not met), then back", Duration::from_secs(300));
+    flow.finish(
+        &cluster,
+        p,
+        "two of three nodes down (min.insync.replicas not met), then back",
+        Duration::from_secs(300),
+    );
 }

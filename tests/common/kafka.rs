@@ -373,6 +373,23 @@ impl KafkaCluster {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The last `lines` lines of each node's log, for a failing test's message: whether a node
+    /// exited, and why, is only written there.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let state = if n.child.is_some() { "started" } else { "stopped" };
+            out.push_str(&format!("--- node {} ({state}), last {lines} lines of its log:\n", n.id));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
 }
 
 impl Drop for KafkaCluster {
