@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("category".into(), ColumnType::String),
         ("amount".into(), ColumnType::Int64),
         ("note".into(), ColumnType::String),
-        ("created".into(), ColumnType::Timestamp),
+        ("created".into(), ColumnType::TIMESTAMP),
     ]);
     let data = payloads(batch);
     let avg = data.iter().map(Vec::len).sum::<usize>() / data.len();

@@ -9,7 +9,8 @@ use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, StructA
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use sluice_core::connector::{InputMessage, PayloadFormat, RejectedRow};
 
-use crate::SqlStage;
+use crate::avro_decode::AvroRows;
+use crate::{SqlStage, wire};
 
 pub(crate) fn decode_schema(row: &SchemaRef, format: PayloadFormat) -> SchemaRef {
     match format {
@@ -39,7 +40,17 @@ impl SqlStage {
             }
         };
         // On an error the decoder is dropped, not kept: it may hold half a row.
-        for p in payloads {
+        if self.json_values {
+            // `json` columns: each payload becomes a value whose `json` positions are text.
+            let mut values = Vec::with_capacity(payloads.len());
+            for p in payloads {
+                let mut v: serde_json::Value = serde_json::from_slice(p).map_err(|e| format!("not JSON: {e}"))?;
+                self.json_positions_to_text(&mut v);
+                values.push(v);
+            }
+            d.serialize(&values).map_err(|e| e.to_string())?;
+        }
+        for p in payloads.iter().filter(|_| !self.json_values) {
             let mut rest: &[u8] = p;
             while !rest.is_empty() {
                 let n = d.decode(rest).map_err(|e| e.to_string())?;
@@ -70,6 +81,33 @@ impl SqlStage {
         Ok(batch)
     }
 
+    /// Replaces the values of `json` columns in a parsed payload (the row, or an envelope's
+    /// images) by their text.
+    fn json_positions_to_text(&self, v: &mut serde_json::Value) {
+        match self.format {
+            PayloadFormat::Debezium => {
+                for image in ["after", "before"] {
+                    if let Some(row) = v.get_mut(image) {
+                        wire::json_to_text(row, &self.row_type);
+                    }
+                }
+            }
+            PayloadFormat::Json | PayloadFormat::Avro => wire::json_to_text(v, &self.row_type),
+        }
+    }
+
+    /// Why one payload does not fit the columns, naming the path, when its shape is the
+    /// reason (what arrow-json says does not name it).
+    fn shape_mismatch(&self, payload: &[u8]) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        match self.format {
+            PayloadFormat::Debezium => ["after", "before"]
+                .iter()
+                .find_map(|image| v.get(image).and_then(|row| wire::mismatch(row, &self.row_type, ""))),
+            PayloadFormat::Json | PayloadFormat::Avro => wire::mismatch(&v, &self.row_type, ""),
+        }
+    }
+
     /// Builds the `source` batch from decoded payloads and the messages' keys and timestamps.
     fn input_batch(
         &self,
@@ -81,18 +119,28 @@ impl SqlStage {
         let (mut columns, op, ts): (Vec<ArrayRef>, ArrayRef, ArrayRef) = match self.format {
             PayloadFormat::Json | PayloadFormat::Avro => {
                 let ts: TimestampMillisecondArray = msgs.iter().map(|m| m.timestamp_ms).collect();
-                (
-                    decoded.columns().to_vec(),
-                    Arc::new(StringArray::from(vec!["c"; n])),
-                    Arc::new(ts.with_timezone("UTC")),
-                )
+                let columns = if self.finish {
+                    decoded
+                        .columns()
+                        .iter()
+                        .zip(&self.columns.columns)
+                        .map(|(c, (name, t))| wire::finish(c, t, name))
+                        .collect::<Result<Vec<_>, _>>()?
+                } else {
+                    decoded.columns().to_vec()
+                };
+                (columns, Arc::new(StringArray::from(vec!["c"; n])), Arc::new(ts.with_timezone("UTC")))
             }
             PayloadFormat::Debezium => {
-                let after = decoded
-                    .column(2)
-                    .as_any()
-                    .downcast_ref::<StructArray>()
-                    .ok_or("envelope `after` is not a struct")?;
+                let (after, before) = if self.finish {
+                    (
+                        wire::finish(decoded.column(2), &self.row_type, "")?,
+                        wire::finish(decoded.column(3), &self.row_type, "")?,
+                    )
+                } else {
+                    (decoded.column(2).clone(), decoded.column(3).clone())
+                };
+                let after = after.as_any().downcast_ref::<StructArray>().ok_or("envelope `after` is not a struct")?;
                 let op = decoded.column(0).clone();
                 if op.null_count() > 0 {
                     return Err("envelope has no `op`".into());
@@ -104,11 +152,8 @@ impl SqlStage {
                     .ok_or("envelope `ts_ms` is not an integer")?;
                 let ts =
                     TimestampMillisecondArray::new(ts_ms.values().clone(), ts_ms.nulls().cloned()).with_timezone("UTC");
-                let before = decoded
-                    .column(3)
-                    .as_any()
-                    .downcast_ref::<StructArray>()
-                    .ok_or("envelope `before` is not a struct")?;
+                let before =
+                    before.as_any().downcast_ref::<StructArray>().ok_or("envelope `before` is not a struct")?;
                 // A delete has no `after`: its columns are the `before` image when the
                 // envelope has one (so a delete keeps its key columns, and a filter sees the
                 // row that was deleted), null otherwise — never the struct's placeholders.
@@ -138,6 +183,57 @@ impl SqlStage {
         columns.push(ts);
         columns.push(Arc::new(arrow_array::UInt32Array::from(indices.to_vec())));
         RecordBatch::try_new(self.input.clone(), columns).map_err(|e| e.to_string())
+    }
+
+    /// The `source` batch of rows read from Avro payloads; a row the columns' decoder refuses
+    /// (a timestamp's text that is no timestamp, …) is rejected alone.
+    pub(crate) fn avro_batch(
+        &self,
+        mut rows: AvroRows,
+        msgs: &[InputMessage<'_>],
+        rejected: &mut Vec<RejectedRow>,
+    ) -> Result<Option<RecordBatch>, String> {
+        if self.json_values {
+            rows.values.iter_mut().for_each(|v| wire::json_to_text(v, &self.row_type));
+        }
+        let one = |values: &[serde_json::Value], at: std::ops::Range<usize>| -> Result<RecordBatch, String> {
+            let mut d = arrow_json::ReaderBuilder::new(self.decode.clone())
+                .with_batch_size(values.len().max(1))
+                .build_decoder()
+                .map_err(|e| e.to_string())?;
+            d.serialize(values).map_err(|e| e.to_string())?;
+            let decoded = d.flush().map_err(|e| e.to_string())?.ok_or("no rows decoded")?;
+            let mut columns = decoded
+                .columns()
+                .iter()
+                .zip(&self.columns.columns)
+                .map(|(c, (name, t))| if self.finish { wire::finish(c, t, name) } else { Ok(c.clone()) })
+                .collect::<Result<Vec<_>, _>>()?;
+            let idx = &rows.rows[at.clone()];
+            columns.push(Arc::new(StringArray::from_iter_values(&rows.ops[at.clone()])));
+            let accepted: Vec<&InputMessage<'_>> = idx.iter().filter_map(|&i| msgs.get(i as usize)).collect();
+            columns.push(Arc::new(key_column(&accepted)));
+            columns.push(Arc::new(TimestampMillisecondArray::from(rows.ts[at].to_vec()).with_timezone("UTC")));
+            columns.push(Arc::new(arrow_array::UInt32Array::from(idx.to_vec())));
+            RecordBatch::try_new(self.input.clone(), columns).map_err(|e| e.to_string())
+        };
+        if rows.values.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(b) = one(&rows.values, 0..rows.values.len()) {
+            return Ok(Some(b));
+        }
+        let mut batches = Vec::new();
+        for i in 0..rows.values.len() {
+            match one(&rows.values[i..=i], i..i + 1) {
+                Ok(b) => batches.push(b),
+                Err(e) => {
+                    rejected.push(RejectedRow { index: rows.rows[i] as usize, reason: format!("decode: avro: {e}") })
+                }
+            }
+        }
+        rejected.sort_by_key(|r| r.index);
+        Ok(arrow_select_concat(&self.input, &batches))
     }
 
     /// Decodes what it can; returns the good rows' batch and the rejected rows.
@@ -201,7 +297,10 @@ impl SqlStage {
             }
             match self.decode_all(&[p]).and_then(|d| self.input_batch(&d, &[m], &[index as u32])) {
                 Ok(b) => batches.push(b),
-                Err(reason) => rejected.push(RejectedRow { index, reason: format!("decode: {reason}") }),
+                Err(reason) => {
+                    let reason = self.shape_mismatch(p).unwrap_or(reason);
+                    rejected.push(RejectedRow { index, reason: format!("decode: {reason}") })
+                }
             }
         }
         rejected.sort_by_key(|r| r.index);

@@ -26,9 +26,12 @@ mod batch_limit;
 pub mod bounded;
 mod decode;
 pub mod functions;
+#[cfg(test)]
+mod nested_tests;
 pub mod sandbox;
 mod step;
 pub mod tasks;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +44,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use sluice_core::avro::SchemaRegistry;
 use sluice_core::connector::{InputMessage, PayloadFormat, RejectedRow, Transform, Transformed};
 use sluice_core::error::{Invalid, TransformError};
-use sluice_core::schema::RowSchema;
+use sluice_core::schema::{ColumnType, RowSchema};
 
 pub use decode::MAX_NESTING;
 pub use step::ROW_COLUMN;
@@ -115,6 +118,12 @@ pub struct SqlStage {
     int_columns: Vec<String>,
     /// The declared columns, for decoding Avro.
     columns: RowSchema,
+    /// The declared columns as one struct type (to walk payloads against).
+    row_type: ColumnType,
+    /// Whether payloads take the `serde_json::Value` path (the row has `json` columns).
+    json_values: bool,
+    /// Whether decoded columns need [`wire::finish`] (the row has `bytes` or `uuid` columns).
+    finish: bool,
     /// Where Avro payloads' writer schemas come from.
     registry: Option<Arc<dyn SchemaRegistry>>,
     /// Writer schemas seen, by id.
@@ -182,7 +191,10 @@ impl SqlStage {
         Ok(SqlStage {
             flow: flow.to_owned(),
             format,
-            decode: decode::decode_schema(&row, format),
+            decode: decode::decode_schema(&wire::wire_schema(declared), format),
+            row_type: ColumnType::Struct(declared.columns.clone()),
+            json_values: wire::has_json(declared),
+            finish: declared.columns.iter().any(|(_, t)| wire::needs_finish(t)),
             row,
             input,
             steps,
@@ -225,16 +237,14 @@ impl Transform for SqlStage {
                     message: "Avro input needs a schema registry on the source's connection".into(),
                 });
             };
-            avro_decode::decode_batch(
-                &*registry,
-                &mut self.schemas,
-                &self.columns,
-                &self.input,
-                input,
-                self.max_record_bytes,
-            )
-            .await
-            .map_err(|message| TransformError::Execute { flow: self.flow.clone(), message })?
+            let (rows, mut rejected) =
+                avro_decode::decode_batch(&*registry, &mut self.schemas, &self.row_type, input, self.max_record_bytes)
+                    .await
+                    .map_err(|message| TransformError::Execute { flow: self.flow.clone(), message })?;
+            let batch = self
+                .avro_batch(rows, input, &mut rejected)
+                .map_err(|message| TransformError::Execute { flow: self.flow.clone(), message })?;
+            (batch, rejected)
         } else {
             self.decode_batch(input)
         };

@@ -198,17 +198,23 @@ fn literal(v: &serde_json::Value, what: &str) -> Result<String, String> {
     }
 }
 
-fn sql_type(cast: &str) -> Result<&'static str, String> {
+fn sql_type(cast: &str) -> Result<String, String> {
     use sluice_core::schema::ColumnType as C;
-    Ok(match C::parse(cast) {
-        Some(C::Bool) => "BOOLEAN",
-        Some(C::Int32) => "INT",
-        Some(C::Int64) => "BIGINT",
-        Some(C::Float64) => "DOUBLE",
-        Some(C::String) => "VARCHAR",
-        Some(C::Timestamp) => "TIMESTAMP",
-        Some(C::Date) => "DATE",
-        None => return Err(format!("`cast`: unknown type `{cast}`; expected one of {}", C::NAMES)),
+    let t = C::parse(cast).map_err(|e| format!("`cast`: {e}"))?;
+    Ok(match t {
+        C::Bool => "BOOLEAN".into(),
+        C::Int32 => "INT".into(),
+        C::Int64 => "BIGINT".into(),
+        C::Float64 => "DOUBLE".into(),
+        C::String | C::Json | C::Uuid => "VARCHAR".into(),
+        C::Timestamp { .. } => "TIMESTAMP".into(),
+        C::Date => "DATE".into(),
+        C::Time => "TIME".into(),
+        C::Bytes => "BYTEA".into(),
+        C::Decimal { precision, scale } => format!("DECIMAL({precision},{scale})"),
+        C::Struct(_) | C::List(_) | C::Map(_) => {
+            return Err(format!("`cast`: tasks cast to scalar types; `{t}` needs a `sql:` query"));
+        }
     })
 }
 
