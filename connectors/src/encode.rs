@@ -1,15 +1,78 @@
 //! The row encoders sinks share, straight from the Arrow columns (no per-row values built):
 //! JSON lines and CSV. An encoder that fails was handed something it was built to encode, so
 //! its failure is a bug in sluice, never retried.
+//!
+//! JSON is arrow-json's, with two differences ([`SinkJson`]): a `json` column's value is
+//! written as the JSON it holds, not as a string of it, and bytes as base64 text (what the
+//! decoders read, and what Kafka Connect's JSON converter and Debezium write) rather than hex.
+//! Structs are objects, lists arrays, maps objects and decimals exact numbers.
 
-use arrow_array::RecordBatch;
+use std::sync::Arc;
+
+use arrow_array::{Array, BinaryArray, RecordBatch, StringArray};
+use arrow_json::writer::{Encoder, EncoderFactory, EncoderOptions, NullableEncoder};
+use arrow_schema::{ArrowError, FieldRef};
+use base64::Engine;
 use sluice_engine::error::ConnectorError;
+use sluice_engine::schema::{EXTENSION_KEY, JSON_EXTENSION};
+
+/// The encoders sinks' JSON uses in place of arrow-json's defaults.
+#[derive(Debug)]
+pub struct SinkJson;
+
+impl EncoderFactory for SinkJson {
+    fn make_default_encoder<'a>(
+        &self,
+        field: &'a FieldRef,
+        array: &'a dyn Array,
+        _options: &'a EncoderOptions,
+    ) -> Result<Option<NullableEncoder<'a>>, ArrowError> {
+        if field.metadata().get(EXTENSION_KEY).map(String::as_str) == Some(JSON_EXTENSION)
+            && let Some(text) = array.as_any().downcast_ref::<StringArray>()
+        {
+            return Ok(Some(NullableEncoder::new(Box::new(RawJson(text)), text.nulls().cloned())));
+        }
+        if let Some(bytes) = array.as_any().downcast_ref::<BinaryArray>() {
+            return Ok(Some(NullableEncoder::new(Box::new(Base64(bytes)), bytes.nulls().cloned())));
+        }
+        Ok(None)
+    }
+}
+
+/// A `json` column: its text as it is when it is one JSON value (as the decoders made it),
+/// otherwise as a string, so a line is never broken by what a query put there.
+struct RawJson<'a>(&'a StringArray);
+
+impl Encoder for RawJson<'_> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        let text = self.0.value(idx);
+        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() && !text.contains('\n') {
+            out.extend_from_slice(text.as_bytes());
+        } else {
+            // A `String` serializes infallibly.
+            out.extend_from_slice(serde_json::to_string(text).unwrap_or_default().as_bytes());
+        }
+    }
+}
+
+/// Bytes as base64 text.
+struct Base64<'a>(&'a BinaryArray);
+
+impl Encoder for Base64<'_> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        out.push(b'"');
+        out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(self.0.value(idx)).as_bytes());
+        out.push(b'"');
+    }
+}
 
 /// Encodes batches as JSON lines (nulls written out), appending to `out`. arrow-json escapes
 /// newlines inside strings, so each line is exactly one row.
 pub fn json_lines(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(), ConnectorError> {
-    let mut w =
-        arrow_json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow_json::writer::LineDelimited>(out);
+    let mut w = arrow_json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .with_encoder_factory(Arc::new(SinkJson))
+        .build::<_, arrow_json::writer::LineDelimited>(out);
     for b in batches {
         w.write(b).map_err(|e| ConnectorError::internal("encoding rows as JSON", e.to_string()))?;
     }
@@ -33,6 +96,39 @@ mod tests {
     use arrow_array::{ArrayRef, Int64Array, StringArray};
 
     use super::*;
+
+    #[test]
+    fn json_columns_are_written_as_json_bytes_as_base64_and_nesting_as_nesting() {
+        use arrow_array::{BinaryArray, StructArray};
+        use arrow_schema::{Field, Schema};
+        use sluice_engine::schema::ColumnType;
+        let doc = ColumnType::Json.field("doc");
+        let inner = Arc::new(Field::new("inner", ColumnType::Json.arrow(), true).with_metadata(doc.metadata().clone()));
+        let nested = StructArray::from(vec![(
+            inner.clone(),
+            Arc::new(StringArray::from(vec![Some("[1,2]"), None])) as ArrayRef,
+        )]);
+        let schema = Arc::new(Schema::new(vec![
+            doc,
+            Field::new("raw", arrow_schema::DataType::Binary, true),
+            Field::new("s", nested.data_type().clone(), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![Some(r#"{"a":1}"#), Some("not json")])),
+                Arc::new(BinaryArray::from_opt_vec(vec![Some(b"hi"), None])),
+                Arc::new(nested),
+            ],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        json_lines(&[batch], &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"doc\":{\"a\":1},\"raw\":\"aGk=\",\"s\":{\"inner\":[1,2]}}\n{\"doc\":\"not json\",\"raw\":null,\"s\":{\"inner\":null}}\n"
+        );
+    }
 
     #[test]
     fn rows_become_lines_with_nulls_written_out() {
