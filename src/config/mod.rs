@@ -384,6 +384,62 @@ flows:
         assert!(text.iter().any(|t| t.starts_with("10:flows[0].source.options.count:")), "{text:#?}");
     }
 
+    /// Nested, exact and extension types are declared as text or as YAML maps; a mistake deep
+    /// inside names its own line and path.
+    #[test]
+    fn nested_column_types_are_declared_and_mistakes_found_where_they_are() {
+        let good = "\
+kafka: {bootstrap_servers: 127.0.0.1:9092}
+connections:
+  in: {type: file, path: in}
+  out: {type: file, path: out}
+flows:
+  - name: orders
+    source:
+      connection: in
+      object: o.jsonl
+      schema:
+        id: int64
+        amount: decimal(10,2)
+        customer:
+          struct:
+            name: string
+            address: {struct: {city: string, zip: string}}
+        items: {list: {struct: {sku: int64, at: timestamp(us)}}}
+        tags: list<string>
+        attrs: {map: json}
+    destination: {connection: out, object: o.jsonl}
+";
+        let c = load_str(good).unwrap();
+        assert_eq!(
+            c.flows[0].schema.to_string(),
+            "id: int64\namount: decimal(10,2)\ncustomer: struct<name: string, address: struct<city: string, zip: string>>\n\
+             items: list<struct<sku: int64, at: timestamp(us)>>\ntags: list<string>\nattrs: map<string, json>\n"
+        );
+        let bad = good.replace("zip: string}", "zip: \"decimal(99,2)\"}");
+        let errs = load_str(&bad).unwrap_err();
+        let text: Vec<String> =
+            errs.iter().map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.path, e.message)).collect();
+        assert!(
+            text.iter().any(|t| t.starts_with("16:flows[0].source.schema.customer.struct.address.struct.zip:")
+                && t.contains("decimal precision 99")),
+            "{text:#?}"
+        );
+        // Inside `{…}` YAML splits at commas: the hint says so.
+        let bad = good.replace("zip: string}", "zip: decimal(12,2)}");
+        let errs = load_str(&bad).unwrap_err();
+        assert!(errs[0].message.contains("quote the type"), "{errs:?}");
+        let bad = good.replace("tags: list<string>", "tags: {lst: string}");
+        let errs = load_str(&bad).unwrap_err();
+        let text: Vec<String> =
+            errs.iter().map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.path, e.message)).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("18:flows[0].source.schema.tags") && t.contains("`lst` is no nested type")),
+            "{text:#?}"
+        );
+    }
+
     /// Settings that would be ignored are refused, naming them: a side a connector does not
     /// have, columns on a destination, a CDC option on a pull and a pull option on CDC.
     #[test]

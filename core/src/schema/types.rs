@@ -226,11 +226,19 @@ impl Parser<'_> {
 
     fn expect(&mut self, c: char) -> Result<(), String> {
         if self.eat(c) {
-            Ok(())
-        } else {
-            let rest = &self.text[self.at..];
-            Err(format!("expected `{c}` at `{rest}` in `{}`", self.text))
+            return Ok(());
         }
+        let rest = &self.text[self.at..];
+        if rest.is_empty() && matches!(c, ')' | '>') {
+            // The usual cause: `{zip: decimal(10,2)}` in YAML's flow style, which ends the
+            // value at the comma.
+            return Err(format!(
+                "`{}` ends before its `{c}`; inside `{{…}}` YAML splits at commas: quote the type \
+                 (\"decimal(10,2)\") or write it on a line of its own",
+                self.text
+            ));
+        }
+        Err(format!("expected `{c}` at `{rest}` in `{}`", self.text))
     }
 
     fn number(&mut self) -> Result<u32, String> {
@@ -380,7 +388,9 @@ impl<'de> Deserialize<'de> for NamedTypes {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NamedTypes, A::Error> {
                 let mut fields: Vec<(String, ColumnType)> = Vec::new();
                 while let Some(name) = map.next_key::<String>()? {
-                    let t: ColumnType = map.next_value().map_err(|e| de::Error::custom(format!("`{name}`: {e}")))?;
+                    // The deserializer locates an error inside the value (config errors carry
+                    // the path and line), so it is passed on as it is.
+                    let t: ColumnType = map.next_value()?;
                     if fields.iter().any(|(f, _)| *f == name) {
                         return Err(de::Error::custom(format!("`{name}` is named twice")));
                     }
@@ -431,7 +441,7 @@ mod tests {
             ("decimal(77,2)", "precision 77"),
             ("decimal(4,5)", "scale 5"),
             ("timestamp(h)", "time unit `h`"),
-            ("list<string", "expected `>`"),
+            ("list<string", "ends before its `>`"),
             ("map<int64, string>", "map keys are text"),
             ("struct<a: int64, a: string>", "`a` is named twice"),
             ("varchar", "unknown type `varchar`"),
