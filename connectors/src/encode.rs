@@ -4,12 +4,13 @@
 //!
 //! JSON is arrow-json's, with two differences ([`SinkJson`]): a `json` column's value is
 //! written as the JSON it holds, not as a string of it, and bytes as base64 text (what the
-//! decoders read, and what Kafka Connect's JSON converter and Debezium write) rather than hex.
+//! decoders read, and what Kafka Connect's JSON converter and Debezium write) rather than hex,
+//! and NaN and the infinities as `"NaN"`, `"Infinity"`, `"-Infinity"` rather than null.
 //! Structs are objects, lists arrays, maps objects and decimals exact numbers.
 
 use std::sync::Arc;
 
-use arrow_array::{Array, BinaryArray, RecordBatch, StringArray};
+use arrow_array::{Array, BinaryArray, Float64Array, RecordBatch, StringArray};
 use arrow_json::writer::{Encoder, EncoderFactory, EncoderOptions, NullableEncoder};
 use arrow_schema::{ArrowError, FieldRef};
 use base64::Engine;
@@ -32,6 +33,13 @@ impl EncoderFactory for SinkJson {
         {
             return Ok(Some(NullableEncoder::new(Box::new(RawJson(text)), text.nulls().cloned())));
         }
+        // arrow-json writes NaN and the infinities as null; they are written as the text
+        // Jackson and Kafka Connect use instead, and the decoders read back.
+        if let Some(floats) = array.as_any().downcast_ref::<Float64Array>()
+            && floats.values().iter().any(|v| !v.is_finite())
+        {
+            return Ok(Some(NullableEncoder::new(Box::new(Floats(floats)), floats.nulls().cloned())));
+        }
         if let Some(bytes) = array.as_any().downcast_ref::<BinaryArray>() {
             return Ok(Some(NullableEncoder::new(Box::new(Base64(bytes)), bytes.nulls().cloned())));
         }
@@ -52,6 +60,22 @@ impl Encoder for RawJson<'_> {
             // A `String` serializes infallibly.
             out.extend_from_slice(serde_json::to_string(text).unwrap_or_default().as_bytes());
         }
+    }
+}
+
+/// Floats, with `"NaN"`, `"Infinity"` and `"-Infinity"` for the values JSON has no number for.
+struct Floats<'a>(&'a Float64Array);
+
+impl Encoder for Floats<'_> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let v = self.0.value(idx);
+        let _ = match v {
+            v if v.is_nan() => out.write_all(b"\"NaN\""),
+            f64::INFINITY => out.write_all(b"\"Infinity\""),
+            f64::NEG_INFINITY => out.write_all(b"\"-Infinity\""),
+            v => write!(out, "{v}"),
+        };
     }
 }
 
@@ -127,6 +151,22 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"doc\":{\"a\":1},\"raw\":\"aGk=\",\"s\":{\"inner\":[1,2]}}\n{\"doc\":\"not json\",\"raw\":null,\"s\":{\"inner\":null}}\n"
+        );
+    }
+
+    #[test]
+    fn floats_json_has_no_number_for_are_written_as_text_not_null() {
+        let batch = RecordBatch::try_from_iter([(
+            "f",
+            Arc::new(arrow_array::Float64Array::from(vec![Some(f64::NAN), Some(f64::INFINITY), Some(-1.5), None]))
+                as ArrayRef,
+        )])
+        .unwrap();
+        let mut out = Vec::new();
+        json_lines(&[batch], &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"f\":\"NaN\"}\n{\"f\":\"Infinity\"}\n{\"f\":-1.5}\n{\"f\":null}\n"
         );
     }
 

@@ -169,3 +169,20 @@ async fn json_bytes_uuid_time_and_timestamp_units() {
     assert!(reasons[0].contains("raw") && reasons[0].contains("not base64"), "{reasons:?}");
     assert!(reasons[1].contains("`123` is not a UUID"), "{reasons:?}");
 }
+
+#[tokio::test]
+async fn floats_keep_nan_and_infinities_and_bytes_read_postgres_hex() {
+    let row = schema(&[("f", "float64"), ("raw", "bytes")]);
+    let (out, rejected, _) = run(
+        &row,
+        PayloadFormat::Json,
+        "SELECT CAST(f AS VARCHAR) AS f, length(raw) AS n FROM source",
+        &[r#"{"f":"NaN","raw":"\\x6869"}"#, r#"{"f":"Infinity"}"#, r#"{"f":"-Infinity"}"#, r#"{"f":1.5}"#],
+    )
+    .await;
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(
+        out,
+        vec![r#"{"f":"NaN","n":2}"#, r#"{"f":"inf","n":null}"#, r#"{"f":"-inf","n":null}"#, r#"{"f":"1.5","n":null}"#]
+    );
+}

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use sluice_engine::record::{ChangeRecord, Op, Row, UNAVAILABLE_VALUE};
 
@@ -188,6 +189,10 @@ pub(super) type ColumnTypes = HashMap<String, u32>;
 /// JSON, by the column's type. Numbers that JSON holds exactly become numbers; `numeric` stays
 /// text, so no digit is lost to a float.
 pub(super) fn typed(type_oid: u32, text: &str) -> Value {
+    // One-dimensional arrays, element by element.
+    if let Some(elem) = array_element(type_oid) {
+        return Value::Array(pg_array(text).into_iter().map(|v| v.map_or(Value::Null, |s| typed(elem, &s))).collect());
+    }
     match type_oid {
         16 => Value::Bool(text == "t"),
         20 | 21 | 23 | 26 => text.parse::<i64>().map_or_else(|_| json!(text), |n| json!(n)),
@@ -199,22 +204,45 @@ pub(super) fn typed(type_oid: u32, text: &str) -> Value {
         114 | 3802 => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
         // Timestamps in RFC 3339 shape ("2026-01-01 10:00:00+00" → "2026-01-01T10:00:00+00:00").
         1114 | 1184 => json!(rfc3339(text)),
-        // Arrays of integers, floats, booleans and text.
-        1000 | 1005 | 1007 | 1016 | 1021 | 1022 | 1009 | 1015 => {
-            let elem = match type_oid {
-                1000 => 16,
-                1005 => 21,
-                1007 => 23,
-                1016 => 20,
-                1021 => 700,
-                1022 => 701,
-                _ => 25,
-            };
-            Value::Array(pg_array(text).into_iter().map(|v| v.map_or(Value::Null, |s| typed(elem, &s))).collect())
-        }
-        // numeric keeps its precision as text; uuid, bytea (\x…), dates and the rest as text.
+        // bytea as base64 (Debezium's and Kafka Connect's JSON form of bytes).
+        17 => match text.strip_prefix("\\x").and_then(hex) {
+            Some(bytes) => json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            None => json!(text),
+        },
+        // numeric keeps every digit as text (Debezium's `decimal.handling.mode=string`); uuid,
+        // dates, times and the rest as PostgreSQL prints them.
         _ => json!(text),
     }
+}
+
+/// The element type of an array type.
+fn array_element(type_oid: u32) -> Option<u32> {
+    Some(match type_oid {
+        1000 => 16,
+        1001 => 17,
+        1005 => 21,
+        1007 => 23,
+        1016 => 20,
+        1021 => 700,
+        1022 => 701,
+        1009 | 1015 => 25,
+        1231 => 1700,
+        2951 => 2950,
+        1115 => 1114,
+        1185 => 1184,
+        1182 => 1082,
+        199 => 114,
+        3807 => 3802,
+        _ => return None,
+    })
+}
+
+/// Bytes from hex digits.
+fn hex(digits: &str) -> Option<Vec<u8>> {
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(digits.get(i..i + 2)?, 16).ok()).collect()
 }
 
 fn rfc3339(text: &str) -> String {
@@ -352,6 +380,10 @@ mod tests {
         assert_eq!(typed(1184, "2026-01-01 10:00:00+00"), json!("2026-01-01T10:00:00+00:00"));
         assert_eq!(typed(1007, "{1,NULL,3}"), json!([1, null, 3]));
         assert_eq!(typed(1009, r#"{a,"b c","x\"y",NULL}"#), json!(["a", "b c", "x\"y", null]));
+        assert_eq!(typed(17, r"\x6869"), json!("aGk="));
+        assert_eq!(typed(1231, "{1.50,NULL}"), json!(["1.50", null]));
+        assert_eq!(typed(701, "NaN"), json!("NaN"));
+        assert_eq!(typed(3807, r#"{"{\"a\": 1}"}"#), json!([{"a": 1}]));
     }
 
     #[test]
