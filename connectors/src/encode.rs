@@ -19,7 +19,11 @@ use sluice_engine::schema::{EXTENSION_KEY, JSON_EXTENSION};
 
 /// The encoders sinks' JSON uses in place of arrow-json's defaults.
 #[derive(Debug)]
-pub struct SinkJson;
+pub struct SinkJson {
+    /// Bytes in PostgreSQL's `\x` hex text form (what `json_populate_record` reads into a
+    /// `bytea`) rather than base64.
+    pg_bytes: bool,
+}
 
 impl EncoderFactory for SinkJson {
     fn make_default_encoder<'a>(
@@ -41,7 +45,9 @@ impl EncoderFactory for SinkJson {
             return Ok(Some(NullableEncoder::new(Box::new(Floats(floats)), floats.nulls().cloned())));
         }
         if let Some(bytes) = array.as_any().downcast_ref::<BinaryArray>() {
-            return Ok(Some(NullableEncoder::new(Box::new(Base64(bytes)), bytes.nulls().cloned())));
+            let encoder: Box<dyn Encoder + 'a> =
+                if self.pg_bytes { Box::new(PgHex(bytes)) } else { Box::new(Base64(bytes)) };
+            return Ok(Some(NullableEncoder::new(encoder, bytes.nulls().cloned())));
         }
         Ok(None)
     }
@@ -79,6 +85,17 @@ impl Encoder for Floats<'_> {
     }
 }
 
+/// Bytes as PostgreSQL's `\x` hex text.
+struct PgHex<'a>(&'a BinaryArray);
+
+impl Encoder for PgHex<'_> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\"\\\\x");
+        out.extend_from_slice(hex::encode(self.0.value(idx)).as_bytes());
+        out.push(b'"');
+    }
+}
+
 /// Bytes as base64 text.
 struct Base64<'a>(&'a BinaryArray);
 
@@ -93,9 +110,18 @@ impl Encoder for Base64<'_> {
 /// Encodes batches as JSON lines (nulls written out), appending to `out`. arrow-json escapes
 /// newlines inside strings, so each line is exactly one row.
 pub fn json_lines(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(), ConnectorError> {
+    json_lines_with(batches, out, SinkJson { pg_bytes: false })
+}
+
+/// [`json_lines`] for PostgreSQL's `json_populate_recordset`: bytes as `\x` hex.
+pub fn json_lines_for_postgres(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(), ConnectorError> {
+    json_lines_with(batches, out, SinkJson { pg_bytes: true })
+}
+
+fn json_lines_with(batches: &[RecordBatch], out: &mut Vec<u8>, style: SinkJson) -> Result<(), ConnectorError> {
     let mut w = arrow_json::WriterBuilder::new()
         .with_explicit_nulls(true)
-        .with_encoder_factory(Arc::new(SinkJson))
+        .with_encoder_factory(Arc::new(style))
         .build::<_, arrow_json::writer::LineDelimited>(out);
     for b in batches {
         w.write(b).map_err(|e| ConnectorError::internal("encoding rows as JSON", e.to_string()))?;

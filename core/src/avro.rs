@@ -1,8 +1,10 @@
 //! Arrow rows as Avro: the Avro schema of an Arrow schema, and each row of a batch as an Avro
 //! record value (for object container files, and Avro payloads).
 //!
-//! Every Arrow type has one Avro shape. Types Avro has no word for (decimals, times of day,
-//! intervals, maps, …) travel as their text, the way the rest of sluice renders them; the
+//! Every Arrow type has one Avro shape: structs are records, lists arrays, maps (text keys)
+//! maps, decimals `bytes` with the `decimal` logical type (exact), times of day `time-micros`,
+//! timestamps `timestamp-millis`/`-micros` (`local-` without a zone). Types Avro has no word
+//! for (intervals, …) travel as their text, the way the rest of sluice renders them; the
 //! column's Avro type is then `string`. Columns are first cast to one canonical Arrow type per
 //! shape (all small integers to `int`, every list to `array`, …) so the row walk has few cases.
 //!
@@ -18,7 +20,8 @@ use std::sync::Arc;
 use apache_avro::types::Value;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Date32Type, Float32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType, TimestampMillisecondType,
+    Date32Type, Decimal128Type, Decimal256Type, Float32Type, Float64Type, Int32Type, Int64Type, Time64MicrosecondType,
+    TimestampMicrosecondType, TimestampMillisecondType,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
@@ -107,6 +110,14 @@ fn canonical(dt: &DataType) -> DataType {
             D::List(Arc::new(item.as_ref().clone().with_data_type(canonical(item.data_type()))))
         }
         D::Dictionary(_, values) => canonical(values),
+        D::Decimal128(..) | D::Decimal256(..) => dt.clone(),
+        D::Time32(_) | D::Time64(_) => D::Time64(TimeUnit::Microsecond),
+        D::Map(entries, _) => match entries.data_type() {
+            D::Struct(kv) if kv.len() == 2 && kv[0].data_type() == &D::Utf8 => {
+                D::Map(Arc::new(entries.as_ref().clone().with_data_type(D::Struct(canonical_fields(kv)))), false)
+            }
+            _ => D::Utf8,
+        },
         _ => D::Utf8,
     }
 }
@@ -147,6 +158,16 @@ fn type_json(dt: &DataType, path: &str) -> serde_json::Value {
         }
         DataType::Struct(fields) => record_json(fields, path),
         DataType::List(item) => json!({"type": "array", "items": field_type_json(item, &format!("{path}_item"))}),
+        DataType::Map(entries, _) => match entries.data_type() {
+            DataType::Struct(kv) if kv.len() == 2 => {
+                json!({"type": "map", "values": field_type_json(&kv[1], &format!("{path}_value"))})
+            }
+            _ => json!("string"),
+        },
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
+            json!({"type": "bytes", "logicalType": "decimal", "precision": p, "scale": s})
+        }
+        DataType::Time64(_) => json!({"type": "long", "logicalType": "time-micros"}),
         _ => json!("string"),
     }
 }
@@ -287,6 +308,23 @@ fn value(array: &ArrayRef, row: usize) -> Value {
             let items = array.as_list::<i32>().value(row);
             Value::Array((0..items.len()).map(|i| field_value(&items, item, i)).collect())
         }
+        DataType::Map(entries, _) => {
+            let (map, DataType::Struct(kv)) = (array.as_map(), entries.data_type()) else { return Value::Null };
+            let Some(value_field) = kv.get(1) else { return Value::Null };
+            let entry = map.value(row);
+            let (keys, values) = (entry.column(0).as_string::<i32>(), entry.column(1));
+            Value::Map(
+                (0..entry.len()).map(|i| (keys.value(i).to_owned(), field_value(values, value_field, i))).collect(),
+            )
+        }
+        // Two's complement, big-endian, as Avro's decimal wants; the scale is the schema's.
+        DataType::Decimal128(..) => {
+            Value::Decimal(apache_avro::Decimal::from(array.as_primitive::<Decimal128Type>().value(row).to_be_bytes()))
+        }
+        DataType::Decimal256(..) => {
+            Value::Decimal(apache_avro::Decimal::from(array.as_primitive::<Decimal256Type>().value(row).to_be_bytes()))
+        }
+        DataType::Time64(_) => Value::TimeMicros(array.as_primitive::<Time64MicrosecondType>().value(row)),
         // Only `Null` is left among canonical types.
         _ => Value::Null,
     }
@@ -356,6 +394,52 @@ mod tests {
         let Value::Record(second) = &read[1] else { panic!() };
         assert_eq!(second[1], ("upper_name_".into(), Value::Union(0, Box::new(Value::Null))));
         assert_eq!(second[6], ("tags".into(), Value::Union(0, Box::new(Value::Null))));
+    }
+
+    #[test]
+    fn decimals_maps_and_times_are_written_natively() {
+        use arrow_array::builder::{MapBuilder, StringBuilder};
+        use arrow_array::{Decimal128Array, Decimal256Array, Time64MicrosecondArray};
+        let mut attrs = MapBuilder::new(None, StringBuilder::new(), Int64Builder::new());
+        attrs.keys().append_value("a");
+        attrs.values().append_value(1);
+        attrs.append(true).unwrap();
+        let big = arrow_buffer::i256::from_string("-12345678901234567890123456789012345678901234").unwrap();
+        let b = RecordBatch::try_from_iter(vec![
+            (
+                "amount",
+                Arc::new(Decimal128Array::from(vec![123_456_789_012_345_678]).with_precision_and_scale(20, 4).unwrap())
+                    as ArrayRef,
+            ),
+            ("big", Arc::new(Decimal256Array::from(vec![big]).with_precision_and_scale(60, 10).unwrap()) as ArrayRef),
+            ("attrs", Arc::new(attrs.finish()) as ArrayRef),
+            ("at", Arc::new(Time64MicrosecondArray::from(vec![36_672_500_000])) as ArrayRef),
+        ])
+        .unwrap();
+        let rows = AvroRows::new(&b.schema(), "t").unwrap();
+        let schema = serde_json::to_string(rows.schema()).unwrap();
+        assert!(schema.contains(r#""logicalType":"decimal","precision":20,"scale":4"#), "{schema}");
+        assert!(schema.contains(r#""type":"map""#), "{schema}");
+        let mut w = apache_avro::Writer::new(rows.schema(), Vec::new());
+        for v in rows.values(&b).unwrap() {
+            w.append(v).unwrap();
+        }
+        let bytes = w.into_inner().unwrap();
+        let read: Vec<Value> = apache_avro::Reader::new(bytes.as_slice()).unwrap().map(|r| r.unwrap()).collect();
+        let Value::Record(row) = &read[0] else { panic!("{:?}", read[0]) };
+        let Value::Decimal(d) = &row[0].1 else { panic!("{:?}", row[0]) };
+        let unscaled = <Vec<u8>>::try_from(d).unwrap();
+        let mut be = [0u8; 16];
+        be[16 - unscaled.len()..].copy_from_slice(&unscaled);
+        assert_eq!(i128::from_be_bytes(be), 123_456_789_012_345_678);
+        let Value::Decimal(d) = &row[1].1 else { panic!("{:?}", row[1]) };
+        let mut be = [0xffu8; 32];
+        let unscaled = <Vec<u8>>::try_from(d).unwrap();
+        be[32 - unscaled.len()..].copy_from_slice(&unscaled);
+        assert_eq!(arrow_buffer::i256::from_be_bytes(be), big);
+        let one = Value::Union(1, Box::new(Value::Long(1)));
+        assert_eq!(row[2].1, Value::Map([("a".to_owned(), one)].into_iter().collect()));
+        assert_eq!(row[3].1, Value::TimeMicros(36_672_500_000));
     }
 
     #[test]

@@ -148,11 +148,11 @@ pub(crate) fn finish(array: &ArrayRef, t: &ColumnType, path: &str) -> Result<Arr
             for (i, v) in text.iter().enumerate() {
                 values.push(match v {
                     None => None,
-                    // PostgreSQL's own text form (`\x68 69`, what `row_to_json` gives for bytea)
+                    // PostgreSQL's own text form (`\x6869`, what `row_to_json` gives for bytea)
                     // cannot be base64, which has no backslash.
-                    Some(s) if s.starts_with("\\x") => {
-                        Some(pg_hex(&s[2..]).ok_or_else(|| format!("{path}: row {i}: `{}` is not \\x-hex", clip(s)))?)
-                    }
+                    Some(s) if s.starts_with("\\x") => Some(
+                        hex::decode(&s[2..]).map_err(|_| format!("{path}: row {i}: `{}` is not \\x-hex", clip(s)))?,
+                    ),
                     Some(s) => Some(
                         engine.decode(s).map_err(|e| format!("{path}: row {i}: `{}` is not base64: {e}", clip(s)))?,
                     ),
@@ -206,14 +206,6 @@ pub(crate) fn finish(array: &ArrayRef, t: &ColumnType, path: &str) -> Result<Arr
 /// A decimal's text without the zeros the wide scale added after its last digit.
 fn trim_fraction(s: &str) -> &str {
     if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { s }
-}
-
-/// Bytes from hex digits.
-fn pg_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// `8-4-4-4-12` hex digits.

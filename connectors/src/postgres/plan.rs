@@ -65,7 +65,7 @@ impl Plan {
         for b in batches {
             let data = b.project(data_cols).map_err(encode_err)?;
             let mut buf = Vec::new();
-            encode::json_lines(std::slice::from_ref(&data), &mut buf)?;
+            encode::json_lines_for_postgres(std::slice::from_ref(&data), &mut buf)?;
             let lines = buf.split(|c| *c == b'\n').filter(|l| !l.is_empty());
             let ops = text_column(b, column::OP);
             let op = |i: usize| ops.filter(|o| o.is_valid(i)).map(|o| o.value(i));
@@ -93,7 +93,7 @@ impl Plan {
                 .collect::<Result<Vec<usize>, _>>()?;
             let key_cols = b.project(&key_idx).map_err(encode_err)?;
             let mut kbuf = Vec::new();
-            encode::json_lines(std::slice::from_ref(&key_cols), &mut kbuf)?;
+            encode::json_lines_for_postgres(std::slice::from_ref(&key_cols), &mut kbuf)?;
             let key_lines = kbuf.split(|c| *c == b'\n').filter(|l| !l.is_empty());
             let kafka_keys = text_column(b, column::KEY);
             for (i, (line, key_line)) in lines.zip(key_lines).enumerate() {

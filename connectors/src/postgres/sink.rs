@@ -262,15 +262,33 @@ impl Sink for PostgresSink {
 /// `CREATE TABLE IF NOT EXISTS` for the output columns, keyed by `key`.
 fn create_table_sql(table: &str, schema: &SchemaRef, key: &[String]) -> String {
     let mut cols: Vec<String> =
-        schema.fields().iter().map(|f| format!("{} {}", quote_ident(f.name()), pg_type(f.data_type()))).collect();
+        schema.fields().iter().map(|f| format!("{} {}", quote_ident(f.name()), pg_type(f))).collect();
     if !key.is_empty() {
         cols.push(format!("PRIMARY KEY ({})", key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ")));
     }
     format!("CREATE TABLE IF NOT EXISTS {table} ({})", cols.join(", "))
 }
 
-/// The PostgreSQL type for an output column.
-fn pg_type(t: &DataType) -> &'static str {
+/// The PostgreSQL type for an output column: exact decimals as `numeric(p,s)`, `json` columns
+/// as `jsonb`, `uuid` columns as `uuid`, lists of scalars as arrays; structs, maps and lists of
+/// them as `jsonb` (PostgreSQL's composite types would need a type created per struct).
+fn pg_type(f: &arrow_schema::Field) -> String {
+    use sluice_engine::schema::{EXTENSION_KEY, JSON_EXTENSION, UUID_EXTENSION};
+    match (f.data_type(), f.metadata().get(EXTENSION_KEY).map(String::as_str)) {
+        (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, Some(JSON_EXTENSION)) => "jsonb".into(),
+        (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, Some(UUID_EXTENSION)) => "uuid".into(),
+        (DataType::Decimal128(p, s) | DataType::Decimal256(p, s), _) if *s >= 0 => {
+            format!("numeric({p},{s})")
+        }
+        (DataType::List(item) | DataType::LargeList(item), _) => match pg_type(item) {
+            t if t == "jsonb" => t,
+            t => format!("{t}[]"),
+        },
+        (t, _) => pg_scalar(t).into(),
+    }
+}
+
+fn pg_scalar(t: &DataType) -> &'static str {
     match t {
         DataType::Boolean => "boolean",
         DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint",
@@ -283,8 +301,9 @@ fn pg_type(t: &DataType) -> &'static str {
         DataType::Timestamp(_, Some(_)) => "timestamptz",
         DataType::Timestamp(_, None) => "timestamp",
         DataType::Date32 | DataType::Date64 => "date",
+        DataType::Time32(_) | DataType::Time64(_) => "time",
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea",
-        // Lists, structs and maps arrive as JSON.
+        // Structs and maps arrive as JSON objects.
         _ => "jsonb",
     }
 }

@@ -205,7 +205,7 @@ pub(super) fn typed(type_oid: u32, text: &str) -> Value {
         // Timestamps in RFC 3339 shape ("2026-01-01 10:00:00+00" → "2026-01-01T10:00:00+00:00").
         1114 | 1184 => json!(rfc3339(text)),
         // bytea as base64 (Debezium's and Kafka Connect's JSON form of bytes).
-        17 => match text.strip_prefix("\\x").and_then(hex) {
+        17 => match text.strip_prefix("\\x").and_then(|h| hex::decode(h).ok()) {
             Some(bytes) => json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
             None => json!(text),
         },
@@ -235,14 +235,6 @@ fn array_element(type_oid: u32) -> Option<u32> {
         3807 => 3802,
         _ => return None,
     })
-}
-
-/// Bytes from hex digits.
-fn hex(digits: &str) -> Option<Vec<u8>> {
-    if digits.len() % 2 != 0 {
-        return None;
-    }
-    (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(digits.get(i..i + 2)?, 16).ok()).collect()
 }
 
 fn rfc3339(text: &str) -> String {
