@@ -127,23 +127,28 @@ flows:
     eprintln!("types: 4 rows of 9 kinds copied exactly by CDC (snapshot + stream) and 3 by a pull");
 }
 
+/// Writes `lines` to `in/orders.jsonl` below `dir`; the folder, for a `file` connection.
+fn orders(dir: &std::path::Path, lines: &[String]) -> std::path::PathBuf {
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("orders.jsonl"), lines.join("\n") + "\n").unwrap();
+    input
+}
+
 fn nested_json_lines_through_sql_keep_their_shape(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    let mut lines = String::new();
-    for i in 0..500 {
-        lines.push_str(&format!(
-            r#"{{"id":{i},"customer":{{"name":"c{i}","address":{{"city":"{city}"}}}},"items":[{{"sku":{i},"price":"{i}.25"}},{{"sku":{j},"price":"0.10"}}],"attrs":{{"k":"v{i}"}}}}"#,
-            city = if i % 2 == 0 { "Paris" } else { "Lyon" },
-            j = i + 1000
-        ));
-        lines.push('\n');
-    }
+    let mut lines: Vec<String> = (0..500)
+        .map(|i| {
+            format!(
+                r#"{{"id":{i},"customer":{{"name":"c{i}","address":{{"city":"{city}"}}}},"items":[{{"sku":{i},"price":"{i}.25"}},{{"sku":{j},"price":"0.10"}}],"attrs":{{"k":"v{i}"}}}}"#,
+                city = if i % 2 == 0 { "Paris" } else { "Lyon" },
+                j = i + 1000
+            )
+        })
+        .collect();
     // One line whose city is a number: it goes to the DLQ naming the path, the rest flow.
-    lines.push_str(r#"{"id":9999,"customer":{"name":"bad","address":{"city":7}},"items":[]}"#);
-    lines.push('\n');
-    std::fs::write(input.join("orders.jsonl"), lines).unwrap();
+    lines.push(r#"{"id":9999,"customer":{"name":"bad","address":{"city":7}},"items":[]}"#.to_owned());
+    let input = orders(dir.path(), &lines);
     let cfg = write(
         dir.path(),
         "nested.yaml",
@@ -215,19 +220,16 @@ fn nested_parquet_on_s3_is_read_back_by_pyarrow_with_its_schema(kafka: &mut Kafk
     let s3 = common::s3::start_s3();
     std::fs::create_dir_all(s3.dir.path().join("lake-nested")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    let mut lines = String::new();
-    for i in 0..300 {
-        lines.push_str(&format!(
-            r#"{{"id":{i},"customer":{{"name":"c{i}","address":{{"city":"city{c}"}}}},"items":[{{"sku":{i},"price":"{i}.25"}},{{"sku":{j},"price":0.1}}],"attrs":{{"k":"v{i}"}},"amount":"12345678901234.{f:04}"}}"#,
-            c = i % 7,
-            j = i + 1000,
-            f = i
-        ));
-        lines.push('\n');
-    }
-    std::fs::write(input.join("orders.jsonl"), lines).unwrap();
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            format!(
+                r#"{{"id":{i},"customer":{{"name":"c{i}","address":{{"city":"city{c}"}}}},"items":[{{"sku":{i},"price":"{i}.25"}},{{"sku":{j},"price":0.1}}],"attrs":{{"k":"v{i}"}},"amount":"12345678901234.{i:04}"}}"#,
+                c = i % 7,
+                j = i + 1000,
+            )
+        })
+        .collect();
+    let input = orders(dir.path(), &lines);
     let cfg = write(
         dir.path(),
         "parquet.yaml",
