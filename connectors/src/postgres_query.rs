@@ -202,7 +202,7 @@ impl QuerySource {
         let mut items = Vec::with_capacity(rows.len());
         for r in rows {
             let text: String = r.get(0);
-            let after: Map<String, Value> = match serde_json::from_str(&text) {
+            let after: Map<String, Value> = match exact_row(&text) {
                 Ok(m) => m,
                 Err(e) => {
                     items.push(SourceItem::Malformed {
@@ -344,5 +344,46 @@ impl Source for QuerySource {
 
     fn incremental(&self) -> bool {
         self.options.mode == PullMode::Incremental
+    }
+}
+
+/// A row from `row_to_json`, its top-level numbers kept exact: PostgreSQL writes `numeric`
+/// values as JSON numbers with every digit, and a JSON number read into a float loses the
+/// ones past 15 or so (`12345678901234.5678` became `…4.568`). A number that is an integer, or
+/// a float whose shortest text is the number's own, stays a number; any other keeps its text, as
+/// the CDC source keeps `numeric` (Debezium's `decimal.handling.mode=string`). `decimal`
+/// columns read either form exactly.
+fn exact_row(text: &str) -> Result<Map<String, Value>, serde_json::Error> {
+    let mut row: Map<String, Value> = serde_json::from_str(text)?;
+    // Most rows hold no float at all; only those that do are read a second time, raw.
+    if !row.values().any(Value::is_f64) {
+        return Ok(row);
+    }
+    let raw: std::collections::HashMap<String, Box<serde_json::value::RawValue>> = serde_json::from_str(text)?;
+    for (k, v) in row.iter_mut() {
+        if let (Some(f), Some(r)) = (v.as_f64(), raw.get(k)) {
+            let t = r.get();
+            if f.to_string() != t {
+                *v = Value::String(t.to_owned());
+            }
+        }
+    }
+    Ok(row)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn numbers_from_row_to_json_keep_every_digit() {
+        let row =
+            super::exact_row(r#"{"a": 12345678901234.5678, "b": 42, "c": 1.5, "d": -0.0001, "e": {"x": 1}, "f": "t"}"#)
+                .unwrap();
+        assert_eq!(row["a"], serde_json::json!("12345678901234.5678"));
+        assert_eq!(row["b"], serde_json::json!(42));
+        assert_eq!(row["c"], serde_json::json!(1.5));
+        assert_eq!(row["d"], serde_json::json!(-0.0001));
+        assert_eq!(row["e"], serde_json::json!({"x": 1}));
+        assert_eq!(row["f"], serde_json::json!("t"));
     }
 }

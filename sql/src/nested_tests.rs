@@ -90,12 +90,16 @@ async fn unnest_makes_one_row_per_item_traced_to_its_message_and_a_bad_record_go
     let (out, rejected, origins) = run(
         &order(),
         PayloadFormat::Json,
-        "SELECT id, item.sku AS sku, item.price * item.qty AS total FROM (SELECT id, unnest(items) AS item FROM source)",
+        "SELECT id, item.sku AS sku, item.price * item.qty AS total, item['price'] * 2 AS twice \
+         FROM (SELECT id, unnest(items) AS item FROM source)",
         &[ORDER, BAD_CITY, ORDER2],
     )
     .await;
     assert_eq!(rejected, vec![(1, "decode: customer.address.city: expected text (string), got a number".to_owned())]);
-    assert_eq!(out, vec![r#"{"id":1,"sku":10,"total":3.00}"#, r#"{"id":1,"sku":11,"total":2.25}"#]);
+    assert_eq!(
+        out,
+        vec![r#"{"id":1,"sku":10,"total":3.00,"twice":3.00}"#, r#"{"id":1,"sku":11,"total":2.25,"twice":4.50}"#]
+    );
     // Both output rows came from message 0: an acknowledgement or a dead letter for either
     // names that message.
     assert_eq!(origins, Some(vec![0, 0]));
