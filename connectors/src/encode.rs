@@ -3,9 +3,10 @@
 //! its failure is a bug in sluice, never retried.
 //!
 //! JSON is arrow-json's, with two differences ([`SinkJson`]): a `json` column's value is
-//! written as the JSON it holds, not as a string of it, and bytes as base64 text (what the
-//! decoders read, and what Kafka Connect's JSON converter and Debezium write) rather than hex,
-//! and NaN and the infinities as `"NaN"`, `"Infinity"`, `"-Infinity"` rather than null.
+//! written as the JSON it holds, not as a string of it, and NaN and the infinities as `"NaN"`,
+//! `"Infinity"`, `"-Infinity"` rather than null. Bytes stay arrow-json's hex text (what a
+//! `sha256()` column has always been written as), except for PostgreSQL, which gets its `\x`
+//! form.
 //! Structs are objects, lists arrays, maps objects and decimals exact numbers.
 
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use arrow_array::{Array, BinaryArray, Float64Array, RecordBatch, StringArray};
 use arrow_json::writer::{Encoder, EncoderFactory, EncoderOptions, NullableEncoder};
 use arrow_schema::{ArrowError, FieldRef};
-use base64::Engine;
 use sluice_engine::error::ConnectorError;
 use sluice_engine::schema::{EXTENSION_KEY, JSON_EXTENSION};
 
@@ -21,7 +21,7 @@ use sluice_engine::schema::{EXTENSION_KEY, JSON_EXTENSION};
 #[derive(Debug)]
 pub struct SinkJson {
     /// Bytes in PostgreSQL's `\x` hex text form (what `json_populate_record` reads into a
-    /// `bytea`) rather than base64.
+    /// `bytea`) rather than arrow-json's plain hex.
     pg_bytes: bool,
 }
 
@@ -40,14 +40,14 @@ impl EncoderFactory for SinkJson {
         // arrow-json writes NaN and the infinities as null; they are written as the text
         // Jackson and Kafka Connect use instead, and the decoders read back.
         if let Some(floats) = array.as_any().downcast_ref::<Float64Array>()
-            && floats.values().iter().any(|v| !v.is_finite())
+            && floats.iter().flatten().any(|v| !v.is_finite())
         {
             return Ok(Some(NullableEncoder::new(Box::new(Floats(floats)), floats.nulls().cloned())));
         }
-        if let Some(bytes) = array.as_any().downcast_ref::<BinaryArray>() {
-            let encoder: Box<dyn Encoder + 'a> =
-                if self.pg_bytes { Box::new(PgHex(bytes)) } else { Box::new(Base64(bytes)) };
-            return Ok(Some(NullableEncoder::new(encoder, bytes.nulls().cloned())));
+        if self.pg_bytes
+            && let Some(bytes) = array.as_any().downcast_ref::<BinaryArray>()
+        {
+            return Ok(Some(NullableEncoder::new(Box::new(PgHex(bytes)), bytes.nulls().cloned())));
         }
         Ok(None)
     }
@@ -80,7 +80,9 @@ impl Encoder for Floats<'_> {
             v if v.is_nan() => out.write_all(b"\"NaN\""),
             f64::INFINITY => out.write_all(b"\"Infinity\""),
             f64::NEG_INFINITY => out.write_all(b"\"-Infinity\""),
-            v => write!(out, "{v}"),
+            // `Debug` is the shortest text that reads back as the same float, `.0` included
+            // (`-42.0`), as arrow-json writes it.
+            v => write!(out, "{v:?}"),
         };
     }
 }
@@ -92,17 +94,6 @@ impl Encoder for PgHex<'_> {
     fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\"\\\\x");
         out.extend_from_slice(hex::encode(self.0.value(idx)).as_bytes());
-        out.push(b'"');
-    }
-}
-
-/// Bytes as base64 text.
-struct Base64<'a>(&'a BinaryArray);
-
-impl Encoder for Base64<'_> {
-    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
-        out.push(b'"');
-        out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(self.0.value(idx)).as_bytes());
         out.push(b'"');
     }
 }
@@ -148,7 +139,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_columns_are_written_as_json_bytes_as_base64_and_nesting_as_nesting() {
+    fn json_columns_are_written_as_json_bytes_as_hex_and_nesting_as_nesting() {
         use arrow_array::{BinaryArray, StructArray};
         use arrow_schema::{Field, Schema};
         use sluice_engine::schema::ColumnType;
@@ -176,7 +167,7 @@ mod tests {
         json_lines(&[batch], &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"doc\":{\"a\":1},\"raw\":\"aGk=\",\"s\":{\"inner\":[1,2]}}\n{\"doc\":\"not json\",\"raw\":null,\"s\":{\"inner\":null}}\n"
+            "{\"doc\":{\"a\":1},\"raw\":\"6869\",\"s\":{\"inner\":[1,2]}}\n{\"doc\":\"not json\",\"raw\":null,\"s\":{\"inner\":null}}\n"
         );
     }
 
