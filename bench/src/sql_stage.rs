@@ -41,6 +41,7 @@ fn nested_schema() -> RowSchema {
             t("list<struct<sku: int64, name: string, qty: int32, price: decimal(10,2), tags: list<string>>>"),
         ),
         ("total".into(), t("decimal(12,2)")),
+        ("comment".into(), ColumnType::String),
         ("created".into(), ColumnType::TIMESTAMP),
     ])
 }
@@ -51,7 +52,7 @@ fn nested_payloads(n: usize) -> Vec<Vec<u8>> {
             let items: Vec<String> = (0..5)
                 .map(|k| {
                     format!(
-                        r#"{{"sku":{sku},"name":"{cat} item {k} of order {i}","qty":{q},"price":"{p}.{c:02}","tags":["{cat}","promo"]}}"#,
+                        r#"{{"sku":{sku},"name":"{cat} item {k} of order {i}, size M, colour blue","qty":{q},"price":"{p}.{c:02}","tags":["{cat}","promo"]}}"#,
                         sku = i * 5 + k,
                         cat = CATEGORIES[(i + k) % 5],
                         q = 1 + k % 3,
@@ -61,7 +62,7 @@ fn nested_payloads(n: usize) -> Vec<Vec<u8>> {
                 })
                 .collect();
             format!(
-                r#"{{"id":{i},"seq":{i},"customer":{{"name":"{name}","email":"{name}{c}@example.com","address":{{"street":"{n} rue de la Paix","city":"{city}","zip":"750{z:02}","geo":{{"lat":{lat},"lon":2.35}}}}}},"items":[{items}],"total":"{t}.50","created":"2026-11-25T10:{m:02}:{s:02}Z"}}"#,
+                r#"{{"id":{i},"seq":{i},"customer":{{"name":"{name}","email":"{name}{c}@example.com","address":{{"street":"{n} rue de la Paix","city":"{city}","zip":"750{z:02}","geo":{{"lat":{lat},"lon":2.35}}}}}},"items":[{items}],"total":"{t}.50","comment":"left with the concierge if nobody answers; call ahead for deliveries after six, gift wrapped, no invoice in the parcel","created":"2026-11-25T10:{m:02}:{s:02}Z"}}"#,
                 name = NAMES[i % 8],
                 c = i % 977,
                 n = i % 200,

@@ -24,6 +24,8 @@ use sluice_core::avro::{RegistryError, SchemaRegistry, split_wire};
 use sluice_core::connector::{InputMessage, RejectedRow};
 use sluice_core::schema::ColumnType;
 
+use crate::precheck::decimal_fits;
+
 /// The rows a batch of Avro payloads held, as JSON values, with each one's op, change time and
 /// message index.
 #[derive(Default)]
@@ -132,10 +134,18 @@ fn to_json(w: &Writer<'_>, v: &Value, s: &Schema, t: &ColumnType, path: &str) ->
         (Value::Bytes(b) | Value::Fixed(_, b), C::Bytes) => {
             Json::String(base64::engine::general_purpose::STANDARD.encode(b))
         }
-        (Value::Decimal(d), C::Decimal { .. }) => {
+        // A writer's scale can exceed the column's: its digits past the column's scale are
+        // checked here, as a JSON payload's are before decoding (arrow-json would cut them).
+        (Value::Decimal(d), C::Decimal { precision, scale }) => {
             let Schema::Decimal(ds) = s else { return Err(format!("{path}: a decimal without a decimal schema")) };
             let bytes = <Vec<u8>>::try_from(d).map_err(|e| format!("{path}: {e}"))?;
-            Json::String(decimal_text(&bytes, ds.scale).map_err(|e| format!("{path}: {e}"))?)
+            let text = decimal_text(&bytes, ds.scale).map_err(|e| format!("{path}: {e}"))?;
+            decimal_fits(&text, *precision, *scale).map_err(|e| format!("{path}: {e}"))?;
+            Json::String(text)
+        }
+        (Value::String(x), C::Decimal { precision, scale }) => {
+            decimal_fits(x, *precision, *scale).map_err(|e| format!("{path}: {e}"))?;
+            Json::String(x.clone())
         }
         (Value::Date(d), C::Date) => Json::from(*d),
         (Value::TimeMillis(x), C::Time) => Json::from(i64::from(*x) * 1000),
@@ -145,7 +155,7 @@ fn to_json(w: &Writer<'_>, v: &Value, s: &Schema, t: &ColumnType, path: &str) ->
         (Value::TimestampNanos(x) | Value::LocalTimestampNanos(x), _) => unit(TimeUnit::Nanosecond, *x)?,
         // A plain long in a timestamp column is epoch milliseconds; text is RFC 3339.
         (Value::Long(x), C::Timestamp { .. }) => unit(TimeUnit::Millisecond, *x)?,
-        (Value::String(x), C::Timestamp { .. } | C::Date | C::Time | C::Decimal { .. }) => Json::String(x.clone()),
+        (Value::String(x), C::Timestamp { .. } | C::Date | C::Time) => Json::String(x.clone()),
         (Value::Record(fields), C::Struct(columns)) => {
             let Schema::Record(rs) = s else { return Err(format!("{path}: a record without a record schema")) };
             let mut out = serde_json::Map::with_capacity(columns.len());

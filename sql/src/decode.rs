@@ -242,6 +242,7 @@ impl SqlStage {
         let mut good: Vec<&InputMessage<'_>> = Vec::with_capacity(input.len());
         let mut indices: Vec<u32> = Vec::with_capacity(input.len());
         let mut payloads: Vec<&[u8]> = Vec::with_capacity(input.len());
+        let mut stack = Vec::new();
         for (index, m) in input.iter().enumerate() {
             match m.payload {
                 Some(p) if p.len() > self.max_record_bytes => rejected.push(RejectedRow {
@@ -252,18 +253,10 @@ impl SqlStage {
                         self.max_record_bytes
                     ),
                 }),
-                Some(p) if nesting_exceeds(p, MAX_NESTING) => rejected.push(RejectedRow {
-                    index,
-                    reason: format!("decode: JSON nested deeper than {MAX_NESTING} levels"),
-                }),
-                // arrow-json reads `17.9` into an integer column as 17: a value changed without
-                // a word. Such a record is refused instead (a cast in the SQL keeps the choice
-                // with the flow).
-                Some(p)
-                    if !self.int_columns.is_empty()
-                        && let Some(why) =
-                            lossy_integer(p, &self.int_columns, self.format == PayloadFormat::Debezium) =>
-                {
+                // What arrow-json would change without a word (`17.9` read into an integer
+                // column as 17, decimals cut to their scale) is refused instead; so is hostile
+                // nesting.
+                Some(p) if let Some(why) = self.precheck.check(p, &mut stack) => {
                     rejected.push(RejectedRow { index, reason: format!("decode: {why}") })
                 }
                 // No UTF-8 check here: the decoder validates every string it reads, so a bad
@@ -284,11 +277,7 @@ impl SqlStage {
         let mut batches = Vec::new();
         for (index, m) in input.iter().enumerate() {
             let Some(p) = m.payload else { continue };
-            if p.len() > self.max_record_bytes
-                || nesting_exceeds(p, MAX_NESTING)
-                || (!self.int_columns.is_empty()
-                    && lossy_integer(p, &self.int_columns, self.format == PayloadFormat::Debezium).is_some())
-            {
+            if p.len() > self.max_record_bytes || self.precheck.check(p, &mut stack).is_some() {
                 continue;
             }
             if std::str::from_utf8(p).is_err() {
@@ -307,145 +296,6 @@ impl SqlStage {
         let merged = arrow_select_concat(&self.input, &batches);
         (merged, rejected)
     }
-}
-
-/// The deepest JSON nesting a payload may have (serde_json's own limit). Deeper input is
-/// almost certainly hostile; it is rejected before any decoder walks it.
-pub const MAX_NESTING: usize = 128;
-
-/// Whether `json` nests objects and arrays more than `max` levels deep.
-///
-/// Cheap on ordinary records: a payload with no more than `max` opening brackets in all cannot
-/// nest deeper, and counting bytes is a vectorised loop; only payloads with many brackets get
-/// the exact scan, which skips brackets inside strings.
-fn nesting_exceeds(json: &[u8], max: usize) -> bool {
-    if json.iter().filter(|b| **b == b'{' || **b == b'[').count() <= max {
-        return false;
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in json {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
-}
-
-/// Finds a number written into an integer column (one of `int_columns`, at the row's level:
-/// the top-level object, or an envelope's `after`/`before`) with a fraction or an exponent that
-/// leaves it not a whole number; says which.
-///
-/// Most payloads have no such number, and are let through by a byte scan for a digit followed
-/// by `.`, `e` or `E`; only the others are walked token by token.
-pub(crate) fn lossy_integer(json: &[u8], int_columns: &[String], envelope: bool) -> Option<String> {
-    if !json.windows(2).any(|w| w[0].is_ascii_digit() && matches!(w[1], b'.' | b'e' | b'E')) {
-        return None;
-    }
-    /// An open object or array, and for an object the key whose value comes next.
-    struct Frame {
-        object: bool,
-        expect_key: bool,
-        key: (usize, usize),
-    }
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut i = 0;
-    while i < json.len() {
-        let b = json[i];
-        match b {
-            b'{' | b'[' => {
-                stack.push(Frame { object: b == b'{', expect_key: b == b'{', key: (0, 0) });
-                i += 1;
-            }
-            b'}' | b']' => {
-                stack.pop();
-                i += 1;
-            }
-            b',' => {
-                if let Some(f) = stack.last_mut().filter(|f| f.object) {
-                    f.expect_key = true;
-                }
-                i += 1;
-            }
-            b':' => {
-                if let Some(f) = stack.last_mut() {
-                    f.expect_key = false;
-                }
-                i += 1;
-            }
-            b'"' => {
-                let start = i + 1;
-                i = start;
-                while i < json.len() && json[i] != b'"' {
-                    i += if json[i] == b'\\' { 2 } else { 1 };
-                }
-                if let Some(f) = stack.last_mut().filter(|f| f.object && f.expect_key) {
-                    f.key = (start, i.min(json.len()));
-                }
-                i += 1;
-            }
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                while i < json.len() && matches!(json[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
-                    i += 1;
-                }
-                let token = &json[start..i];
-                let at_row = match stack.len() {
-                    1 if !envelope => true,
-                    2 if envelope => {
-                        let (s, e) = stack[0].key;
-                        matches!(&json[s..e], b"after" | b"before")
-                    }
-                    _ => false,
-                };
-                if at_row
-                    && token.iter().any(|c| matches!(c, b'.' | b'e' | b'E'))
-                    && let Some(f) = stack.last()
-                    && let Some(column) = int_columns.iter().find(|c| c.as_bytes() == &json[f.key.0..f.key.1])
-                    && !whole_number(token)
-                {
-                    return Some(format!(
-                        "column `{column}`: {} is not a whole number, and the column is an integer; the record is \
-                         refused rather than cut (CAST it in the SQL to keep the choice explicit)",
-                        String::from_utf8_lossy(token)
-                    ));
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/// Whether a JSON number's text is a whole number (`17`, `17.0`, `1.5e1`, `2E3`), exactly, by
-/// its digits: no float is involved.
-fn whole_number(token: &[u8]) -> bool {
-    let text = std::str::from_utf8(token).unwrap_or_default().trim_start_matches('-');
-    let (mantissa, exponent) = match text.find(['e', 'E']) {
-        Some(at) => (&text[..at], text[at + 1..].parse::<i64>().unwrap_or(0)),
-        None => (text, 0),
-    };
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let digits: Vec<u8> = int.bytes().chain(frac.bytes()).collect();
-    // Where the decimal point falls among the digits once the exponent is applied.
-    let point = int.len() as i64 + exponent;
-    digits.iter().enumerate().all(|(i, d)| (i as i64) < point || *d == b'0')
 }
 
 /// The `_key` column: each message's key as text, null where there is none or it is not UTF-8.
@@ -497,25 +347,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fractions_in_integer_columns_are_found_exactly() {
-        let ints = vec!["id".to_owned(), "n".to_owned()];
-        for whole in ["17", "17.0", "17.000", "1.5e1", "2E3", "-4.0", "1e0", "120e-1"] {
-            assert!(whole_number(whole.as_bytes()), "{whole}");
-        }
-        for part in ["17.9", "1.25e1", "1e-1", "0.5", "-0.01"] {
-            assert!(!whole_number(part.as_bytes()), "{part}");
-        }
-        let lossy = |p: &str, env: bool| lossy_integer(p.as_bytes(), &ints, env);
-        assert!(lossy(r#"{"id":1,"n":17.9}"#, false).unwrap().contains("column `n`: 17.9"));
-        assert_eq!(lossy(r#"{"id":1,"n":17.0,"x":2.5}"#, false), None, "x is not an integer column");
-        assert_eq!(lossy(r#"{"id":1,"name":"n 17.9","n":3}"#, false), None, "inside a string");
-        assert_eq!(lossy(r#"{"id":1,"deep":{"n":17.9}}"#, false), None, "not at the row's level");
-        let env = r#"{"before":null,"after":{"id":2,"n":1e-1},"op":"c","source":{"n":0.5},"ts_ms":1}"#;
-        assert!(lossy(env, true).unwrap().contains("column `n`: 1e-1"));
-        assert_eq!(lossy(r#"{"after":{"id":2},"source":{"n":0.5},"ts_ms":1.5}"#, true), None);
-    }
-
-    #[test]
     fn keys_are_text_or_null() {
         let m = |k: Option<&'static [u8]>| InputMessage { key: k, payload: None, timestamp_ms: None };
         let good = [m(Some(b"a")), m(None), m(Some("é".as_bytes())), m(Some(b""))];
@@ -526,17 +357,5 @@ mod tests {
         let split = [m(Some(&[0xc3])), m(Some(&[0xa9])), m(Some(b"b"))];
         let refs: Vec<&InputMessage<'_>> = split.iter().collect();
         assert_eq!(key_column(&refs).iter().collect::<Vec<_>>(), vec![None, None, Some("b")]);
-    }
-
-    #[test]
-    fn nesting_is_measured_outside_strings() {
-        assert!(!nesting_exceeds(br#"{"a":[1,{"b":2}]}"#, 3));
-        assert!(nesting_exceeds(br#"{"a":[1,{"b":[2]}]}"#, 3));
-        let quoted = format!(r#"{{"s":"{}"}}"#, "[".repeat(500));
-        assert!(!nesting_exceeds(quoted.as_bytes(), 3), "brackets inside a string do not nest");
-        let escaped = format!(r#"{{"s":"\"{}"}}"#, "[".repeat(500));
-        assert!(!nesting_exceeds(escaped.as_bytes(), 3), "an escaped quote does not end the string");
-        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(nesting_exceeds(deep.as_bytes(), 128));
     }
 }

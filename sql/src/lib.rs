@@ -28,6 +28,7 @@ mod decode;
 pub mod functions;
 #[cfg(test)]
 mod nested_tests;
+mod precheck;
 pub mod sandbox;
 mod step;
 pub mod tasks;
@@ -46,7 +47,7 @@ use sluice_core::connector::{InputMessage, PayloadFormat, RejectedRow, Transform
 use sluice_core::error::{Invalid, TransformError};
 use sluice_core::schema::{ColumnType, RowSchema};
 
-pub use decode::MAX_NESTING;
+pub use precheck::MAX_NESTING;
 pub use step::ROW_COLUMN;
 use step::{Limits, RunError, Step};
 
@@ -114,8 +115,8 @@ pub struct SqlStage {
     limits: Limits,
     /// The largest payload decoded.
     max_record_bytes: usize,
-    /// The integer columns, whose values must arrive as whole numbers.
-    int_columns: Vec<String>,
+    /// What payloads are checked for before arrow-json decodes them.
+    precheck: precheck::Precheck,
     /// The declared columns, for decoding Avro.
     columns: RowSchema,
     /// The declared columns as one struct type (to walk payloads against).
@@ -186,8 +187,6 @@ impl SqlStage {
         let output = Arc::new(Schema::new(
             step_input.fields().iter().filter(|f| f.name() != ROW_COLUMN).cloned().collect::<Vec<_>>(),
         ));
-        let int_columns =
-            row.fields().iter().filter(|f| f.data_type().is_integer()).map(|f| f.name().clone()).collect();
         Ok(SqlStage {
             flow: flow.to_owned(),
             format,
@@ -202,7 +201,11 @@ impl SqlStage {
             memory_limit_bytes: memory,
             limits: Limits { output_bytes: memory, timeout: spec.batch_timeout },
             max_record_bytes: spec.max_record_bytes,
-            int_columns,
+            precheck: precheck::Precheck::new(
+                &ColumnType::Struct(declared.columns.clone()),
+                format == PayloadFormat::Debezium,
+                wire::has_json(declared),
+            ),
             columns: declared.clone(),
             registry: None,
             schemas: std::collections::HashMap::new(),

@@ -7,9 +7,9 @@
 //!   PostgreSQL's `\x` hex, which arrow-json does not read: they are decoded as text, then
 //!   turned into binary column by column ([`finish`]);
 //! - `uuid` arrives as text and is checked for its form in the same pass;
-//! - `decimal(p,s)` is decoded at the widest scale its integer digits allow (arrow-json cuts
-//!   digits past a column's scale without a word), then brought to `s` only if no digit is
-//!   lost: `1.23456` in a `decimal(10,4)` column is refused, not cut to `1.2345`;
+//! - (`decimal(p,s)` is decoded as declared: arrow-json would cut digits past the scale
+//!   without a word, so a payload holding one is refused before it is decoded — see
+//!   [`crate::precheck`]);
 //! - `json` is any JSON value kept as its text, which no arrow-json type accepts: a flow that
 //!   declares `json` anywhere parses each payload into a `serde_json::Value` first and replaces
 //!   those values by their text ([`json_to_text`]). That costs an allocation per record, so only
@@ -20,14 +20,11 @@
 
 use std::sync::Arc;
 
-use arrow_array::{
-    Array, ArrayRef, BinaryArray, Decimal128Array, Decimal256Array, ListArray, MapArray, StringArray, StructArray,
-};
-use arrow_buffer::i256;
+use arrow_array::{Array, ArrayRef, BinaryArray, ListArray, MapArray, StringArray, StructArray};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use base64::Engine;
 use serde_json::Value;
-use sluice_core::schema::{ColumnType, MAX_DECIMAL_PRECISION, RowSchema};
+use sluice_core::schema::{ColumnType, RowSchema};
 
 /// The type arrow-json decodes a column of type `t` into.
 pub(crate) fn wire_type(t: &ColumnType) -> DataType {
@@ -36,9 +33,6 @@ pub(crate) fn wire_type(t: &ColumnType) -> DataType {
     }
     match t {
         ColumnType::Bytes | ColumnType::Uuid => DataType::Utf8,
-        ColumnType::Decimal { precision, scale } => {
-            DataType::Decimal256(MAX_DECIMAL_PRECISION, wide_scale(*precision, *scale))
-        }
         ColumnType::Struct(fields) => {
             DataType::Struct(fields.iter().map(|(n, t)| wire_field(n, t)).collect::<Fields>())
         }
@@ -71,62 +65,7 @@ pub(crate) fn wire_schema(row: &RowSchema) -> SchemaRef {
 
 /// Whether a column of this type needs [`finish`] after decoding.
 pub(crate) fn needs_finish(t: &ColumnType) -> bool {
-    t.contains(&|t| matches!(t, ColumnType::Bytes | ColumnType::Uuid | ColumnType::Decimal { .. }))
-}
-
-/// The scale a `decimal(p,s)` is decoded at: as many digits after the point as the widest
-/// decimal holds beside the column's digits before it.
-fn wide_scale(precision: u8, scale: i8) -> i8 {
-    let before = i16::from(precision) - i16::from(scale);
-    (i16::from(MAX_DECIMAL_PRECISION) - before) as i8
-}
-
-/// A wide decimal column brought to `decimal(p,s)`, refusing a value that would lose a digit
-/// after the point or has more digits before it than the column holds.
-fn narrow_decimal(array: &ArrayRef, precision: u8, scale: i8, path: &str) -> Result<ArrayRef, String> {
-    let wide = array.as_any().downcast_ref::<Decimal256Array>().ok_or_else(|| format!("{path}: not a decimal"))?;
-    let extra = (wide_scale(precision, scale) - scale) as u32;
-    let ten = i256::from_i128(10);
-    let (div, limit) = match (ten.checked_pow(extra), ten.checked_pow(u32::from(precision))) {
-        (Some(d), Some(l)) => (d, l),
-        _ => return Err(format!("{path}: decimal({precision},{scale}) is wider than 76 digits")),
-    };
-    let mut values = Vec::with_capacity(wide.len());
-    for (i, v) in wide.iter().enumerate() {
-        let Some(v) = v else {
-            values.push(None);
-            continue;
-        };
-        if v.wrapping_rem(div) != i256::ZERO {
-            return Err(format!(
-                "{path}: {} has more than {scale} digits after the point; the record is refused rather than rounded",
-                trim_fraction(&wide.value_as_string(i))
-            ));
-        }
-        let q = v.wrapping_div(div);
-        if q.wrapping_abs() >= limit {
-            return Err(format!(
-                "{path}: {} has more than {} digits before the point",
-                trim_fraction(&wide.value_as_string(i)),
-                i16::from(precision) - i16::from(scale)
-            ));
-        }
-        values.push(Some(q));
-    }
-    let narrowed: ArrayRef = if precision <= 38 {
-        Arc::new(
-            Decimal128Array::from(values.into_iter().map(|v| v.map(i256::as_i128)).collect::<Vec<_>>())
-                .with_precision_and_scale(precision, scale)
-                .map_err(|e| format!("{path}: {e}"))?,
-        )
-    } else {
-        Arc::new(
-            Decimal256Array::from(values)
-                .with_precision_and_scale(precision, scale)
-                .map_err(|e| format!("{path}: {e}"))?,
-        )
-    };
-    Ok(narrowed)
+    t.contains(&|t| matches!(t, ColumnType::Bytes | ColumnType::Uuid))
 }
 
 /// Whether a row with these columns takes the `serde_json::Value` path ([`json_to_text`]).
@@ -160,7 +99,6 @@ pub(crate) fn finish(array: &ArrayRef, t: &ColumnType, path: &str) -> Result<Arr
             }
             Ok(Arc::new(BinaryArray::from_iter(values)))
         }
-        ColumnType::Decimal { precision, scale } => narrow_decimal(array, *precision, *scale, path),
         ColumnType::Uuid => {
             let text = array.as_any().downcast_ref::<StringArray>().ok_or_else(|| format!("{path}: not text"))?;
             if let Some(bad) = text.iter().flatten().find(|s| !is_uuid(s)) {
@@ -201,11 +139,6 @@ pub(crate) fn finish(array: &ArrayRef, t: &ColumnType, path: &str) -> Result<Arr
         }
         _ => Ok(array.clone()),
     }
-}
-
-/// A decimal's text without the zeros the wide scale added after its last digit.
-fn trim_fraction(s: &str) -> &str {
-    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { s }
 }
 
 /// `8-4-4-4-12` hex digits.

@@ -1,0 +1,505 @@
+//! One pass over a JSON payload, before arrow-json decodes it, for what arrow-json would change
+//! without a word:
+//!
+//! - a number with a fraction in an integer field (`17.9` would become 17);
+//! - a decimal with more digits after the point than its column's scale (arrow-json cuts
+//!   them) — or more before it than the column holds;
+//! - nesting deeper than [`MAX_NESTING`] (hostile input; refused before any decoder walks it).
+//!
+//! The pass walks the payload against the row's type: each object key is looked up in the
+//! struct (or map) it belongs to, so a field's type is known wherever it is, three levels down
+//! or inside a list. It allocates nothing per payload: the stack of open objects and arrays
+//! is kept by the caller for a whole batch, and strings — most of a record's bytes — are
+//! skipped with `memchr`.
+//!
+//! Avro payloads do not come through here: their values are typed by the writer's schema, and
+//! their decimals are checked with [`decimal_fits`] as they are read.
+
+use sluice_core::schema::ColumnType;
+
+/// The deepest JSON nesting a payload may have (serde_json's own limit). Deeper input is
+/// almost certainly hostile; it is rejected before any decoder walks it.
+pub const MAX_NESTING: usize = 128;
+
+/// The row's type as the walk needs it: only what is checked, with field names as bytes.
+enum Node {
+    /// An integer field.
+    Int,
+    /// A decimal field.
+    Decimal { precision: u8, scale: i8 },
+    /// A struct holding something to check.
+    Struct(Vec<(Box<[u8]>, Node)>),
+    /// A list whose items hold something to check.
+    List(Box<Node>),
+    /// A map whose values hold something to check.
+    Map(Box<Node>),
+    /// Anything else: a value whose nesting is only measured.
+    Unchecked,
+}
+
+impl Node {
+    fn of(t: &ColumnType) -> Node {
+        let node = match t {
+            ColumnType::Int32 | ColumnType::Int64 => Node::Int,
+            ColumnType::Decimal { precision, scale } => Node::Decimal { precision: *precision, scale: *scale },
+            ColumnType::Struct(fields) => Node::Struct(
+                fields
+                    .iter()
+                    .map(|(n, t)| (n.as_bytes().into(), Node::of(t)))
+                    .filter(|(_, n)| !matches!(n, Node::Unchecked))
+                    .collect(),
+            ),
+            ColumnType::List(item) => Node::List(Box::new(Node::of(item))),
+            ColumnType::Map(value) => Node::Map(Box::new(Node::of(value))),
+            _ => Node::Unchecked,
+        };
+        match &node {
+            Node::Struct(f) if f.is_empty() => Node::Unchecked,
+            Node::List(n) | Node::Map(n) if matches!(**n, Node::Unchecked) => Node::Unchecked,
+            _ => node,
+        }
+    }
+}
+
+/// An open object or array.
+#[derive(Clone, Copy)]
+pub(crate) struct Frame<'t> {
+    /// Whether it is an object (else an array).
+    object: bool,
+    /// For an object: whether the next string is a key.
+    expect_key: bool,
+    /// The object's last key (as byte offsets in the payload), for error messages.
+    key: (usize, usize),
+    /// The type of the object or array itself, where the schema knows it.
+    of: Option<&'t Node>,
+    /// The type of the value that comes next: the field named by the last key, or the items.
+    next: Option<&'t Node>,
+}
+
+/// Walks payloads against one row type. `root` is the row (a struct), or for Debezium
+/// envelopes a struct of `after` and `before` rows — whose key is then left out of paths.
+pub(crate) struct Precheck {
+    root: Node,
+    envelope: bool,
+    /// Whether the row has anything to check besides nesting.
+    typed: bool,
+    /// Whether payloads are parsed into `serde_json::Value`s before decoding (the row has
+    /// `json` columns), which hold numbers as floats: a decimal given as a JSON number with
+    /// more digits than a float keeps cannot take that path without changing.
+    via_values: bool,
+}
+
+impl Precheck {
+    pub(crate) fn new(row: &ColumnType, envelope: bool, via_values: bool) -> Precheck {
+        let root = if envelope {
+            Node::of(&ColumnType::Struct(vec![("after".into(), row.clone()), ("before".into(), row.clone())]))
+        } else {
+            Node::of(row)
+        };
+        let typed = !matches!(root, Node::Unchecked);
+        Precheck { root, envelope, typed, via_values }
+    }
+
+    /// Why `json` cannot be decoded without a value changing, if it cannot. `stack` is scratch
+    /// space, reused from payload to payload.
+    pub(crate) fn check<'t>(&'t self, json: &[u8], stack: &mut Vec<Frame<'t>>) -> Option<String> {
+        if !self.typed {
+            return nesting_exceeds(json, MAX_NESTING).then(too_deep);
+        }
+        stack.clear();
+        let mut i = 0;
+        while i < json.len() {
+            match json[i] {
+                open @ (b'{' | b'[') => {
+                    if stack.len() == MAX_NESTING {
+                        return Some(too_deep());
+                    }
+                    let of = self.next_type(stack);
+                    if of.is_none_or(|n| matches!(n, Node::Unchecked)) {
+                        // Nothing inside to check: only its depth matters.
+                        match skip_value(json, i, MAX_NESTING - stack.len()) {
+                            Some(end) => i = end,
+                            None => return Some(too_deep()),
+                        }
+                        continue;
+                    }
+                    let next = match (open, of) {
+                        (b'[', Some(Node::List(item))) => Some(&**item),
+                        _ => None,
+                    };
+                    stack.push(Frame { object: open == b'{', expect_key: open == b'{', key: (0, 0), of, next });
+                    i += 1;
+                }
+                b'}' | b']' => {
+                    stack.pop();
+                    i += 1;
+                }
+                b',' => {
+                    if let Some(f) = stack.last_mut().filter(|f| f.object) {
+                        f.expect_key = true;
+                    }
+                    i += 1;
+                }
+                b':' => {
+                    if let Some(f) = stack.last_mut() {
+                        f.expect_key = false;
+                    }
+                    i += 1;
+                }
+                b'"' => {
+                    let start = i + 1;
+                    let end = string_end(json, start);
+                    match stack.last_mut() {
+                        Some(f) if f.object && f.expect_key => {
+                            f.key = (start, end);
+                            f.next = field_type(f.of, &json[start..end]);
+                        }
+                        _ => {
+                            if let Some(Node::Decimal { precision, scale }) = self.next_type(stack)
+                                && let Ok(text) = std::str::from_utf8(&json[start..end])
+                                && let Err(why) = decimal_fits(text, *precision, *scale)
+                            {
+                                return Some(format!("{}: {why}", self.path(json, stack)));
+                            }
+                        }
+                    }
+                    i = end + 1;
+                }
+                b'-' | b'0'..=b'9' => {
+                    let start = i;
+                    while i < json.len() && matches!(json[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                        i += 1;
+                    }
+                    let token = &json[start..i];
+                    match self.next_type(stack) {
+                        Some(Node::Int)
+                            if token.iter().any(|c| matches!(c, b'.' | b'e' | b'E')) && !whole_number(token) =>
+                        {
+                            return Some(format!(
+                                "column `{}`: {} is not a whole number, and the column is an integer; the record is \
+                                 refused rather than cut (CAST it in the SQL to keep the choice explicit)",
+                                self.path(json, stack),
+                                String::from_utf8_lossy(token)
+                            ));
+                        }
+                        Some(Node::Decimal { precision, scale }) => {
+                            let text = std::str::from_utf8(token).unwrap_or_default();
+                            if let Err(why) = decimal_fits(text, *precision, *scale) {
+                                return Some(format!("{}: {why}", self.path(json, stack)));
+                            }
+                            if self.via_values && Digits::parse(text).is_some_and(|d| d.significant() > FLOAT_DIGITS) {
+                                return Some(format!(
+                                    "{}: {text} has more than {FLOAT_DIGITS} significant digits as a JSON number, \
+                                     which a flow with `json` columns reads through a float; give it as text \
+                                     (\"{text}\") to keep every digit",
+                                    self.path(json, stack)
+                                ));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ => i += 1,
+            }
+        }
+        None
+    }
+
+    /// The type of the value that starts here: the root's, or what the enclosing object or
+    /// array says comes next.
+    fn next_type<'t>(&'t self, stack: &[Frame<'t>]) -> Option<&'t Node> {
+        match stack.last() {
+            None => Some(&self.root),
+            Some(f) => f.next,
+        }
+    }
+
+    /// The path of the value being read (`customer.address.city`, `items[].qty`).
+    fn path(&self, json: &[u8], stack: &[Frame<'_>]) -> String {
+        let mut path = String::new();
+        let skip = usize::from(self.envelope);
+        for f in stack.iter().skip(skip) {
+            if f.object {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&String::from_utf8_lossy(&json[f.key.0..f.key.1]));
+            } else {
+                path.push_str("[]");
+            }
+        }
+        path
+    }
+}
+
+/// The significant digits any float keeps exactly.
+const FLOAT_DIGITS: i64 = 15;
+
+fn too_deep() -> String {
+    format!("JSON nested deeper than {MAX_NESTING} levels")
+}
+
+/// Where the object or array opening at `at` ends (the offset after its closing bracket, or
+/// the payload's length); `None` if it nests more than `room` levels.
+fn skip_value(json: &[u8], mut at: usize, room: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    while at < json.len() {
+        match json[at] {
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > room {
+                    return None;
+                }
+            }
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(at + 1);
+                }
+            }
+            b'"' => at = string_end(json, at + 1),
+            _ => {}
+        }
+        at += 1;
+    }
+    Some(at)
+}
+
+/// Where the string starting at `start` (after its opening quote) ends: the offset of its
+/// closing quote, or the payload's length.
+///
+/// Most strings in records are short keys and values: a plain loop finds their end sooner
+/// than a call to `memchr` would; long ones are left to `memchr`.
+fn string_end(json: &[u8], mut at: usize) -> usize {
+    let short = json.len().min(at + 24);
+    while at < short {
+        match json[at] {
+            b'"' => return at,
+            b'\\' => at += 2,
+            _ => at += 1,
+        }
+    }
+    while let Some(found) = memchr::memchr2(b'"', b'\\', &json[at.min(json.len())..]) {
+        let pos = at + found;
+        if json[pos] == b'"' {
+            return pos;
+        }
+        at = pos + 2;
+    }
+    json.len()
+}
+
+/// The type of a field of an object of type `of`: a struct's named field, a map's values.
+fn field_type<'t>(of: Option<&'t Node>, key: &[u8]) -> Option<&'t Node> {
+    match of? {
+        // The length and first byte rule most names out without a call to `memcmp`.
+        Node::Struct(fields) => {
+            fields.iter().find(|(n, _)| n.len() == key.len() && n.first() == key.first() && **n == *key).map(|(_, t)| t)
+        }
+        Node::Map(value) => Some(value),
+        _ => None,
+    }
+}
+
+/// Whether `json` nests objects and arrays more than `max` levels deep.
+///
+/// Cheap on ordinary records: a payload with no more than `max` opening brackets in all cannot
+/// nest deeper, and counting bytes is a vectorised loop; only payloads with many brackets get
+/// the exact scan, which skips brackets inside strings.
+pub(crate) fn nesting_exceeds(json: &[u8], max: usize) -> bool {
+    if json.iter().filter(|b| **b == b'{' || **b == b'[').count() <= max {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Whether a JSON number's text is a whole number (`17`, `17.0`, `1.5e1`, `2E3`), exactly, by
+/// its digits: no float is involved.
+pub(crate) fn whole_number(token: &[u8]) -> bool {
+    let Some(n) = Digits::parse(std::str::from_utf8(token).unwrap_or_default()) else { return false };
+    n.after_point() == 0
+}
+
+/// Whether a decimal's text (a JSON number, or text holding one) fits `decimal(p,s)` without
+/// losing a digit; why not otherwise. Text that is no number passes: the decoder refuses it
+/// with its own message.
+pub(crate) fn decimal_fits(text: &str, precision: u8, scale: i8) -> Result<(), String> {
+    let Some(n) = Digits::parse(text) else { return Ok(()) };
+    if n.after_point() > i64::from(scale) {
+        return Err(format!(
+            "{text} has more than {scale} digits after the point; the record is refused rather than rounded"
+        ));
+    }
+    let before = i64::from(precision) - i64::from(scale);
+    if n.before_point() > before {
+        return Err(format!("{text} has more than {before} digits before the point"));
+    }
+    Ok(())
+}
+
+/// A number's significant digits and where its point falls among them.
+struct Digits<'a> {
+    /// The mantissa's digits before and after its point.
+    int: &'a [u8],
+    frac: &'a [u8],
+    /// How many of the digits come before the point, once the exponent is applied (may be
+    /// negative or past the end).
+    point: i64,
+}
+
+impl<'a> Digits<'a> {
+    fn parse(text: &'a str) -> Option<Digits<'a>> {
+        let body = text.strip_prefix(['-', '+']).unwrap_or(text);
+        let (mantissa, exponent) = match body.find(['e', 'E']) {
+            Some(at) => (&body[..at], body[at + 1..].parse::<i64>().ok()?),
+            None => (body, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if int.is_empty() && frac.is_empty()
+            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+            || exponent.unsigned_abs() > 10_000
+        {
+            return None;
+        }
+        Some(Digits { int: int.as_bytes(), frac: frac.as_bytes(), point: int.len() as i64 + exponent })
+    }
+
+    fn all(&self) -> impl Iterator<Item = u8> + '_ {
+        self.int.iter().chain(self.frac).copied()
+    }
+
+    /// Digits from the first non-zero one to the last.
+    fn significant(&self) -> i64 {
+        let first = self.all().position(|d| d != b'0');
+        let last = self.all().enumerate().filter(|(_, d)| *d != b'0').map(|(i, _)| i).last();
+        match (first, last) {
+            (Some(f), Some(l)) => (l - f + 1) as i64,
+            _ => 0,
+        }
+    }
+
+    /// Digits after the point up to the last non-zero one.
+    fn after_point(&self) -> i64 {
+        let last = self.all().enumerate().filter(|(_, d)| *d != b'0').map(|(i, _)| i as i64 + 1).last();
+        last.map_or(0, |end| (end - self.point).max(0))
+    }
+
+    /// Digits before the point from the first non-zero one.
+    fn before_point(&self) -> i64 {
+        let first = self.all().position(|d| d != b'0').map(|i| i as i64);
+        first.map_or(0, |start| (self.point - start).max(0))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn check(row: &str, json: &str, envelope: bool) -> Option<String> {
+        let p = Precheck::new(&ColumnType::parse(row).unwrap(), envelope, false);
+        p.check(json.as_bytes(), &mut Vec::new())
+    }
+
+    #[test]
+    fn fractions_in_integer_fields_are_found_exactly() {
+        for whole in ["17", "17.0", "17.000", "1.5e1", "2E3", "-4.0", "1e0", "120e-1", "0"] {
+            assert!(whole_number(whole.as_bytes()), "{whole}");
+        }
+        for part in ["17.9", "1.25e1", "1e-1", "0.5", "-0.01"] {
+            assert!(!whole_number(part.as_bytes()), "{part}");
+        }
+        let row = "struct<id: int64, n: int32, x: float64, name: string, deep: struct<n: int64>>";
+        assert!(check(row, r#"{"id":1,"n":17.9}"#, false).unwrap().contains("column `n`: 17.9"));
+        assert_eq!(check(row, r#"{"id":1,"n":17.0,"x":2.5}"#, false), None, "x is a float");
+        assert_eq!(check(row, r#"{"id":1,"name":"n 17.9","n":3}"#, false), None, "inside a string");
+        assert!(check(row, r#"{"id":1,"deep":{"n":17.9}}"#, false).unwrap().contains("column `deep.n`: 17.9"));
+        assert_eq!(check(row, r#"{"id":1,"other":{"n":17.9}}"#, false), None, "not a declared field");
+        let env = r#"{"before":null,"after":{"id":2,"n":1e-1},"op":"c","source":{"n":0.5},"ts_ms":1}"#;
+        assert!(check(row, env, true).unwrap().contains("column `n`: 1e-1"));
+        assert_eq!(check(row, r#"{"after":{"id":2},"source":{"n":0.5},"ts_ms":1.5}"#, true), None);
+    }
+
+    #[test]
+    fn fields_are_found_inside_lists_maps_and_escaped_strings() {
+        let row = "struct<items: list<struct<qty: int32, tags: list<string>>>, m: map<string, int64>>";
+        let bad = r#"{"items":[{"qty":1,"tags":["a\"b","c"]},{"tags":[],"qty":2.5}]}"#;
+        assert!(check(row, bad, false).unwrap().contains("column `items[].qty`: 2.5"));
+        assert!(check(row, r#"{"m":{"a":1,"b":1.5}}"#, false).unwrap().contains("column `m.b`: 1.5"));
+        assert_eq!(check(row, r#"{"items":[{"qty":1,"tags":["1.5"]}],"m":{"a":2}}"#, false), None);
+    }
+
+    #[test]
+    fn decimals_keep_every_digit_or_are_refused() {
+        for (text, fits) in [
+            ("12345678901234.5678", true),
+            ("1.50", true),
+            ("1.500000", true),
+            ("-0.0001", true),
+            ("1.5e3", true),
+            ("12345e-4", true),
+            ("0.00001", false),
+            ("12345678901234567.1", false),
+            ("1234567890123456.1", true),
+            ("1e15", true),
+            ("1e16", false),
+            ("0", true),
+            ("-0.0000", true),
+        ] {
+            assert_eq!(decimal_fits(text, 20, 4).is_ok(), fits, "{text}");
+        }
+        assert_eq!(decimal_fits("not a number", 10, 2), Ok(()), "the decoder names text that is no number");
+        let row = "struct<items: list<struct<price: decimal(10,2)>>, total: decimal(12,2)>";
+        let why = check(row, r#"{"items":[{"price":"1.25"},{"price":1.234}],"total":1}"#, false).unwrap();
+        assert_eq!(
+            why,
+            "items[].price: 1.234 has more than 2 digits after the point; the record is refused rather than rounded"
+        );
+        let why = check(row, r#"{"total":"12345678901.5"}"#, false).unwrap();
+        assert_eq!(why, "total: 12345678901.5 has more than 10 digits before the point");
+
+        // Through `serde_json::Value`s, a number keeps a float's digits only.
+        let p = Precheck::new(&ColumnType::parse("struct<d: decimal(20,4)>").unwrap(), false, true);
+        let why = p.check(br#"{"d":12345678901234.5678}"#, &mut Vec::new()).unwrap();
+        assert!(why.starts_with("d: 12345678901234.5678 has more than 15 significant digits"), "{why}");
+        assert_eq!(p.check(br#"{"d":"12345678901234.5678"}"#, &mut Vec::new()), None, "text keeps them");
+        assert_eq!(p.check(br#"{"d":1234567890.1234}"#, &mut Vec::new()), None);
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        assert!(!nesting_exceeds(br#"{"a":[1,{"b":2}]}"#, 3));
+        assert!(nesting_exceeds(br#"{"a":[1,{"b":[2]}]}"#, 3));
+        let quoted = format!(r#"{{"s":"{}"}}"#, "[".repeat(500));
+        assert!(!nesting_exceeds(quoted.as_bytes(), 3), "brackets inside a string do not nest");
+        let escaped = format!(r#"{{"s":"\"{}"}}"#, "[".repeat(500));
+        assert!(!nesting_exceeds(escaped.as_bytes(), 3), "an escaped quote does not end the string");
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(nesting_exceeds(deep.as_bytes(), 128));
+        assert_eq!(check("struct<id: int64>", &deep, false), Some(too_deep()), "the typed walk measures too");
+        assert_eq!(check("struct<s: string>", &quoted, false), None);
+    }
+}
