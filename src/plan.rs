@@ -32,6 +32,11 @@ pub(crate) async fn plan_all(
     let mut stages = Vec::new();
     let mut errors = Vec::new();
     for (i, f) in flows.iter().enumerate() {
+        // Columns still to be read from the source (or that could not be): nothing to plan
+        // against yet.
+        if f.schema_from_source.is_some() && f.schema.columns.is_empty() {
+            continue;
+        }
         match plan_flow(f, connections).await {
             Ok(s) => stages.push((i, s)),
             Err(e) => errors.push(f.transform_at.error(e)),
@@ -68,8 +73,10 @@ pub(crate) async fn load_and_plan(
     registry: &Registry,
 ) -> Result<(Config, Vec<(usize, SqlStage)>), ExitCode> {
     match config::load(path, registry) {
-        Ok(cfg) => {
-            let (stages, errors) = plan_all(&cfg.flows, Some(&cfg.connections)).await;
+        Ok(mut cfg) => {
+            let mut errors = discover_schemas(&mut cfg).await;
+            let (stages, sql_errors) = plan_all(&cfg.flows, Some(&cfg.connections)).await;
+            errors.extend(sql_errors);
             if errors.is_empty() { Ok((cfg, stages)) } else { Err(print_config_errors(&errors)) }
         }
         Err(rejected) => {
@@ -81,6 +88,40 @@ pub(crate) async fn load_and_plan(
             Err(print_config_errors(&errors))
         }
     }
+}
+
+/// How long reading a flow's columns from its source may take.
+const DISCOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads the columns of flows that declare none from their sources' services (a postgres
+/// table's or query's); a source that cannot tell, or cannot be reached, is an error at the
+/// flow's `source`.
+async fn discover_schemas(cfg: &mut Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let own = KafkaSettings::plaintext("");
+    for f in cfg.flows.iter_mut() {
+        let Some(at) = f.schema_from_source.clone() else { continue };
+        // invariant: the loader checked that the connection exists.
+        let Some(conn) = cfg.connections.get(&f.source_connection) else { continue };
+        let ctx = sluice_connectors::Context { connection: &f.source_connection, own: &own, flow: &f.name };
+        let found = tokio::time::timeout(DISCOVERY_TIMEOUT, conn.discover_schema(ctx, &f.source_object, &f.source));
+        match found.await {
+            Ok(Ok(Some(columns))) => f.schema = columns,
+            Ok(Ok(None)) => errors.push(
+                at.error(format!("missing: a `{}` source needs its columns declared as `name: type`", conn.kind())),
+            ),
+            Ok(Err(e)) => errors.push(at.error(format!(
+                "no `schema:` given, and the columns could not be read from the source: {e}; declare them as \
+                 `name: type`"
+            ))),
+            Err(_) => errors.push(at.error(format!(
+                "no `schema:` given, and the source did not give its columns within {} s; declare them as \
+                 `name: type`",
+                DISCOVERY_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+    errors
 }
 
 /// Checks that the config has flow `name`; otherwise says which it has, with exit code 2.

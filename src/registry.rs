@@ -17,7 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sluice_connectors::{
     BuiltSink, Connector, Context, FileConnector, GenerateConnector, HttpConnector, Input, KafkaConnector,
-    PostgresConnector, S3Connector, StdoutConnector, Unsupported,
+    ObjectColumns, PostgresConnector, S3Connector, StdoutConnector, Unsupported,
 };
 use sluice_engine::connector::PayloadFormat;
 use sluice_engine::error::{ConnectorError, Invalid};
@@ -157,6 +157,30 @@ impl Connection {
         self.connector.source_schema(object, options)
     }
 
+    /// Whether the source can give a flow's columns (see [`Connector::discovers_schema`]).
+    pub fn discovers_schema(&self, options: &Options) -> bool {
+        self.connector.discovers_schema(options)
+    }
+
+    /// The columns the service knows for a flow's `object` (see [`Connector::discover_schema`]).
+    pub async fn discover_schema(
+        &self,
+        ctx: Context<'_>,
+        object: &str,
+        options: &Options,
+    ) -> Result<Option<RowSchema>, ConnectorError> {
+        self.connector.discover_schema(self.call(ctx, object, options)).await
+    }
+
+    /// The connection's objects and their columns (see [`Connector::describe`]).
+    pub async fn describe(
+        &self,
+        ctx: Context<'_>,
+        object: Option<&str>,
+    ) -> Result<Option<Vec<ObjectColumns>>, ConnectorError> {
+        self.connector.describe(ctx, &*self.settings, object).await
+    }
+
     /// How the payloads the flow's SQL reads are encoded.
     pub fn payload_format(&self, options: &Options) -> PayloadFormat {
         self.connector.payload_format(options)
@@ -239,6 +263,20 @@ pub(crate) trait Registered: Send + Sync {
     fn source_options(&self, node: &yaml::Node, path: &str) -> Result<Options, yaml::Error>;
     fn sink_options(&self, node: &yaml::Node, path: &str) -> Result<Options, yaml::Error>;
     fn source_schema(&self, object: &str, options: &Options) -> Option<RowSchema>;
+    fn discovers_schema(&self, _options: &Options) -> bool {
+        false
+    }
+    async fn discover_schema(&self, _call: Call<'_>) -> Result<Option<RowSchema>, ConnectorError> {
+        Ok(None)
+    }
+    async fn describe(
+        &self,
+        _ctx: Context<'_>,
+        _conn: &(dyn Any + Send + Sync),
+        _object: Option<&str>,
+    ) -> Result<Option<Vec<ObjectColumns>>, ConnectorError> {
+        Ok(None)
+    }
     fn payload_format(&self, options: &Options) -> PayloadFormat;
     fn check_source(&self, call: Call<'_>) -> Result<(), ConnectorError>;
     fn build_source(&self, call: Call<'_>, follow: bool) -> Result<Input, ConnectorError>;
@@ -298,6 +336,23 @@ impl<C: Connector> Registered for Erased<C> {
 
     fn source_schema(&self, object: &str, options: &Options) -> Option<RowSchema> {
         self.source(options).ok().and_then(|o| self.0.source_schema(object, o))
+    }
+
+    fn discovers_schema(&self, options: &Options) -> bool {
+        self.source(options).is_ok_and(|o| self.0.discovers_schema(o))
+    }
+
+    async fn discover_schema(&self, c: Call<'_>) -> Result<Option<RowSchema>, ConnectorError> {
+        self.0.discover_schema(c.ctx, self.conn(c.conn)?, c.object, self.source(c.options)?).await
+    }
+
+    async fn describe(
+        &self,
+        ctx: Context<'_>,
+        conn: &(dyn Any + Send + Sync),
+        object: Option<&str>,
+    ) -> Result<Option<Vec<ObjectColumns>>, ConnectorError> {
+        self.0.describe(ctx, self.conn(conn)?, object).await
     }
 
     fn payload_format(&self, options: &Options) -> PayloadFormat {

@@ -238,3 +238,18 @@ fn no_secret_reaches_a_log_at_trace_level(kafka: &mut Kafka) {
 }
 
 crate::on_both_brokers!(no_secret_reaches_a_log_at_trace_level);
+
+#[test]
+fn columns_that_cannot_be_read_from_the_source_are_an_error_at_the_flow_not_a_hang() {
+    // A postgres source without `schema:` takes the table's columns when the config is checked;
+    // with nothing listening, the flow's line says why and what to do.
+    let flow = "    source: {connection: pg, object: public.orders, options: {mode: complete}}\n    destination: {connection: out, object: x}";
+    let text = config(PLAIN_KAFKA, "  pg: {type: postgres, host: 127.0.0.1, port: 1, database: d, user: u}", flow);
+    let started = std::time::Instant::now();
+    refused(&text, 9, "flows[0].source.schema", "the columns could not be read from the source");
+    assert!(started.elapsed() < Duration::from_secs(60), "a bounded wait");
+    // A source that cannot tell is refused when the config loads, as before.
+    let flow = "    source: {connection: pg, object: o}\n    destination: {connection: out, object: x}";
+    let file = "  pg: {type: file, path: /tmp}";
+    refused(&config(PLAIN_KAFKA, file, flow), 9, "flows[0].source.schema", "needs its columns declared");
+}

@@ -77,7 +77,6 @@ flows:
       connection: wh
       object: public.{t}
       options: {{mode: complete}}
-      schema: {schema}
     transform:
       sql: SELECT {columns} FROM source
     destination: {{connection: wh, object: public.{pulled}, options: {{create_table: true}}}}
@@ -85,6 +84,36 @@ flows:
             kafka = kafka.yaml(),
         ),
     );
+    // The pull declares no columns: they are read from the table, as `validate` and
+    // `describe` show.
+    let wanted = [
+        "id: int64",
+        "amount: decimal(20,4)",
+        "doc: json",
+        "tags: list<string>",
+        "ref: uuid",
+        "raw: bytes",
+        "at: timestamp(us)",
+        "ratio: float64",
+        "day: date",
+    ];
+    let v = run(&["validate", &cfg], dir.path(), &[], Duration::from_secs(60));
+    assert_eq!(v.code(), Some(0), "{}{}", v.stdout, v.stderr);
+    let listed = |out: &str| {
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        wanted.iter().all(|w| lines.contains(w))
+    };
+    let pull_part = v.stdout.split("flow pull").nth(1).unwrap_or_default();
+    assert!(pull_part.contains("source columns (read from wh):") && listed(pull_part), "{}", v.stdout);
+    let d = run(&["describe", &cfg, "wh", &format!("public.{t}")], dir.path(), &[], Duration::from_secs(60));
+    assert_eq!(d.code(), Some(0), "{}{}", d.stdout, d.stderr);
+    assert!(d.stdout.starts_with(&format!("{t} (9 columns)")) && listed(&d.stdout), "{}", d.stdout);
+    let d = run(&["describe", &cfg, "wh"], dir.path(), &[], Duration::from_secs(60));
+    assert!(d.stdout.lines().any(|l| l == format!("{t} (9 columns)")), "every table listed: {}", d.stdout);
+    let d = run(&["describe", &cfg, "wh", "public.no_such_table"], dir.path(), &[], Duration::from_secs(60));
+    assert_eq!(d.code(), Some(1));
+    assert!(d.stderr.contains("no table or view `public.no_such_table`"), "{}", d.stderr);
+
     let p = spawn(&["run", &cfg], dir.path(), &[]);
     let copied = |to: &str, n: usize| {
         pg(&format!("SELECT count(*) FROM pg_tables WHERE tablename = '{to}'"))[0][0].as_deref() == Some("1")

@@ -70,6 +70,15 @@ impl BuiltSink {
     }
 }
 
+/// One object a connection offers, for `sluice describe`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectColumns {
+    /// Its name, as a flow's `object:` would give it.
+    pub name: String,
+    /// Its columns, when the service knows them.
+    pub columns: Option<RowSchema>,
+}
+
 /// The options of a side a connector does not have: the registry refuses a flow that uses the
 /// connector on that side before these would be parsed.
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
@@ -95,6 +104,37 @@ pub trait Connector: Send + Sync + 'static {
     /// omit `schema:`).
     fn source_schema(&self, _object: &str, _options: &Self::SourceOptions) -> Option<RowSchema> {
         None
+    }
+
+    /// Whether [`Connector::discover_schema`] can read a flow's columns from the service: a
+    /// flow of a source that cannot is refused when its config is loaded if it declares none.
+    fn discovers_schema(&self, _options: &Self::SourceOptions) -> bool {
+        false
+    }
+
+    /// The columns the service itself knows for a flow's `object` (a table's, a query's), read
+    /// when the flow declares none: `Ok(None)` when the connector cannot tell (the flow must
+    /// then declare them).
+    async fn discover_schema(
+        &self,
+        _ctx: Context<'_>,
+        _conn: &Self::Connection,
+        _object: &str,
+        _options: &Self::SourceOptions,
+    ) -> Result<Option<RowSchema>, ConnectorError> {
+        Ok(None)
+    }
+
+    /// The objects a connection offers (tables, topics, …) with their columns where known,
+    /// for `sluice describe`; with `object`, only that one. `Ok(None)` when the connector
+    /// cannot list them.
+    async fn describe(
+        &self,
+        _ctx: Context<'_>,
+        _conn: &Self::Connection,
+        _object: Option<&str>,
+    ) -> Result<Option<Vec<ObjectColumns>>, ConnectorError> {
+        Ok(None)
     }
 
     /// How the payloads the flow's SQL reads are encoded: sluice's change envelopes, unless the

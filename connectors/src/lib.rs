@@ -39,7 +39,7 @@ pub mod s3;
 pub mod schema_registry;
 pub mod stdout;
 
-pub use connector::{BuiltSink, Connector, Context, HealthCheck, Input, Unsupported};
+pub use connector::{BuiltSink, Connector, Context, HealthCheck, Input, ObjectColumns, Unsupported};
 pub use file::FileConnector;
 pub use generate::GenerateConnector;
 pub use http::HttpConnector;

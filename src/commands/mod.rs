@@ -3,6 +3,7 @@
 
 mod cdc;
 mod connections;
+mod describe;
 mod dlq;
 mod sql_test;
 mod status;
@@ -41,6 +42,16 @@ pub(crate) enum Command {
     Validate {
         /// A YAML file, or a directory of them.
         config: PathBuf,
+    },
+    /// List a connection's objects (tables, …) and their columns as sluice types: what a flow
+    /// without `schema:` reads for its object.
+    Describe {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The connection's name.
+        connection: String,
+        /// Only this object (e.g. a table, `schema.table`).
+        object: Option<String>,
     },
     /// Show each flow's latest run: status and counts.
     Status {
@@ -169,6 +180,9 @@ pub(crate) fn dispatch(args: Args, registry: &Registry) -> ExitCode {
                 sql_test::sql_test(&config, registry, &flow, &input, ts_ms).await
             }
             Command::Broker { data_dir, listen } => crate::cluster::broker(data_dir, &listen).await,
+            Command::Describe { config, connection, object } => {
+                describe::describe(&config, registry, &connection, object.as_deref()).await
+            }
             Command::Status { config } => status::status(&config, registry).await,
             Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => {
                 dlq::dlq_show(&config, registry, &flow, limit).await

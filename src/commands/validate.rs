@@ -18,7 +18,7 @@ pub async fn validate(path: &Path, registry: &Registry) -> ExitCode {
         use sluice_engine::connector::Transform as _;
         let f = &cfg.flows[i];
         println!(
-            "\nflow {} ({}): {} -> {}\noutput schema:",
+            "\nflow {} ({}): {} -> {}",
             f.name,
             match f.trigger {
                 Trigger::OnDemand => "on_demand",
@@ -28,6 +28,13 @@ pub async fn validate(path: &Path, registry: &Registry) -> ExitCode {
             f.source_connection,
             f.destination_connection
         );
+        if f.schema_from_source.is_some() {
+            println!("source columns (read from {}):", f.source_connection);
+            for (column, t) in &f.schema.columns {
+                println!("  {column}: {t}");
+            }
+        }
+        println!("output schema:");
         for line in sluice_sql::describe_schema(&stage.output_schema()).lines() {
             println!("  {line}");
         }

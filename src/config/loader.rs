@@ -454,11 +454,19 @@ impl Loader {
         let src_conn = self.connections.get(&f.source.connection);
         let builtin = src_conn.and_then(|c| c.source_schema(&f.source.object, &source));
         let input_format = src_conn.map_or(PayloadFormat::Debezium, |c| c.payload_format(&source));
-        let schema = match (declared, builtin) {
-            (Some(declared), _) => declared,
-            (None, Some(builtin)) => builtin,
+        // Without declared columns, the source's own (the generator's) or, when the flow is
+        // planned, what the service says (a postgres table's); a source that cannot tell is
+        // refused then, at this line.
+        let from_source =
+            Location { file: file.to_owned(), line: src_node.line, path: format!("{path}.source.schema") };
+        let (schema, schema_from_source) = match (declared, builtin) {
+            (Some(declared), _) => (declared, None),
+            (None, Some(builtin)) => (builtin, None),
+            (None, None) if src_conn.is_some_and(|c| c.discovers_schema(&source)) => {
+                (RowSchema::default(), Some(from_source))
+            }
             (None, None) => {
-                let conn = self.connections.get(&f.source.connection).map(Connection::kind).unwrap_or("?");
+                let conn = src_conn.map(Connection::kind).unwrap_or("?");
                 self.at(
                     file,
                     src_node,
@@ -504,6 +512,7 @@ impl Loader {
             source,
             input_format,
             schema,
+            schema_from_source,
             transform,
             transform_at,
             destination_connection: f.destination.connection,

@@ -147,6 +147,10 @@ pub struct Flow {
     pub input_format: sluice_engine::connector::PayloadFormat,
     /// The row schema the SQL sees.
     pub schema: RowSchema,
+    /// Where `schema:` would be written, when the flow declares no columns and they are read
+    /// from the source's service when the flow is planned ([`crate::plan`]); `schema` is empty
+    /// until then.
+    pub schema_from_source: Option<Location>,
     /// The tasks and query.
     pub transform: sluice_sql::TransformSpec,
     /// Where the transform was written (its `sql:` line when it has one), for plan errors.

@@ -3,6 +3,7 @@
 //! (`crate::postgres_cdc`).
 
 mod connector;
+pub mod discover;
 mod plan;
 pub mod sink;
 
