@@ -51,7 +51,20 @@ pub(crate) async fn plan_flow(
     f: &Flow,
     connections: Option<&BTreeMap<String, Connection>>,
 ) -> Result<SqlStage, String> {
-    let stage = SqlStage::new(&f.name, &f.schema, f.input_format, &f.transform).await.map_err(|e| e.to_string())?;
+    let mut stage = SqlStage::new(&f.name, &f.schema, f.input_format, &f.transform).await.map_err(|e| e.to_string())?;
+    // A flow that evolves takes added columns' types from the source when it can tell.
+    if let Some(conn) = connections.and_then(|c| c.get(&f.source_connection))
+        && f.transform.schema_changes == sluice_sql::SchemaChanges::Evolve
+        && conn.discovers_schema(&f.source)
+    {
+        stage = stage.with_column_source(std::sync::Arc::new(SourceColumns {
+            conn: conn.clone(),
+            connection: f.source_connection.clone(),
+            object: f.source_object.clone(),
+            options: f.source.clone(),
+            flow: f.name.clone(),
+        }));
+    }
     let Some(connections) = connections.filter(|_| f.input_format == PayloadFormat::Avro) else { return Ok(stage) };
     let Some(conn) = connections.get(&f.source_connection) else { return Ok(stage) };
     // Building a topic input reaches nothing; it is how the connector hands over its registry.
@@ -63,6 +76,28 @@ pub(crate) async fn plan_flow(
             "flow `{}`: `format: avro` needs a `schema_registry` on connection `{}`",
             f.name, f.source_connection
         )),
+    }
+}
+
+/// A flow's source, asked for its columns again when they change under a running flow.
+struct SourceColumns {
+    conn: Connection,
+    connection: String,
+    object: String,
+    options: crate::registry::Options,
+    flow: String,
+}
+
+#[async_trait::async_trait]
+impl sluice_sql::ColumnSource for SourceColumns {
+    async fn columns(&self) -> Result<Option<sluice_engine::schema::RowSchema>, String> {
+        let own = KafkaSettings::plaintext("");
+        let ctx = sluice_connectors::Context { connection: &self.connection, own: &own, flow: &self.flow };
+        match tokio::time::timeout(DISCOVERY_TIMEOUT, self.conn.discover_schema(ctx, &self.object, &self.options)).await
+        {
+            Ok(found) => found.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", DISCOVERY_TIMEOUT.as_secs())),
+        }
     }
 }
 

@@ -236,8 +236,13 @@ impl SqlStage {
         Ok(arrow_select_concat(&self.input, &batches))
     }
 
-    /// Decodes what it can; returns the good rows' batch and the rejected rows.
-    pub(crate) fn decode_batch(&self, input: &[InputMessage<'_>]) -> (Option<RecordBatch>, Vec<RejectedRow>) {
+    /// Decodes what it can; returns the good rows' batch and the rejected rows. Row-level
+    /// fields the row does not declare are added to `unknown` (when the stage watches for them).
+    pub(crate) fn decode_batch(
+        &self,
+        input: &[InputMessage<'_>],
+        unknown: &mut Vec<String>,
+    ) -> (Option<RecordBatch>, Vec<RejectedRow>) {
         let mut rejected = Vec::new();
         let mut good: Vec<&InputMessage<'_>> = Vec::with_capacity(input.len());
         let mut indices: Vec<u32> = Vec::with_capacity(input.len());
@@ -256,7 +261,7 @@ impl SqlStage {
                 // What arrow-json would change without a word (`17.9` read into an integer
                 // column as 17, decimals cut to their scale) is refused instead; so is hostile
                 // nesting.
-                Some(p) if let Some(why) = self.precheck.check(p, &mut stack) => {
+                Some(p) if let Some(why) = self.precheck.check(p, &mut stack, unknown) => {
                     rejected.push(RejectedRow { index, reason: format!("decode: {why}") })
                 }
                 // No UTF-8 check here: the decoder validates every string it reads, so a bad
@@ -277,7 +282,7 @@ impl SqlStage {
         let mut batches = Vec::new();
         for (index, m) in input.iter().enumerate() {
             let Some(p) = m.payload else { continue };
-            if p.len() > self.max_record_bytes || self.precheck.check(p, &mut stack).is_some() {
+            if p.len() > self.max_record_bytes || self.precheck.check(p, &mut stack, &mut Vec::new()).is_some() {
                 continue;
             }
             if std::str::from_utf8(p).is_err() {

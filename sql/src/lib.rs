@@ -25,6 +25,7 @@ mod avro_decode;
 mod batch_limit;
 pub mod bounded;
 mod decode;
+mod evolve;
 pub mod functions;
 #[cfg(test)]
 mod nested_tests;
@@ -47,6 +48,7 @@ use sluice_core::connector::{InputMessage, PayloadFormat, RejectedRow, Transform
 use sluice_core::error::{Invalid, TransformError};
 use sluice_core::schema::{ColumnType, RowSchema};
 
+pub use evolve::{ColumnSource, SchemaChanges};
 pub use precheck::MAX_NESTING;
 pub use step::ROW_COLUMN;
 use step::{Limits, RunError, Step};
@@ -75,6 +77,8 @@ pub struct TransformSpec {
     /// The largest payload decoded; a larger one is rejected to the DLQ whole (the cluster's
     /// `kafka.max_record_bytes`).
     pub max_record_bytes: usize,
+    /// What to do when the source's rows have columns the row does not declare.
+    pub schema_changes: SchemaChanges,
 }
 
 impl Default for TransformSpec {
@@ -85,6 +89,7 @@ impl Default for TransformSpec {
             memory_limit_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
             batch_timeout: DEFAULT_BATCH_TIMEOUT,
             max_record_bytes: sluice_core::names::DEFAULT_MAX_RECORD_BYTES,
+            schema_changes: SchemaChanges::default(),
         }
     }
 }
@@ -125,6 +130,14 @@ pub struct SqlStage {
     json_values: bool,
     /// Whether decoded columns need [`wire::finish`] (the row has `bytes` or `uuid` columns).
     finish: bool,
+    /// What the stage was planned from, to plan it again when columns are added upstream.
+    spec: TransformSpec,
+    /// The policy for columns added upstream.
+    schema_changes: SchemaChanges,
+    /// Where the source's columns can be read again (for `evolve`).
+    column_source: Option<Arc<dyn ColumnSource>>,
+    /// Undeclared columns already reported under `ignore`.
+    ignored: std::collections::HashSet<String>,
     /// Where Avro payloads' writer schemas come from.
     registry: Option<Arc<dyn SchemaRegistry>>,
     /// Writer schemas seen, by id.
@@ -205,7 +218,12 @@ impl SqlStage {
                 &ColumnType::Struct(declared.columns.clone()),
                 format == PayloadFormat::Debezium,
                 wire::has_json(declared),
+                format != PayloadFormat::Avro,
             ),
+            spec: spec.clone(),
+            schema_changes: spec.schema_changes,
+            column_source: None,
+            ignored: std::collections::HashSet::new(),
             columns: declared.clone(),
             registry: None,
             schemas: std::collections::HashMap::new(),
@@ -249,7 +267,13 @@ impl Transform for SqlStage {
                 .map_err(|message| TransformError::Execute { flow: self.flow.clone(), message })?;
             (batch, rejected)
         } else {
-            self.decode_batch(input)
+            let mut unknown = Vec::new();
+            let mut decoded = self.decode_batch(input, &mut unknown);
+            // At most one new plan per batch: the columns it adds are all the batch showed.
+            if !unknown.is_empty() && self.schema_changed(&unknown, input).await? {
+                decoded = self.decode_batch(input, &mut Vec::new());
+            }
+            decoded
         };
         let mut lineage = true;
         let mut current = batch.into_iter().collect::<Vec<_>>();

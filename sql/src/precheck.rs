@@ -12,6 +12,9 @@
 //! is kept by the caller for a whole batch, and strings — most of a record's bytes — are
 //! skipped with `memchr`.
 //!
+//! The same pass notes the row-level fields a payload has that the row does not declare: a
+//! column added upstream (what the flow's `schema_changes` policy is about).
+//!
 //! Avro payloads do not come through here: their values are typed by the writer's schema, and
 //! their decimals are checked with [`decimal_fits`] as they are read.
 
@@ -87,22 +90,47 @@ pub(crate) struct Precheck {
     /// `json` columns), which hold numbers as floats: a decimal given as a JSON number with
     /// more digits than a float keeps cannot take that path without changing.
     via_values: bool,
+    /// Whether to note row-level fields the row does not declare.
+    watch: bool,
+    /// The row's field names.
+    row_names: Vec<Box<[u8]>>,
 }
 
+/// The most undeclared field names noted for one batch.
+const MAX_UNKNOWN: usize = 64;
+
 impl Precheck {
-    pub(crate) fn new(row: &ColumnType, envelope: bool, via_values: bool) -> Precheck {
+    pub(crate) fn new(row: &ColumnType, envelope: bool, via_values: bool, watch: bool) -> Precheck {
+        // Watching, the row itself is always walked (its keys are what is watched).
+        let row_node = || match (Node::of(row), row) {
+            (Node::Unchecked, ColumnType::Struct(_)) if watch => Node::Struct(Vec::new()),
+            (n, _) => n,
+        };
         let root = if envelope {
-            Node::of(&ColumnType::Struct(vec![("after".into(), row.clone()), ("before".into(), row.clone())]))
+            match (row_node(), row_node()) {
+                (Node::Unchecked, _) => Node::Unchecked,
+                (after, before) => Node::Struct(vec![(b"after"[..].into(), after), (b"before"[..].into(), before)]),
+            }
         } else {
-            Node::of(row)
+            row_node()
         };
         let typed = !matches!(root, Node::Unchecked);
-        Precheck { root, envelope, typed, via_values }
+        let row_names = match row {
+            ColumnType::Struct(fields) => fields.iter().map(|(n, _)| n.as_bytes().into()).collect(),
+            _ => Vec::new(),
+        };
+        Precheck { root, envelope, typed, via_values, watch, row_names }
     }
 
     /// Why `json` cannot be decoded without a value changing, if it cannot. `stack` is scratch
-    /// space, reused from payload to payload.
-    pub(crate) fn check<'t>(&'t self, json: &[u8], stack: &mut Vec<Frame<'t>>) -> Option<String> {
+    /// space, reused from payload to payload; when watching, row-level fields the row does not
+    /// declare are added to `unknown` (each name once).
+    pub(crate) fn check<'t>(
+        &'t self,
+        json: &[u8],
+        stack: &mut Vec<Frame<'t>>,
+        unknown: &mut Vec<String>,
+    ) -> Option<String> {
         if !self.typed {
             return nesting_exceeds(json, MAX_NESTING).then(too_deep);
         }
@@ -149,10 +177,18 @@ impl Precheck {
                 b'"' => {
                     let start = i + 1;
                     let end = string_end(json, start);
+                    let row_level = self.watch && self.at_row(json, stack);
                     match stack.last_mut() {
                         Some(f) if f.object && f.expect_key => {
                             f.key = (start, end);
-                            f.next = field_type(f.of, &json[start..end]);
+                            let key = &json[start..end];
+                            f.next = field_type(f.of, key);
+                            if row_level && unknown.len() < MAX_UNKNOWN && !self.row_names.iter().any(|n| **n == *key) {
+                                let name = String::from_utf8_lossy(key);
+                                if !unknown.iter().any(|u| *u == name) {
+                                    unknown.push(name.into_owned());
+                                }
+                            }
                         }
                         _ => {
                             if let Some(Node::Decimal { precision, scale }) = self.next_type(stack)
@@ -203,6 +239,15 @@ impl Precheck {
             }
         }
         None
+    }
+
+    /// Whether the innermost open object is the row (the payload, or an envelope's image).
+    fn at_row(&self, json: &[u8], stack: &[Frame<'_>]) -> bool {
+        match (self.envelope, stack) {
+            (false, [_]) => true,
+            (true, [image, _]) => matches!(&json[image.key.0..image.key.1], b"after" | b"before"),
+            _ => false,
+        }
     }
 
     /// The type of the value that starts here: the root's, or what the enclosing object or
@@ -420,8 +465,8 @@ mod tests {
     use super::*;
 
     fn check(row: &str, json: &str, envelope: bool) -> Option<String> {
-        let p = Precheck::new(&ColumnType::parse(row).unwrap(), envelope, false);
-        p.check(json.as_bytes(), &mut Vec::new())
+        let p = Precheck::new(&ColumnType::parse(row).unwrap(), envelope, false, false);
+        p.check(json.as_bytes(), &mut Vec::new(), &mut Vec::new())
     }
 
     #[test]
@@ -482,11 +527,30 @@ mod tests {
         assert_eq!(why, "total: 12345678901.5 has more than 10 digits before the point");
 
         // Through `serde_json::Value`s, a number keeps a float's digits only.
-        let p = Precheck::new(&ColumnType::parse("struct<d: decimal(20,4)>").unwrap(), false, true);
-        let why = p.check(br#"{"d":12345678901234.5678}"#, &mut Vec::new()).unwrap();
+        let p = Precheck::new(&ColumnType::parse("struct<d: decimal(20,4)>").unwrap(), false, true, false);
+        let check = |json: &[u8]| p.check(json, &mut Vec::new(), &mut Vec::new());
+        let why = check(br#"{"d":12345678901234.5678}"#).unwrap();
         assert!(why.starts_with("d: 12345678901234.5678 has more than 15 significant digits"), "{why}");
-        assert_eq!(p.check(br#"{"d":"12345678901234.5678"}"#, &mut Vec::new()), None, "text keeps them");
-        assert_eq!(p.check(br#"{"d":1234567890.1234}"#, &mut Vec::new()), None);
+        assert_eq!(check(br#"{"d":"12345678901234.5678"}"#), None, "text keeps them");
+        assert_eq!(check(br#"{"d":1234567890.1234}"#), None);
+    }
+
+    #[test]
+    fn undeclared_row_fields_are_noted_once_each_when_watching() {
+        for row in ["struct<id: int64, name: string>", "struct<name: string>"] {
+            let p = Precheck::new(&ColumnType::parse(row).unwrap(), false, false, true);
+            let mut unknown = Vec::new();
+            for json in [r#"{"id":1,"name":"a","new":{"id":2,"x":1},"more":[1]}"#, r#"{"new":3,"name":"b"}"#] {
+                assert_eq!(p.check(json.as_bytes(), &mut Vec::new(), &mut unknown), None);
+            }
+            let want = if row.contains("id") { vec!["new", "more"] } else { vec!["id", "new", "more"] };
+            assert_eq!(unknown, want, "{row}: nested fields are not the row's");
+        }
+        let p = Precheck::new(&ColumnType::parse("struct<id: int64>").unwrap(), true, false, true);
+        let mut unknown = Vec::new();
+        let env = r#"{"op":"u","source":{"lsn":1},"before":{"id":1},"after":{"id":1,"added":"x"},"ts_ms":1}"#;
+        assert_eq!(p.check(env.as_bytes(), &mut Vec::new(), &mut unknown), None);
+        assert_eq!(unknown, vec!["added"], "an envelope's own fields are not the row's");
     }
 
     #[test]

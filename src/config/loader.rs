@@ -476,6 +476,11 @@ impl Loader {
                 return;
             }
         };
+        let schema_changes = f.source.schema_changes.unwrap_or(if schema_from_source.is_some() {
+            sluice_sql::SchemaChanges::Evolve
+        } else {
+            sluice_sql::SchemaChanges::Ignore
+        });
         let (transform, transform_at) = match f.transform {
             Some(t) => {
                 let at = node.get("transform");
@@ -494,12 +499,14 @@ impl Loader {
                         .batch_timeout_secs
                         .map_or(defaults.batch_timeout, |s| Duration::from_secs(s.get())),
                     max_record_bytes: self.max_record_bytes(),
+                    schema_changes,
                 };
                 (spec, Location { file: file.to_owned(), line, path: format!("{path}.{field}") })
             }
             None => (
                 sluice_sql::TransformSpec {
                     max_record_bytes: self.max_record_bytes(),
+                    schema_changes,
                     ..sluice_sql::TransformSpec::default()
                 },
                 Location { file: file.to_owned(), line: node.line, path: path.to_string() },

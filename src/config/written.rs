@@ -252,6 +252,11 @@ pub(super) struct SourceConfig {
     /// Row columns inferred from sample JSON lines (relative to this config file), once, when
     /// the config is loaded; `sluice validate` prints them.
     pub(super) schema_sample: Option<String>,
+    /// What to do when the rows have columns the schema does not (a column added upstream):
+    /// `evolve` (plan again with them, at a batch boundary), `fail` (stop the flow, naming
+    /// them) or `ignore` (leave them out, said once per column in the log). Default: `evolve`
+    /// when the columns are read from the source (no `schema:`), `ignore` when declared.
+    pub(super) schema_changes: Option<sluice_sql::SchemaChanges>,
 }
 
 /// `transform:`.

@@ -104,8 +104,9 @@ pub struct PostgresSink {
     table: String,
     options: PostgresSinkOptions,
     client: Option<tokio_postgres::Client>,
-    /// Set once the table is known to exist (created, if asked).
-    prepared: bool,
+    /// The output columns the table was last checked for (and created or extended for, if
+    /// asked).
+    prepared: Option<SchemaRef>,
 }
 
 /// What a statement's failure means.
@@ -133,7 +134,7 @@ impl PostgresSink {
         }
         let config = client_config(name, conn)?;
         let table = object.split('.').map(quote_ident).collect::<Vec<_>>().join(".");
-        Ok(PostgresSink { connection: name.to_owned(), config, table, options, client: None, prepared: false })
+        Ok(PostgresSink { connection: name.to_owned(), config, table, options, client: None, prepared: None })
     }
 
     fn doing(&self) -> String {
@@ -148,13 +149,29 @@ impl PostgresSink {
         self.client.as_ref().ok_or_else(|| ConnectorError::internal("connecting to postgres", "no connection"))
     }
 
-    /// Creates the table if asked and checks that it exists.
+    /// Creates the table if asked and checks that it exists and has every output column —
+    /// again whenever the output's columns change (a column added upstream): with
+    /// `create_table`, columns the table lacks are added to it.
     async fn prepare(&mut self, schema: &SchemaRef) -> Result<(), ConnectorError> {
-        if self.prepared {
+        if self.prepared.as_ref().is_some_and(|p| p.fields() == schema.fields()) {
             return Ok(());
         }
         let doing = self.doing();
-        let create = self.options.create_table.then(|| create_table_sql(&self.table, schema, &self.options.key));
+        let create = self.options.create_table.then(|| {
+            let add: Vec<String> = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    format!(
+                        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
+                        self.table,
+                        quote_ident(f.name()),
+                        pg_type(f)
+                    )
+                })
+                .collect();
+            format!("{}; {}", create_table_sql(&self.table, schema, &self.options.key), add.join("; "))
+        });
         let table = self.table.clone();
         let client = self.client().await?;
         if let Some(sql) = create {
@@ -169,7 +186,27 @@ impl PostgresSink {
                 "{doing}: the table does not exist; create it, or set `create_table: true` in the sink's options"
             )));
         }
-        self.prepared = true;
+        let have: Vec<String> = client
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 \
+                 AND NOT attisdropped",
+                &[&table],
+            )
+            .await
+            .map_err(|e| classify(&doing, &e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let missing: Vec<String> =
+            schema.fields().iter().filter(|f| !have.contains(f.name())).map(|f| format!("`{}`", f.name())).collect();
+        if !missing.is_empty() {
+            return Err(ConnectorError::User(format!(
+                "{doing}: the table has no column {}; add it, or set `create_table: true` in the sink's options so \
+                 that columns added upstream are added to the table",
+                missing.join(", ")
+            )));
+        }
+        self.prepared = Some(schema.clone());
         Ok(())
     }
 
