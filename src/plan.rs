@@ -141,7 +141,17 @@ async fn discover_schemas(cfg: &mut Config) -> Vec<ConfigError> {
         let ctx = sluice_connectors::Context { connection: &f.source_connection, own: &own, flow: &f.name };
         let found = tokio::time::timeout(DISCOVERY_TIMEOUT, conn.discover_schema(ctx, &f.source_object, &f.source));
         match found.await {
-            Ok(Ok(Some(columns))) => f.schema = columns,
+            // A topic another flow wrote may carry its `_op`, `_key`, `_ts` columns: the
+            // `source` table has its own.
+            Ok(Ok(Some(columns))) => {
+                f.schema = sluice_engine::schema::RowSchema::new(
+                    columns
+                        .columns
+                        .into_iter()
+                        .filter(|(n, _)| !sluice_engine::names::column::HIDDEN.contains(&n.as_str()))
+                        .collect(),
+                )
+            }
             Ok(Ok(None)) => errors.push(
                 at.error(format!("missing: a `{}` source needs its columns declared as `name: type`", conn.kind())),
             ),

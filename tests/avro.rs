@@ -39,6 +39,14 @@ async fn schema_by_id(State(r): State<Shared>, Path(id): Path<u32>) -> (StatusCo
     }
 }
 
+async fn latest(State(r): State<Shared>, Path(subject): Path<String>) -> (StatusCode, String) {
+    let r = r.lock().unwrap();
+    match r.subjects.get(&subject).and_then(|ids| ids.last()) {
+        Some(id) => (StatusCode::OK, serde_json::json!({ "schema": r.schemas[*id as usize - 1] }).to_string()),
+        None => (StatusCode::NOT_FOUND, r#"{"error_code":40401,"message":"Subject not found"}"#.into()),
+    }
+}
+
 async fn register(State(r): State<Shared>, Path(subject): Path<String>, body: String) -> (StatusCode, String) {
     let schema = serde_json::from_str::<serde_json::Value>(&body).unwrap()["schema"].as_str().unwrap().to_owned();
     if apache_avro::Schema::parse_str(&schema).is_err() {
@@ -72,6 +80,7 @@ fn start_registry() -> RegistryServer {
     let app = Router::new()
         .route("/schemas/ids/{id}", get(schema_by_id))
         .route("/subjects/{subject}/versions", post(register))
+        .route("/subjects/{subject}/versions/latest", get(latest))
         .with_state(state.clone());
     let addr = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -245,6 +254,38 @@ fn avro_in_sql_avro_out_with_a_schema_registry(kafka: &mut Kafka) {
     assert!(reasons.iter().any(|r| r.contains("schema id 99 is not in the schema registry")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("schema id 1")), "{reasons:?}");
     assert_eq!(registry.state.lock().unwrap().lookups, 3, "ids 1, 2 and 99, each once");
+
+    // A flow reading the output topic without `schema:` takes the latest schema of its
+    // `<topic>-value` subject; `describe` lists the topic with those columns.
+    let back = write(
+        dir.path(),
+        "back.yaml",
+        &format!(
+            r#"
+kafka: {{{kafka}}}
+connections:
+  bus: {{type: kafka, schema_registry: {{url: "{url}", timeout_secs: 2, allow_private_addresses: true}}}}
+  out: {{type: stdout}}
+flows:
+  - name: back
+    source: {{connection: bus, object: {output}, options: {{format: avro}}}}
+    destination: {{connection: out, object: x}}
+"#,
+            kafka = kafka.yaml(),
+            url = registry.url,
+        ),
+    );
+    let v = run(&["validate", &back], dir.path(), &[], LIMIT);
+    assert_eq!(v.code(), Some(0), "{}{}", v.stdout, v.stderr);
+    let columns = ["id: int64", "name: string", "status: string", "doubled: float64"];
+    let listed = |out: &str| columns.iter().all(|c| out.lines().any(|l| l.trim() == *c));
+    assert!(v.stdout.contains("source columns (read from bus):") && listed(&v.stdout), "{}", v.stdout);
+    let d = run(&["describe", &back, "bus", &output], dir.path(), &[], LIMIT);
+    assert_eq!(d.code(), Some(0), "{}{}", d.stdout, d.stderr);
+    assert!(d.stdout.starts_with(&format!("{output} (")) && listed(&d.stdout), "{}", d.stdout);
+    assert!(!v.stdout.contains("_op: string"), "the subject's `_op` is the source table's own: {}", v.stdout);
+    let d = run(&["describe", &back, "bus"], dir.path(), &[], LIMIT);
+    assert!(d.stdout.lines().any(|l| l == input), "a topic without a subject, listed by name: {}", d.stdout);
 
     // An unreachable registry: bounded retries, then the flow fails naming the connection.
     let dead = format!("http://127.0.0.1:{}", common::free_port());

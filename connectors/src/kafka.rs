@@ -25,8 +25,9 @@ use crate::schema_registry::{RegistryClient, RegistryConfig};
 
 use crate::encode;
 
-use crate::connector::{BuiltSink, Connector, Context, Input};
+use crate::connector::{BuiltSink, Connector, Context, Input, ObjectColumns};
 use sluice_engine::names::column;
+use sluice_engine::schema::RowSchema;
 
 /// The `kafka` connection: a cluster, or sluice's own when `bootstrap_servers` is unset.
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +67,10 @@ pub struct KafkaSourceOptions {
     /// (Confluent-framed Avro, a row or an envelope; needs the connection's `schema_registry`).
     #[serde(default = "default_format")]
     pub format: PayloadFormat,
+    /// The Schema Registry subject whose latest schema gives the flow's columns when it
+    /// declares no `schema:` (needs the connection's `schema_registry`). Default with
+    /// `format: avro`: `<topic>-value`.
+    pub subject: Option<String>,
 }
 
 fn default_format() -> PayloadFormat {
@@ -312,6 +317,67 @@ impl Connector for KafkaConnector {
         options.format
     }
 
+    fn discovers_schema(&self, options: &KafkaSourceOptions) -> bool {
+        options.format == PayloadFormat::Avro || options.subject.is_some()
+    }
+
+    async fn discover_schema(
+        &self,
+        ctx: Context<'_>,
+        conn: &KafkaConnection,
+        object: &str,
+        options: &KafkaSourceOptions,
+    ) -> Result<Option<RowSchema>, ConnectorError> {
+        let subject = options.subject.clone().unwrap_or_else(|| format!("{object}-value"));
+        let client = registry_client(ctx.connection, conn)?.ok_or_else(|| {
+            ConnectorError::User(format!(
+                "kafka connection `{}`: reading the columns from subject {subject} needs the connection's \
+                 `schema_registry`",
+                ctx.connection
+            ))
+        })?;
+        match client.latest(&subject).await.map_err(registry_error)? {
+            Some(schema) => RowSchema::from_avro(&schema)
+                .map(Some)
+                .map_err(|e| ConnectorError::User(format!("the latest schema of subject {subject}: {e}"))),
+            None => Err(ConnectorError::User(format!("the schema registry has no subject {subject}"))),
+        }
+    }
+
+    async fn describe(
+        &self,
+        ctx: Context<'_>,
+        conn: &KafkaConnection,
+        object: Option<&str>,
+    ) -> Result<Option<Vec<ObjectColumns>>, ConnectorError> {
+        let settings = conn.settings(ctx.own)?;
+        let mut topics = settings
+            .check_reachable()
+            .await
+            .map_err(|e| ConnectorError::retriable(format!("kafka connection `{}`", ctx.connection), e.to_string()))?;
+        // Kafka's own topics (`__consumer_offsets`, …) are nobody's data.
+        topics.retain(|t| !t.starts_with("__") && object.is_none_or(|o| o == t));
+        topics.sort();
+        if let (Some(o), true) = (object, topics.is_empty()) {
+            return Err(ConnectorError::User(format!("kafka connection `{}`: no topic `{o}`", ctx.connection)));
+        }
+        let client = registry_client(ctx.connection, conn)?;
+        let mut out = Vec::with_capacity(topics.len());
+        for topic in topics {
+            // The columns of the subject a `format: avro` flow would read, when there is one.
+            let columns = match &client {
+                Some(c) => c
+                    .latest(&format!("{topic}-value"))
+                    .await
+                    .map_err(registry_error)?
+                    .and_then(|s| RowSchema::from_avro(&s).ok()),
+                None => None,
+            };
+            out.push(ObjectColumns { name: topic, columns });
+        }
+        Ok(Some(out))
+    }
+
     fn build_source(
         &self,
         ctx: Context<'_>,
@@ -356,6 +422,23 @@ impl Connector for KafkaConnector {
         let sink = Box::new(KafkaSink::new(&settings, object, ctx.flow, registry).await?);
         let name = ctx.connection.to_owned();
         Ok(BuiltSink { sink, healthcheck: Box::pin(async move { reach(&name, settings).await }) })
+    }
+}
+
+/// The registry client of a connection, for reading subjects.
+fn registry_client(name: &str, conn: &KafkaConnection) -> Result<Option<RegistryClient>, ConnectorError> {
+    conn.schema_registry
+        .as_ref()
+        .map(|c| {
+            RegistryClient::new(name, c).map_err(|e| ConnectorError::User(format!("kafka connection `{name}`: {e}")))
+        })
+        .transpose()
+}
+
+fn registry_error(e: RegistryError) -> ConnectorError {
+    match e {
+        RegistryError::Unavailable(m) => ConnectorError::retriable("schema registry", m),
+        other => ConnectorError::User(other.to_string()),
     }
 }
 

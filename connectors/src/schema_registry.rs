@@ -132,6 +132,24 @@ impl RegistryClient {
     }
 }
 
+impl RegistryClient {
+    /// The latest schema registered under `subject`; `None` when the subject has none.
+    pub async fn latest(&self, subject: &str) -> Result<Option<apache_avro::Schema>, RegistryError> {
+        let doing = format!("reading the latest schema of subject {subject}");
+        let Some(body) = self
+            .send(&doing, || self.request(reqwest::Method::GET, &format!("/subjects/{subject}/versions/latest")))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let answer: SchemaAnswer = serde_json::from_str(&body)
+            .map_err(|e| RegistryError::Refused(format!("{doing}: unexpected answer {body:.200}: {e}")))?;
+        apache_avro::Schema::parse_str(&answer.schema)
+            .map(Some)
+            .map_err(|e| RegistryError::Refused(format!("{doing}: the registry's schema does not parse: {e}")))
+    }
+}
+
 #[async_trait]
 impl SchemaRegistry for RegistryClient {
     async fn schema(&self, id: u32) -> Result<Arc<apache_avro::Schema>, RegistryError> {

@@ -115,9 +115,12 @@ impl Precheck {
             row_node()
         };
         let typed = !matches!(root, Node::Unchecked);
+        // The `source` table's own columns are never new ones (a topic another flow wrote
+        // may carry them).
+        let hidden = sluice_core::names::column::HIDDEN.iter().map(|n| n.as_bytes().into());
         let row_names = match row {
-            ColumnType::Struct(fields) => fields.iter().map(|(n, _)| n.as_bytes().into()).collect(),
-            _ => Vec::new(),
+            ColumnType::Struct(fields) => fields.iter().map(|(n, _)| n.as_bytes().into()).chain(hidden).collect(),
+            _ => hidden.collect(),
         };
         Precheck { root, envelope, typed, via_values, watch, row_names }
     }

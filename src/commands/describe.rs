@@ -5,8 +5,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use sluice_engine::kafka::KafkaSettings;
-
+use crate::cluster::{Attach, own_cluster};
 use crate::config;
 use crate::plan::print_config_errors;
 use crate::registry::Registry;
@@ -25,7 +24,11 @@ pub async fn describe(path: &Path, registry: &Registry, name: &str, object: Opti
         eprintln!("error: no connection named `{name}` (connections: {})", all.join(", "));
         return ExitCode::from(2);
     };
-    let own = KafkaSettings::plaintext("");
+    // A `kafka` connection without servers means sluice's own cluster: reach it as `run` would.
+    let (_broker, own) = match own_cluster(&cfg, Attach::IfRunning).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
     let ctx = sluice_connectors::Context { connection: name, own: &own, flow: "" };
     let objects = match tokio::time::timeout(TIMEOUT, conn.describe(ctx, object)).await {
         Ok(Ok(Some(objects))) => objects,
