@@ -26,6 +26,14 @@ fn actual(case: &Path, scratch: &Path) -> String {
     );
     // Paths differ between machines; the file name is what a reader needs.
     let stderr = out.stderr.replace(&format!("{}/", case.display()), "");
+    // Log lines start with the time they were written.
+    let stderr: String = stderr
+        .lines()
+        .map(|l| match l.split_once(' ') {
+            Some((time, rest)) if time.ends_with('Z') && time.starts_with("20") => format!("{}\n", rest.trim_start()),
+            _ => format!("{l}\n"),
+        })
+        .collect();
     format!("exit: {}\n--- stdout\n{}--- stderr\n{}", out.code().unwrap_or(-1), out.stdout, stderr)
 }
 
