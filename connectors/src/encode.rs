@@ -8,12 +8,16 @@
 //! `sha256()` column has always been written as), except for PostgreSQL, which gets its `\x`
 //! form.
 //! Structs are objects, lists arrays, maps objects and decimals exact numbers.
+//!
+//! CSV has no nesting: a struct, list or map column's cells are their JSON text (as the JSON
+//! encoder above writes it), which spreadsheet users can read and `json_*` functions parse —
+//! rather than flattening into one column per leaf, which a list cannot have.
 
 use std::sync::Arc;
 
-use arrow_array::{Array, BinaryArray, Float64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, BinaryArray, Float64Array, RecordBatch, StringArray};
 use arrow_json::writer::{Encoder, EncoderFactory, EncoderOptions, NullableEncoder};
-use arrow_schema::{ArrowError, FieldRef};
+use arrow_schema::{ArrowError, DataType, Field, FieldRef, Schema};
 use sluice_engine::error::ConnectorError;
 use sluice_engine::schema::{EXTENSION_KEY, JSON_EXTENSION};
 
@@ -120,13 +124,59 @@ fn json_lines_with(batches: &[RecordBatch], out: &mut Vec<u8>, style: SinkJson) 
     w.finish().map_err(|e| ConnectorError::internal("encoding rows as JSON", e.to_string()))
 }
 
-/// Encodes batches as CSV with a header line, appending to `out`.
+/// Encodes batches as CSV with a header line, appending to `out`; nested columns' cells are
+/// their JSON text.
 pub fn csv(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(), ConnectorError> {
     let mut w = arrow_csv::WriterBuilder::new().with_header(true).build(out);
     for b in batches {
-        w.write(b).map_err(|e| ConnectorError::internal("encoding rows as CSV", e.to_string()))?;
+        let b = nested_as_json_text(b)?;
+        w.write(&b).map_err(|e| ConnectorError::internal("encoding rows as CSV", e.to_string()))?;
     }
     Ok(())
+}
+
+fn is_nested(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Struct(_)
+            | DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::ListView(_)
+            | DataType::LargeListView(_)
+            | DataType::FixedSizeList(..)
+            | DataType::Map(..)
+    )
+}
+
+/// The batch with each nested column replaced by a text column of its values' JSON.
+fn nested_as_json_text(b: &RecordBatch) -> Result<RecordBatch, ConnectorError> {
+    if !b.schema().fields().iter().any(|f| is_nested(f.data_type())) {
+        return Ok(b.clone());
+    }
+    let fail = |e: ArrowError| ConnectorError::internal("encoding nested columns as JSON text for CSV", e.to_string());
+    let mut fields = Vec::with_capacity(b.num_columns());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(b.num_columns());
+    for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+        if !is_nested(f.data_type()) {
+            fields.push(f.clone());
+            columns.push(c.clone());
+            continue;
+        }
+        // One column under a one-letter name: each line is `{"v":…}`, the value in the middle.
+        let one = Arc::new(Schema::new(vec![f.as_ref().clone().with_name("v")]));
+        let mut lines = Vec::new();
+        json_lines(&[RecordBatch::try_new(one, vec![c.clone()]).map_err(fail)?], &mut lines)?;
+        let text =
+            String::from_utf8(lines).map_err(|e| ConnectorError::internal("encoding rows as CSV", e.to_string()))?;
+        let cells: StringArray = text
+            .lines()
+            .enumerate()
+            .map(|(i, line)| (!c.is_null(i)).then(|| line.get(5..line.len().saturating_sub(1)).unwrap_or_default()))
+            .collect();
+        fields.push(Arc::new(Field::new(f.name(), DataType::Utf8, true)));
+        columns.push(Arc::new(cells));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(fail)
 }
 
 #[cfg(test)]
@@ -200,5 +250,21 @@ mod tests {
         let mut out = Vec::new();
         csv(&[batch], &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "id,name\n1,\"a\nb\"\n2,\n");
+    }
+
+    #[test]
+    fn nested_csv_cells_are_their_json_text() {
+        use sluice_engine::schema::ColumnType;
+        let t = ColumnType::parse("list<struct<sku: int64, tags: list<string>>>").unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true), t.field("items")]));
+        let mut d = arrow_json::ReaderBuilder::new(schema).build_decoder().unwrap();
+        d.decode(br#"{"id":1,"items":[{"sku":7,"tags":["a,b","c"d"]}]} {"id":2,"items":null}"#).unwrap();
+        let batch = d.flush().unwrap().unwrap();
+        let mut out = Vec::new();
+        csv(&[batch], &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id,items\n1,\"[{\"\"sku\"\":7,\"\"tags\"\":[\"\"a,b\"\",\"\"c\\\"\"d\"\"]}]\"\n2,\n"
+        );
     }
 }

@@ -173,8 +173,14 @@ fn type_json(dt: &DataType, path: &str) -> serde_json::Value {
 }
 
 /// A field's type: nullable fields are a union with `null` first (so they can default to null).
+/// A `uuid` column is a string with the `uuid` logical type.
 fn field_type_json(field: &Field, path: &str) -> serde_json::Value {
-    let ty = type_json(field.data_type(), path);
+    let uuid =
+        field.metadata().get(crate::schema::EXTENSION_KEY).map(String::as_str) == Some(crate::schema::UUID_EXTENSION);
+    let ty = match field.data_type() {
+        DataType::Utf8 if uuid => serde_json::json!({"type": "string", "logicalType": "uuid"}),
+        t => type_json(t, path),
+    };
     if field.is_nullable() && field.data_type() != &DataType::Null { serde_json::json!(["null", ty]) } else { ty }
 }
 
@@ -440,6 +446,31 @@ mod tests {
         let one = Value::Union(1, Box::new(Value::Long(1)));
         assert_eq!(row[2].1, Value::Map([("a".to_owned(), one)].into_iter().collect()));
         assert_eq!(row[3].1, Value::TimeMicros(36_672_500_000));
+    }
+
+    #[test]
+    fn uuid_columns_carry_the_uuid_logical_type() {
+        let t = crate::schema::ColumnType::Uuid;
+        let field = t.field("ref");
+        let schema = Arc::new(Schema::new(vec![field]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec![Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), None]))],
+        )
+        .unwrap();
+        let rows = AvroRows::new(&schema, "r").unwrap();
+        let text = serde_json::to_string(rows.schema()).unwrap();
+        assert!(text.contains(r#"{"type":"string","logicalType":"uuid"}"#), "{text}");
+        let mut w = apache_avro::Writer::new(rows.schema(), Vec::new());
+        for v in rows.values(&b).unwrap() {
+            w.append(v).unwrap();
+        }
+        let bytes = w.into_inner().unwrap();
+        let read: Vec<Value> = apache_avro::Reader::new(&bytes[..]).unwrap().map(Result::unwrap).collect();
+        let Value::Record(fields) = &read[0] else { panic!("{read:?}") };
+        let Value::Union(1, v) = &fields[0].1 else { panic!("{fields:?}") };
+        let Value::Uuid(u) = &**v else { panic!("read back as {v:?}") };
+        assert_eq!(u.to_string(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
     }
 
     #[test]
