@@ -180,13 +180,15 @@ impl Precheck {
                 b'"' => {
                     let start = i + 1;
                     let end = string_end(json, start);
-                    let row_level = self.watch && self.at_row(json, stack);
+                    let is_key = stack.last().is_some_and(|f| f.object && f.expect_key);
+                    // Only a key the row's checked fields do not name can be a new column.
+                    let row_level = is_key && self.watch && self.at_row(json, stack);
                     match stack.last_mut() {
-                        Some(f) if f.object && f.expect_key => {
+                        Some(f) if is_key => {
                             f.key = (start, end);
                             let key = &json[start..end];
                             f.next = field_type(f.of, key);
-                            if row_level && unknown.len() < MAX_UNKNOWN && !self.row_names.iter().any(|n| **n == *key) {
+                            if row_level && f.next.is_none() && unknown.len() < MAX_UNKNOWN && !self.is_row_name(key) {
                                 let name = String::from_utf8_lossy(key);
                                 if !unknown.iter().any(|u| *u == name) {
                                     unknown.push(name.into_owned());
@@ -242,6 +244,12 @@ impl Precheck {
             }
         }
         None
+    }
+
+    /// Whether the row declares a field named `key` (the length and first byte rule most names
+    /// out without a call to `memcmp`).
+    fn is_row_name(&self, key: &[u8]) -> bool {
+        self.row_names.iter().any(|n| n.len() == key.len() && n.first() == key.first() && **n == *key)
     }
 
     /// Whether the innermost open object is the row (the payload, or an envelope's image).
