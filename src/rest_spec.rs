@@ -13,7 +13,7 @@ use sluice_connectors::connector::unsupported;
 use sluice_connectors::http::spec::{RESERVED, RestSpec, SpecConnection, SpecSourceOptions};
 use sluice_connectors::http::test_connection;
 use sluice_connectors::http_source::HttpSource;
-use sluice_connectors::{BuiltSink, Context, Input};
+use sluice_connectors::{BuiltSink, Context, Input, ObjectColumns};
 use sluice_engine::connector::PayloadFormat;
 use sluice_engine::error::ConnectorError;
 use sluice_engine::schema::RowSchema;
@@ -109,6 +109,31 @@ impl Registered for SpecConnector {
 
     fn payload_format(&self, _: &Options) -> PayloadFormat {
         PayloadFormat::Debezium
+    }
+
+    /// The spec's objects (its API's entities), with the columns it declares for each.
+    async fn describe(
+        &self,
+        ctx: Context<'_>,
+        _conn: &(dyn Any + Send + Sync),
+        object: Option<&str>,
+    ) -> Result<Option<Vec<ObjectColumns>>, ConnectorError> {
+        if let Some(o) = object.filter(|o| !self.spec.objects.contains_key(*o)) {
+            return Err(ConnectorError::User(format!(
+                "connection `{}` ({}): no object `{o}` (objects: {})",
+                ctx.connection,
+                self.name,
+                self.spec.objects.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(Some(
+            self.spec
+                .objects
+                .iter()
+                .filter(|(name, _)| object.is_none_or(|o| o == name.as_str()))
+                .map(|(name, o)| ObjectColumns { name: name.clone(), columns: o.schema.clone() })
+                .collect(),
+        ))
     }
 
     fn check_source(&self, call: Call<'_>) -> Result<(), ConnectorError> {

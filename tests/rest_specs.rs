@@ -66,6 +66,12 @@ flows:
     let v = run(&["validate", &cfg], dir.path(), &env, LIMIT);
     assert_eq!(v.code(), Some(0), "{}", v.stderr);
     assert!(v.stdout.contains("updated_at: Utf8") && v.stdout.contains("subject: Utf8"), "{}", v.stdout);
+    // `describe` lists a spec's objects (its API's entities) with their columns.
+    let d = run(&["describe", &cfg, "helpdesk"], dir.path(), &env, LIMIT);
+    assert_eq!(d.code(), Some(0), "{}", d.stderr);
+    assert_eq!(d.stdout, "tickets (3 columns)\n  id: int64\n  subject: string\n  updated_at: int64\n");
+    let d = run(&["describe", &cfg, "helpdesk", "users"], dir.path(), &env, LIMIT);
+    assert!(d.code() == Some(1) && d.stderr.contains("no object `users` (objects: tickets)"), "{}", d.stderr);
     let t = run(&["connections", "test", &cfg, "gh"], dir.path(), &env, LIMIT);
     assert!(t.stdout.contains("ok    gh (issues)"), "{}\n{}", t.stdout, t.stderr);
 
