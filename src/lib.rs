@@ -57,7 +57,7 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         alloc::give_memory_back();
         let args = commands::Args::parse();
-        logging::init();
+        logging::init(args.log_format);
         commands::dispatch(args, &self.registry)
     }
 }

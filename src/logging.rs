@@ -4,21 +4,37 @@
 //! libraries it drives may log what they were handed — the AWS SDK logs the S3 access key id at
 //! debug level — and `SLUICE_LOG=trace` turns those logs on. So the writer, not each call site,
 //! is where secrets are kept out: every registered secret value becomes `*****`.
+//!
+//! Two formats: text for people, and JSON (`--log-format json`, `SLUICE_LOG_FORMAT=json`) for log
+//! pipelines — one object per line with the level, target, message and fields, and the fields
+//! of the spans it happened in (`flow`, `stage`, `topic`, `partition`, …), as Vector and
+//! Redpanda Connect write theirs. The redactor sees the whole line either way.
 
 use std::io::Write;
 
 use tracing_subscriber::EnvFilter;
 
-/// Sets up logging: level from `SLUICE_LOG` (default: warnings, and sluice's own info), colour
-/// only on a terminal, secrets redacted.
-pub fn init() {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
-            EnvFilter::new("warn,sluice=info,sluice_engine=info,sluice_connectors=info,sluice_sql=info")
-        }))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(|| RedactingStderr)
-        .init();
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text lines, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the spans it happened in.
+    Json,
+}
+
+/// Sets up logging: level from `SLUICE_LOG` (default: warnings, and sluice's own info), in
+/// `format`, secrets redacted.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("warn,sluice=info,sluice_engine=info,sluice_connectors=info,sluice_sql=info")
+    });
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| RedactingStderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => fmt.json().with_current_span(true).with_span_list(true).init(),
+    }
 }
 
 /// Standard error, with registered secrets replaced. The formatter writes each event in one

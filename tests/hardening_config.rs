@@ -223,17 +223,38 @@ fn no_secret_reaches_a_log_at_trace_level(kafka: &mut Kafka) {
         kafka = kafka.yaml()
     );
     let cfg = write(dir.path(), "c.yaml", &text);
-    let env =
-        [("KEY_ID", "AKIASLUICECANARY0001"), ("KEY_SECRET", "sluice-canary-secret-0001"), ("SLUICE_LOG", "trace")];
-    let done = run(&["run", &cfg], dir.path(), &env, LIMIT);
-    let all = format!("{}{}", done.stdout, done.stderr);
-    assert!(all.len() > 10_000, "trace logging was on: {} bytes", all.len());
-    for (_, secret) in &env[..2] {
-        assert!(
-            !all.contains(secret),
-            "a secret reached the output:\n{}",
-            &all[all.find(secret).unwrap().saturating_sub(300)..][..600]
-        );
+    // In both log formats: JSON lines carry the span fields, and the redactor sees them whole.
+    for format in ["text", "json"] {
+        let env = [
+            ("KEY_ID", "AKIASLUICECANARY0001"),
+            ("KEY_SECRET", "sluice-canary-secret-0001"),
+            ("SLUICE_LOG", "trace"),
+            ("SLUICE_LOG_FORMAT", format),
+        ];
+        let done = run(&["run", &cfg], dir.path(), &env, LIMIT);
+        let all = format!("{}{}", done.stdout, done.stderr);
+        assert!(all.len() > 10_000, "trace logging was on: {} bytes", all.len());
+        for (_, secret) in &env[..2] {
+            assert!(
+                !all.contains(secret),
+                "a secret reached the {format} output:\n{}",
+                &all[all.find(secret).unwrap().saturating_sub(300)..][..600]
+            );
+        }
+        if format == "json" {
+            let objects: Vec<serde_json::Value> = done
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with('{'))
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect();
+            assert!(objects.len() > 50, "{} JSON lines", objects.len());
+            assert!(objects.iter().all(|o| o["level"].is_string() && o["fields"].is_object()));
+            let in_batch = |o: &&serde_json::Value| {
+                o["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["flow"] == "leak" && s["stage"] == "sink"))
+            };
+            assert!(objects.iter().any(|o| in_batch(&o)), "a sink batch's lines carry its span fields");
+        }
     }
 }
 

@@ -22,6 +22,10 @@ use crate::registry::Registry;
 pub(crate) struct Args {
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// How log lines are written on stderr: `text`, or `json` (one object per line, with the
+    /// span fields: flow, stage, topic, partition).
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub(crate) log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
