@@ -189,6 +189,8 @@ fn help_is_everywhere() {
         vec!["broker", "--help"],
         vec!["dlq", "--help"],
         vec!["status", "--help"],
+        vec!["runs", "--help"],
+        vec!["describe", "--help"],
         vec!["dlq", "show", "--help"],
     ] {
         let done = run(&args, dir.path(), &[], Duration::from_secs(30));

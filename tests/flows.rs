@@ -386,7 +386,47 @@ flows:
     assert!(v.stderr.contains("bad.yaml:9:") && v.stderr.contains("schedule.cron"), "{}", v.stderr);
 }
 
+/// Every run is kept: `sluice runs` lists a flow's runs newest first with their counts, and
+/// `status` still shows the latest.
+fn each_run_is_kept_in_the_history(kafka: &mut Kafka) {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = kafka.name("history");
+    let cfg = write(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            "kafka: {{{kafka}}}\nconnections:\n  gen: {{type: generate}}\n  out: {{type: file, path: out}}\nflows:\n  - name: {flow}\n    source: {{connection: gen, object: o, options: {{count: 40}}}}\n    transform: {{sql: \"SELECT * FROM source WHERE seq % 4 <> 0\"}}\n    destination: {{connection: out, object: h.jsonl}}\n",
+            kafka = kafka.yaml()
+        ),
+    );
+    for _ in 0..3 {
+        let done = run(&["run", &cfg], dir.path(), &[], LIMIT);
+        assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    }
+    let table = run(&["runs", &cfg, &flow], dir.path(), &[], LIMIT);
+    assert_eq!(table.code(), Some(0), "{}", table.stderr);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert!(lines[0].starts_with("RUN") && lines[0].contains("DELIVERED"), "{}", table.stdout);
+    assert_eq!(lines.len(), 4, "a header and three runs: {}", table.stdout);
+    for line in &lines[1..] {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        // run, status, date, time, took ("0.4 s" is two words), read, delivered, filtered, dlq, dropped
+        assert_eq!(cells[1], "succeeded", "{line}");
+        assert_eq!(&cells[6..11], ["40", "30", "10", "0", "0"], "{line}");
+    }
+    let ids: Vec<&str> = lines[1..].iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 3, "three runs, each once");
+    let newest = run(&["runs", &cfg, &flow, "--limit", "1"], dir.path(), &[], LIMIT);
+    assert_eq!(newest.stdout.lines().nth(1).unwrap().split_whitespace().next(), Some(ids[0]));
+    assert_eq!(newest.stdout.lines().count(), 2);
+    let status = run(&["status", &cfg], dir.path(), &[], LIMIT);
+    assert!(status.stdout.contains(&format!("flow {flow}: succeeded · run {}", ids[0])), "{}", status.stdout);
+    let none = run(&["runs", &cfg, "nope"], dir.path(), &[], LIMIT);
+    assert_eq!(none.code(), Some(2));
+}
+
 crate::on_both_brokers!(
+    each_run_is_kept_in_the_history,
     on_demand_flow_delivers_exactly_the_generated_records,
     continuous_flow_killed_and_restarted_loses_nothing,
     malformed_file_lines_go_to_the_dlq_with_their_line_and_the_flow_goes_on,

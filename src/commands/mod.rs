@@ -5,6 +5,7 @@ mod cdc;
 mod connections;
 mod describe;
 mod dlq;
+mod runs;
 mod sql_test;
 mod status;
 mod validate;
@@ -56,6 +57,16 @@ pub(crate) enum Command {
         connection: String,
         /// Only this object (e.g. a table, `schema.table`).
         object: Option<String>,
+    },
+    /// Show a flow's run history, newest first: status, start, duration and counts.
+    Runs {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The flow.
+        flow: String,
+        /// How many runs to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
     /// Show each flow's latest run: status and counts.
     Status {
@@ -187,6 +198,7 @@ pub(crate) fn dispatch(args: Args, registry: &Registry) -> ExitCode {
             Command::Describe { config, connection, object } => {
                 describe::describe(&config, registry, &connection, object.as_deref()).await
             }
+            Command::Runs { config, flow, limit } => runs::runs(&config, registry, &flow, limit).await,
             Command::Status { config } => status::status(&config, registry).await,
             Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => {
                 dlq::dlq_show(&config, registry, &flow, limit).await

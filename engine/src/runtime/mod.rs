@@ -45,7 +45,7 @@ pub use claim::SourceClaim;
 pub use dead_letters::{DeadLetters, KEPT_BYTES, Origin};
 pub use process::writer_id;
 pub use retry::{Backoff, BatchSettings, RetryPolicy, write_with_retry};
-pub use runs::{RunReporter, latest_runs};
+pub use runs::{RunReporter, latest_runs, run_history};
 pub use sink_worker::{SinkConsumerContext, SinkInput, SinkSummary, StopAt, run_sink};
 pub use source_owner::{SourceHalf, run_claimed_source};
 pub use source_task::{SourceEnd, SourceWriter, StoredPosition, load_position, run_source};

@@ -1,4 +1,7 @@
-//! Run records: each flow's latest run in the compacted `sluice.runs` topic.
+//! Run records in the compacted `sluice.runs` topic: every run of every flow, each keyed by
+//! `flow/run_id`, so compaction keeps each run's last record — the history — rather than only
+//! each flow's latest run. (Records written before history was kept are keyed by the flow
+//! alone; they read the same.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,18 +112,72 @@ impl RunReporter {
 
 async fn publish_run(producer: &Producer, topic: &str, rec: &RunRecord) -> Result<(), KafkaError> {
     let payload = serde_json::to_vec(rec).unwrap_or_default();
-    let f = enqueue(producer, FutureRecord::to(topic).key(rec.flow.as_bytes()).payload(payload.as_slice())).await?;
+    let key = format!("{}/{}", rec.flow, rec.run_id);
+    let f = enqueue(producer, FutureRecord::to(topic).key(key.as_bytes()).payload(payload.as_slice())).await?;
     confirm(vec![f]).await
+}
+
+/// Every run's last record, from the runs topic, oldest first (by start).
+pub async fn run_history(settings: &KafkaSettings) -> Result<Vec<RunRecord>, kafka::KafkaSetupError> {
+    let records = kafka::read_topic(settings, &settings.runs_topic(), usize::MAX)
+        .await?
+        .into_iter()
+        .filter_map(|m| m.payload.as_deref().and_then(|p| serde_json::from_slice::<RunRecord>(p).ok()));
+    Ok(history(records))
+}
+
+/// Each run's newest record (runs spread over partitions: their records are ordered by the
+/// time they were written, not by offset), oldest run first.
+fn history(records: impl Iterator<Item = RunRecord>) -> Vec<RunRecord> {
+    let mut by_run: HashMap<(String, String), RunRecord> = HashMap::new();
+    for rec in records {
+        let key = (rec.flow.clone(), rec.run_id.clone());
+        if by_run.get(&key).is_none_or(|seen| seen.updated_ms <= rec.updated_ms) {
+            by_run.insert(key, rec);
+        }
+    }
+    let mut runs: Vec<RunRecord> = by_run.into_values().collect();
+    runs.sort_by(|a, b| (a.started_ms, a.updated_ms, &a.run_id).cmp(&(b.started_ms, b.updated_ms, &b.run_id)));
+    runs
 }
 
 /// The latest run record of each flow, from the runs topic.
 pub async fn latest_runs(settings: &KafkaSettings) -> Result<HashMap<String, RunRecord>, kafka::KafkaSetupError> {
-    let mut out = HashMap::new();
-    for m in kafka::read_topic(settings, &settings.runs_topic(), usize::MAX).await? {
-        if let Some(rec) = m.payload.as_deref().and_then(|p| serde_json::from_slice::<RunRecord>(p).ok()) {
-            // One flow's records share a key, so a partition, so offset order is time order.
-            out.insert(rec.flow.clone(), rec);
+    // Oldest first: each flow's last insert is its latest run.
+    Ok(run_history(settings).await?.into_iter().map(|r| (r.flow.clone(), r)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(flow: &str, run: &str, started: i64, updated: i64, status: RunStatus) -> RunRecord {
+        RunRecord {
+            flow: flow.into(),
+            run_id: run.into(),
+            status,
+            started_ms: started,
+            updated_ms: updated,
+            counts: LedgerSnapshot::default(),
+            error: None,
+            pull_id: None,
+            resumes: None,
+            host: None,
+            pid: None,
         }
     }
-    Ok(out)
+
+    #[test]
+    fn each_run_keeps_its_newest_record_whatever_the_read_order() {
+        let records = vec![
+            rec("a", "r2", 20, 25, RunStatus::Succeeded),
+            rec("a", "r1", 10, 12, RunStatus::Running),
+            rec("b", "r3", 15, 16, RunStatus::Failed),
+            rec("a", "r1", 10, 18, RunStatus::Succeeded),
+            rec("a", "r2", 20, 21, RunStatus::Running),
+        ];
+        let h = history(records.into_iter());
+        let seen: Vec<(&str, RunStatus)> = h.iter().map(|r| (r.run_id.as_str(), r.status)).collect();
+        assert_eq!(seen, vec![("r1", RunStatus::Succeeded), ("r3", RunStatus::Failed), ("r2", RunStatus::Succeeded)]);
+    }
 }

@@ -1,0 +1,80 @@
+//! `sluice runs CONFIG FLOW [--limit N]`: a flow's run history, newest first, as a table.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use sluice_engine::ledger::{Liveness, RunRecord, RunStatus};
+use sluice_engine::runtime;
+
+use crate::cluster::{Attach, own_cluster};
+use crate::config;
+use crate::plan::{known_flow, print_config_errors};
+use crate::registry::Registry;
+
+/// `sluice runs CONFIG FLOW [--limit N]`.
+pub async fn runs(path: &Path, registry: &Registry, flow: &str, limit: usize) -> ExitCode {
+    let cfg = match config::load(path, registry) {
+        Ok(c) => c,
+        Err(rejected) => return print_config_errors(&rejected.errors),
+    };
+    if let Err(code) = known_flow(&cfg, flow) {
+        return code;
+    }
+    let (_broker, own) = match own_cluster(&cfg, Attach::IfRunning).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let history = match runtime::run_history(&own).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: reading the run history from {}: {e}", own.runs_topic());
+            return ExitCode::from(1);
+        }
+    };
+    let runs: Vec<&RunRecord> = history.iter().rev().filter(|r| r.flow == flow).take(limit).collect();
+    if runs.is_empty() {
+        println!("flow {flow}: never run");
+        return ExitCode::SUCCESS;
+    }
+    let now = sluice_engine::record::now_ms();
+    let host = sluice_engine::ledger::host_name();
+    println!(
+        "{:<38} {:<11} {:<19} {:>9} {:>10} {:>10} {:>9} {:>7} {:>8}  ERROR",
+        "RUN", "STATUS", "STARTED (UTC)", "TOOK", "READ", "DELIVERED", "FILTERED", "DLQ", "DROPPED"
+    );
+    for r in runs {
+        let c = &r.counts;
+        let status = match (r.status, r.liveness(now, &host)) {
+            (RunStatus::Running, Liveness::Interrupted) => "interrupted",
+            (RunStatus::Running, _) => "running",
+            (RunStatus::Succeeded, _) => "succeeded",
+            (RunStatus::Stopped, _) => "stopped",
+            (RunStatus::Failed, _) => "failed",
+        };
+        let started = chrono::DateTime::from_timestamp_millis(r.started_ms)
+            .map_or_else(|| r.started_ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        let took = format!("{:.1} s", (r.updated_ms - r.started_ms).max(0) as f64 / 1000.0);
+        // One line per run: the error's first line, shortened.
+        let error = r.error.as_deref().and_then(|e| e.lines().next()).map(|e| clip(e, 80)).unwrap_or_default();
+        println!(
+            "{:<38} {:<11} {:<19} {:>9} {:>10} {:>10} {:>9} {:>7} {:>8}  {error}",
+            r.run_id,
+            status,
+            started,
+            took,
+            c.read(),
+            c.delivered,
+            c.filtered,
+            c.dlq(),
+            c.dropped
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn clip(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
