@@ -190,6 +190,7 @@ fn help_is_everywhere() {
         vec!["dlq", "--help"],
         vec!["status", "--help"],
         vec!["runs", "--help"],
+        vec!["tap", "--help"],
         vec!["describe", "--help"],
         vec!["dlq", "show", "--help"],
     ] {

@@ -425,7 +425,51 @@ fn each_run_is_kept_in_the_history(kafka: &mut Kafka) {
     assert_eq!(none.code(), Some(2));
 }
 
+/// `sluice tap` prints a running flow's records live — what its SQL reads, and what it gives
+/// the destination — and the flow, whose consumer group it leaves alone, delivers every record.
+fn tap_prints_records_live_without_touching_the_flow(kafka: &mut Kafka) {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = kafka.name("tapped");
+    let cfg = write(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            "kafka: {{{kafka}}}\nconnections:\n  gen: {{type: generate}}\n  out: {{type: file, path: out}}\nflows:\n  - name: {flow}\n    trigger: continuous\n    source: {{connection: gen, object: o, options: {{rate_per_sec: 200, count: 3000}}}}\n    transform: {{sql: \"SELECT id, seq, upper(name) AS shout FROM source WHERE seq % 2 = 0\"}}\n    destination: {{connection: out, object: t.jsonl}}\n",
+            kafka = kafka.yaml()
+        ),
+    );
+    let file = dir.path().join("out/t.jsonl");
+    let p = spawn(&["run", &cfg], dir.path(), &[]);
+    assert!(wait_until(LIMIT, || read_jsonl(&file).0.len() > 20), "{}", p.stderr_so_far());
+    let source = run(&["tap", &cfg, &flow, "--limit", "5"], dir.path(), &[], LIMIT);
+    assert_eq!(source.code(), Some(0), "{}", source.stderr);
+    let lines: Vec<Value> = source.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5, "{}", source.stdout);
+    for l in &lines {
+        assert_eq!(l["value"]["op"], "c", "the change envelope as published: {l}");
+        assert!(l["value"]["after"]["name"].is_string() && l["offset"].is_i64(), "{l}");
+    }
+    let output = run(&["tap", &cfg, &flow, "--stage", "output", "--limit", "5"], dir.path(), &[], LIMIT);
+    assert_eq!(output.code(), Some(0), "{}", output.stderr);
+    let rows: Vec<Value> = output.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 5, "{}", output.stdout);
+    for r in &rows {
+        let keys: BTreeSet<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, BTreeSet::from(["id", "seq", "shout"]), "{r}");
+        assert_eq!(r["seq"].as_i64().unwrap() % 2, 0, "the flow's filter: {r}");
+        assert_eq!(r["shout"].as_str().unwrap().to_uppercase(), r["shout"].as_str().unwrap());
+    }
+    // The flow goes on and delivers every record once: the taps took nothing from its group.
+    assert!(wait_until(LIMIT, || read_jsonl(&file).0.len() >= 1500), "{}", p.stderr_so_far());
+    let done = p.terminate(Duration::from_secs(30));
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    let seqs: Vec<i64> = read_jsonl(&file).0.iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs.iter().collect::<BTreeSet<_>>().len(), 1500, "each kept record once");
+    assert_eq!(seqs.len(), 1500);
+}
+
 crate::on_both_brokers!(
+    tap_prints_records_live_without_touching_the_flow,
     each_run_is_kept_in_the_history,
     on_demand_flow_delivers_exactly_the_generated_records,
     continuous_flow_killed_and_restarted_loses_nothing,

@@ -8,6 +8,7 @@ mod dlq;
 mod runs;
 mod sql_test;
 mod status;
+mod tap;
 mod validate;
 
 use std::path::PathBuf;
@@ -67,6 +68,20 @@ pub(crate) enum Command {
         /// How many runs to show.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+    },
+    /// Print a flow's records live as they pass (source, output or dead letters), one JSON
+    /// object per line, without touching the flow's consumer group or offsets.
+    Tap {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The flow.
+        flow: String,
+        /// Which records: what the SQL reads, what it gives the destination, or dead letters.
+        #[arg(long, value_enum, default_value = "source")]
+        stage: tap::TapStage,
+        /// Stop after this many records (default: until interrupted).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Show each flow's latest run: status and counts.
     Status {
@@ -199,6 +214,7 @@ pub(crate) fn dispatch(args: Args, registry: &Registry) -> ExitCode {
                 describe::describe(&config, registry, &connection, object.as_deref()).await
             }
             Command::Runs { config, flow, limit } => runs::runs(&config, registry, &flow, limit).await,
+            Command::Tap { config, flow, stage, limit } => tap::tap(&config, registry, &flow, stage, limit).await,
             Command::Status { config } => status::status(&config, registry).await,
             Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => {
                 dlq::dlq_show(&config, registry, &flow, limit).await

@@ -21,10 +21,12 @@ use crate::secret::Secret;
 mod names;
 mod options;
 mod read;
+mod tail;
 
 use options::Role;
 pub use options::{KafkaSecurity, SecurityProtocol, check_option};
 pub use read::{StoredMessage, high_watermarks, read_topic};
+pub use tail::tail_topic;
 
 /// How to reach a Kafka cluster and how to lay out sluice's topics on it.
 #[derive(Clone, Debug)]

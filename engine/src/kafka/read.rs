@@ -78,6 +78,8 @@ pub struct StoredMessage {
     pub payload: Option<Vec<u8>>,
     /// Headers, values as (lossy) text.
     pub headers: Vec<(String, String)>,
+    /// The message's timestamp, ms since the epoch, when it has one.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl StoredMessage {
@@ -155,6 +157,7 @@ pub async fn read_topic(
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().map(<[u8]>::to_vec),
                         headers,
+                        timestamp_ms: m.timestamp().to_millis(),
                     });
                     if m.offset() + 1 >= high {
                         break;
