@@ -18,6 +18,7 @@
 //! Exit codes: 0 success, 1 a flow failed, 2 the config is invalid.
 
 mod alloc;
+mod api;
 mod cluster;
 mod commands;
 mod config;

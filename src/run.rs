@@ -23,7 +23,13 @@ use sluice_engine::ledger::RunStart;
 
 /// `sluice run CONFIG [--flow NAME] [--fresh]`. With `fresh`, on-demand flows start a new pull
 /// even where the last run was interrupted (by default they go on with it).
-pub async fn run(path: &Path, registry: &Registry, only: Option<&str>, fresh: bool) -> ExitCode {
+pub async fn run(
+    path: &Path,
+    registry: &Registry,
+    only: Option<&str>,
+    fresh: bool,
+    api: Option<std::net::SocketAddr>,
+) -> ExitCode {
     let (cfg, stages) = match load_and_plan(path, registry).await {
         Ok(x) => x,
         Err(code) => return code,
@@ -36,6 +42,16 @@ pub async fn run(path: &Path, registry: &Registry, only: Option<&str>, fresh: bo
     let (_broker, own) = match own_cluster(&cfg, Attach::Never).await {
         Ok(x) => x,
         Err(code) => return code,
+    };
+    let api_listener = match api {
+        Some(listen) => match crate::api::bind(listen).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
     };
     let mut tasks = Vec::new();
     let mut ledgers = Vec::new();
@@ -58,6 +74,25 @@ pub async fn run(path: &Path, registry: &Registry, only: Option<&str>, fresh: bo
             (flow.name.clone(), r, started.elapsed(), ctx.ledger.snapshot())
         }));
     }
+    let _api = match api_listener {
+        Some(listen) => {
+            let flows = ledgers
+                .iter()
+                .map(|(name, ledger, trigger)| {
+                    let t = match trigger {
+                        Trigger::OnDemand => "on_demand",
+                        Trigger::Continuous => "continuous",
+                        Trigger::Scheduled => "scheduled",
+                    };
+                    (name.clone(), t, ledger.clone())
+                })
+                .collect();
+            // Connected to the cluster and every flow's task started.
+            let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            Some(crate::api::serve(listen, crate::api::ApiState { flows: std::sync::Arc::new(flows), ready }))
+        }
+        None => None,
+    };
     let progress = progress_line(&ledgers, shutdown.clone());
     let mut failed = false;
     for t in tasks {

@@ -95,8 +95,8 @@ pub enum RunStatus {
     Failed,
 }
 
-/// A flow's run record: what `sluice status` shows, kept in the compacted `sluice.runs` topic
-/// under the flow's name, so the latest run of each flow is always there to read.
+/// A flow's run record: what `sluice status` and `sluice runs` show, kept in the compacted
+/// `sluice.runs` topic keyed by flow and run, so every run's last record is there to read.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunRecord {
     /// The flow.

@@ -43,6 +43,10 @@ pub(crate) enum Command {
         /// interrupted (stopped, failed or killed); by default such a run is resumed.
         #[arg(long)]
         fresh: bool,
+        /// Serve the management API (health, readiness, flows, Prometheus metrics) on this
+        /// loopback address, e.g. 127.0.0.1:9090.
+        #[arg(long)]
+        api: Option<std::net::SocketAddr>,
     },
     /// Check a config without running it: fields, connections, secrets and each flow's SQL.
     Validate {
@@ -204,7 +208,9 @@ pub(crate) fn dispatch(args: Args, registry: &Registry) -> ExitCode {
     };
     let code = rt.block_on(async {
         match args.command {
-            Command::Run { config, flow, fresh } => crate::run::run(&config, registry, flow.as_deref(), fresh).await,
+            Command::Run { config, flow, fresh, api } => {
+                crate::run::run(&config, registry, flow.as_deref(), fresh, api).await
+            }
             Command::Validate { config } => validate::validate(&config, registry).await,
             Command::Sql { command: SqlCommand::Test { config, flow, input, ts_ms } } => {
                 sql_test::sql_test(&config, registry, &flow, &input, ts_ms).await
