@@ -468,7 +468,35 @@ fn tap_prints_records_live_without_touching_the_flow(kafka: &mut Kafka) {
     assert_eq!(seqs.len(), 1500);
 }
 
+/// `sluice tap --stage dlq` prints dead letters as they are written, with their reasons.
+fn tap_prints_dead_letters_with_their_reasons(kafka: &mut Kafka) {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = kafka.name("tapdlq");
+    let cfg = write(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            "kafka: {{{kafka}}}\nconnections:\n  gen: {{type: generate}}\n  out: {{type: file, path: out}}\nflows:\n  - name: {flow}\n    trigger: continuous\n    source: {{connection: gen, object: o, options: {{rate_per_sec: 300, count: 6000}}}}\n    transform: {{sql: \"SELECT id, seq, 100 / (seq % 50) AS r FROM source\"}}\n    destination: {{connection: out, object: d.jsonl}}\n",
+            kafka = kafka.yaml()
+        ),
+    );
+    let p = spawn(&["run", &cfg], dir.path(), &[]);
+    let file = dir.path().join("out/d.jsonl");
+    assert!(wait_until(LIMIT, || read_jsonl(&file).0.len() > 20), "{}", p.stderr_so_far());
+    let tapped = run(&["tap", &cfg, &flow, "--stage", "dlq", "--limit", "3"], dir.path(), &[], LIMIT);
+    assert_eq!(tapped.code(), Some(0), "{}", tapped.stderr);
+    let lines: Vec<Value> = tapped.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{}", tapped.stdout);
+    for l in &lines {
+        assert!(l["headers"]["sluice.error"].as_str().unwrap().to_lowercase().contains("divide by zero"), "{l}");
+        assert_eq!(l["value"]["after"]["seq"].as_i64().unwrap() % 50, 0, "the record that failed: {l}");
+    }
+    let done = p.terminate(Duration::from_secs(30));
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+}
+
 crate::on_both_brokers!(
+    tap_prints_dead_letters_with_their_reasons,
     tap_prints_records_live_without_touching_the_flow,
     each_run_is_kept_in_the_history,
     on_demand_flow_delivers_exactly_the_generated_records,
