@@ -76,17 +76,8 @@ pub async fn run(
     }
     let _api = match api_listener {
         Some(listen) => {
-            let flows = ledgers
-                .iter()
-                .map(|(name, ledger, trigger)| {
-                    let t = match trigger {
-                        Trigger::OnDemand => "on_demand",
-                        Trigger::Continuous => "continuous",
-                        Trigger::Scheduled => "scheduled",
-                    };
-                    (name.clone(), t, ledger.clone())
-                })
-                .collect();
+            let flows =
+                ledgers.iter().map(|(name, ledger, trigger)| (name.clone(), trigger.name(), ledger.clone())).collect();
             // Connected to the cluster and every flow's task started.
             let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
             Some(crate::api::serve(listen, crate::api::ApiState { flows: std::sync::Arc::new(flows), ready }))
@@ -169,6 +160,7 @@ async fn one_run(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage, 
         &ctx.run_id,
         &ctx.pull_id,
         resumes.as_deref(),
+        flow.trigger.name(),
         ctx.ledger.clone(),
     );
     let r = run_flow(cfg, flow, ctx.clone(), stage).await;

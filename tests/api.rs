@@ -87,7 +87,10 @@ fn metrics_agree_with_the_ledger_while_a_flow_runs(kafka: &mut Kafka) {
             + s["sluice_records_dead_lettered_total"]
             + s["sluice_records_dropped_total"]
             + s["sluice_records_in_flight"];
-        assert_eq!(s["sluice_records_read_total"], settled, "read = delivered + filtered + dlq + dropped + in flight: {s:?}");
+        assert_eq!(
+            s["sluice_records_read_total"], settled,
+            "read = delivered + filtered + dlq + dropped + in flight: {s:?}"
+        );
         scrapes += 1;
         std::thread::sleep(Duration::from_millis(100));
     }

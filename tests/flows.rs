@@ -410,9 +410,10 @@ fn each_run_is_kept_in_the_history(kafka: &mut Kafka) {
     assert_eq!(lines.len(), 4, "a header and three runs: {}", table.stdout);
     for line in &lines[1..] {
         let cells: Vec<&str> = line.split_whitespace().collect();
-        // run, status, date, time, took ("0.4 s" is two words), read, delivered, filtered, dlq, dropped
-        assert_eq!(cells[1], "succeeded", "{line}");
-        assert_eq!(&cells[6..11], ["40", "30", "10", "0", "0"], "{line}");
+        // run, status, trigger, date, time, took ("0.4 s" is two words), read, delivered,
+        // filtered, dlq, dropped
+        assert_eq!((cells[1], cells[2]), ("succeeded", "on_demand"), "{line}");
+        assert_eq!(&cells[7..12], ["40", "30", "10", "0", "0"], "{line}");
     }
     let ids: Vec<&str> = lines[1..].iter().map(|l| l.split_whitespace().next().unwrap()).collect();
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 3, "three runs, each once");

@@ -127,6 +127,10 @@ pub struct RunRecord {
     /// See `host`.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// What started it: `on_demand`, `continuous` or `scheduled` (absent in records written
+    /// before it was kept).
+    #[serde(default)]
+    pub trigger: Option<String>,
 }
 
 /// How long a running run may go without a fresh record before it counts as interrupted (its
@@ -266,6 +270,7 @@ mod tests {
             resumes: None,
             host: Some("h".into()),
             pid: Some(pid),
+            trigger: None,
         }
     }
 

@@ -39,8 +39,8 @@ pub async fn runs(path: &Path, registry: &Registry, flow: &str, limit: usize) ->
     let now = sluice_engine::record::now_ms();
     let host = sluice_engine::ledger::host_name();
     println!(
-        "{:<38} {:<11} {:<19} {:>9} {:>10} {:>10} {:>9} {:>7} {:>8}  ERROR",
-        "RUN", "STATUS", "STARTED (UTC)", "TOOK", "READ", "DELIVERED", "FILTERED", "DLQ", "DROPPED"
+        "{:<38} {:<11} {:<10} {:<19} {:>9} {:>10} {:>10} {:>9} {:>7} {:>8}  ERROR",
+        "RUN", "STATUS", "TRIGGER", "STARTED (UTC)", "TOOK", "READ", "DELIVERED", "FILTERED", "DLQ", "DROPPED"
     );
     for r in runs {
         let c = &r.counts;
@@ -57,9 +57,10 @@ pub async fn runs(path: &Path, registry: &Registry, flow: &str, limit: usize) ->
         // One line per run: the error's first line, shortened.
         let error = r.error.as_deref().and_then(|e| e.lines().next()).map(|e| clip(e, 80)).unwrap_or_default();
         println!(
-            "{:<38} {:<11} {:<19} {:>9} {:>10} {:>10} {:>9} {:>7} {:>8}  {error}",
+            "{:<38} {:<11} {:<10} {:<19} {:>9} {:>10} {:>10} {:>9} {:>7} {:>8}  {error}",
             r.run_id,
             status,
+            r.trigger.as_deref().unwrap_or("-"),
             started,
             took,
             c.read(),

@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::Trigger;
 use crate::plan::load_and_plan;
 use crate::registry::Registry;
 
@@ -17,17 +16,7 @@ pub async fn validate(path: &Path, registry: &Registry) -> ExitCode {
     for (i, stage) in stages {
         use sluice_engine::connector::Transform as _;
         let f = &cfg.flows[i];
-        println!(
-            "\nflow {} ({}): {} -> {}",
-            f.name,
-            match f.trigger {
-                Trigger::OnDemand => "on_demand",
-                Trigger::Continuous => "continuous",
-                Trigger::Scheduled => "scheduled",
-            },
-            f.source_connection,
-            f.destination_connection
-        );
+        println!("\nflow {} ({}): {} -> {}", f.name, f.trigger.name(), f.source_connection, f.destination_connection);
         if f.schema_from_source.is_some() {
             println!("source columns (read from {}):", f.source_connection);
             for (column, t) in &f.schema.columns {

@@ -113,6 +113,17 @@ pub enum Trigger {
     Scheduled,
 }
 
+impl Trigger {
+    /// The trigger as written in a config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::OnDemand => "on_demand",
+            Trigger::Continuous => "continuous",
+            Trigger::Scheduled => "scheduled",
+        }
+    }
+}
+
 /// When a scheduled flow runs.
 #[derive(Debug, Clone)]
 pub struct Schedule {

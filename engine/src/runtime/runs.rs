@@ -34,13 +34,14 @@ const FINAL_REPORT_LIMIT: Duration = Duration::from_secs(5);
 
 impl RunReporter {
     /// Starts reporting run `run_id` of `flow` (part of pull `pull_id`, going on from run
-    /// `resumes` if it resumes one), counted by `ledger`.
+    /// `resumes` if it resumes one, started by `trigger`), counted by `ledger`.
     pub fn start(
         settings: &KafkaSettings,
         flow: &str,
         run_id: &str,
         pull_id: &str,
         resumes: Option<&str>,
+        trigger: &str,
         ledger: Arc<Ledger>,
     ) -> RunReporter {
         let now = now_ms();
@@ -56,6 +57,7 @@ impl RunReporter {
             resumes: resumes.map(str::to_owned),
             host: Some(crate::ledger::host_name()),
             pid: Some(std::process::id()),
+            trigger: Some(trigger.to_owned()),
         }));
         let producer = settings.producer("sluice.runs").ok();
         let (r, s, l, p) = (record.clone(), settings.clone(), ledger.clone(), producer.clone());
@@ -164,6 +166,7 @@ mod tests {
             resumes: None,
             host: None,
             pid: None,
+            trigger: None,
         }
     }
 
