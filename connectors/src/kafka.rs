@@ -152,14 +152,11 @@ impl KafkaSink {
                 .map_err(|e| ConnectorError::User(format!("writing Avro to `{}`: {e}", self.topic)))?,
         );
         let subject = format!("{}-value", self.topic);
-        let id = out.registry.register(&subject, rows.schema()).await.map_err(|e| match e {
-            RegistryError::Unavailable(m) => ConnectorError::Retriable {
-                context: format!("registering subject {subject}"),
-                message: m,
-                retry_after: None,
-            },
-            other => ConnectorError::User(other.to_string()),
-        })?;
+        let id = out
+            .registry
+            .register(&subject, rows.schema())
+            .await
+            .map_err(|e| registry_error(format!("registering subject {subject}"), e))?;
         out.current = Some((schema.clone(), rows.clone(), id));
         Ok(Some((rows, id)))
     }
@@ -167,14 +164,7 @@ impl KafkaSink {
 
 /// The registry client of a `kafka` connection, if it names one.
 pub fn registry(name: &str, conn: &KafkaConnection) -> Result<Option<Arc<dyn SchemaRegistry>>, ConnectorError> {
-    conn.schema_registry
-        .as_ref()
-        .map(|c| {
-            RegistryClient::new(name, c)
-                .map(|r| Arc::new(r) as Arc<dyn SchemaRegistry>)
-                .map_err(|e| ConnectorError::User(format!("kafka connection `{name}`: {e}")))
-        })
-        .transpose()
+    Ok(registry_client(name, conn)?.map(|r| Arc::new(r) as Arc<dyn SchemaRegistry>))
 }
 
 #[async_trait]
@@ -336,7 +326,7 @@ impl Connector for KafkaConnector {
                 ctx.connection
             ))
         })?;
-        match client.latest(&subject).await.map_err(registry_error)? {
+        match client.latest(&subject).await.map_err(|e| registry_error(format!("reading subject {subject}"), e))? {
             Some(schema) => RowSchema::from_avro(&schema)
                 .map(Some)
                 .map_err(|e| ConnectorError::User(format!("the latest schema of subject {subject}: {e}"))),
@@ -365,11 +355,12 @@ impl Connector for KafkaConnector {
         let mut out = Vec::with_capacity(topics.len());
         for topic in topics {
             // The columns of the subject a `format: avro` flow would read, when there is one.
+            let subject = format!("{topic}-value");
             let columns = match &client {
                 Some(c) => c
-                    .latest(&format!("{topic}-value"))
+                    .latest(&subject)
                     .await
-                    .map_err(registry_error)?
+                    .map_err(|e| registry_error(format!("reading subject {subject}"), e))?
                     .and_then(|s| RowSchema::from_avro(&s).ok()),
                 None => None,
             };
@@ -435,9 +426,10 @@ fn registry_client(name: &str, conn: &KafkaConnection) -> Result<Option<Registry
         .transpose()
 }
 
-fn registry_error(e: RegistryError) -> ConnectorError {
+/// A registry's error while `context`: an unavailable registry may answer later.
+fn registry_error(context: String, e: RegistryError) -> ConnectorError {
     match e {
-        RegistryError::Unavailable(m) => ConnectorError::retriable("schema registry", m),
+        RegistryError::Unavailable(m) => ConnectorError::Retriable { context, message: m, retry_after: None },
         other => ConnectorError::User(other.to_string()),
     }
 }

@@ -83,6 +83,27 @@ pub struct StoredMessage {
 }
 
 impl StoredMessage {
+    /// A copy of a consumed message.
+    pub(super) fn of<M: rdkafka::message::Message>(m: &M) -> StoredMessage {
+        use rdkafka::message::Headers;
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| (x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        StoredMessage {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+
     /// The value of header `name`, if present.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
@@ -103,7 +124,7 @@ pub async fn read_topic(
     topic: &str,
     limit: usize,
 ) -> Result<Vec<StoredMessage>, KafkaSetupError> {
-    use rdkafka::message::{Headers, Message};
+    use rdkafka::message::Message;
     let cfg = settings.client_config();
     let timeout = settings.connect_timeout;
     let topic_name = topic.to_owned();
@@ -138,27 +159,7 @@ pub async fn read_topic(
                         Some(m) => m?,
                     };
                     quiet_since = std::time::Instant::now();
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|x| {
-                                    (
-                                        x.key.to_owned(),
-                                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    out.push(StoredMessage {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                        headers,
-                        timestamp_ms: m.timestamp().to_millis(),
-                    });
+                    out.push(StoredMessage::of(&m));
                     if m.offset() + 1 >= high {
                         break;
                     }

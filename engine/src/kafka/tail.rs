@@ -5,7 +5,6 @@
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
 use tokio::sync::mpsc;
 
 use super::{KafkaSettings, KafkaSetupError, StoredMessage};
@@ -36,24 +35,7 @@ pub async fn tail_topic(
         consumer.assign(&tpl)?;
         while !out.is_closed() {
             let Some(m) = consumer.poll(std::time::Duration::from_millis(200)) else { continue };
-            let m = m?;
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|x| (x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let message = StoredMessage {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec),
-                headers,
-                timestamp_ms: m.timestamp().to_millis(),
-            };
-            if out.blocking_send(message).is_err() {
+            if out.blocking_send(StoredMessage::of(&m?)).is_err() {
                 break;
             }
         }
