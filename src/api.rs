@@ -7,23 +7,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
 use sluice_engine::ledger::Ledger;
 
-/// What the listener reads: each flow's name, trigger and ledger, and whether the flows started.
+/// What the listener reads: each flow's name, trigger and ledger. It serves once the cluster
+/// is reached and every flow's task is started, so being up is being ready.
 #[derive(Clone)]
 pub(crate) struct ApiState {
     /// (flow, trigger as written, ledger).
     pub(crate) flows: Arc<Vec<(String, &'static str, Arc<Ledger>)>>,
-    /// Set once every flow's task is started.
-    pub(crate) ready: Arc<AtomicBool>,
 }
 
 /// Binds `listen` (loopback only), before any flow starts: a bad address stops the run
@@ -42,7 +40,7 @@ pub(crate) async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, 
 pub(crate) fn serve(listener: tokio::net::TcpListener, state: ApiState) -> tokio::task::JoinHandle<()> {
     let app = Router::new()
         .route("/health", get(|| async { axum::Json(json!({"status": "up"})) }))
-        .route("/ready", get(ready))
+        .route("/ready", get(|| async { axum::Json(json!({"status": "ready"})) }))
         .route("/flows", get(flows))
         .route("/metrics", get(metrics))
         .with_state(state);
@@ -51,14 +49,6 @@ pub(crate) fn serve(listener: tokio::net::TcpListener, state: ApiState) -> tokio
             tracing::warn!("the management API stopped: {e}");
         }
     })
-}
-
-async fn ready(State(s): State<ApiState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, axum::Json(json!({"status": "ready"})))
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "starting"})))
-    }
 }
 
 async fn flows(State(s): State<ApiState>) -> impl IntoResponse {

@@ -78,9 +78,8 @@ pub async fn run(
         Some(listen) => {
             let flows =
                 ledgers.iter().map(|(name, ledger, trigger)| (name.clone(), trigger.name(), ledger.clone())).collect();
-            // Connected to the cluster and every flow's task started.
-            let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-            Some(crate::api::serve(listen, crate::api::ApiState { flows: std::sync::Arc::new(flows), ready }))
+            // Connected to the cluster and every flow's task started: ready.
+            Some(crate::api::serve(listen, crate::api::ApiState { flows: std::sync::Arc::new(flows) }))
         }
         None => None,
     };

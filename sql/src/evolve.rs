@@ -56,7 +56,7 @@ impl SqlStage {
         unknown: &[String],
         input: &[InputMessage<'_>],
     ) -> Result<bool, TransformError> {
-        match self.schema_changes {
+        match self.spec.schema_changes {
             SchemaChanges::Ignore => {
                 for name in unknown {
                     if self.ignored.insert(name.clone()) {

@@ -130,10 +130,9 @@ pub struct SqlStage {
     json_values: bool,
     /// Whether decoded columns need [`wire::finish`] (the row has `bytes` or `uuid` columns).
     finish: bool,
-    /// What the stage was planned from, to plan it again when columns are added upstream.
+    /// What the stage was planned from — its `schema_changes` policy among it — to plan it
+    /// again when columns are added upstream.
     spec: TransformSpec,
-    /// The policy for columns added upstream.
-    schema_changes: SchemaChanges,
     /// Where the source's columns can be read again (for `evolve`).
     column_source: Option<Arc<dyn ColumnSource>>,
     /// Undeclared columns already reported under `ignore`.
@@ -218,10 +217,8 @@ impl SqlStage {
                 &ColumnType::Struct(declared.columns.clone()),
                 format == PayloadFormat::Debezium,
                 wire::has_json(declared),
-                format != PayloadFormat::Avro,
             ),
             spec: spec.clone(),
-            schema_changes: spec.schema_changes,
             column_source: None,
             ignored: std::collections::HashSet::new(),
             columns: declared.clone(),

@@ -84,14 +84,10 @@ pub(crate) struct Frame<'t> {
 pub(crate) struct Precheck {
     root: Node,
     envelope: bool,
-    /// Whether the row has anything to check besides nesting.
-    typed: bool,
     /// Whether payloads are parsed into `serde_json::Value`s before decoding (the row has
     /// `json` columns), which hold numbers as floats: a decimal given as a JSON number with
     /// more digits than a float keeps cannot take that path without changing.
     via_values: bool,
-    /// Whether to note row-level fields the row does not declare.
-    watch: bool,
     /// The row's field names.
     row_names: Vec<Box<[u8]>>,
 }
@@ -100,21 +96,17 @@ pub(crate) struct Precheck {
 const MAX_UNKNOWN: usize = 64;
 
 impl Precheck {
-    pub(crate) fn new(row: &ColumnType, envelope: bool, via_values: bool, watch: bool) -> Precheck {
-        // Watching, the row itself is always walked (its keys are what is watched).
-        let row_node = || match (Node::of(row), row) {
-            (Node::Unchecked, ColumnType::Struct(_)) if watch => Node::Struct(Vec::new()),
-            (n, _) => n,
+    pub(crate) fn new(row: &ColumnType, envelope: bool, via_values: bool) -> Precheck {
+        // The row itself is always walked: its keys are watched for columns added upstream.
+        let row_node = || match Node::of(row) {
+            Node::Unchecked => Node::Struct(Vec::new()),
+            n => n,
         };
         let root = if envelope {
-            match (row_node(), row_node()) {
-                (Node::Unchecked, _) => Node::Unchecked,
-                (after, before) => Node::Struct(vec![(b"after"[..].into(), after), (b"before"[..].into(), before)]),
-            }
+            Node::Struct(vec![(b"after"[..].into(), row_node()), (b"before"[..].into(), row_node())])
         } else {
             row_node()
         };
-        let typed = !matches!(root, Node::Unchecked);
         // The `source` table's own columns are never new ones (a topic another flow wrote
         // may carry them).
         let hidden = sluice_core::names::column::HIDDEN.iter().map(|n| n.as_bytes().into());
@@ -122,21 +114,18 @@ impl Precheck {
             ColumnType::Struct(fields) => fields.iter().map(|(n, _)| n.as_bytes().into()).chain(hidden).collect(),
             _ => hidden.collect(),
         };
-        Precheck { root, envelope, typed, via_values, watch, row_names }
+        Precheck { root, envelope, via_values, row_names }
     }
 
     /// Why `json` cannot be decoded without a value changing, if it cannot. `stack` is scratch
-    /// space, reused from payload to payload; when watching, row-level fields the row does not
-    /// declare are added to `unknown` (each name once).
+    /// space, reused from payload to payload; row-level fields the row does not declare are
+    /// added to `unknown` (each name once).
     pub(crate) fn check<'t>(
         &'t self,
         json: &[u8],
         stack: &mut Vec<Frame<'t>>,
         unknown: &mut Vec<String>,
     ) -> Option<String> {
-        if !self.typed {
-            return nesting_exceeds(json, MAX_NESTING).then(too_deep);
-        }
         stack.clear();
         let mut i = 0;
         while i < json.len() {
@@ -182,7 +171,7 @@ impl Precheck {
                     let end = string_end(json, start);
                     let is_key = stack.last().is_some_and(|f| f.object && f.expect_key);
                     // Only a key the row's checked fields do not name can be a new column.
-                    let row_level = is_key && self.watch && self.at_row(json, stack);
+                    let row_level = is_key && self.at_row(json, stack);
                     match stack.last_mut() {
                         Some(f) if is_key => {
                             f.key = (start, end);
@@ -357,41 +346,6 @@ fn field_type<'t>(of: Option<&'t Node>, key: &[u8]) -> Option<&'t Node> {
     }
 }
 
-/// Whether `json` nests objects and arrays more than `max` levels deep.
-///
-/// Cheap on ordinary records: a payload with no more than `max` opening brackets in all cannot
-/// nest deeper, and counting bytes is a vectorised loop; only payloads with many brackets get
-/// the exact scan, which skips brackets inside strings.
-pub(crate) fn nesting_exceeds(json: &[u8], max: usize) -> bool {
-    if json.iter().filter(|b| **b == b'{' || **b == b'[').count() <= max {
-        return false;
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in json {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
-}
-
 /// Whether a JSON number's text is a whole number (`17`, `17.0`, `1.5e1`, `2E3`), exactly, by
 /// its digits: no float is involved.
 pub(crate) fn whole_number(token: &[u8]) -> bool {
@@ -476,7 +430,7 @@ mod tests {
     use super::*;
 
     fn check(row: &str, json: &str, envelope: bool) -> Option<String> {
-        let p = Precheck::new(&ColumnType::parse(row).unwrap(), envelope, false, false);
+        let p = Precheck::new(&ColumnType::parse(row).unwrap(), envelope, false);
         p.check(json.as_bytes(), &mut Vec::new(), &mut Vec::new())
     }
 
@@ -538,7 +492,7 @@ mod tests {
         assert_eq!(why, "total: 12345678901.5 has more than 10 digits before the point");
 
         // Through `serde_json::Value`s, a number keeps a float's digits only.
-        let p = Precheck::new(&ColumnType::parse("struct<d: decimal(20,4)>").unwrap(), false, true, false);
+        let p = Precheck::new(&ColumnType::parse("struct<d: decimal(20,4)>").unwrap(), false, true);
         let check = |json: &[u8]| p.check(json, &mut Vec::new(), &mut Vec::new());
         let why = check(br#"{"d":12345678901234.5678}"#).unwrap();
         assert!(why.starts_with("d: 12345678901234.5678 has more than 15 significant digits"), "{why}");
@@ -547,9 +501,9 @@ mod tests {
     }
 
     #[test]
-    fn undeclared_row_fields_are_noted_once_each_when_watching() {
+    fn undeclared_row_fields_are_noted_once_each() {
         for row in ["struct<id: int64, name: string>", "struct<name: string>"] {
-            let p = Precheck::new(&ColumnType::parse(row).unwrap(), false, false, true);
+            let p = Precheck::new(&ColumnType::parse(row).unwrap(), false, false);
             let mut unknown = Vec::new();
             for json in [r#"{"id":1,"name":"a","new":{"id":2,"x":1},"more":[1]}"#, r#"{"new":3,"name":"b"}"#] {
                 assert_eq!(p.check(json.as_bytes(), &mut Vec::new(), &mut unknown), None);
@@ -557,7 +511,7 @@ mod tests {
             let want = if row.contains("id") { vec!["new", "more"] } else { vec!["id", "new", "more"] };
             assert_eq!(unknown, want, "{row}: nested fields are not the row's");
         }
-        let p = Precheck::new(&ColumnType::parse("struct<id: int64>").unwrap(), true, false, true);
+        let p = Precheck::new(&ColumnType::parse("struct<id: int64>").unwrap(), true, false);
         let mut unknown = Vec::new();
         let env = r#"{"op":"u","source":{"lsn":1},"before":{"id":1},"after":{"id":1,"added":"x"},"ts_ms":1}"#;
         assert_eq!(p.check(env.as_bytes(), &mut Vec::new(), &mut unknown), None);
@@ -566,15 +520,17 @@ mod tests {
 
     #[test]
     fn nesting_is_measured_outside_strings() {
-        assert!(!nesting_exceeds(br#"{"a":[1,{"b":2}]}"#, 3));
-        assert!(nesting_exceeds(br#"{"a":[1,{"b":[2]}]}"#, 3));
+        // Measured in objects and arrays the row does not type too (skipped, but counted).
+        let nest =
+            |levels: usize, inner: &str| format!(r#"{{"a":{}{inner}{}}}"#, "[".repeat(levels), "]".repeat(levels));
+        assert_eq!(check("struct<s: string>", &nest(MAX_NESTING - 1, "1"), false), None);
+        assert_eq!(check("struct<s: string>", &nest(MAX_NESTING, "1"), false), Some(too_deep()));
         let quoted = format!(r#"{{"s":"{}"}}"#, "[".repeat(500));
-        assert!(!nesting_exceeds(quoted.as_bytes(), 3), "brackets inside a string do not nest");
+        assert_eq!(check("struct<s: string>", &quoted, false), None, "brackets inside a string do not nest");
         let escaped = format!(r#"{{"s":"\"{}"}}"#, "[".repeat(500));
-        assert!(!nesting_exceeds(escaped.as_bytes(), 3), "an escaped quote does not end the string");
+        assert_eq!(check("struct<s: string>", &escaped, false), None, "an escaped quote does not end the string");
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(nesting_exceeds(deep.as_bytes(), 128));
         assert_eq!(check("struct<id: int64>", &deep, false), Some(too_deep()), "the typed walk measures too");
-        assert_eq!(check("struct<s: string>", &quoted, false), None);
+        assert_eq!(check("struct<s: string>", &deep, false), Some(too_deep()));
     }
 }

@@ -457,13 +457,12 @@ impl Loader {
         // Without declared columns, the source's own (the generator's) or, when the flow is
         // planned, what the service says (a postgres table's); a source that cannot tell is
         // refused then, at this line.
-        let from_source =
-            Location { file: file.to_owned(), line: src_node.line, path: format!("{path}.source.schema") };
         let (schema, schema_from_source) = match (declared, builtin) {
             (Some(declared), _) => (declared, None),
             (None, Some(builtin)) => (builtin, None),
             (None, None) if src_conn.is_some_and(|c| c.discovers_schema(&source)) => {
-                (RowSchema::default(), Some(from_source))
+                let at = Location { file: file.to_owned(), line: src_node.line, path: format!("{path}.source.schema") };
+                (RowSchema::default(), Some(at))
             }
             (None, None) => {
                 let conn = src_conn.map(Connection::kind).unwrap_or("?");
