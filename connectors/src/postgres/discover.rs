@@ -32,15 +32,22 @@ pub(crate) async fn relation_columns(
         .prepare(&format!("SELECT * FROM {relation} AS sluice_columns"))
         .await
         .map_err(|e| classify(&doing, &e))?;
-    let mut columns = Vec::with_capacity(statement.columns().len());
-    for c in statement.columns() {
-        let row = client
-            .query_one("SELECT format_type($1::oid, $2::int4)", &[&c.type_().oid(), &c.type_modifier()])
-            .await
-            .map_err(|e| classify(&doing, &e))?;
-        let written: String = row.get(0);
-        columns.push((c.name().to_owned(), column_type(&written)));
-    }
+    // Every column's type named in one round trip, in column order.
+    let (oids, modifiers): (Vec<u32>, Vec<i32>) =
+        statement.columns().iter().map(|c| (c.type_().oid(), c.type_modifier())).unzip();
+    let written = client
+        .query(
+            "SELECT format_type(t, m) FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS c(t, m, i) ORDER BY i",
+            &[&oids, &modifiers],
+        )
+        .await
+        .map_err(|e| classify(&doing, &e))?;
+    let columns: Vec<(String, ColumnType)> = statement
+        .columns()
+        .iter()
+        .zip(&written)
+        .map(|(c, row)| (c.name().to_owned(), column_type(&row.get::<_, String>(0))))
+        .collect();
     if columns.is_empty() {
         return Err(ConnectorError::User(format!("{doing}: it has no columns")));
     }
