@@ -15,16 +15,8 @@ use common::{read_jsonl, run, spawn, wait_until, write};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// The Python with `prometheus_client` that `scripts/test` sets up.
 fn python() -> String {
-    let py = std::env::var("SLUICE_TEST_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/sluice-py/bin/python")
-    });
-    let ok =
-        std::process::Command::new(&py).args(["-c", "import prometheus_client"]).status().is_ok_and(|s| s.success());
-    assert!(ok, "this test parses /metrics with prometheus_client from {py}; scripts/test installs it");
-    py
+    common::python_with("prometheus_client")
 }
 
 /// GETs `url`; (status, body), through Python's own HTTP client.

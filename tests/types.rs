@@ -236,19 +236,8 @@ flows:
     assert!(dlq[0].headers["sluice.error"].contains("customer.address.city: expected text"), "{:?}", dlq[0].headers);
 }
 
-/// The Python with pyarrow that `scripts/test` sets up.
-fn python() -> String {
-    let py = std::env::var("SLUICE_TEST_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/sluice-py/bin/python")
-    });
-    let ok = std::process::Command::new(&py).args(["-c", "import pyarrow"]).status().is_ok_and(|s| s.success());
-    assert!(ok, "this test reads Parquet with pyarrow from {py}; scripts/test installs it (a venv with pyarrow)");
-    py
-}
-
 fn nested_parquet_on_s3_is_read_back_by_pyarrow_with_its_schema(kafka: &mut Kafka) {
-    let py = python();
+    let py = common::python_with("pyarrow");
     let s3 = common::s3::start_s3();
     std::fs::create_dir_all(s3.dir.path().join("lake-nested")).unwrap();
     let dir = tempfile::tempdir().unwrap();

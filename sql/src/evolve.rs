@@ -148,22 +148,11 @@ fn infer(name: &str, input: &[InputMessage<'_>], format: PayloadFormat) -> Colum
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use arrow_array::RecordBatch;
     use sluice_core::connector::Transform as _;
 
     use super::*;
     use crate::TransformSpec;
-
-    fn lines(batches: &[RecordBatch]) -> Vec<String> {
-        let mut w = arrow_json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow_json::writer::LineDelimited>(Vec::new());
-        for b in batches {
-            w.write(b).unwrap();
-        }
-        w.finish().unwrap();
-        String::from_utf8(w.into_inner()).unwrap().lines().map(str::to_owned).collect()
-    }
+    use crate::nested_tests::lines;
 
     fn envelopes(rows: &[&str]) -> Vec<String> {
         rows.iter().map(|r| format!(r#"{{"op":"c","after":{r},"ts_ms":1}}"#)).collect()

@@ -13,7 +13,7 @@ fn schema(columns: &[(&str, &str)]) -> RowSchema {
     RowSchema::new(columns.iter().map(|(n, t)| ((*n).to_owned(), ColumnType::parse(t).unwrap())).collect())
 }
 
-fn lines(batches: &[RecordBatch]) -> Vec<String> {
+pub(crate) fn lines(batches: &[RecordBatch]) -> Vec<String> {
     let mut w = arrow_json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, arrow_json::writer::LineDelimited>(Vec::new());

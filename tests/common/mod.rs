@@ -474,3 +474,16 @@ pub async fn send_all(
         }
     }
 }
+
+/// The Python that `scripts/test` sets up (a venv with pyarrow and prometheus-client), after
+/// checking it can import `module`; a test that reads with it fails saying so otherwise.
+pub fn python_with(module: &str) -> String {
+    let py = std::env::var("SLUICE_TEST_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/sluice-py/bin/python")
+    });
+    let ok =
+        std::process::Command::new(&py).args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
+    assert!(ok, "this test reads with Python's {module} from {py}; scripts/test installs it (in a venv)");
+    py
+}
