@@ -58,14 +58,17 @@ impl SqlStage {
     ) -> Result<bool, TransformError> {
         match self.spec.schema_changes {
             SchemaChanges::Ignore => {
+                // Said once per column: after that, a batch showing it costs a lookup.
                 for name in unknown {
-                    if self.ignored.insert(name.clone()) {
-                        tracing::warn!(
-                            flow = %self.flow,
-                            "column `{name}` in the source's rows is not in the flow's schema and is left out \
-                             (schema_changes: ignore)"
-                        );
+                    if self.ignored.contains(name) {
+                        continue;
                     }
+                    tracing::warn!(
+                        flow = %self.flow,
+                        "column `{name}` in the source's rows is not in the flow's schema and is left out \
+                         (schema_changes: ignore)"
+                    );
+                    self.ignored.insert(name.clone());
                 }
                 Ok(false)
             }
