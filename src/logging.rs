@@ -25,16 +25,23 @@ pub enum LogFormat {
 }
 
 /// Sets up logging: level from `SLUICE_LOG` (default: warnings, and sluice's own info), in
-/// `format`, secrets redacted.
+/// `format`, secrets redacted. The trace export's layer sits beside it with a filter of its
+/// own, so spans are exported whatever the log level (and none until a config asks for it).
 pub fn init(format: LogFormat) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
         EnvFilter::new("warn,sluice=info,sluice_engine=info,sluice_connectors=info,sluice_sql=info")
     });
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| RedactingStderr);
-    match format {
-        LogFormat::Text => fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
-        LogFormat::Json => fmt.json().with_current_span(true).with_span_list(true).init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(|| RedactingStderr);
+    let fmt = match format {
+        LogFormat::Text => {
+            fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_filter(filter).boxed()
+        }
+        LogFormat::Json => fmt.json().with_current_span(true).with_span_list(true).with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry().with(fmt).with(sluice_engine::telemetry::trace::layer()).init();
 }
 
 /// Standard error, with registered secrets replaced. The formatter writes each event in one

@@ -11,6 +11,7 @@ use sluice_engine::error::FlowError;
 use sluice_engine::kafka::{self, KafkaSettings};
 use sluice_engine::ledger::{Ledger, LedgerSnapshot, RunStatus};
 use sluice_engine::runtime::{self, FlowContext, SinkInput};
+use sluice_engine::telemetry::{FlowMetrics, Telemetry};
 use sluice_sql::SqlStage;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,16 @@ pub async fn run(
     if let Some(Err(code)) = only.map(|name| known_flow(&cfg, name)) {
         return code;
     }
+    let api = api.or(cfg.api_listen);
+    // Set up before any flow starts, so every batch is counted; `/metrics` needs the meter
+    // even without an OTLP endpoint.
+    let telemetry = match Telemetry::install(&cfg.telemetry, api.is_some()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let shutdown = crate::stop::on_signal();
     // Keep the embedded broker alive for the whole run.
     let (_broker, own) = match own_cluster(&cfg, Attach::Never).await {
@@ -55,17 +66,20 @@ pub async fn run(
     };
     let mut tasks = Vec::new();
     let mut ledgers = Vec::new();
+    let mut api_flows = Vec::new();
     for (i, stage) in stages {
         let flow = cfg.flows[i].clone();
         if only.is_some_and(|n| n != flow.name) {
             continue;
         }
         let ledger = Ledger::shared();
+        let metrics = telemetry.flow(&flow.name);
         ledgers.push((flow.name.clone(), ledger.clone(), flow.trigger));
-        let ctx = flow_context(&flow, &own, ledger, &shutdown);
+        api_flows.push((flow.name.clone(), flow.trigger.name(), metrics.clone()));
+        let ctx = flow_context(&flow, &own, ledger, metrics.clone(), &shutdown);
         let cfg = cfg.clone();
         if flow.trigger == Trigger::Scheduled {
-            tasks.push(tokio::spawn(scheduled(cfg, flow, own.clone(), shutdown.clone(), stage)));
+            tasks.push(tokio::spawn(scheduled(cfg, flow, own.clone(), shutdown.clone(), stage, metrics)));
             continue;
         }
         tasks.push(tokio::spawn(async move {
@@ -74,15 +88,10 @@ pub async fn run(
             (flow.name.clone(), r, started.elapsed(), ctx.ledger.snapshot())
         }));
     }
-    let _api = match api_listener {
-        Some(listen) => {
-            let flows =
-                ledgers.iter().map(|(name, ledger, trigger)| (name.clone(), trigger.name(), ledger.clone())).collect();
-            // Connected to the cluster and every flow's task started: ready.
-            Some(crate::api::serve(listen, crate::api::ApiState { flows: std::sync::Arc::new(flows) }))
-        }
-        None => None,
-    };
+    // Connected to the cluster and every flow's task started: ready.
+    let _api = api_listener.map(|listen| {
+        crate::api::serve(listen, crate::api::ApiState { flows: Arc::new(api_flows), telemetry: telemetry.clone() })
+    });
     let progress = progress_line(&ledgers, shutdown.clone());
     let mut failed = false;
     for t in tasks {
@@ -112,6 +121,8 @@ pub async fn run(
     if let Some(p) = progress {
         p.finish_and_clear();
     }
+    // What is pending goes out over OTLP before the process ends.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
@@ -120,6 +131,7 @@ pub(crate) fn flow_context(
     flow: &Flow,
     own: &KafkaSettings,
     ledger: Arc<Ledger>,
+    metrics: Arc<FlowMetrics>,
     shutdown: &CancellationToken,
 ) -> FlowContext {
     let run_id = uuid_like();
@@ -129,6 +141,7 @@ pub(crate) fn flow_context(
         kafka: own.clone(),
         batch: flow.batch.clone(),
         ledger,
+        metrics,
         shutdown: shutdown.clone(),
         errors: Arc::new(sluice_engine::errors_policy::ErrorGate::new(flow.errors.clone())),
         run_id,
@@ -162,7 +175,9 @@ async fn one_run(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage, 
         flow.trigger.name(),
         ctx.ledger.clone(),
     );
+    ctx.metrics.attach(&ctx.ledger);
     let r = run_flow(cfg, flow, ctx.clone(), stage).await;
+    ctx.metrics.detach(&ctx.ledger);
     let (status, error) = match &r {
         Ok(_) if ctx.shutdown.is_cancelled() => (RunStatus::Stopped, None),
         Ok(_) => (RunStatus::Succeeded, None),
@@ -182,6 +197,7 @@ async fn scheduled(
     own: KafkaSettings,
     shutdown: CancellationToken,
     mut stage: SqlStage,
+    metrics: Arc<FlowMetrics>,
 ) -> (String, anyhow::Result<String>, Duration, LedgerSnapshot) {
     let started = Instant::now();
     let name = flow.name.clone();
@@ -206,7 +222,7 @@ async fn scheduled(
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => break,
         }
-        let ctx = flow_context(&flow, &own, Ledger::shared(), &shutdown);
+        let ctx = flow_context(&flow, &own, Ledger::shared(), metrics.clone(), &shutdown);
         let run_started = Instant::now();
         let r = one_run(&cfg, &flow, &ctx, stage, false).await;
         runs += 1;

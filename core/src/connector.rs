@@ -110,6 +110,9 @@ pub struct Transformed {
     /// For each output row, in order, the index of the input message it came from — when the
     /// query is row-wise (an aggregate has no such mapping).
     pub origins: Option<Vec<usize>>,
+    /// How much of the transform's time went into decoding payloads, when it can tell (the
+    /// rest was its query); reported as its own stage in the metrics.
+    pub decode_time: Option<std::time::Duration>,
 }
 
 impl Transformed {

@@ -7,9 +7,9 @@
 //! memory in afresh. Here each key and payload is appended to one byte buffer that keeps its
 //! capacity: after the first batches, reading a message allocates nothing.
 //!
-//! Only a message replayed from a dead-letter topic carries headers sluice reads (its original
-//! position and earlier attempts); those are parsed once, when the message is taken, and kept
-//! aside, so that a message's entry holds no allocation and emptying the inbox costs nothing
+//! Only a message replayed from a dead-letter topic, or one a source sampled for tracing,
+//! carries headers sluice reads (its original position and earlier attempts; a W3C
+//! `traceparent`); those are parsed once, when the message is taken, and kept aside, so that a message's entry holds no allocation and emptying the inbox costs nothing
 //! per message.
 
 use rdkafka::Message;
@@ -33,9 +33,12 @@ pub struct Received {
     replay: Option<usize>,
 }
 
-/// The `sluice.*` headers a dead letter carries into its replay.
+/// The headers sluice reads: the `sluice.*` ones a dead letter carries into its replay, and the
+/// trace a sampled record belongs to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Replay {
+    /// The record's W3C `traceparent`, when its source sampled it.
+    traceparent: Option<String>,
     /// Topic, partition and offset of the original record.
     original: Option<(String, i32, i64)>,
     /// How many times the message failed before.
@@ -78,7 +81,8 @@ impl Inbox {
             })();
             let attempts = header(dlq_header::ATTEMPTS).and_then(|a| a.parse().ok());
             let truncated = header(dlq_header::TRUNCATED) == Some("true");
-            let replay = Replay { original, attempts, truncated };
+            let traceparent = header(crate::telemetry::trace::TRACEPARENT).map(str::to_owned);
+            let replay = Replay { traceparent, original, attempts, truncated };
             (replay != Replay::default()).then_some(replay)
         });
         let replay = replay.map(|r| {
@@ -200,6 +204,11 @@ impl<'a> Batch<'a> {
         self.replay(i).is_some_and(|r| r.truncated)
     }
 
+    /// The W3C `traceparent` message `i` carries, if its source sampled it.
+    pub fn traceparent(&self, i: usize) -> Option<&'a str> {
+        self.replay(i)?.traceparent.as_deref()
+    }
+
     /// How many times message `i` has failed in this flow, counting this time.
     pub fn attempts(&self, i: usize) -> u32 {
         self.replay(i).and_then(|r| r.attempts).unwrap_or(0) + 1
@@ -286,6 +295,8 @@ mod tests {
         let mut inbox = Inbox::default();
         inbox.push(&m);
         let other = OwnedHeaders::new().insert(Header { key: "trace", value: Some("x") });
+        let traced = OwnedHeaders::new().insert(Header { key: "traceparent", value: Some("00-ab-cd-01") });
+        inbox.push(&message(1, 9, None, None).replace_headers(Some(traced)));
         inbox.push(&message(0, 8, None, None).replace_headers(Some(other)));
         inbox.push(&m.replace_headers(None));
         // Sorting moves entries, not what they refer to.
@@ -297,6 +308,8 @@ mod tests {
         assert!(got.messages[1].replay.is_none());
         assert_eq!(got.attempts(1), 1);
         assert_eq!((got.source(2, "dlq"), got.attempts(2)), (Some(("dlq", 0, 7)), 1));
+        assert_eq!((got.traceparent(3), got.traceparent(0)), (Some("00-ab-cd-01"), None));
+        assert_eq!(got.source(3, "dlq"), Some(("dlq", 1, 9)));
         inbox.clear();
         assert!(inbox.replays.is_empty());
     }

@@ -13,6 +13,7 @@
 //! - [`offsets`]: which offsets a sink worker may commit (the contiguous finished prefix).
 //! - [`error`]: the core's errors and the one that stops a flow.
 //! - [`errors_policy`]: what a flow does with bad records (dlq, drop, fail, a threshold).
+//! - [`telemetry`]: metrics and traces (OpenTelemetry; OTLP and Prometheus exports).
 
 pub mod broker;
 pub mod error;
@@ -24,5 +25,6 @@ pub mod offsets;
 pub mod producer;
 pub mod runtime;
 pub mod secret;
+pub mod telemetry;
 
 pub use sluice_core::{arrow_array, arrow_cast, arrow_schema, avro, connector, names, record, schema};

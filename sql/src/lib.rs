@@ -248,6 +248,7 @@ impl Transform for SqlStage {
     }
 
     async fn process(&mut self, input: &[InputMessage<'_>]) -> Result<Transformed, TransformError> {
+        let decoding = std::time::Instant::now();
         let (batch, mut rejected) = if self.format == PayloadFormat::Avro {
             let Some(registry) = self.registry.clone() else {
                 return Err(TransformError::Execute {
@@ -272,6 +273,7 @@ impl Transform for SqlStage {
             }
             decoded
         };
+        let decode_time = Some(decoding.elapsed());
         let mut lineage = true;
         let mut current = batch.into_iter().collect::<Vec<_>>();
         for step in &self.steps {
@@ -321,7 +323,7 @@ impl Transform for SqlStage {
                     .map_err(|e| TransformError::Execute { flow: self.flow.clone(), message: e.to_string() })?,
             );
         }
-        Ok(Transformed { batches: out, rejected, origins })
+        Ok(Transformed { batches: out, rejected, origins, decode_time })
     }
 }
 

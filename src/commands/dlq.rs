@@ -89,7 +89,8 @@ pub async fn dlq_replay(path: &Path, registry: &Registry, name: &str) -> ExitCod
         Ok(x) => x,
         Err(code) => return code,
     };
-    let ctx = flow_context(&flow, &own, Ledger::shared(), &shutdown);
+    let metrics = sluice_engine::telemetry::FlowMetrics::disabled(&flow.name);
+    let ctx = flow_context(&flow, &own, Ledger::shared(), metrics, &shutdown);
     let started = Instant::now();
     match replay(&cfg, &flow, &ctx, stage).await {
         Ok(dest) => {

@@ -15,7 +15,6 @@ use super::written::{FlowConfig, KafkaConfig, StorageKind};
 use super::yaml::{self, Kind, Node};
 use super::{ConfigError, Flow, KafkaSection, Location, Schedule, Trigger};
 use crate::registry::{Connection, Options, Registry, parse_connection};
-use sluice_connectors::http::spec::RestSpec;
 
 pub(super) struct Loader {
     /// The connectors known: the program's, and the REST specs the config lists.
@@ -28,6 +27,10 @@ pub(super) struct Loader {
     pub(super) flows: Vec<Flow>,
     pub(super) flow_names: HashSet<String>,
     pub(super) flow_index: usize,
+    /// The `telemetry:` section (defaults without one).
+    pub(super) telemetry: sluice_engine::telemetry::TelemetrySettings,
+    /// `api.listen`, when set.
+    pub(super) api_listen: Option<std::net::SocketAddr>,
 }
 
 impl Loader {
@@ -42,10 +45,12 @@ impl Loader {
             flows: Vec::new(),
             flow_names: HashSet::new(),
             flow_index: 0,
+            telemetry: sluice_engine::telemetry::TelemetrySettings::default(),
+            api_listen: None,
         }
     }
 
-    fn err(&mut self, file: &Path, e: yaml::Error) {
+    pub(super) fn err(&mut self, file: &Path, e: yaml::Error) {
         self.errors.push(ConfigError {
             file: file.to_owned(),
             line: e.line,
@@ -54,7 +59,7 @@ impl Loader {
         });
     }
 
-    fn at(&mut self, file: &Path, node: &Node, path: &str, message: impl Into<String>) {
+    pub(super) fn at(&mut self, file: &Path, node: &Node, path: &str, message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: file.to_owned(),
             line: Some(node.line),
@@ -72,6 +77,8 @@ impl Loader {
             match k.as_str() {
                 Some("connections" | "flows") => {}
                 Some("connector_specs") => self.specs(file, v),
+                Some("telemetry") => self.telemetry(file, v),
+                Some("api") => self.api(file, v),
                 Some("kafka") => {
                     if self.kafka_seen {
                         self.at(file, k, "kafka", "defined more than once");
@@ -85,60 +92,10 @@ impl Loader {
                     k,
                     other.unwrap_or("?"),
                     format!(
-                        "unknown field `{}`, expected one of `kafka`, `connector_specs`, `connections`, `flows`",
+                        "unknown field `{}`, expected one of `kafka`, `telemetry`, `api`, `connector_specs`, `connections`, `flows`",
                         other.unwrap_or("?")
                     ),
                 ),
-            }
-        }
-    }
-
-    /// `connector_specs:` — REST connector spec files (relative to this config file), each
-    /// registered as a connection type before any connection is read.
-    fn specs(&mut self, file: &Path, node: &Node) {
-        let paths: Vec<String> = match yaml::from_node(node, "connector_specs") {
-            Ok(p) => p,
-            Err(e) => return self.err(file, e),
-        };
-        for (i, rel) in paths.iter().enumerate() {
-            let at = match &node.kind {
-                Kind::Seq(items) => items.get(i).unwrap_or(node),
-                _ => node,
-            };
-            let path = file.parent().unwrap_or(Path::new(".")).join(rel);
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.at(file, at, &format!("connector_specs[{i}]"), format!("reading {}: {e}", path.display()));
-                    continue;
-                }
-            };
-            let spec = match yaml::parse(&text) {
-                Ok(root) => match yaml::from_node::<RestSpec>(&root, "") {
-                    Ok(spec) => spec,
-                    Err(e) => {
-                        self.err(&path, e);
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    self.errors.push(ConfigError {
-                        file: path.clone(),
-                        line: Some(e.line),
-                        path: String::new(),
-                        message: format!("invalid YAML: {}", e.message),
-                    });
-                    continue;
-                }
-            };
-            match self.registry.clone().with_spec(spec) {
-                Ok(r) => self.registry = r,
-                Err(m) => self.errors.push(ConfigError {
-                    file: path,
-                    line: Some(1),
-                    path: String::new(),
-                    message: m.to_string(),
-                }),
             }
         }
     }

@@ -21,6 +21,7 @@
 
 mod loader;
 mod references;
+mod sections;
 mod written;
 pub mod yaml;
 
@@ -191,6 +192,10 @@ pub struct Config {
     pub connections: BTreeMap<String, Connection>,
     /// Flows in written order.
     pub flows: Vec<Flow>,
+    /// What the `telemetry:` section asks for (the defaults without one).
+    pub telemetry: sluice_engine::telemetry::TelemetrySettings,
+    /// The management API's address from `api.listen`.
+    pub api_listen: Option<std::net::SocketAddr>,
 }
 
 /// A config that did not load: every problem, plus the flows that did parse on their own, so
@@ -283,7 +288,13 @@ fn from_docs(
         Some(k) if loader.errors.is_empty() => k,
         _ => return Err(Rejected { errors: loader.errors, flows: loader.flows }),
     };
-    Ok(Config { kafka, connections: loader.connections, flows: loader.flows })
+    Ok(Config {
+        kafka,
+        connections: loader.connections,
+        flows: loader.flows,
+        telemetry: loader.telemetry,
+        api_listen: loader.api_listen,
+    })
 }
 
 /// The largest config file read. Configs are a few kilobytes; a file of many megabytes is a

@@ -240,6 +240,24 @@ impl KafkaSettings {
         self.consumer_built(group, client_id, context, &[])
     }
 
+    /// [`KafkaSettings::consumer_with_context`], with librdkafka's statistics handed to the
+    /// context's `stats` every `every` (the sink worker's lag metric reads them).
+    pub fn consumer_with_stats<C: rdkafka::consumer::ConsumerContext + 'static>(
+        &self,
+        group: &str,
+        client_id: &str,
+        context: C,
+        every: Option<std::time::Duration>,
+    ) -> Result<StreamConsumer<C>, KafkaSetupError> {
+        match every {
+            Some(d) => {
+                let ms = d.as_millis().max(1).to_string();
+                self.consumer_built(group, client_id, context, &[("statistics.interval.ms", ms.as_str())])
+            }
+            None => self.consumer_built(group, client_id, context, &[]),
+        }
+    }
+
     /// A source claim group's consumer: [`KafkaSettings::consumer_with_context`] with a rebalance
     /// timeout (`max.poll.interval.ms`) of 30 s instead of 5 minutes. Its member is polled all
     /// the time (it only holds a partition), and a coordinator waits up to that long for known

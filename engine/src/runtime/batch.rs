@@ -1,6 +1,10 @@
 //! One batch of the sink worker: transform, dead-letter what the transform refused, write to
 //! the sink (retrying), dead-letter what the sink refused.
 
+use std::time::Instant;
+
+use tracing::Instrument as _;
+
 use super::FlowContext;
 use super::dead_letters::{DeadLetters, Origin, confirm};
 use super::retry::write_with_retry;
@@ -8,6 +12,7 @@ use crate::connector::{InputMessage, Sink, Transform, WriteContext, Written};
 use crate::error::FlowError;
 use crate::errors_policy::ErrorMode;
 use crate::inbox::Batch;
+use crate::telemetry::Stage;
 
 use crate::ledger::Ledger;
 
@@ -25,6 +30,8 @@ pub(super) struct BatchDone {
     pub(super) dropped: u64,
     /// Rows the destination took (a query may give a message several rows, or none).
     pub(super) rows: u64,
+    /// Bytes of Arrow data handed to the destination.
+    pub(super) bytes_out: u64,
 }
 
 pub(super) async fn process_batch(
@@ -45,7 +52,14 @@ pub(super) async fn process_batch(
             timestamp_ms: batch.messages[i].timestamp_ms,
         })
         .collect();
-    let mut out = transform.process(&inputs).await?;
+    let transforming = Instant::now();
+    let mut out = transform.process(&inputs).instrument(tracing::info_span!("sql", records = inputs.len())).await?;
+    let took = transforming.elapsed();
+    let decode = out.decode_time.unwrap_or_default().min(took);
+    if out.decode_time.is_some() {
+        ctx.metrics.stage(Stage::Decode, decode);
+    }
+    ctx.metrics.stage(Stage::Sql, took - decode);
     for r in out.rejected.iter_mut().filter(|r| truncated.contains(&r.index)) {
         r.reason = "replay: this dead letter was cut to fit the DLQ (sluice.truncated); the whole record is at its \
                     origin (sluice.source, or sluice.topic/partition/offset), not here"
@@ -72,13 +86,20 @@ pub(super) async fn process_batch(
     let written = if rows > 0 {
         let batch_id = batch_id(topic, batch);
         let write = WriteContext { batch_id: &batch_id, run_id: &ctx.run_id };
-        write_with_retry(&ctx.flow, sink, &out.batches, write, &ctx.batch.retry, &ctx.shutdown).await?
+        let writing = Instant::now();
+        let w = write_with_retry(&ctx.metrics, sink, &out.batches, write, &ctx.batch.retry, &ctx.shutdown)
+            .instrument(tracing::info_span!("sink_write", rows))
+            .await;
+        ctx.metrics.stage(Stage::SinkWrite, writing.elapsed());
+        w?
     } else {
         Written::all()
     };
     let refused = dead_letter_refused(ctx, topic, batch, &out, &written, dlq, dropping).await?;
     let done = tally(batch.len(), &out, &written, &refused);
     let done = if dropping { BatchDone { dropped: done.dlq, dlq: 0, ..done } } else { done };
+    let bytes_out = if rows > 0 { out.batches.iter().map(|b| b.get_array_memory_size() as u64).sum() } else { 0 };
+    let done = BatchDone { bytes_out, ..done };
     Ledger::add(&ctx.ledger.dropped, done.dropped as usize);
     Ok(done)
 }
@@ -210,7 +231,13 @@ fn origin_of<'a>(batch: Batch<'a>, index: usize, topic: &'a str, stage: &'static
     let source = batch.source(index, topic).ok_or_else(|| {
         FlowError::Internal(format!("row {index} traced to no message of a {}-message batch", batch.len()))
     })?;
-    Ok(Origin { stage, kafka: Some(source), attempts: batch.attempts(index), source: None })
+    Ok(Origin {
+        stage,
+        kafka: Some(source),
+        attempts: batch.attempts(index),
+        source: None,
+        traceparent: batch.traceparent(index),
+    })
 }
 
 /// A name for a batch that is the same every time the same messages are written: the topic
@@ -250,22 +277,27 @@ mod tests {
     fn every_message_is_counted_once_however_many_rows_it_gave() {
         // Six messages: 0 rejected; 1 gave two rows (a UNION ALL); 2 gave one row the sink
         // refused; 3 gave nothing; 4 and 5 one row each.
-        let out = Transformed { batches: rows(5), rejected: rejected(&[0]), origins: Some(vec![1, 1, 2, 4, 5]) };
+        let out = Transformed {
+            batches: rows(5),
+            rejected: rejected(&[0]),
+            origins: Some(vec![1, 1, 2, 4, 5]),
+            decode_time: None,
+        };
         let written = Written { rejected: rejected(&[2]) };
         let refused = Refused { messages: [2].into_iter().collect(), unattributed: 0 };
         let d = tally(6, &out, &written, &refused);
-        assert_eq!(d, BatchDone { delivered: 3, filtered: 1, dlq: 2, dropped: 0, rows: 4 });
+        assert_eq!(d, BatchDone { delivered: 3, filtered: 1, dlq: 2, dropped: 0, rows: 4, bytes_out: 0 });
         balanced(6, &d);
     }
 
     #[test]
     fn without_lineage_rows_stand_for_messages() {
         // An aggregate: ten messages, one rejected, one output row.
-        let out = Transformed { batches: rows(1), rejected: rejected(&[3]), origins: None };
+        let out = Transformed { batches: rows(1), rejected: rejected(&[3]), origins: None, decode_time: None };
         let d = tally(10, &out, &Written::all(), &Refused::default());
-        assert_eq!(d, BatchDone { delivered: 1, filtered: 8, dlq: 1, dropped: 0, rows: 1 });
+        assert_eq!(d, BatchDone { delivered: 1, filtered: 8, dlq: 1, dropped: 0, rows: 1, bytes_out: 0 });
         // More rows than messages (a query that multiplies without lineage) still balances.
-        let out = Transformed { batches: rows(30), rejected: Vec::new(), origins: None };
+        let out = Transformed { batches: rows(30), rejected: Vec::new(), origins: None, decode_time: None };
         let d = tally(10, &out, &Written::all(), &Refused::default());
         assert_eq!((d.delivered, d.filtered, d.rows), (10, 0, 30));
         balanced(10, &d);

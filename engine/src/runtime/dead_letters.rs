@@ -45,12 +45,14 @@ pub struct Origin<'a> {
     /// For a record refused before it reached Kafka: where the source read it (the change
     /// record's `source` metadata as JSON: connector, file and line, table, …).
     pub source: Option<&'a str>,
+    /// The record's W3C `traceparent`, kept so the dead letter stays in its trace.
+    pub traceparent: Option<&'a str>,
 }
 
 impl<'a> Origin<'a> {
     /// A dead letter of `stage` with no further origin, failing for the first time.
     pub fn stage(stage: &'a str) -> Origin<'a> {
-        Origin { stage, kafka: None, attempts: 1, source: None }
+        Origin { stage, kafka: None, attempts: 1, source: None, traceparent: None }
     }
 }
 
@@ -104,6 +106,9 @@ impl DeadLetters {
                 key: dlq_header::SOURCE,
                 value: Some(std::str::from_utf8(prefix(source.as_bytes(), KEPT_SHORT_BYTES)).unwrap_or_default()),
             });
+        }
+        if let Some(tp) = origin.traceparent {
+            headers = headers.insert(Header { key: crate::telemetry::trace::TRACEPARENT, value: Some(tp) });
         }
         if cut {
             headers = headers

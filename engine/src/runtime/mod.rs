@@ -61,6 +61,8 @@ pub struct FlowContext {
     pub batch: BatchSettings,
     /// Counters.
     pub ledger: Arc<Ledger>,
+    /// The flow's metrics (the ledger's counts among them, once the run is attached).
+    pub metrics: Arc<crate::telemetry::FlowMetrics>,
     /// Cancelled on SIGTERM/SIGINT: both halves finish their batch, commit and stop.
     pub shutdown: CancellationToken,
     /// What to do with bad records.

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::{Sink, WriteContext, Written};
 use crate::error::FlowError;
+use crate::telemetry::FlowMetrics;
 
 /// Tuning shared by both halves of a flow.
 #[derive(Debug, Clone)]
@@ -105,19 +106,21 @@ impl Backoff {
 
 /// Writes `batches` to `sink`, retrying retriable failures within `policy`.
 pub async fn write_with_retry(
-    flow: &str,
+    metrics: &FlowMetrics,
     sink: &mut dyn Sink,
     batches: &[arrow_array::RecordBatch],
     write: WriteContext<'_>,
     policy: &RetryPolicy,
     shutdown: &CancellationToken,
 ) -> Result<Written, FlowError> {
+    let flow = metrics.name();
     let mut backoff = Backoff::new(policy);
     loop {
         let err = match sink.write(batches, write).await {
             Ok(w) => return Ok(w),
             Err(e) => e,
         };
+        metrics.sink_error(err.is_retriable());
         if !err.is_retriable() {
             return Err(FlowError::Connector { flow: flow.to_owned(), source: Box::new(err) });
         }
@@ -129,6 +132,8 @@ pub async fn write_with_retry(
                 source: Box::new(err),
             });
         };
+        // The cause is a class, never the message: a message may hold what a label must not.
+        metrics.retry(if err.retry_after().is_some() { "sink_throttled" } else { "sink_retriable" });
         tracing::warn!(flow, attempt = backoff.attempts(), wait_ms = delay.as_millis() as u64, error = %err, "write failed; retrying");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -142,6 +147,7 @@ pub async fn write_with_retry(
 mod tests {
     use super::*;
     use crate::error::ConnectorError;
+
     use async_trait::async_trait;
 
     /// A destination that fails the first `failures` writes, then accepts.
@@ -187,14 +193,18 @@ mod tests {
     #[tokio::test]
     async fn retriable_failures_are_retried_until_they_pass() {
         let mut s = Flaky { failures: 3, calls: 0, retry_after: None };
-        write_with_retry("f", &mut s, &[], W, &quick(), &CancellationToken::new()).await.unwrap();
+        write_with_retry(&FlowMetrics::disabled("f"), &mut s, &[], W, &quick(), &CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(s.calls, 4);
     }
 
     #[tokio::test]
     async fn retries_are_bounded_by_attempts() {
         let mut s = Flaky { failures: 100, calls: 0, retry_after: None };
-        let e = write_with_retry("f", &mut s, &[], W, &quick(), &CancellationToken::new()).await.unwrap_err();
+        let e = write_with_retry(&FlowMetrics::disabled("f"), &mut s, &[], W, &quick(), &CancellationToken::new())
+            .await
+            .unwrap_err();
         assert_eq!(s.calls, 5);
         let text = e.to_string();
         assert!(text.contains("giving up after 5 attempts") && text.contains("503"), "{text}");
@@ -204,10 +214,14 @@ mod tests {
     async fn retry_after_is_honoured_and_bounded_by_time() {
         let mut s = Flaky { failures: 1, calls: 0, retry_after: Some(Duration::from_millis(300)) };
         let t = Instant::now();
-        write_with_retry("f", &mut s, &[], W, &quick(), &CancellationToken::new()).await.unwrap();
+        write_with_retry(&FlowMetrics::disabled("f"), &mut s, &[], W, &quick(), &CancellationToken::new())
+            .await
+            .unwrap();
         assert!(t.elapsed() >= Duration::from_millis(300), "waited {:?}", t.elapsed());
         let mut s = Flaky { failures: 1, calls: 0, retry_after: Some(Duration::from_secs(60)) };
-        let e = write_with_retry("f", &mut s, &[], W, &quick(), &CancellationToken::new()).await.unwrap_err();
+        let e = write_with_retry(&FlowMetrics::disabled("f"), &mut s, &[], W, &quick(), &CancellationToken::new())
+            .await
+            .unwrap_err();
         assert!(matches!(e, FlowError::RetriesExhausted { attempts: 1, .. }), "{e}");
     }
 
@@ -227,13 +241,15 @@ mod tests {
                 "wrong".into()
             }
         }
-        let e = write_with_retry("f", &mut Wrong, &[], W, &quick(), &CancellationToken::new()).await.unwrap_err();
+        let e = write_with_retry(&FlowMetrics::disabled("f"), &mut Wrong, &[], W, &quick(), &CancellationToken::new())
+            .await
+            .unwrap_err();
         assert!(matches!(e, FlowError::Connector { .. }), "{e}");
 
         let stop = CancellationToken::new();
         stop.cancel();
         let mut s = Flaky { failures: 100, calls: 0, retry_after: None };
-        let e = write_with_retry("f", &mut s, &[], W, &quick(), &stop).await.unwrap_err();
+        let e = write_with_retry(&FlowMetrics::disabled("f"), &mut s, &[], W, &quick(), &stop).await.unwrap_err();
         assert!(matches!(e, FlowError::StoppedWhileRetrying { .. }), "{e}");
     }
 }

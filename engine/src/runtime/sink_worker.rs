@@ -22,6 +22,7 @@ use crate::inbox::Inbox;
 use crate::kafka::KafkaSettings;
 use crate::ledger::Ledger;
 use crate::offsets::OffsetTracker;
+use crate::telemetry::{FlowMetrics, Stage, trace};
 
 /// Where a sink worker stops: at these high watermarks (partition, next offset), or never.
 pub type StopAt = watch::Receiver<Option<Vec<(i32, i64)>>>;
@@ -58,6 +59,8 @@ pub struct SinkInput {
 /// the committed offset) and never commits for them again.
 #[derive(Default)]
 pub struct SinkConsumerContext {
+    /// Where rebalances and the lag from librdkafka's statistics are counted.
+    metrics: Option<std::sync::Arc<FlowMetrics>>,
     revoked: std::sync::Mutex<Vec<i32>>,
     /// Set once `revoked` holds something: the worker asks after every message, and a lock per
     /// message would be for nothing almost always.
@@ -75,7 +78,17 @@ impl SinkConsumerContext {
     }
 }
 
-impl rdkafka::ClientContext for SinkConsumerContext {}
+impl rdkafka::ClientContext for SinkConsumerContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(m) = &self.metrics else { return };
+        for (topic, t) in &statistics.topics {
+            // Partition -1 is librdkafka's own bookkeeping; a lag of -1 is not known yet.
+            for p in t.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0) {
+                m.set_lag(topic, p.partition, p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl rdkafka::consumer::ConsumerContext for SinkConsumerContext {
     fn pre_rebalance(
@@ -94,6 +107,9 @@ impl rdkafka::consumer::ConsumerContext for SinkConsumerContext {
         _consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
+        if let Some(m) = &self.metrics {
+            m.rebalanced();
+        }
         match rebalance {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -119,7 +135,10 @@ pub async fn run_sink(
     mut stop_at: StopAt,
 ) -> Result<SinkSummary, FlowError> {
     let group = input.group.clone();
-    let consumer: SinkConsumer = input.kafka.consumer_with_context(&group, &group, SinkConsumerContext::default())?;
+    // The lag gauge reads librdkafka's statistics, asked for only when metrics are exported.
+    let context = SinkConsumerContext { metrics: Some(ctx.metrics.clone()), ..SinkConsumerContext::default() };
+    let stats = ctx.metrics.enabled().then_some(Duration::from_secs(5));
+    let consumer: SinkConsumer = input.kafka.consumer_with_stats(&group, &group, context, stats)?;
     consumer.subscribe(&[input.topic.as_str()]).map_err(ctx.kafka_err(format!("subscribing to {}", input.topic)))?;
     let dlq_producer = ctx.kafka.dlq_producer(&format!("sluice.{}.dlq", ctx.flow))?;
     let dlq = DeadLetters::new(dlq_producer, &ctx.flow, &ctx.kafka);
@@ -206,6 +225,12 @@ pub async fn run_sink(
             continue;
         }
         let span = tracing::info_span!("batch", flow = %ctx.flow, stage = "sink", topic = %input.topic, partition = %partitions_of(&batch), records = batch.len());
+        if trace::enabled() {
+            // The batch continues the trace of the records their source sampled.
+            let b = batch.batch();
+            let traced: Vec<&str> = (0..b.len()).filter_map(|i| b.traceparent(i)).collect();
+            trace::join(&span, &traced);
+        }
         let n = batch.len();
         let processing = Instant::now();
         let done = if sink.per_partition() {
@@ -222,6 +247,7 @@ pub async fn run_sink(
                 total.dlq += d.dlq;
                 total.dropped += d.dropped;
                 total.rows += d.rows;
+                total.bytes_out += d.bytes_out;
             }
             total
         } else {
@@ -231,8 +257,12 @@ pub async fn run_sink(
         };
         // Every message of the batch is now delivered, filtered or durably dead-lettered.
         let mut carried = 0;
+        let mut oldest: Option<i64> = None;
         for m in batch.messages() {
             tracker.finish(m.partition, m.offset);
+            if let Some(ts) = m.timestamp_ms {
+                oldest = Some(oldest.map_or(ts, |o| o.min(ts)));
+            }
             // Written before this run started: an earlier run read it at its source.
             if input.earlier.iter().any(|(p, end)| *p == m.partition && m.offset < *end) {
                 carried += 1;
@@ -241,6 +271,9 @@ pub async fn run_sink(
         let committing = Instant::now();
         let result = commit(ctx, &consumer, &input.topic, &mut tracker, &mut committed);
         commit_failures.note(result, &ctx.flow)?;
+        ctx.metrics.stage(Stage::Commit, committing.elapsed());
+        ctx.metrics.batch(true, n);
+        ctx.metrics.sink_batch(processing.elapsed(), batch.held_bytes(), done.bytes_out as usize, oldest);
         // Where a batch's time goes, for tuning: filling it, writing it, committing it.
         tracing::debug!(
             flow = %ctx.flow,

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use tracing::Instrument;
 
@@ -18,6 +19,7 @@ use crate::kafka::{self, KafkaSettings};
 use crate::ledger::Ledger;
 use crate::producer::Producer;
 use crate::record::now_ms;
+use crate::telemetry::{Stage, trace};
 
 /// A source position as stored, with the pull it belongs to.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +140,7 @@ pub async fn run_source(
     // errors are retried within the flow's retry policy, counted from the first failure.
     let mut failing: Option<Backoff> = None;
     let mut progressed = false;
+    let mut sampling = trace::Sampling::new();
     loop {
         if ctx.shutdown.is_cancelled() {
             return Ok(SourceEnd::Stopped);
@@ -160,6 +163,7 @@ pub async fn run_source(
                 _ = writer.lost.cancelled() => return Ok(SourceEnd::Lost),
             }
         }
+        let polling = Instant::now();
         let polled = tokio::select! {
             p = source.poll(ctx.batch.max_records) => p,
             _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),
@@ -190,7 +194,10 @@ pub async fn run_source(
             Err(source) => return Err(FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) }),
         };
         let items = match polled {
-            Poll::Items(items) => items,
+            Poll::Items(items) => {
+                ctx.metrics.stage(Stage::SourcePoll, polling.elapsed());
+                items
+            }
             Poll::Idle => {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -202,6 +209,8 @@ pub async fn run_source(
             Poll::Exhausted => return Ok(SourceEnd::Exhausted),
         };
         let span = tracing::info_span!("batch", flow = %ctx.flow, stage = "source", topic = %topic, partition = "all", records = items.len());
+        let publishing = Instant::now();
+        let sampling = &mut sampling;
         let committed = async {
             if writer.transactional {
                 writer
@@ -209,7 +218,7 @@ pub async fn run_source(
                     .begin_transaction()
                     .map_err(|e| Failed::classify(ctx, writer, "starting a transaction", e))?;
             }
-            let mut sent = publish(ctx, writer, &topic, items).await?;
+            let mut sent = publish(ctx, writer, &topic, items, sampling).await?;
             if !writer.transactional {
                 // No transaction to hold the batch and its position together: the position is
                 // stored only once Kafka acknowledged every record before it, and only while
@@ -255,6 +264,8 @@ pub async fn run_source(
             }
         };
         progressed = true;
+        ctx.metrics.stage(Stage::SourcePublish, publishing.elapsed());
+        ctx.metrics.batch(false, sent.read);
         Ledger::add(&ctx.ledger.source_read, sent.read);
         Ledger::add(&ctx.ledger.produced, sent.produced);
         Ledger::add(&ctx.ledger.source_dlq, sent.dead);
@@ -319,6 +330,7 @@ async fn publish(
     writer: &SourceWriter,
     topic: &str,
     items: Vec<SourceItem>,
+    sampling: &mut trace::Sampling,
 ) -> Result<Sent, Failed> {
     let limit = ctx.kafka.max_record_bytes;
     let dlq = DeadLetters::new(writer.producer.clone(), &ctx.flow, &ctx.kafka);
@@ -343,13 +355,21 @@ async fn publish(
                 // delivered.
                 let size = key.len() + payload.len();
                 if size <= limit {
-                    let rec =
+                    let mut rec =
                         FutureRecord::to(topic).key(key.as_slice()).payload(payload.as_slice()).timestamp(record.ts_ms);
+                    // A sampled record carries its trace to the sink worker, under a span of
+                    // its own (most records are not sampled, and cost one random number).
+                    let traced = if sampling.hit() { Some(trace::publish_span(&ctx.flow, topic)) } else { None };
+                    if let Some((_, Some(tp))) = &traced {
+                        rec = rec
+                            .headers(OwnedHeaders::new().insert(Header { key: trace::TRACEPARENT, value: Some(tp) }));
+                    }
                     // With a transaction the commit flushes every record and fails if any was
                     // refused; the acknowledgements are only waited for without one.
                     let delivery = enqueue(&writer.producer, rec)
                         .await
                         .map_err(|e| Failed::classify(ctx, writer, &format!("producing to {topic}"), e))?;
+                    drop(traced);
                     if !writer.transactional {
                         sent.deliveries.push(delivery);
                     }
