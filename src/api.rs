@@ -3,8 +3,8 @@
 //! from the run ledgers the flows count in, so what is scraped agrees with what `status` and
 //! the run records say.
 //!
-//! It listens on loopback only: any other address is refused until the API has its bearer
-//! token (issue 17 asks for one before it may listen beyond the machine).
+//! It listens on loopback unless `api.token` is set; with a token, every route but `/health`
+//! (a liveness probe's) asks for it as `Authorization: Bearer …`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
+use sluice_engine::secret::Secret;
 use sluice_engine::telemetry::{FlowMetrics, Telemetry};
 
 /// What the listener reads: each flow's name, trigger and metrics, and the process's
@@ -26,15 +27,18 @@ pub(crate) struct ApiState {
     pub(crate) flows: Arc<Vec<(String, &'static str, Arc<FlowMetrics>)>>,
     /// Renders `/metrics`.
     pub(crate) telemetry: Telemetry,
+    /// What `Authorization: Bearer …` must say, when set.
+    pub(crate) token: Option<Secret>,
 }
 
-/// Binds `listen` (loopback only), before any flow starts: a bad address stops the run
-/// before it begins.
-pub(crate) async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, String> {
-    if !listen.ip().is_loopback() {
+/// Binds `listen`, before any flow starts: a bad address stops the run before it begins. An
+/// address beyond loopback is refused without a token: the API can pause flows and replay dead
+/// letters, which nobody else on the network should.
+pub(crate) async fn bind(listen: SocketAddr, token: Option<&Secret>) -> Result<tokio::net::TcpListener, String> {
+    if !listen.ip().is_loopback() && token.is_none() {
         return Err(format!(
-            "--api {listen}: the management API listens on loopback only (127.0.0.1 or ::1) until it has \
-             bearer-token authentication"
+            "--api {listen}: the management API listens beyond loopback (127.0.0.1 or ::1) only with a bearer \
+             token: set `api.token: ${{env:SLUICE_API_TOKEN}}` in the config"
         ));
     }
     tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("--api {listen}: binding the listener: {e}"))
@@ -42,17 +46,44 @@ pub(crate) async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, 
 
 /// Serves on `listener` until the process ends.
 pub(crate) fn serve(listener: tokio::net::TcpListener, state: ApiState) -> tokio::task::JoinHandle<()> {
-    let app = Router::new()
-        .route("/health", get(|| async { axum::Json(json!({"status": "up"})) }))
+    let guarded = Router::new()
         .route("/ready", get(|| async { axum::Json(json!({"status": "ready"})) }))
         .route("/flows", get(flows))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorized));
+    let app = Router::new()
+        .route("/health", get(|| async { axum::Json(json!({"status": "up"})) }))
+        .merge(guarded)
         .with_state(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!("the management API stopped: {e}");
         }
     })
+}
+
+/// Lets a request through when no token is set, or when it carries the token.
+async fn authorized(
+    State(s): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Some(token) = &s.token else { return next.run(request).await };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| same(g.as_bytes(), token.expose().as_bytes())) {
+        return next.run(request).await;
+    }
+    let body = axum::Json(json!({"error": "this API needs `Authorization: Bearer <api.token>`"}));
+    (axum::http::StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn flows(State(s): State<ApiState>) -> impl IntoResponse {

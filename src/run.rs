@@ -55,7 +55,7 @@ pub async fn run(
         Err(code) => return code,
     };
     let api_listener = match api {
-        Some(listen) => match crate::api::bind(listen).await {
+        Some(listen) => match crate::api::bind(listen, cfg.api_token.as_ref()).await {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -90,7 +90,14 @@ pub async fn run(
     }
     // Connected to the cluster and every flow's task started: ready.
     let _api = api_listener.map(|listen| {
-        crate::api::serve(listen, crate::api::ApiState { flows: Arc::new(api_flows), telemetry: telemetry.clone() })
+        crate::api::serve(
+            listen,
+            crate::api::ApiState {
+                flows: Arc::new(api_flows),
+                telemetry: telemetry.clone(),
+                token: cfg.api_token.clone(),
+            },
+        )
     });
     let progress = progress_line(&ledgers, shutdown.clone());
     let mut failed = false;

@@ -1,77 +1,144 @@
 //! The management listener of `sluice run --api`, through a real broker: `/health`, `/ready`,
 //! `/flows`, and `/metrics` scraped while a flow runs and parsed by the Prometheus client's own
 //! text parser (an independent reader), its counters balancing at every scrape and agreeing
-//! with the records the destination holds at the end.
+//! with the records the destination holds at the end; the bearer token beyond loopback; and
+//! the Grafana dashboard in deploy/ naming only metrics sluice exports.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use common::http::{Destination, Mode, Options};
 use common::kafka::Kafka;
-use common::{read_jsonl, run, spawn, wait_until, write};
+use common::{run, spawn, wait_until, write};
 
 const LIMIT: Duration = Duration::from_secs(120);
+const TOKEN: &str = "api-token-canary-3e9d";
 
 fn python() -> String {
     common::python_with("prometheus_client")
 }
 
-/// GETs `url`; (status, body), through Python's own HTTP client.
-fn get(url: &str) -> (u16, String) {
+/// GETs `url` with `token` as bearer, if any; (status, body), through Python's own HTTP client.
+fn get(url: &str, token: Option<&str>) -> (u16, String) {
     let script = "import sys, urllib.request, urllib.error\n\
-try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=10); print(r.status); print(r.read().decode())\n\
+req = urllib.request.Request(sys.argv[1])\n\
+if len(sys.argv) > 2: req.add_header('Authorization', 'Bearer ' + sys.argv[2])\n\
+try:\n    r = urllib.request.urlopen(req, timeout=10); print(r.status); print(r.read().decode())\n\
 except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n";
-    let out = std::process::Command::new(python()).args(["-c", script, url]).output().unwrap();
+    let mut args = vec!["-c", script, url];
+    args.extend(token);
+    let out = std::process::Command::new(python()).args(&args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (status, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
     (status.trim().parse().unwrap_or(0), body.to_owned())
 }
 
-/// Scrapes `/metrics` and parses it with `prometheus_client.parser`: sample name → value for
-/// flow `flow`, and the metric families' types.
-fn scrape(base: &str, flow: &str) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
+/// A scrape of `/metrics` parsed with `prometheus_client.parser`.
+struct Scrape {
+    /// Sample name → value, for flow `flow`.
+    samples: BTreeMap<String, f64>,
+    /// Metric family → type.
+    types: BTreeMap<String, String>,
+    /// Every sample name, of any flow.
+    names: BTreeSet<String>,
+}
+
+fn scrape(base: &str, flow: &str) -> Scrape {
     let script = "import sys, json, urllib.request\n\
 from prometheus_client.parser import text_string_to_metric_families\n\
-text = urllib.request.urlopen(sys.argv[1] + '/metrics', timeout=10).read().decode()\n\
-samples, types = {}, {}\n\
-for fam in text_string_to_metric_families(text):\n    types[fam.name] = fam.type\n    for s in fam.samples:\n        if s.labels.get('flow') == sys.argv[2]:\n            samples[s.name] = s.value\n\
-print(json.dumps({'samples': samples, 'types': types}))\n";
-    let out = std::process::Command::new(python()).args(["-c", script, base, flow]).output().unwrap();
+req = urllib.request.Request(sys.argv[1] + '/metrics', headers={'Authorization': 'Bearer ' + sys.argv[3]})\n\
+text = urllib.request.urlopen(req, timeout=10).read().decode()\n\
+samples, types, names = {}, {}, set()\n\
+for fam in text_string_to_metric_families(text):\n    types[fam.name] = fam.type\n    for s in fam.samples:\n        names.add(s.name)\n        if s.labels.get('flow') == sys.argv[2] and len(s.labels) == 1:\n            samples[s.name] = s.value\n\
+print(json.dumps({'samples': samples, 'types': types, 'names': sorted(names)}))\n";
+    let out = std::process::Command::new(python()).args(["-c", script, base, flow, TOKEN]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let samples = v["samples"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_f64().unwrap())).collect();
-    let types = v["types"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().into())).collect();
-    (samples, types)
+    Scrape {
+        samples: v["samples"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_f64().unwrap())).collect(),
+        types: v["types"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().into())).collect(),
+        names: v["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned()).collect(),
+    }
+}
+
+/// The metric names the dashboard's queries use.
+fn dashboard_metrics() -> BTreeSet<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/dashboards/sluice.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_owned()))
+        .collect();
+    exprs.push(dash["templating"]["list"][0]["definition"].as_str().unwrap().to_owned());
+    let mut names = BTreeSet::new();
+    for e in exprs {
+        // Label names are in matchers (`{…}`) and groupings (`by (…)`); what is left names metrics.
+        let mut bare = String::new();
+        let mut depth = 0;
+        let mut rest = e.as_str();
+        while let Some(c) = rest.chars().next() {
+            if depth == 0 && (rest.starts_with("by (") || rest.starts_with('{')) {
+                depth = 1;
+                rest = &rest[rest.find(['(', '{']).unwrap() + 1..];
+                continue;
+            }
+            if depth > 0 && matches!(c, ')' | '}') {
+                depth = 0;
+            } else if depth == 0 {
+                bare.push(c);
+            }
+            rest = &rest[c.len_utf8()..];
+        }
+        for word in bare.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+            if word.starts_with("sluice_") || word.starts_with("messaging_") {
+                names.insert(word.to_owned());
+            }
+        }
+    }
+    names
 }
 
 fn metrics_agree_with_the_ledger_while_a_flow_runs(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let flow = kafka.name("scraped");
-    let cfg = write(
-        dir.path(),
-        "c.yaml",
-        &format!(
-            "kafka: {{{kafka}}}\nconnections:\n  gen: {{type: generate}}\n  out: {{type: file, path: out}}\nflows:\n  - name: {flow}\n    trigger: continuous\n    source: {{connection: gen, object: o, options: {{rate_per_sec: 400, count: 2000}}}}\n    transform: {{sql: \"SELECT * FROM source WHERE seq % 4 <> 0\"}}\n    destination: {{connection: out, object: m.jsonl}}\n",
-            kafka = kafka.yaml()
-        ),
-    );
-    let refused = run(&["run", &cfg, "--api", "0.0.0.0:1"], dir.path(), &[], LIMIT);
-    assert_eq!(refused.code(), Some(2));
-    assert!(refused.stderr.contains("listens on loopback only"), "{}", refused.stderr);
-
+    // The destination fails at first, so retries and sink errors are counted too.
+    let dest = Destination::start(Options { mode: Mode::Error500, ..Options::default() });
     let port = common::free_port();
+    let config = |api: &str| {
+        format!(
+            "kafka: {{{kafka}}}\n{api}connections:\n  gen: {{type: generate}}\n  hook: {{type: http, url: \"{url}\", allow_private_addresses: true}}\nflows:\n  - name: {flow}\n    trigger: continuous\n    source: {{connection: gen, object: o, options: {{rate_per_sec: 400, count: 2000}}}}\n    transform: {{sql: \"SELECT * FROM source WHERE seq % 4 <> 0\"}}\n    retry: {{initial_backoff_ms: 100, max_backoff_ms: 500, max_attempts: 100, max_elapsed_secs: 60}}\n    destination: {{connection: hook, object: /in}}\n",
+            kafka = kafka.yaml(),
+            url = dest.url,
+        )
+    };
+    // Beyond loopback only with a token.
+    let open = write(dir.path(), "open.yaml", &config(""));
+    let refused = run(&["run", &open, "--api", "0.0.0.0:1"], dir.path(), &[], LIMIT);
+    assert_eq!(refused.code(), Some(2));
+    assert!(refused.stderr.contains("only with a bearer token"), "{}", refused.stderr);
+
+    let api = format!("api: {{listen: \"0.0.0.0:{port}\", token: \"${{env:SLUICE_API_TOKEN}}\"}}\n");
+    let cfg = write(dir.path(), "c.yaml", &config(&api));
     let base = format!("http://127.0.0.1:{port}");
-    let p = spawn(&["run", &cfg, "--api", &format!("127.0.0.1:{port}")], dir.path(), &[]);
-    assert!(wait_until(LIMIT, || get(&format!("{base}/ready")).0 == 200), "{}", p.stderr_so_far());
-    assert_eq!(get(&format!("{base}/health")).0, 200);
-    let file = dir.path().join("out/m.jsonl");
+    let p = spawn(&["run", &cfg], dir.path(), &[("SLUICE_API_TOKEN", TOKEN)]);
+    assert!(wait_until(LIMIT, || get(&format!("{base}/ready"), Some(TOKEN)).0 == 200), "{}", p.stderr_so_far());
+    assert_eq!(get(&format!("{base}/health"), None).0, 200, "a liveness probe needs no token");
+    for route in ["/ready", "/flows", "/metrics"] {
+        assert_eq!(get(&format!("{base}{route}"), None).0, 401, "{route} without the token");
+        assert_eq!(get(&format!("{base}{route}"), Some("wrong")).0, 401, "{route} with a wrong token");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    dest.set_mode(Mode::Healthy);
     // Scrapes while records flow: every one balances.
     let mut scrapes = 0;
-    while read_jsonl(&file).0.len() < 1500 && scrapes < 200 {
-        let (s, types) = scrape(&base, &flow);
+    while dest.rows().len() < 1500 && scrapes < 200 {
+        let Scrape { samples: s, types, .. } = scrape(&base, &flow);
         assert_eq!(types["sluice_records_delivered"], "counter", "{types:?}");
         assert_eq!(types["sluice_records_in_flight"], "gauge", "{types:?}");
         let settled = s["sluice_records_delivered_total"]
@@ -89,22 +156,35 @@ fn metrics_agree_with_the_ledger_while_a_flow_runs(kafka: &mut Kafka) {
     assert!(scrapes >= 3, "scraped while the flow ran ({scrapes} times)");
     // Once everything is delivered, the counters are the destination's rows exactly.
     let settled = || {
-        let (s, _) = scrape(&base, &flow);
+        let s = scrape(&base, &flow).samples;
         s["sluice_records_read_total"] == 2000.0 && s["sluice_records_in_flight"] == 0.0
     };
     assert!(wait_until(LIMIT, settled), "{}", p.stderr_so_far());
-    let (s, _) = scrape(&base, &flow);
-    assert_eq!(s["sluice_records_delivered_total"], read_jsonl(&file).0.len() as f64);
+    let last = scrape(&base, &flow);
+    let s = &last.samples;
+    let delivered: BTreeSet<i64> = dest.rows().iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    assert_eq!(s["sluice_records_delivered_total"], delivered.len() as f64);
     assert_eq!((s["sluice_records_delivered_total"], s["sluice_records_filtered_total"]), (1500.0, 500.0));
-    let (status, body) = get(&format!("{base}/flows"));
+    assert!(last.names.contains("sluice_retries_total") && last.names.contains("sluice_sink_errors_total"));
+    // Every metric the dashboard charts is one sluice exports.
+    let charted = dashboard_metrics();
+    let missing: Vec<&String> = charted.iter().filter(|m| !last.names.contains(*m)).collect();
+    assert!(missing.is_empty(), "the dashboard names metrics sluice does not export: {missing:?}");
+    assert!(charted.len() >= 15, "{charted:?}");
+    let (status, body) = get(&format!("{base}/flows"), Some(TOKEN));
     assert_eq!(status, 200);
+    assert!(!body.contains(TOKEN));
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let f = v["flows"].as_array().unwrap().iter().find(|f| f["name"] == flow.as_str()).unwrap().clone();
     assert_eq!(f["trigger"], "continuous");
     assert_eq!((f["counts"]["read"].as_u64(), f["counts"]["delivered"].as_u64()), (Some(2000), Some(1500)));
     let done = p.terminate(Duration::from_secs(30));
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
-    eprintln!("api: /metrics scraped {scrapes} times during the flow, balanced each time");
+    assert!(!done.stderr.contains(TOKEN) && !done.stdout.contains(TOKEN));
+    eprintln!(
+        "api: /metrics scraped {scrapes} times during the flow, balanced each time; the dashboard's {} metrics all exported",
+        charted.len()
+    );
 }
 
 crate::on_both_brokers!(metrics_agree_with_the_ledger_while_a_flow_runs);

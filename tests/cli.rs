@@ -37,6 +37,18 @@ fn quickstart_runs_with_no_services_and_says_where_rows_went() {
     assert!(dir.path().join(".sluice/data/broker.db").exists(), "the embedded broker persists under data_dir");
 }
 
+/// The config docker-compose.yml runs (with its token file where the container has it).
+#[test]
+fn the_compose_files_config_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = repo_file("deploy/api-token.txt").display().to_string();
+    let text = std::fs::read_to_string(repo_file("examples/docker.yaml")).unwrap();
+    assert!(text.contains("/run/secrets/sluice_api_token"));
+    let cfg = write(dir.path(), "docker.yaml", &text.replace("/run/secrets/sluice_api_token", &token));
+    let done = run(&["validate", &cfg], dir.path(), &[], LIMIT);
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+}
+
 #[test]
 fn validate_prints_each_flows_output_schema() {
     let dir = tempfile::tempdir().unwrap();

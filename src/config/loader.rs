@@ -31,6 +31,8 @@ pub(super) struct Loader {
     pub(super) telemetry: sluice_engine::telemetry::TelemetrySettings,
     /// `api.listen`, when set.
     pub(super) api_listen: Option<std::net::SocketAddr>,
+    /// `api.token`, when set.
+    pub(super) api_token: Option<sluice_engine::secret::Secret>,
 }
 
 impl Loader {
@@ -47,6 +49,7 @@ impl Loader {
             flow_index: 0,
             telemetry: sluice_engine::telemetry::TelemetrySettings::default(),
             api_listen: None,
+            api_token: None,
         }
     }
 

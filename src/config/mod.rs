@@ -196,6 +196,8 @@ pub struct Config {
     pub telemetry: sluice_engine::telemetry::TelemetrySettings,
     /// The management API's address from `api.listen`.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// The management API's bearer token from `api.token`.
+    pub api_token: Option<sluice_engine::secret::Secret>,
 }
 
 /// A config that did not load: every problem, plus the flows that did parse on their own, so
@@ -294,6 +296,7 @@ fn from_docs(
         flows: loader.flows,
         telemetry: loader.telemetry,
         api_listen: loader.api_listen,
+        api_token: loader.api_token,
     })
 }
 

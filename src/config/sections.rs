@@ -32,9 +32,12 @@ struct TelemetryConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApiConfig {
-    /// The management API's address, `host:port` (loopback only for now); `sluice run --api`
-    /// overrides it.
+    /// The management API's address, `host:port`; `sluice run --api` overrides it. An address
+    /// beyond loopback needs `token`.
     listen: String,
+    /// The bearer token every request but `GET /health` must carry (`Authorization: Bearer …`);
+    /// give it as a reference, `${env:SLUICE_API_TOKEN}`.
+    token: Option<sluice_engine::secret::Secret>,
 }
 
 impl Loader {
@@ -128,6 +131,7 @@ impl Loader {
             Ok(a) => a,
             Err(e) => return self.err(file, e),
         };
+        self.api_token = a.token;
         match a.listen.parse::<std::net::SocketAddr>() {
             Ok(addr) => self.api_listen = Some(addr),
             Err(e) => {
