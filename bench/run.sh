@@ -26,7 +26,8 @@
 # tansu 0.6 answers every fetch only after waiting out (half) its max wait, data or not, so
 # librdkafka's default of 500 ms would add 250 ms to every consume hop; a Kafka broker answers
 # as soon as data is there, so on one the setting changes nothing but idle polling.
-# Results: bench/results/latest.json and latest.md (and printed).
+# Results: bench/results/latest.json and latest.md (and printed). Two other modes, below:
+# SLUICE_BENCH_BASELINE (this build against another) and SLUICE_BENCH_TELEMETRY (what telemetry costs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"
@@ -173,6 +174,61 @@ for k, label in (("base", f"baseline ({base_bin})"), ("this", "this build")):
     runs = ", ".join(f"{v:.0f}" for v in cpu[k])
     lines.append(f"| {label} | {med[k]:.0f} | {runs} | {statistics.median(wall[k]):.0f} |")
 lines += ["", f"CPU per record, this build against the baseline: {100 * (med['this'] / med['base'] - 1):+.1f} %"]
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+    exit 0
+fi
+# SLUICE_BENCH_TELEMETRY=1: only job (b), with telemetry off, with the Prometheus export (the
+# API on, scraped every second) and with the OTLP export (to tests/otlp/receiver.py, with 1 %
+# of records traced), alternately, SLUICE_BENCH_ROUNDS times each (default 3); prints CPU per
+# record for each and the change against off, and writes bench/results/telemetry.md.
+if [ "${SLUICE_BENCH_TELEMETRY:-}" = 1 ]; then
+    ROUNDS="${SLUICE_BENCH_ROUNDS:-3}"
+    PY="${SLUICE_TEST_PYTHON:-$HOME/.cache/sluice-py/bin/python}"
+    "$PY" -c 'import opentelemetry.proto' || { echo "the OTLP receiver needs opentelemetry-proto in $PY (scripts/test installs it)"; exit 1; }
+    "$PY" tests/otlp/receiver.py "$WORK/otlp.jsonl" > "$WORK/otlp.port" & PIDS+=($!)
+    for _ in $(seq 1 100); do [ -s "$WORK/otlp.port" ] && break; sleep 0.1; done
+    APORT=$(port)
+    for i in $(seq 1 "$ROUNDS"); do
+        for v in off prom otlp; do
+            cat >> "$WORK/flows.yaml" <<YAML
+  - name: tel-$v-$i-$RUN
+    source: {connection: bus, object: bench.in.$RUN, options: {format: json}, schema: $SCHEMA}
+    transform: {sql: "$JOB"}
+    destination: {connection: bus, object: bench.tel.$v.$i.$RUN}
+YAML
+        done
+    done
+    { cat "$WORK/flows.yaml"; printf 'api: {listen: "127.0.0.1:%s"}\n' "$APORT"; } > "$WORK/flows-prom.yaml"
+    { cat "$WORK/flows.yaml"; printf 'telemetry: {otlp_endpoint: "http://127.0.0.1:%s", trace_sample_rate: 0.01, export_interval_secs: 1}\n' "$(cat "$WORK/otlp.port")"; } > "$WORK/flows-otlp.yaml"
+    # Scrapes /metrics every second while the Prometheus variant runs, as Prometheus would.
+    ( while true; do curl -s -o /dev/null "http://127.0.0.1:$APORT/metrics" || true; sleep 1; done ) & PIDS+=($!)
+    for i in $(seq 1 "$ROUNDS"); do
+        echo "==> round $i: job (b) with telemetry off, Prometheus, OTLP"
+        measure off "$R/sluice" run "$WORK/flows.yaml" --flow "tel-off-$i-$RUN"
+        measure prom "$R/sluice" run "$WORK/flows-prom.yaml" --flow "tel-prom-$i-$RUN"
+        measure otlp "$R/sluice" run "$WORK/flows-otlp.yaml" --flow "tel-otlp-$i-$RUN"
+    done
+    python3 - "$WORK/measures" "$N" "$OUT/telemetry.md" "$WORK/otlp.jsonl" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+n, out = int(sys.argv[2]), sys.argv[3]
+spans = sum(1 for l in open(sys.argv[4]) if '"signal": "span"' in l)
+cpu = {k: [(float(r[2]) + float(r[3])) * 1e9 / n for r in rows if r[0] == k] for k in ("off", "prom", "otlp")}
+wall = {k: [n / float(r[1]) for r in rows if r[0] == k] for k in ("off", "prom", "otlp")}
+med = {k: statistics.median(v) for k, v in cpu.items()}
+lines = [
+    f"Job (b), kafka -> SQL -> kafka, {n} records, {len(cpu['off'])} alternating runs per variant.",
+    "",
+    "| telemetry | CPU ns/record (median) | runs (ns/record) | records/s (median) | CPU vs off |",
+    "|---|---|---|---|---|",
+]
+labels = {"off": "off", "prom": "Prometheus (/metrics scraped each second)", "otlp": "OTLP, 1 % of records traced"}
+for k in ("off", "prom", "otlp"):
+    runs = ", ".join(f"{v:.0f}" for v in cpu[k])
+    lines.append(f"| {labels[k]} | {med[k]:.0f} | {runs} | {statistics.median(wall[k]):.0f} | {100 * (med[k] / med['off'] - 1):+.1f} % |")
+lines += ["", f"Spans received by the OTLP receiver: {spans}."]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

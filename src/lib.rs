@@ -2,7 +2,8 @@
 //!
 //! The binary's library: it parses the CLI, loads and checks config ([`config`]), starts the
 //! embedded broker when asked, builds each flow's source, SQL stage and sink through the
-//! connector registry ([`registry`]), and runs them ([`run`]).
+//! connector registry ([`registry`]), and runs them ([`run`], each flow's life in `lifecycle`:
+//! paused, deactivated, restarted).
 //!
 //! A program built on sluice adds its own connectors and gets the whole CLI with them:
 //!
@@ -25,6 +26,7 @@ mod config;
 pub mod conformance;
 #[doc(hidden)]
 pub mod fuzz;
+mod lifecycle;
 mod logging;
 mod plan;
 mod registry;

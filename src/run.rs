@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Attach, own_cluster};
 use crate::config::{Config, Flow, Trigger};
-use crate::plan::{build_sink, known_flow, load_and_plan, plan_flow};
+use crate::lifecycle::FlowTask;
+use crate::plan::{build_sink, known_flow, load_and_plan};
 use crate::registry::Registry;
 use sluice_engine::ledger::RunStart;
 
@@ -64,6 +65,16 @@ pub async fn run(
         },
         None => None,
     };
+    // Paused and deactivated flows do not start. A cluster that cannot be read here is said so
+    // by each flow as it starts (the states are then read again in the background).
+    let first = match runtime::flow_states(&own).await {
+        Ok(states) => states,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the flows' states");
+            Default::default()
+        }
+    };
+    let states = runtime::watch_flow_states(own.clone(), first, shutdown.clone());
     let mut tasks = Vec::new();
     let mut ledgers = Vec::new();
     let mut api_flows = Vec::new();
@@ -76,17 +87,16 @@ pub async fn run(
         let metrics = telemetry.flow(&flow.name);
         ledgers.push((flow.name.clone(), ledger.clone(), flow.trigger));
         api_flows.push((flow.name.clone(), flow.trigger.name(), metrics.clone()));
-        let ctx = flow_context(&flow, &own, ledger, metrics.clone(), &shutdown);
-        let cfg = cfg.clone();
-        if flow.trigger == Trigger::Scheduled {
-            tasks.push(tokio::spawn(scheduled(cfg, flow, own.clone(), shutdown.clone(), stage, metrics)));
-            continue;
-        }
-        tasks.push(tokio::spawn(async move {
-            let started = Instant::now();
-            let r = one_run(&cfg, &flow, &ctx, stage, fresh).await;
-            (flow.name.clone(), r, started.elapsed(), ctx.ledger.snapshot())
-        }));
+        let task = FlowTask {
+            cfg: cfg.clone(),
+            flow,
+            own: own.clone(),
+            shutdown: shutdown.clone(),
+            metrics,
+            states: states.clone(),
+            fresh,
+        };
+        tasks.push(tokio::spawn(task.run(stage, ledger)));
     }
     // Connected to the cluster and every flow's task started: ready.
     let _api = api_listener.map(|listen| {
@@ -96,6 +106,8 @@ pub async fn run(
                 flows: Arc::new(api_flows),
                 telemetry: telemetry.clone(),
                 token: cfg.api_token.clone(),
+                kafka: own.clone(),
+                states: states.clone(),
             },
         )
     });
@@ -157,7 +169,13 @@ pub(crate) fn flow_context(
 
 /// One run of a flow, reported in `sluice.runs` as it goes and when it ends. An on-demand run
 /// after an interrupted one goes on with it (see [`RunStart::decide`]).
-async fn one_run(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage, fresh: bool) -> anyhow::Result<String> {
+pub(crate) async fn one_run(
+    cfg: &Config,
+    flow: &Flow,
+    ctx: &FlowContext,
+    stage: SqlStage,
+    fresh: bool,
+) -> anyhow::Result<String> {
     let mut ctx = ctx.clone();
     // A cluster that does not answer is said so plainly, before anything is read from it.
     ctx.kafka.check_reachable().await?;
@@ -193,62 +211,6 @@ async fn one_run(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage, 
     };
     reporter.finish(status, error).await;
     r
-}
-
-/// A scheduled flow: an on-demand run at each time of its schedule, until shutdown. A run that
-/// fails is reported and the next one still happens (as AppFlow's scheduled flows do); a run
-/// still going when its next time comes delays that time, never overlaps it.
-async fn scheduled(
-    cfg: Config,
-    flow: Flow,
-    own: KafkaSettings,
-    shutdown: CancellationToken,
-    mut stage: SqlStage,
-    metrics: Arc<FlowMetrics>,
-) -> (String, anyhow::Result<String>, Duration, LedgerSnapshot) {
-    let started = Instant::now();
-    let name = flow.name.clone();
-    let Some(schedule) = flow.schedule.clone() else {
-        return (
-            name,
-            Err(anyhow::anyhow!("a scheduled flow without a schedule")),
-            started.elapsed(),
-            Ledger::shared().snapshot(),
-        );
-    };
-    let mut last = Ledger::shared().snapshot();
-    let mut runs = 0u64;
-    loop {
-        let Some(next) = schedule.next_after(chrono::Utc::now()) else {
-            tracing::warn!(flow = %name, schedule = %schedule.text, "the schedule has no next time; stopping");
-            break;
-        };
-        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
-        tracing::info!(flow = %name, at = %next.with_timezone(&schedule.timezone), "next scheduled run");
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => break,
-        }
-        let ctx = flow_context(&flow, &own, Ledger::shared(), metrics.clone(), &shutdown);
-        let run_started = Instant::now();
-        let r = one_run(&cfg, &flow, &ctx, stage, false).await;
-        runs += 1;
-        last = ctx.ledger.snapshot();
-        match &r {
-            Ok(dest) => println!("{}", summary_line(&name, &last, run_started.elapsed(), dest, &own.dlq_topic(&name))),
-            Err(e) => eprintln!("error: flow `{name}`: scheduled run {runs} failed: {e:#}"),
-        }
-        if shutdown.is_cancelled() {
-            break;
-        }
-        // The stage went with the run; plan the next one's (the SQL was checked at start).
-        stage = match plan_flow(&flow, Some(&cfg.connections)).await {
-            Ok(s) => s,
-            Err(e) => return (name, Err(anyhow::anyhow!(e)), started.elapsed(), last),
-        };
-    }
-    tracing::info!(flow = %name, runs, "scheduled flow stopped");
-    (name, Ok(String::new()), started.elapsed(), last)
 }
 
 /// Whether a flow's error is a requested stop rather than a failure.

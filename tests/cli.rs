@@ -205,6 +205,8 @@ fn help_is_everywhere() {
         vec!["tap", "--help"],
         vec!["describe", "--help"],
         vec!["dlq", "show", "--help"],
+        vec!["flows", "pause", "--help"],
+        vec!["flows", "resume", "--help"],
     ] {
         let done = run(&args, dir.path(), &[], Duration::from_secs(30));
         assert_eq!(done.code(), Some(0), "{args:?}");

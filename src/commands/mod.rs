@@ -5,6 +5,7 @@ mod cdc;
 mod connections;
 mod describe;
 mod dlq;
+mod flows;
 mod runs;
 mod sql_test;
 mod status;
@@ -92,6 +93,11 @@ pub(crate) enum Command {
         /// A YAML file, or a directory of them.
         config: PathBuf,
     },
+    /// Pause a flow or make it active again (also after a deactivation), in every process.
+    Flows {
+        #[command(subcommand)]
+        command: FlowsCommand,
+    },
     /// Inspect a flow's dead-letter topic, or replay it.
     Dlq {
         #[command(subcommand)]
@@ -120,6 +126,24 @@ pub(crate) enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9092")]
         listen: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FlowsCommand {
+    /// Pause a flow: no runs until resumed; a run in progress finishes its batch and stops.
+    Pause {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The flow.
+        flow: String,
+    },
+    /// Make a paused or deactivated flow active again.
+    Resume {
+        /// A YAML file, or a directory of them.
+        config: PathBuf,
+        /// The flow.
+        flow: String,
     },
 }
 
@@ -222,6 +246,12 @@ pub(crate) fn dispatch(args: Args, registry: &Registry) -> ExitCode {
             Command::Runs { config, flow, limit } => runs::runs(&config, registry, &flow, limit).await,
             Command::Tap { config, flow, stage, limit } => tap::tap(&config, registry, &flow, stage, limit).await,
             Command::Status { config } => status::status(&config, registry).await,
+            Command::Flows { command: FlowsCommand::Pause { config, flow } } => {
+                flows::set_state(&config, registry, &flow, sluice_engine::runtime::FlowState::Paused).await
+            }
+            Command::Flows { command: FlowsCommand::Resume { config, flow } } => {
+                flows::set_state(&config, registry, &flow, sluice_engine::runtime::FlowState::Active).await
+            }
             Command::Dlq { command: DlqCommand::Show { config, flow, limit } } => {
                 dlq::dlq_show(&config, registry, &flow, limit).await
             }

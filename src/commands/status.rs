@@ -28,9 +28,13 @@ pub async fn status(path: &Path, registry: &Registry) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let states = runtime::flow_states(&own).await.unwrap_or_default();
     let now = sluice_engine::record::now_ms();
     let host = sluice_engine::ledger::host_name();
     for f in &cfg.flows {
+        if let Some(s) = states.get(&f.name).filter(|s| s.state != runtime::FlowState::Active) {
+            println!("flow {} {}", f.name, crate::lifecycle::describe(s));
+        }
         let Some(r) = runs.get(&f.name) else {
             println!("flow {}: never run", f.name);
             continue;

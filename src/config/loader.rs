@@ -304,6 +304,12 @@ impl Loader {
             );
             ok = false;
         }
+        if f.deactivate_after_failures.is_some() && f.trigger == Trigger::OnDemand {
+            let at = node.get("deactivate_after_failures").unwrap_or(node);
+            let why = "only scheduled and continuous flows are deactivated (an on-demand run's failure is its own)";
+            self.at(file, at, &format!("{path}.deactivate_after_failures"), why);
+            ok = false;
+        }
         let schedule = match (&f.trigger, &f.schedule) {
             (Trigger::Scheduled, None) => {
                 let at = node.get("trigger").unwrap_or(node);
@@ -493,6 +499,7 @@ impl Loader {
                 retry: f.retry.policy(),
             },
             schedule,
+            deactivate_after_failures: f.deactivate_after_failures.map(std::num::NonZeroU32::get),
         });
     }
 

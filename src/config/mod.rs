@@ -181,6 +181,8 @@ pub struct Flow {
     pub schedule: Option<Schedule>,
     /// Batch limits and retries.
     pub batch: BatchSettings,
+    /// Failed runs in a row after which the flow is deactivated (scheduled and continuous flows).
+    pub deactivate_after_failures: Option<u32>,
 }
 
 /// A loaded, checked config.

@@ -182,6 +182,15 @@ mod tests {
             "{said:?}"
         );
         assert!(said.iter().any(|e| e.contains(":5: api.listen")), "{said:?}");
+        let on_demand = "connections:\n  g: {type: generate}\n  o: {type: file, path: o}\nflows:\n  - name: f\n    source: {connection: g, object: x}\n    destination: {connection: o, object: y}\n    deactivate_after_failures: 3\n";
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.yaml");
+        std::fs::write(&p, format!("kafka: {{bootstrap_servers: \"h:1\"}}\n{on_demand}")).unwrap();
+        let e = load(&p, &crate::registry()).map_err(|r| r.errors).unwrap_err();
+        assert!(
+            e[0].to_string().contains(":9: flows[0].deactivate_after_failures: only scheduled and continuous"),
+            "{e:?}"
+        );
         let unknown = errors_of("telemetry: {otlp_endpont: x}\n").unwrap_err();
         assert!(unknown[0].to_string().contains("otlp_endpont"), "{unknown:?}");
     }

@@ -140,6 +140,10 @@ pub(super) struct FlowConfig {
     /// How the sink worker groups records into writes (for an object store: into objects).
     #[serde(default)]
     pub(super) batch: BatchConfig,
+    /// For a scheduled or continuous flow: after this many failed runs in a row the flow is
+    /// deactivated (no runs) until `sluice flows resume`. A failed continuous flow is restarted
+    /// until then; without this setting it stays failed.
+    pub(super) deactivate_after_failures: Option<std::num::NonZeroU32>,
 }
 
 /// A flow's `batch:` section: a write (an object, a request, a transaction) closes at whichever

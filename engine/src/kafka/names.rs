@@ -24,6 +24,11 @@ impl KafkaSettings {
         format!("{}.runs", self.namespace)
     }
 
+    /// The compacted topic holding each flow's state (active, paused, deactivated).
+    pub fn flow_states_topic(&self) -> String {
+        format!("{}.flow-states", self.namespace)
+    }
+
     /// The consumer group of a flow's sink workers.
     pub fn sink_group(&self, flow: &str) -> String {
         format!("{}.{flow}.sink", self.namespace)
@@ -55,6 +60,6 @@ impl KafkaSettings {
 
     /// Whether `topic` is one of the compacted internal topics.
     pub(super) fn compacted(&self, topic: &str) -> bool {
-        topic == self.positions_topic() || topic == self.runs_topic()
+        topic == self.positions_topic() || topic == self.runs_topic() || topic == self.flow_states_topic()
     }
 }

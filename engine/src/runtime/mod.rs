@@ -18,11 +18,13 @@
 //!
 //! Modules: `source_owner` (claim, then run, then stand by), `claim` and `source_task` (the
 //! source's half), `sink_worker`, `batch`, `retry`, `dead_letters` and `watchdog` (the sink's
-//! half), `runs` (run records), `process` (writer ids, and telling a dead predecessor's).
+//! half), `runs` (run records), `flow_state` (paused and deactivated flows), `process` (writer
+//! ids, and telling a dead predecessor's).
 
 mod batch;
 mod claim;
 mod dead_letters;
+mod flow_state;
 mod process;
 mod retry;
 mod runs;
@@ -43,6 +45,9 @@ use crate::ledger::Ledger;
 
 pub use claim::SourceClaim;
 pub use dead_letters::{DeadLetters, KEPT_BYTES, Origin};
+pub use flow_state::{
+    FlowState, FlowStateRecord, STATE_POLL, flow_states, set_flow_state, state_of, watch_flow_states,
+};
 pub use process::writer_id;
 pub use retry::{Backoff, BatchSettings, RetryPolicy, write_with_retry};
 pub use runs::{RunReporter, latest_runs, run_history};

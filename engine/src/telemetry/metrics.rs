@@ -20,6 +20,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 
 use crate::ledger::{Ledger, LedgerSnapshot};
+use crate::runtime::FlowState;
 
 /// A stage of a batch whose time is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +146,8 @@ pub struct FlowMetrics {
     runs: Mutex<Runs>,
     /// Consumer lag by topic and partition, from the consumer's statistics.
     lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// The flow's state ([`FlowState`] as a number: 0 active, 1 paused, 2 deactivated).
+    state: std::sync::atomic::AtomicU8,
 }
 
 /// The runs a flow had in this process: the live ones' ledgers, and the ended ones' totals.
@@ -219,6 +222,7 @@ impl FlowMetrics {
             messaging_attrs: [flow, KeyValue::new("messaging.system", "kafka")],
             runs: Mutex::new(Runs::default()),
             lag: Mutex::new(BTreeMap::new()),
+            state: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -343,6 +347,25 @@ impl FlowMetrics {
                     m.insert((topic.to_owned(), partition), lag);
                 }
             }
+        }
+    }
+
+    /// The flow's state is now `state`.
+    pub fn set_state(&self, state: FlowState) {
+        let n = match state {
+            FlowState::Active => 0,
+            FlowState::Paused => 1,
+            FlowState::Deactivated => 2,
+        };
+        self.state.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The flow's state as last set.
+    pub fn state(&self) -> FlowState {
+        match self.state.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => FlowState::Paused,
+            2 => FlowState::Deactivated,
+            _ => FlowState::Active,
         }
     }
 

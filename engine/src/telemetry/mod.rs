@@ -228,6 +228,21 @@ fn observe(meter: &Meter, flows: &Arc<Mutex<Vec<Arc<FlowMetrics>>>>) {
         .build();
     let f = flows.clone();
     meter
+        .u64_observable_gauge("sluice.flow.state")
+        .with_description("1 for the flow's current state (active, paused, deactivated), 0 for the others.")
+        .with_callback(move |o| {
+            use crate::runtime::FlowState;
+            for f in f.lock().iter().flat_map(|v| v.iter()) {
+                let now = f.state();
+                for s in [FlowState::Active, FlowState::Paused, FlowState::Deactivated] {
+                    let attrs = [f.flow_attrs()[0].clone(), KeyValue::new("state", s.name())];
+                    o.observe(u64::from(now == s), &attrs);
+                }
+            }
+        })
+        .build();
+    let f = flows.clone();
+    meter
         .i64_observable_gauge("sluice.consumer.lag")
         .with_description("Messages between a partition's end and the sink worker's position, by topic and partition.")
         .with_unit("{message}")

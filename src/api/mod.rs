@@ -6,6 +6,8 @@
 //! It listens on loopback unless `api.token` is set; with a token, every route but `/health`
 //! (a liveness probe's) asks for it as `Authorization: Bearer …`.
 
+mod flows;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
+use sluice_engine::kafka::KafkaSettings;
 use sluice_engine::secret::Secret;
 use sluice_engine::telemetry::{FlowMetrics, Telemetry};
 
@@ -29,6 +32,17 @@ pub(crate) struct ApiState {
     pub(crate) telemetry: Telemetry,
     /// What `Authorization: Bearer …` must say, when set.
     pub(crate) token: Option<Secret>,
+    /// sluice's cluster: run history and flow states.
+    pub(crate) kafka: KafkaSettings,
+    /// The flows' states as last read.
+    pub(crate) states: crate::lifecycle::States,
+}
+
+impl ApiState {
+    /// The flow named `name`: (trigger, metrics).
+    fn flow(&self, name: &str) -> Option<(&'static str, &Arc<FlowMetrics>)> {
+        self.flows.iter().find(|(n, _, _)| n == name).map(|(_, t, m)| (*t, m))
+    }
 }
 
 /// Binds `listen`, before any flow starts: a bad address stops the run before it begins. An
@@ -48,8 +62,8 @@ pub(crate) async fn bind(listen: SocketAddr, token: Option<&Secret>) -> Result<t
 pub(crate) fn serve(listener: tokio::net::TcpListener, state: ApiState) -> tokio::task::JoinHandle<()> {
     let guarded = Router::new()
         .route("/ready", get(|| async { axum::Json(json!({"status": "ready"})) }))
-        .route("/flows", get(flows))
         .route("/metrics", get(metrics))
+        .merge(flows::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorized));
     let app = Router::new()
         .route("/health", get(|| async { axum::Json(json!({"status": "up"})) }))
@@ -84,25 +98,6 @@ async fn authorized(
 /// Compares in time independent of where the first difference is.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn flows(State(s): State<ApiState>) -> impl IntoResponse {
-    let flows: Vec<serde_json::Value> = s
-        .flows
-        .iter()
-        .map(|(name, trigger, metrics)| {
-            let t = metrics.totals();
-            json!({
-                "name": name,
-                "trigger": trigger,
-                "counts": {
-                    "read": t.read, "delivered": t.delivered, "filtered": t.filtered,
-                    "dead_lettered": t.dead_lettered, "dropped": t.dropped, "in_flight": t.in_flight,
-                },
-            })
-        })
-        .collect();
-    axum::Json(json!({ "flows": flows }))
 }
 
 /// Every metric, in Prometheus' text format (version 0.0.4), from the same meter the OTLP
