@@ -1,7 +1,8 @@
 //! A flow's state through real brokers: paused from the CLI while it delivers, still paused
 //! after a restart, resumed through the API, and every record delivered once (the oracle);
-//! a scheduled flow whose destination keeps failing deactivated after its threshold, no more
-//! runs until resumed, then delivering everything.
+//! a scheduled and a continuous flow whose destination keeps failing deactivated after their
+//! threshold (the continuous one restarted until then), no more runs until resumed, then
+//! delivering everything.
 
 #![allow(clippy::unwrap_used)]
 
@@ -91,9 +92,10 @@ fn a_paused_flow_stops_stays_paused_over_a_restart_and_resumes_losing_nothing(ka
     eprintln!("lifecycle: paused at {at_pause} of 3000, restarted paused, resumed: 3000 delivered once each");
 }
 
-fn a_scheduled_flow_failing_again_and_again_is_deactivated_until_resumed(kafka: &mut Kafka) {
+fn failing_scheduled_and_continuous_flows_are_deactivated_until_resumed(kafka: &mut Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let flow = kafka.name("flaky");
+    let cont = kafka.name("flakyc");
     let dest = Destination::start(Options { mode: Mode::Error500, ..Options::default() });
     let cfg = write(
         dir.path(),
@@ -112,6 +114,13 @@ flows:
     source: {{connection: gen, object: o, options: {{count: 20}}}}
     retry: {{initial_backoff_ms: 100, max_backoff_ms: 100, max_attempts: 2, max_elapsed_secs: 1}}
     destination: {{connection: hook, object: /in}}
+  - name: {cont}
+    trigger: continuous
+    deactivate_after_failures: 2
+    source: {{connection: gen, object: c, options: {{count: 20}}}}
+    transform: {{sql: "SELECT seq + 1000 AS seq FROM source"}}
+    retry: {{initial_backoff_ms: 100, max_backoff_ms: 100, max_attempts: 2, max_elapsed_secs: 1}}
+    destination: {{connection: hook, object: /in}}
 "#,
             kafka = kafka.yaml(),
             url = dest.url,
@@ -123,23 +132,30 @@ flows:
     assert!(p.stderr_so_far().contains("deactivated after 2 failed runs in a row"), "{}", p.stderr_so_far());
     let said = status();
     assert!(said.contains("2 failed runs in a row; the last:"), "{said}");
-    let runs_now = || run(&["runs", &cfg, &flow], dir.path(), &[], LIMIT).stdout.lines().count();
+    let runs_now = || {
+        let of = |f: &str| run(&["runs", &cfg, f], dir.path(), &[], LIMIT).stdout.lines().count();
+        (of(&flow), of(&cont))
+    };
     let before = runs_now();
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(runs_now(), before, "a deactivated flow does not run");
     assert!(dest.rows().is_empty());
 
     dest.set_mode(Mode::Healthy);
-    let resumed = run(&["flows", "resume", &cfg, &flow], dir.path(), &[], LIMIT);
-    assert!(resumed.stdout.contains("active (was deactivated)"), "{}", resumed.stdout);
-    assert!(wait_until(LIMIT, || dest.rows().len() >= 20), "{}", p.stderr_so_far());
-    let counts = counts_of(&dest.rows(), "seq");
-    assert!((0..20).all(|s| counts.contains_key(&s)), "{counts:?}");
+    for f in [&flow, &cont] {
+        let resumed = run(&["flows", "resume", &cfg, f], dir.path(), &[], LIMIT);
+        assert!(resumed.stdout.contains("active (was deactivated)"), "{}", resumed.stdout);
+    }
+    let all = || {
+        let counts = counts_of(&dest.rows(), "seq");
+        (0..20).chain(1000..1020).all(|s| counts.contains_key(&s))
+    };
+    assert!(wait_until(LIMIT, all), "{}", p.stderr_so_far());
     let done = p.terminate(Duration::from_secs(30));
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
 }
 
 crate::on_both_brokers!(
     a_paused_flow_stops_stays_paused_over_a_restart_and_resumes_losing_nothing,
-    a_scheduled_flow_failing_again_and_again_is_deactivated_until_resumed,
+    failing_scheduled_and_continuous_flows_are_deactivated_until_resumed,
 );
