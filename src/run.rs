@@ -65,6 +65,7 @@ pub async fn run(
         },
         None => None,
     };
+    own.apply_runs_retention().await;
     // Paused and deactivated flows do not start. A cluster that cannot be read here is said so
     // by each flow as it starts (the states are then read again in the background).
     let first = match runtime::flow_states(&own).await {
@@ -200,16 +201,18 @@ pub(crate) async fn one_run(
         flow.trigger.name(),
         ctx.ledger.clone(),
     );
+    reporter.position_start(position_now(cfg, flow, &ctx.kafka, Some(resumes.is_some())).await);
     ctx.metrics.attach(&ctx.ledger);
     let r = run_flow(cfg, flow, ctx.clone(), stage).await;
     ctx.metrics.detach(&ctx.ledger);
+    let position_end = position_now(cfg, flow, &ctx.kafka, None).await;
     let (status, error) = match &r {
         Ok(_) if ctx.shutdown.is_cancelled() => (RunStatus::Stopped, None),
         Ok(_) => (RunStatus::Succeeded, None),
         Err(e) if is_stop(e) => (RunStatus::Stopped, None),
         Err(e) => (RunStatus::Failed, Some(format!("{e:#}"))),
     };
-    reporter.finish(status, error).await;
+    reporter.finish(status, error, position_end).await;
     r
 }
 
@@ -355,4 +358,38 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
         }
     }
     Ok(dest)
+}
+
+/// Where `flow`'s source stands now, for the run record: the source's stored position (a
+/// cursor value, an LSN, a file offset), or, for a flow reading a topic, the offsets its group
+/// committed there. `None` when it cannot be told within a few seconds. At a run's start
+/// (`starting` says whether it resumes an interrupted run), a full pull that does not go on
+/// from a stored position starts at `"start of source"`.
+async fn position_now(
+    cfg: &Config,
+    flow: &Flow,
+    own: &KafkaSettings,
+    starting: Option<bool>,
+) -> Option<serde_json::Value> {
+    let conn = cfg.connections.get(&flow.source_connection)?;
+    let ctx = sluice_connectors::Context { connection: &flow.source_connection, own, flow: &flow.name };
+    let input = conn.build_source(ctx, &flow.source_object, &flow.source, flow.trigger == Trigger::Continuous).ok()?;
+    let read = async {
+        match input {
+            Input::Source(s) => {
+                let full_pull = flow.trigger != Trigger::Continuous && !s.incremental();
+                if full_pull && starting == Some(false) {
+                    return Some(serde_json::Value::from("start of source"));
+                }
+                runtime::load_position(own, &flow.name).await.ok().flatten().map(|p| p.position)
+            }
+            Input::Topic { kafka: theirs, topic, .. } => {
+                let offsets = kafka::committed_offsets(&theirs, &own.sink_group(&flow.name), &topic).await.ok()?;
+                let by_partition: serde_json::Map<String, serde_json::Value> =
+                    offsets.into_iter().map(|(p, o)| (p.to_string(), o.into())).collect();
+                Some(serde_json::json!({ "topic": topic, "offsets": by_partition }))
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.ok().flatten()
 }

@@ -32,6 +32,10 @@ pub struct Ledger {
     pub carried: AtomicU64,
     /// Rows the sink acknowledged (more than `delivered` when a query multiplies rows).
     pub rows: AtomicU64,
+    /// Bytes of keys and payloads the sink worker consumed.
+    pub bytes_read: AtomicU64,
+    /// Bytes of Arrow data the sink worker handed the destination.
+    pub bytes_written: AtomicU64,
 }
 
 /// A point-in-time copy of a [`Ledger`].
@@ -59,6 +63,12 @@ pub struct LedgerSnapshot {
     /// See [`Ledger::rows`].
     #[serde(default)]
     pub rows: u64,
+    /// See [`Ledger::bytes_read`].
+    #[serde(default)]
+    pub bytes_read: u64,
+    /// See [`Ledger::bytes_written`].
+    #[serde(default)]
+    pub bytes_written: u64,
 }
 
 impl LedgerSnapshot {
@@ -131,6 +141,13 @@ pub struct RunRecord {
     /// before it was kept).
     #[serde(default)]
     pub trigger: Option<String>,
+    /// Where the source stood when the run started: its stored position (a cursor value, an
+    /// LSN, a file offset) or, for a flow reading a topic, its group's committed offsets.
+    #[serde(default)]
+    pub position_start: Option<serde_json::Value>,
+    /// Where it stood when the run ended (or at the last report, while it runs).
+    #[serde(default)]
+    pub position_end: Option<serde_json::Value>,
 }
 
 /// How long a running run may go without a fresh record before it counts as interrupted (its
@@ -248,6 +265,8 @@ impl Ledger {
             dropped: r(&self.dropped),
             carried: r(&self.carried),
             rows: r(&self.rows),
+            bytes_read: r(&self.bytes_read),
+            bytes_written: r(&self.bytes_written),
         }
     }
 }
@@ -271,6 +290,8 @@ mod tests {
             host: Some("h".into()),
             pid: Some(pid),
             trigger: None,
+            position_start: None,
+            position_end: None,
         }
     }
 

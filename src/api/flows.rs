@@ -115,6 +115,10 @@ fn run_json(r: &RunRecord, now: i64, host: &str) -> Value {
             "read": c.read(), "delivered": c.delivered, "filtered": c.filtered,
             "dead_lettered": c.dlq(), "dropped": c.dropped, "in_flight": c.in_flight(),
         },
+        "bytes_read": c.bytes_read,
+        "bytes_written": c.bytes_written,
+        "position_start": r.position_start,
+        "position_end": r.position_end,
     })
 }
 

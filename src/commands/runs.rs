@@ -39,8 +39,19 @@ pub async fn runs(path: &Path, registry: &Registry, flow: &str, limit: usize) ->
     let now = sluice_engine::record::now_ms();
     let host = sluice_engine::ledger::host_name();
     println!(
-        "{:<38} {:<11} {:<10} {:<19} {:>9} {:>10} {:>10} {:>9} {:>7} {:>8}  ERROR",
-        "RUN", "STATUS", "TRIGGER", "STARTED (UTC)", "TOOK", "READ", "DELIVERED", "FILTERED", "DLQ", "DROPPED"
+        "{:<38} {:<11} {:<10} {:<19} {:>9} {:>10} {:>10} {:>9} {:>7} {:>8} {:>9} {:>9}  ERROR",
+        "RUN",
+        "STATUS",
+        "TRIGGER",
+        "STARTED (UTC)",
+        "TOOK",
+        "READ",
+        "DELIVERED",
+        "FILTERED",
+        "DLQ",
+        "DROPPED",
+        "BYTES IN",
+        "BYTES OUT"
     );
     for r in runs {
         let c = &r.counts;
@@ -57,7 +68,7 @@ pub async fn runs(path: &Path, registry: &Registry, flow: &str, limit: usize) ->
         // One line per run: the error's first line, shortened.
         let error = r.error.as_deref().and_then(|e| e.lines().next()).map(|e| clip(e, 80)).unwrap_or_default();
         println!(
-            "{:<38} {:<11} {:<10} {:<19} {:>9} {:>10} {:>10} {:>9} {:>7} {:>8}  {error}",
+            "{:<38} {:<11} {:<10} {:<19} {:>9} {:>10} {:>10} {:>9} {:>7} {:>8} {:>9} {:>9}  {error}",
             r.run_id,
             status,
             r.trigger.as_deref().unwrap_or("-"),
@@ -67,10 +78,27 @@ pub async fn runs(path: &Path, registry: &Registry, flow: &str, limit: usize) ->
             c.delivered,
             c.filtered,
             c.dlq(),
-            c.dropped
+            c.dropped,
+            bytes(c.bytes_read),
+            bytes(c.bytes_written)
         );
+        // Where the source stood at the start and the end of the run.
+        if r.position_start.is_some() || r.position_end.is_some() {
+            let show = |p: &Option<serde_json::Value>| p.as_ref().map_or("-".to_owned(), |v| clip(&v.to_string(), 70));
+            println!("  position {} -> {}", show(&r.position_start), show(&r.position_end));
+        }
     }
     ExitCode::SUCCESS
+}
+
+/// A byte count in KiB, MiB or GiB.
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
 }
 
 fn clip(s: &str, n: usize) -> String {

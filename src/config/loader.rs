@@ -131,6 +131,7 @@ impl Loader {
             }
         }
         let timeout = Duration::from_secs(k.connect_timeout_secs.get());
+        let retention = k.runs_retention_days.map(|d| Duration::from_secs(d.get().saturating_mul(86_400)));
         self.kafka = match (k.embedded, k.bootstrap_servers) {
             (Some(_), Some(_)) | (None, None) => {
                 self.at(file, node, "kafka", "set exactly one of `embedded` and `bootstrap_servers`");
@@ -144,6 +145,7 @@ impl Loader {
                 settings.namespace = k.namespace.clone();
                 settings.connect_timeout = timeout;
                 settings.transactions = false;
+                settings.runs_retention = retention;
                 if k.transactions == Some(true) {
                     let at = node.get("transactions").unwrap_or(node);
                     self.at(
@@ -166,6 +168,7 @@ impl Loader {
                     s.namespace = k.namespace.clone();
                     s.connect_timeout = timeout;
                     s.transactions = k.transactions.unwrap_or(true);
+                    s.runs_retention = retention;
                     Some(KafkaSection::External(s))
                 }
                 // Already reported per option above, with lines.

@@ -56,6 +56,9 @@ pub(super) struct KafkaConfig {
     /// without transactions; then a source owner paused past its session timeout may publish one
     /// more batch after its successor started (duplicates, never loss).
     pub(super) transactions: Option<bool>,
+    /// How many days of run history `<namespace>.runs` keeps (each run's last record; older
+    /// runs are deleted). Unset: every run is kept.
+    pub(super) runs_retention_days: Option<NonZeroU64>,
 }
 
 fn default_namespace() -> String {

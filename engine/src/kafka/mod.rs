@@ -25,7 +25,7 @@ mod tail;
 
 use options::Role;
 pub use options::{KafkaSecurity, SecurityProtocol, check_option};
-pub use read::{StoredMessage, high_watermarks, read_topic};
+pub use read::{StoredMessage, committed_offsets, high_watermarks, read_topic};
 pub use tail::tail_topic;
 
 /// How to reach a Kafka cluster and how to lay out sluice's topics on it.
@@ -53,6 +53,8 @@ pub struct KafkaSettings {
     /// Whether sources write in Kafka transactions (see `runtime::SourceWriter`). Off for the
     /// embedded broker, which cannot commit them.
     pub transactions: bool,
+    /// How long the runs topic keeps a run's record; `None` keeps every run.
+    pub runs_retention: Option<Duration>,
 }
 
 /// The namespace unless the config names another.
@@ -121,6 +123,7 @@ impl KafkaSettings {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             namespace: DEFAULT_NAMESPACE.to_owned(),
             transactions: true,
+            runs_retention: None,
         }
     }
 
@@ -343,6 +346,42 @@ impl KafkaSettings {
         }
     }
 
+    /// Sets the runs topic's retention (`kafka.runs_retention_days`) on a topic created before
+    /// it was configured; a topic sluice creates gets it at creation. Failing is said, not
+    /// fatal: the history is then kept longer than asked.
+    pub async fn apply_runs_retention(&self) {
+        let Some(retention) = self.runs_retention else { return };
+        let topic = self.runs_topic();
+        let ms = retention.as_millis().to_string();
+        let applied = async {
+            self.ensure_topics(&[&topic]).await?;
+            let admin: AdminClient<DefaultClientContext> = self
+                .client_config()
+                .create()
+                .map_err(|e| self.client_error("creating Kafka admin client".into(), e))?;
+            let config = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&topic))
+                .set("cleanup.policy", "compact,delete")
+                .set("retention.ms", &ms);
+            let opts = AdminOptions::new().operation_timeout(Some(self.connect_timeout));
+            let results = admin
+                .alter_configs([&config], &opts)
+                .await
+                .map_err(|e| self.client_error(format!("setting the retention of {topic}"), e))?;
+            for r in results {
+                if let Err((_, code)) = r {
+                    return Err(KafkaSetupError::Client {
+                        context: format!("setting the retention of {topic}"),
+                        message: code.to_string(),
+                    });
+                }
+            }
+            Ok::<(), KafkaSetupError>(())
+        };
+        if let Err(e) = applied.await {
+            tracing::warn!(error = %e, "the run history is kept without a retention");
+        }
+    }
+
     /// Creates the topics that do not exist yet; existing ones are left as they are.
     pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaSetupError> {
         let existing = self.check_reachable().await?;
@@ -354,15 +393,22 @@ impl KafkaSettings {
         }
         let admin: AdminClient<DefaultClientContext> =
             self.client_config().create().map_err(|e| self.client_error("creating Kafka admin client".into(), e))?;
+        let retention_ms = self.runs_retention.map(|r| r.as_millis().to_string());
+        let runs = self.runs_topic();
         let new: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|t| {
                 // The claims topic has one partition: one owner per flow's group.
                 let partitions = if *t == self.claims_topic() { 1 } else { self.partitions };
                 let topic = NewTopic::new(t, partitions, TopicReplication::Fixed(self.replication_factor));
-                // Positions are keyed by flow and only the latest matters: compaction keeps
-                // the topic small however long sluice runs.
-                if self.compacted(t) { topic.set("cleanup.policy", "compact") } else { topic }
+                match &retention_ms {
+                    // Run history with a retention: each run's last record, for so long.
+                    Some(ms) if *t == runs => topic.set("cleanup.policy", "compact,delete").set("retention.ms", ms),
+                    // Positions and states are keyed by flow and only the latest matters:
+                    // compaction keeps the topic small however long sluice runs.
+                    _ if self.compacted(t) => topic.set("cleanup.policy", "compact"),
+                    _ => topic,
+                }
             })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(self.connect_timeout));

@@ -1,4 +1,5 @@
-//! Reading what sluice keeps on its cluster: watermarks and whole small topics.
+//! Reading what sluice keeps on its cluster: watermarks, committed offsets and whole small
+//! topics.
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -32,6 +33,50 @@ pub async fn high_watermarks(settings: &KafkaSettings, topic: &str) -> Result<Ve
         Err(join) => Err(KafkaSetupError::CreateTopic {
             topic: String::new(),
             message: format!("watermark task failed: {join}"),
+        }),
+    }
+}
+
+/// The offsets consumer group `group` committed on `topic`'s partitions (those without one
+/// left out). Read by a consumer of the group that never subscribes, so it does not join the
+/// group or disturb its members.
+pub async fn committed_offsets(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<(i32, i64)>, KafkaSetupError> {
+    let mut cfg = settings.client_config();
+    cfg.set("group.id", group).set("enable.auto.commit", "false");
+    let timeout = settings.connect_timeout;
+    let topic = topic.to_owned();
+    let res = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, KafkaError> {
+        let consumer: rdkafka::consumer::BaseConsumer = cfg.create()?;
+        let md = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(&topic, p.id());
+            }
+        }
+        let got = consumer.committed_offsets(tpl, timeout)?;
+        let mut out: Vec<(i32, i64)> = got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    })
+    .await;
+    match res {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(settings.client_error(format!("reading the offsets group {group} committed"), e)),
+        Err(join) => Err(KafkaSetupError::Client {
+            context: format!("reading the offsets group {group} committed"),
+            message: join.to_string(),
         }),
     }
 }

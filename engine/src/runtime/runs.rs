@@ -58,6 +58,8 @@ impl RunReporter {
             host: Some(crate::ledger::host_name()),
             pid: Some(std::process::id()),
             trigger: Some(trigger.to_owned()),
+            position_start: None,
+            position_end: None,
         }));
         let producer = settings.producer("sluice.runs").ok();
         let (r, s, l, p) = (record.clone(), settings.clone(), ledger.clone(), producer.clone());
@@ -86,13 +88,21 @@ impl RunReporter {
         RunReporter { record, settings: settings.clone(), producer, ledger, ticker }
     }
 
-    /// Publishes the final record with `status` (and the error, if it failed). Bounded: a
-    /// cluster that is gone does not hold the process.
-    pub async fn finish(self, status: RunStatus, error: Option<String>) {
+    /// Notes where the source stood when the run started (see [`RunRecord::position_start`]).
+    pub fn position_start(&self, position: Option<serde_json::Value>) {
+        if let Ok(mut rec) = self.record.lock() {
+            rec.position_start = position;
+        }
+    }
+
+    /// Publishes the final record with `status` (and the error, if it failed), and where the
+    /// source stood at the end. Bounded: a cluster that is gone does not hold the process.
+    pub async fn finish(self, status: RunStatus, error: Option<String>, position_end: Option<serde_json::Value>) {
         self.ticker.abort();
         let Ok(rec) = self.record.lock().map(|mut rec| {
             rec.status = status;
             rec.error = error;
+            rec.position_end = position_end;
             rec.counts = self.ledger.snapshot();
             rec.updated_ms = now_ms();
             rec.clone()
@@ -167,6 +177,8 @@ mod tests {
             host: None,
             pid: None,
             trigger: None,
+            position_start: None,
+            position_end: None,
         }
     }
 

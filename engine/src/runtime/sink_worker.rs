@@ -273,7 +273,7 @@ pub async fn run_sink(
         commit_failures.note(result, &ctx.flow)?;
         ctx.metrics.stage(Stage::Commit, committing.elapsed());
         ctx.metrics.batch(true, n);
-        ctx.metrics.sink_batch(processing.elapsed(), batch.held_bytes(), done.bytes_out as usize, oldest);
+        ctx.metrics.sink_batch(processing.elapsed(), oldest);
         // Where a batch's time goes, for tuning: filling it, writing it, committing it.
         tracing::debug!(
             flow = %ctx.flow,
@@ -290,6 +290,8 @@ pub async fn run_sink(
         Ledger::add(&ctx.ledger.sink_dlq, done.dlq as usize);
         Ledger::add(&ctx.ledger.rows, done.rows as usize);
         Ledger::add(&ctx.ledger.carried, carried as usize);
+        Ledger::add(&ctx.ledger.bytes_read, batch.held_bytes());
+        Ledger::add(&ctx.ledger.bytes_written, done.bytes_out as usize);
         summary.consumed += n as u64;
         summary.delivered += done.delivered;
         summary.filtered += done.filtered;

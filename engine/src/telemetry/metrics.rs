@@ -8,7 +8,7 @@
 //! this process (the ended ones folded into totals), which is what a cumulative counter is.
 //!
 //! What the ledgers do not hold (histograms of batch sizes and stage times, end-to-end latency,
-//! retries, sink errors, rebalances, bytes, consumer lag) is recorded here directly, once per
+//! retries, sink errors, rebalances, consumer lag) is recorded here directly, once per
 //! batch, never per record: attribute sets are built when the flow's metrics are, so recording
 //! allocates nothing.
 
@@ -72,8 +72,6 @@ pub(super) struct Instruments {
     retries: Counter<u64>,
     sink_errors: Counter<u64>,
     rebalances: Counter<u64>,
-    bytes_read: Counter<u64>,
-    bytes_written: Counter<u64>,
 }
 
 impl Instruments {
@@ -116,16 +114,6 @@ impl Instruments {
             rebalances: meter
                 .u64_counter("sluice.rebalances")
                 .with_description("Consumer-group rebalances the flow's sink workers took part in.")
-                .build(),
-            bytes_read: meter
-                .u64_counter("sluice.read")
-                .with_description("Bytes of record keys and payloads the sink worker consumed.")
-                .with_unit("By")
-                .build(),
-            bytes_written: meter
-                .u64_counter("sluice.written")
-                .with_description("Bytes of Arrow data handed to the destination (an estimate of what it wrote).")
-                .with_unit("By")
                 .build(),
         }
     }
@@ -180,6 +168,10 @@ pub struct Totals {
     pub consumed: u64,
     /// Records the source published to Kafka.
     pub produced: u64,
+    /// Bytes of keys and payloads the sink workers consumed.
+    pub bytes_read: u64,
+    /// Bytes of Arrow data handed to the destination.
+    pub bytes_written: u64,
 }
 
 impl Totals {
@@ -191,6 +183,8 @@ impl Totals {
         self.dropped += s.dropped;
         self.consumed += s.consumed;
         self.produced += s.produced;
+        self.bytes_read += s.bytes_read;
+        self.bytes_written += s.bytes_written;
         if live {
             self.in_flight += s.in_flight();
         } else {
@@ -298,14 +292,11 @@ impl FlowMetrics {
         }
     }
 
-    /// The sink worker processed a batch of `bytes` (keys and payloads) in `took`, its oldest
-    /// record stamped `oldest_ms` (ms since the epoch), and handed the destination
-    /// `bytes_written` bytes of Arrow data.
-    pub fn sink_batch(&self, took: Duration, bytes: usize, bytes_written: usize, oldest_ms: Option<i64>) {
+    /// The sink worker processed a batch in `took`, its oldest record stamped `oldest_ms` (ms
+    /// since the epoch).
+    pub fn sink_batch(&self, took: Duration, oldest_ms: Option<i64>) {
         let Some(i) = &self.instruments else { return };
         i.process_duration.record(took.as_secs_f64(), &self.messaging_attrs);
-        i.bytes_read.add(bytes as u64, &self.flow_attrs);
-        i.bytes_written.add(bytes_written as u64, &self.flow_attrs);
         if let Some(ts) = oldest_ms {
             let age_ms = (crate::record::now_ms() - ts).max(0);
             i.latency.record(age_ms as f64 / 1000.0, &self.flow_attrs);

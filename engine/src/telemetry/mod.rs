@@ -216,6 +216,25 @@ fn observe(meter: &Meter, flows: &Arc<Mutex<Vec<Arc<FlowMetrics>>>>) {
             })
             .build();
     }
+    let bytes: [(&'static str, &'static str, Get); 2] = [
+        ("sluice.read", "Bytes of record keys and payloads the sink workers consumed.", |t| t.bytes_read),
+        ("sluice.written", "Bytes of Arrow data handed to the destination (an estimate of what it wrote).", |t| {
+            t.bytes_written
+        }),
+    ];
+    for (name, description, get) in bytes {
+        let flows = flows.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_unit("By")
+            .with_callback(move |o| {
+                for f in flows.lock().iter().flat_map(|v| v.iter()) {
+                    o.observe(get(&f.totals()), f.flow_attrs());
+                }
+            })
+            .build();
+    }
     let f = flows.clone();
     meter
         .u64_observable_gauge("sluice.records.in_flight")
