@@ -41,6 +41,9 @@ pub(crate) struct FlowTask {
     pub(crate) states: States,
     /// `--fresh`: on-demand runs start a new pull.
     pub(crate) fresh: bool,
+    /// Runs asked for through the API (`POST /flows/{name}/runs`), for on-demand and scheduled
+    /// flows when the API is on: an on-demand flow then waits for them after its run.
+    pub(crate) requests: Option<tokio::sync::mpsc::Receiver<()>>,
 }
 
 impl FlowTask {
@@ -57,6 +60,36 @@ impl FlowTask {
     }
 
     async fn on_demand(&mut self, stage: SqlStage, ledger: &Arc<Ledger>) -> anyhow::Result<String> {
+        let mut r = self.on_demand_run(stage, ledger.clone(), self.fresh).await;
+        // With the API on, the flow runs again whenever it is asked to, until shutdown.
+        while self.requests.is_some() {
+            let asked = match self.requests.as_mut() {
+                Some(rx) => tokio::select! {
+                    got = rx.recv() => got.is_some(),
+                    _ = self.shutdown.cancelled() => false,
+                },
+                None => false,
+            };
+            if !asked {
+                break;
+            }
+            if let Err(e) = &r {
+                eprintln!("error: flow `{}` failed: {e:#}", self.flow.name);
+            }
+            r = match plan_flow(&self.flow, Some(&self.cfg.connections)).await {
+                Ok(stage) => self.on_demand_run(stage, Ledger::shared(), false).await,
+                Err(e) => Err(anyhow::anyhow!(e)),
+            };
+            if let Ok(dest) = &r {
+                let name = &self.flow.name;
+                tracing::info!(flow = %name, destination = %dest, "run asked through the API done");
+            }
+        }
+        r
+    }
+
+    /// One on-demand run, unless the flow is paused or deactivated.
+    async fn on_demand_run(&mut self, stage: SqlStage, ledger: Arc<Ledger>, fresh: bool) -> anyhow::Result<String> {
         let state = self.current();
         if state.state != FlowState::Active {
             self.metrics.set_state(state.state);
@@ -64,8 +97,8 @@ impl FlowTask {
             return Ok(String::new());
         }
         let token = self.run_token();
-        let ctx = flow_context(&self.flow, &self.own, ledger.clone(), self.metrics.clone(), &token);
-        let r = one_run(&self.cfg, &self.flow, &ctx, stage, self.fresh).await;
+        let ctx = flow_context(&self.flow, &self.own, ledger, self.metrics.clone(), &token);
+        let r = one_run(&self.cfg, &self.flow, &ctx, stage, fresh).await;
         token.cancel();
         r
     }
@@ -136,8 +169,16 @@ impl FlowTask {
             };
             let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
             tracing::info!(flow = %name, at = %next.with_timezone(&schedule.timezone), "next scheduled run");
+            let asked = async {
+                match self.requests.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                // A run asked for through the API: now, and the schedule goes on after it.
+                Some(()) = asked => tracing::info!(flow = %name, "run asked through the API"),
                 _ = self.shutdown.cancelled() => break,
             }
             let state = self.current();

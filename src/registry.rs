@@ -90,6 +90,8 @@ impl Registry {
 pub struct Connection {
     connector: Arc<dyn Registered>,
     settings: Arc<dyn Any + Send + Sync>,
+    /// The settings as written, every secret shown as `*****`, for the management API.
+    shown: Arc<serde_json::Value>,
 }
 
 impl fmt::Debug for Connection {
@@ -128,6 +130,11 @@ impl Connection {
     /// The connector's name.
     pub fn kind(&self) -> &'static str {
         self.connector.name()
+    }
+
+    /// The settings as written, with every secret shown as `*****`.
+    pub fn shown(&self) -> &serde_json::Value {
+        &self.shown
     }
 
     /// The settings, if this is a connection of connector `C` (for commands that belong to one
@@ -240,7 +247,38 @@ pub(crate) fn parse_connection(
     node: &yaml::Node,
     path: &str,
 ) -> Result<Connection, yaml::Error> {
-    Ok(Connection { connector: connector.clone(), settings: connector.connection(node, path)? })
+    let settings = connector.connection(node, path)?;
+    let mut shown = yaml::from_node::<serde_json::Value>(node, path).unwrap_or_default();
+    mask(&mut shown, false);
+    Ok(Connection { connector: connector.clone(), settings, shown: Arc::new(shown) })
+}
+
+/// Replaces every value a reference resolved to (a registered secret) with `*****`, and every
+/// value under a name that says secret (`password`, `token`, `secret`, an API key), whatever it is.
+fn mask(v: &mut serde_json::Value, secret: bool) {
+    match v {
+        serde_json::Value::Null => {}
+        serde_json::Value::String(s) if secret => *s = "*****".into(),
+        serde_json::Value::String(s) => {
+            if let std::borrow::Cow::Owned(clean) = sluice_engine::secret::redact(s) {
+                *s = clean;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| mask(i, secret)),
+        serde_json::Value::Object(fields) => {
+            for (k, v) in fields.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                let named =
+                    ["password", "token", "secret", "authorization", "credential"].iter().any(|w| k.contains(w))
+                        || k == "key"
+                        || k.ends_with("api_key")
+                        || k.ends_with("private_key");
+                mask(v, secret || named);
+            }
+        }
+        _ if secret => *v = serde_json::Value::from("*****"),
+        _ => {}
+    }
 }
 
 /// One call through the registry: the flow's context, the connection's settings, the object and
@@ -377,6 +415,24 @@ impl<C: Connector> Registered for Erased<C> {
 
     async fn healthcheck(&self, ctx: Context<'_>, conn: &(dyn Any + Send + Sync)) -> Result<String, ConnectorError> {
         self.0.healthcheck(ctx, self.conn(conn)?).await
+    }
+}
+
+#[cfg(test)]
+mod mask_tests {
+    #[test]
+    fn secrets_are_masked_by_name_and_by_value() {
+        sluice_engine::secret::register("resolved-canary-value");
+        let mut v = serde_json::json!({
+            "type": "http", "url": "https://x/resolved-canary-value/y", "keys": 10,
+            "auth": {"type": "bearer", "token": "t0k"}, "headers": {"Authorization": "Bearer z"},
+            "api_key": 42, "password": null,
+        });
+        super::mask(&mut v, false);
+        assert_eq!(v["url"], "https://x/*****/y");
+        assert_eq!((v["auth"]["token"].as_str(), v["auth"]["type"].as_str()), (Some("*****"), Some("bearer")));
+        assert_eq!((v["headers"]["Authorization"].as_str(), v["api_key"].as_str()), (Some("*****"), Some("*****")));
+        assert_eq!((v["keys"].as_i64(), v["password"].is_null()), (Some(10), true));
     }
 }
 

@@ -79,6 +79,7 @@ pub async fn run(
     let mut tasks = Vec::new();
     let mut ledgers = Vec::new();
     let mut api_flows = Vec::new();
+    let mut triggers = std::collections::HashMap::new();
     for (i, stage) in stages {
         let flow = cfg.flows[i].clone();
         if only.is_some_and(|n| n != flow.name) {
@@ -88,6 +89,15 @@ pub async fn run(
         let metrics = telemetry.flow(&flow.name);
         ledgers.push((flow.name.clone(), ledger.clone(), flow.trigger));
         api_flows.push((flow.name.clone(), flow.trigger.name(), metrics.clone()));
+        // With the API on, on-demand and scheduled flows take runs asked for through it.
+        let requests = match (api.is_some(), flow.trigger) {
+            (true, Trigger::OnDemand | Trigger::Scheduled) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                triggers.insert(flow.name.clone(), tx);
+                Some(rx)
+            }
+            _ => None,
+        };
         let task = FlowTask {
             cfg: cfg.clone(),
             flow,
@@ -96,6 +106,7 @@ pub async fn run(
             metrics,
             states: states.clone(),
             fresh,
+            requests,
         };
         tasks.push(tokio::spawn(task.run(stage, ledger)));
     }
@@ -109,6 +120,10 @@ pub async fn run(
                 token: cfg.api_token.clone(),
                 kafka: own.clone(),
                 states: states.clone(),
+                cfg: Arc::new(cfg.clone()),
+                tested: Arc::default(),
+                shutdown: shutdown.clone(),
+                triggers: Arc::new(triggers),
             },
         )
     });

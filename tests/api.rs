@@ -196,3 +196,101 @@ fn metrics_agree_with_the_ledger_while_a_flow_runs(kafka: &mut Kafka) {
 }
 
 crate::on_both_brokers!(metrics_agree_with_the_ledger_while_a_flow_runs);
+
+/// `body` of a request through Python's own HTTP client: (status, JSON).
+fn call(method: &str, url: &str) -> (u16, serde_json::Value) {
+    let script = "import sys, urllib.request, urllib.error\n\
+req = urllib.request.Request(sys.argv[2], method=sys.argv[1], data=b'' if sys.argv[1] == 'POST' else None)\n\
+try:\n    r = urllib.request.urlopen(req, timeout=60); print(r.status); print(r.read().decode())\n\
+except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n";
+    let out = std::process::Command::new(python()).args(["-c", script, method, url]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+    assert!(!body.contains(TOKEN), "the secret in a response to {method} {url}: {body}");
+    (status.trim().parse().unwrap_or(0), serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null))
+}
+
+/// The API end to end: an on-demand flow run again through it, its connections shown with
+/// secrets masked and tested, its dead letters browsed and replayed after a fix.
+fn the_api_runs_flows_tests_connections_and_replays_dead_letters(kafka: &mut Kafka) {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = kafka.name("ops");
+    fn reject(row: &serde_json::Value) -> Option<String> {
+        let seq = row["seq"].as_i64()?;
+        (seq % 10 == 3).then(|| format!("record {seq} is not accepted"))
+    }
+    let dest = Destination::start(Options { reject: Some(reject), ..Options::default() });
+    let cfg = write(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            r#"
+kafka: {{{kafka}}}
+connections:
+  gen: {{type: generate}}
+  hook:
+    type: http
+    url: "{url}"
+    allow_private_addresses: true
+    auth: {{type: bearer, token: "${{env:HOOK_TOKEN}}"}}
+  dead: {{type: http, url: "http://127.0.0.1:{closed}/x", allow_private_addresses: true, timeout_secs: 2}}
+flows:
+  - name: {flow}
+    source: {{connection: gen, object: o, options: {{count: 50}}}}
+    destination: {{connection: hook, object: /in}}
+"#,
+            kafka = kafka.yaml(),
+            url = dest.url,
+            closed = common::free_port(),
+        ),
+    );
+    let port = common::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let p = spawn(&["run", &cfg, "--api", &format!("127.0.0.1:{port}")], dir.path(), &[("HOOK_TOKEN", TOKEN)]);
+    let runs = || call("GET", &format!("{base}/flows/{flow}/runs")).1["runs"].as_array().cloned().unwrap_or_default();
+    let succeeded = |n: usize| move || runs().iter().filter(|r| r["status"] == "succeeded").count() >= n;
+    assert!(wait_until(LIMIT, succeeded(1)), "{}", p.stderr_so_far());
+    assert_eq!(dest.rows().len(), 45, "five records refused");
+
+    // Connections: settings with the secret masked, the flows using each, a test of each.
+    let (status, conns) = call("GET", &format!("{base}/connections"));
+    assert_eq!(status, 200);
+    let hook = conns["connections"].as_array().unwrap().iter().find(|c| c["name"] == "hook").unwrap().clone();
+    assert_eq!((hook["type"].as_str(), hook["settings"]["auth"]["token"].as_str()), (Some("http"), Some("*****")));
+    assert_eq!(hook["flows"], serde_json::json!([flow]));
+    let (status, ok) = call("POST", &format!("{base}/connections/hook/test"));
+    assert_eq!((status, ok["ok"].as_bool()), (200, Some(true)), "{ok}");
+    let (status, bad) = call("POST", &format!("{base}/connections/dead/test"));
+    assert_eq!((status, bad["ok"].as_bool()), (200, Some(false)), "{bad}");
+    assert!(!bad["message"].as_str().unwrap().is_empty());
+    let (_, conns) = call("GET", &format!("{base}/connections"));
+    let dead = conns["connections"].as_array().unwrap().iter().find(|c| c["name"] == "dead").unwrap().clone();
+    assert_eq!(dead["last_test"]["ok"], false, "{dead}");
+    assert_eq!(call("POST", &format!("{base}/connections/nope/test")).0, 404);
+
+    // Dead letters: browsed with their reasons, replayed once the destination takes them.
+    let (status, dlq) = call("GET", &format!("{base}/flows/{flow}/dlq?limit=100"));
+    assert_eq!(status, 200);
+    let letters = dlq["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 5, "{dlq}");
+    assert!(letters.iter().all(|l| l["stage"] == "sink" && l["error"].as_str().unwrap().contains("is not accepted")));
+    let (_, page) = call("GET", &format!("{base}/flows/{flow}/dlq?limit=2&offset=4"));
+    assert_eq!(page["dead_letters"].as_array().unwrap().len(), 1);
+    dest.set_reject(None);
+    let (status, replayed) = call("POST", &format!("{base}/flows/{flow}/dlq/replay"));
+    assert_eq!((status, replayed["replayed"].as_u64(), replayed["delivered"].as_u64()), (200, Some(5), Some(5)));
+    let seqs: BTreeSet<i64> = dest.rows().iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (0..50).collect(), "every record delivered after the replay");
+
+    // A run started through the API: a new pull, all 50 delivered again.
+    let (status, started) = call("POST", &format!("{base}/flows/{flow}/runs"));
+    assert_eq!(status, 202, "{started}");
+    assert!(wait_until(LIMIT, succeeded(2)), "{}", p.stderr_so_far());
+    assert_eq!(dest.rows().len(), 45 + 5 + 50);
+    assert_eq!(call("POST", &format!("{base}/flows/nope/runs")).0, 404);
+    let done = p.terminate(Duration::from_secs(30));
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    assert!(!done.stderr.contains(TOKEN) && !done.stdout.contains(TOKEN));
+}
+
+crate::on_both_brokers!(the_api_runs_flows_tests_connections_and_replays_dead_letters);

@@ -15,7 +15,7 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/flows", get(list))
         .route("/flows/{name}", get(one))
-        .route("/flows/{name}/runs", get(runs))
+        .route("/flows/{name}/runs", get(runs).post(super::ops::start_run))
         .route("/flows/{name}/pause", post(pause))
         .route("/flows/{name}/resume", post(resume))
 }

@@ -7,6 +7,7 @@
 //! (a liveness probe's) asks for it as `Authorization: Bearer …`.
 
 mod flows;
+mod ops;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,14 @@ pub(crate) struct ApiState {
     pub(crate) kafka: KafkaSettings,
     /// The flows' states as last read.
     pub(crate) states: crate::lifecycle::States,
+    /// The config the process runs: connections and flows.
+    pub(crate) cfg: Arc<crate::config::Config>,
+    /// Each connection's last test through the API.
+    pub(crate) tested: Arc<std::sync::Mutex<std::collections::HashMap<String, ops::Tested>>>,
+    /// The process's shutdown, which a replay obeys.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    /// Where `POST /flows/{name}/runs` asks an on-demand or scheduled flow's task for a run.
+    pub(crate) triggers: Arc<std::collections::HashMap<String, tokio::sync::mpsc::Sender<()>>>,
 }
 
 impl ApiState {
@@ -64,6 +73,7 @@ pub(crate) fn serve(listener: tokio::net::TcpListener, state: ApiState) -> tokio
         .route("/ready", get(|| async { axum::Json(json!({"status": "ready"})) }))
         .route("/metrics", get(metrics))
         .merge(flows::routes())
+        .merge(ops::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorized));
     let app = Router::new()
         .route("/health", get(|| async { axum::Json(json!({"status": "up"})) }))

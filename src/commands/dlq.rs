@@ -117,7 +117,9 @@ pub async fn dlq_replay(path: &Path, registry: &Registry, name: &str) -> ExitCod
     }
 }
 
-async fn replay(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage) -> anyhow::Result<String> {
+/// Sends `flow`'s dead letters through `stage` and its destination again, up to the DLQ's end
+/// as it is now; returns where rows went.
+pub(crate) async fn replay(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: SqlStage) -> anyhow::Result<String> {
     let own = &ctx.kafka;
     let dlq = own.dlq_topic(&flow.name);
     own.ensure_topics(&[&dlq]).await?;

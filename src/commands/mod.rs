@@ -19,6 +19,8 @@ use clap::{Parser, Subcommand};
 
 use crate::registry::Registry;
 
+pub(crate) use dlq::replay as replay_dlq;
+
 /// sluice: move change records from sources through Kafka and SQL to destinations, at least once.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, long_about = None)]
