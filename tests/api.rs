@@ -294,3 +294,56 @@ flows:
 }
 
 crate::on_both_brokers!(the_api_runs_flows_tests_connections_and_replays_dead_letters);
+
+/// The OpenAPI document, checked against the running server by a property-based tester
+/// (Schemathesis, from PyPI): every operation, with generated valid and invalid inputs, all
+/// its checks (status codes, content types, response schemas, auth, negative data) passing.
+#[test]
+fn the_openapi_document_holds_against_the_running_server() {
+    let kafka = Kafka::embedded();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cfg = write(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            r#"
+kafka: {{{kafka}}}
+api: {{listen: "127.0.0.1:{port}", token: "${{env:SLUICE_API_TOKEN}}"}}
+connections:
+  gen: {{type: generate}}
+  out: {{type: file, path: out}}
+  dead: {{type: http, url: "http://127.0.0.1:{closed}/x", allow_private_addresses: true, timeout_secs: 2}}
+flows:
+  - name: {cont}
+    trigger: continuous
+    source: {{connection: gen, object: o, options: {{rate_per_sec: 50}}}}
+    destination: {{connection: out, object: c.jsonl}}
+  - name: {once}
+    source: {{connection: gen, object: o, options: {{count: 10}}}}
+    transform: {{sql: "SELECT seq, 10 / (seq % 3) AS x FROM source"}}
+    destination: {{connection: out, object: o.jsonl}}
+"#,
+            kafka = kafka.yaml(),
+            closed = common::free_port(),
+            cont = kafka.name("cont"),
+            once = kafka.name("once"),
+        ),
+    );
+    let p = spawn(&["run", &cfg], dir.path(), &[("SLUICE_API_TOKEN", TOKEN)]);
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(wait_until(LIMIT, || get(&format!("{base}/ready"), Some(TOKEN)).0 == 200), "{}", p.stderr_so_far());
+    let st = common::python_with("schemathesis");
+    let st = std::path::Path::new(&st).with_file_name("schemathesis");
+    let out = std::process::Command::new(&st)
+        .args(["run", &format!("{base}/openapi.json"), "--max-examples", "10", "--wait-for-schema", "30"])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "Schemathesis found problems:\n{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary = said.lines().filter(|l| l.contains("generated") || l.contains("Tested:")).collect::<Vec<_>>();
+    eprintln!("openapi: schemathesis {}", summary.join("; ").trim());
+    let done = p.terminate(Duration::from_secs(30));
+    assert!(!done.stderr.contains(TOKEN) && !done.stdout.contains(TOKEN));
+}

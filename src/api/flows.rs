@@ -1,144 +1,204 @@
 //! The API's flow routes: state and counts, run history, pause and resume.
 
-use axum::Router;
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde_json::{Value, json};
-use sluice_engine::ledger::{Liveness, RunRecord};
-use sluice_engine::runtime::{self, FlowState, FlowStateRecord};
+use sluice_engine::ledger::{Liveness, RunRecord, RunStatus};
+use sluice_engine::runtime::{self, FlowState};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiState;
+use super::model::{ApiError, Counts, ErrorBody, FlowList, FlowView, Lag, RunList, RunView, StateChange};
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/flows", get(list))
-        .route("/flows/{name}", get(one))
-        .route("/flows/{name}/runs", get(runs).post(super::ops::start_run))
-        .route("/flows/{name}/pause", post(pause))
-        .route("/flows/{name}/resume", post(resume))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(one))
+        .routes(routes!(runs, super::ops::start_run))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
 }
 
-/// A JSON error with its status.
-pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
-}
-
-fn no_such_flow(name: &str) -> Response {
-    error(StatusCode::NOT_FOUND, format!("no flow named `{name}` runs in this process"))
+/// The flow named in the path, or why not.
+pub(super) fn flow_name(s: &ApiState, path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(name) = path.map_err(ApiError::bad_request)?;
+    match s.flow(&name) {
+        Some(_) => Ok(name),
+        None => Err(ApiError::no_flow(&name)),
+    }
 }
 
 /// A flow as the API shows it.
-fn flow_json(s: &ApiState, name: &str, trigger: &str) -> Value {
-    let Some((_, metrics)) = s.flow(name) else { return Value::Null };
-    let t = metrics.totals();
+fn view(s: &ApiState, name: &str, trigger: &str) -> FlowView {
     let state = s.states.borrow().get(name).cloned();
-    let lag: Vec<Value> = metrics
-        .lags()
-        .into_iter()
-        .map(|(topic, partition, lag)| json!({"topic": topic, "partition": partition, "lag": lag}))
-        .collect();
-    json!({
-        "name": name,
-        "trigger": trigger,
-        "state": state.as_ref().map_or(FlowState::Active, |r| r.state).name(),
-        "state_reason": state.and_then(|r| r.reason),
-        "counts": {
-            "read": t.read, "delivered": t.delivered, "filtered": t.filtered,
-            "dead_lettered": t.dead_lettered, "dropped": t.dropped, "in_flight": t.in_flight,
-        },
-        "lag": lag,
-    })
-}
-
-async fn list(State(s): State<ApiState>) -> Response {
-    let flows: Vec<Value> = s.flows.iter().map(|(name, trigger, _)| flow_json(&s, name, trigger)).collect();
-    axum::Json(json!({ "flows": flows })).into_response()
-}
-
-async fn one(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
-    match s.flow(&name) {
-        Some((trigger, _)) => axum::Json(flow_json(&s, &name, trigger)).into_response(),
-        None => no_such_flow(&name),
+    let (counts, lag) = match s.flow(name) {
+        Some((_, metrics)) => {
+            let t = metrics.totals();
+            let counts = Counts {
+                read: t.read,
+                delivered: t.delivered,
+                filtered: t.filtered,
+                dead_lettered: t.dead_lettered,
+                dropped: t.dropped,
+                in_flight: t.in_flight,
+            };
+            let lag = metrics.lags().into_iter().map(|(topic, partition, lag)| Lag { topic, partition, lag }).collect();
+            (counts, lag)
+        }
+        None => (Counts { read: 0, delivered: 0, filtered: 0, dead_lettered: 0, dropped: 0, in_flight: 0 }, Vec::new()),
+    };
+    FlowView {
+        name: name.to_owned(),
+        trigger: trigger.to_owned(),
+        state: state.as_ref().map_or(FlowState::Active, |r| r.state).name().to_owned(),
+        state_reason: state.and_then(|r| r.reason),
+        counts,
+        lag,
     }
 }
 
-/// `?limit=N&before=MS`: at most N runs (default 20), started before MS (ms since the epoch).
-#[derive(Debug, serde::Deserialize)]
-struct RunsQuery {
-    limit: Option<usize>,
+/// Every flow of this process: trigger, state, counts, lag.
+#[utoipa::path(get, path = "/flows", tag = "flows", responses((status = 200, body = FlowList)))]
+async fn list(State(s): State<ApiState>) -> Json<FlowList> {
+    Json(FlowList { flows: s.flows.iter().map(|(name, trigger, _)| view(&s, name, trigger)).collect() })
+}
+
+/// One flow: trigger, state, counts, lag.
+#[utoipa::path(
+    get, path = "/flows/{name}", tag = "flows",
+    params(("name" = String, Path, description = "The flow")),
+    responses((status = 200, body = FlowView), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)),
+)]
+async fn one(State(s): State<ApiState>, path: Result<Path<String>, PathRejection>) -> Result<Json<FlowView>, ApiError> {
+    let name = flow_name(&s, path)?;
+    let trigger = s.flow(&name).map_or("", |(t, _)| t);
+    Ok(Json(view(&s, &name, trigger)))
+}
+
+/// `?limit=N&before=MS`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct RunsQuery {
+    /// At most this many runs (default 20).
+    #[param(minimum = 0)]
+    limit: Option<i64>,
+    /// Only runs started before this time, ms since the epoch.
     before: Option<i64>,
 }
 
-async fn runs(State(s): State<ApiState>, Path(name): Path<String>, Query(q): Query<RunsQuery>) -> Response {
-    if s.flow(&name).is_none() {
-        return no_such_flow(&name);
-    }
-    let history = match runtime::run_history(&s.kafka).await {
-        Ok(h) => h,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("reading the run history: {e}")),
+/// A flow's run history, newest first.
+#[utoipa::path(
+    get, path = "/flows/{name}/runs", tag = "flows",
+    params(("name" = String, Path, description = "The flow"), RunsQuery),
+    responses(
+        (status = 200, body = RunList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "the cluster could not be read"),
+    ),
+)]
+async fn runs(
+    State(s): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<RunsQuery>, QueryRejection>,
+) -> Result<Json<RunList>, ApiError> {
+    let name = flow_name(&s, path)?;
+    let Query(q) = query.map_err(ApiError::bad_request)?;
+    let limit = match q.limit {
+        Some(l) if l < 0 => return Err(ApiError::bad_request(format!("limit={l}: not a count"))),
+        Some(l) => usize::try_from(l).unwrap_or(usize::MAX),
+        None => 20,
     };
+    let history = runtime::run_history(&s.kafka)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("reading the run history: {e}")))?;
     let now = sluice_engine::record::now_ms();
     let host = sluice_engine::ledger::host_name();
-    let runs: Vec<Value> = history
+    let runs = history
         .iter()
         .rev()
         .filter(|r| r.flow == name && q.before.is_none_or(|b| r.started_ms < b))
-        .take(q.limit.unwrap_or(20))
-        .map(|r| run_json(r, now, &host))
+        .take(limit)
+        .map(|r| run_view(r, now, &host))
         .collect();
-    axum::Json(json!({ "flow": name, "runs": runs })).into_response()
+    Ok(Json(RunList { flow: name, runs }))
 }
 
 /// A run record as the API shows it.
-fn run_json(r: &RunRecord, now: i64, host: &str) -> Value {
+fn run_view(r: &RunRecord, now: i64, host: &str) -> RunView {
     let c = &r.counts;
-    let status = match r.liveness(now, host) {
-        Liveness::Interrupted => "interrupted",
-        _ => match r.status {
-            sluice_engine::ledger::RunStatus::Running => "running",
-            sluice_engine::ledger::RunStatus::Succeeded => "succeeded",
-            sluice_engine::ledger::RunStatus::Stopped => "stopped",
-            sluice_engine::ledger::RunStatus::Failed => "failed",
-        },
+    let status = match (r.status, r.liveness(now, host)) {
+        (_, Liveness::Interrupted) => "interrupted",
+        (RunStatus::Running, _) => "running",
+        (RunStatus::Succeeded, _) => "succeeded",
+        (RunStatus::Stopped, _) => "stopped",
+        (RunStatus::Failed, _) => "failed",
     };
-    json!({
-        "run_id": r.run_id,
-        "status": status,
-        "trigger": r.trigger,
-        "started_ms": r.started_ms,
-        "updated_ms": r.updated_ms,
-        "error": r.error,
-        "resumes": r.resumes,
-        "counts": {
-            "read": c.read(), "delivered": c.delivered, "filtered": c.filtered,
-            "dead_lettered": c.dlq(), "dropped": c.dropped, "in_flight": c.in_flight(),
+    RunView {
+        run_id: r.run_id.clone(),
+        status: status.to_owned(),
+        trigger: r.trigger.clone(),
+        started_ms: r.started_ms,
+        updated_ms: r.updated_ms,
+        error: r.error.clone(),
+        resumes: r.resumes.clone(),
+        counts: Counts {
+            read: c.read(),
+            delivered: c.delivered,
+            filtered: c.filtered,
+            dead_lettered: c.dlq(),
+            dropped: c.dropped,
+            in_flight: c.in_flight(),
         },
-        "bytes_read": c.bytes_read,
-        "bytes_written": c.bytes_written,
-        "position_start": r.position_start,
-        "position_end": r.position_end,
-    })
+        bytes_read: c.bytes_read,
+        bytes_written: c.bytes_written,
+        position_start: r.position_start.clone(),
+        position_end: r.position_end.clone(),
+    }
 }
 
-async fn pause(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
-    set(s, name, FlowState::Paused, Some("paused through the management API".into())).await
+/// Pauses the flow in every process running it: a run in progress finishes its batch and
+/// stops; no run starts until it is resumed.
+#[utoipa::path(
+    post, path = "/flows/{name}/pause", tag = "flows",
+    params(("name" = String, Path, description = "The flow")),
+    responses(
+        (status = 200, body = StateChange), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "the cluster could not be written"),
+    ),
+)]
+async fn pause(
+    State(s): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<StateChange>, ApiError> {
+    set(&s, flow_name(&s, path)?, FlowState::Paused, Some("paused through the management API".into())).await
 }
 
-async fn resume(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
-    set(s, name, FlowState::Active, None).await
+/// Makes a paused or deactivated flow active again.
+#[utoipa::path(
+    post, path = "/flows/{name}/resume", tag = "flows",
+    params(("name" = String, Path, description = "The flow")),
+    responses(
+        (status = 200, body = StateChange), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "the cluster could not be written"),
+    ),
+)]
+async fn resume(
+    State(s): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<StateChange>, ApiError> {
+    set(&s, flow_name(&s, path)?, FlowState::Active, None).await
 }
 
 /// Sets the flow's state in Kafka: every process running it obeys within a few seconds.
-async fn set(s: ApiState, name: String, state: FlowState, reason: Option<String>) -> Response {
-    if s.flow(&name).is_none() {
-        return no_such_flow(&name);
-    }
-    match runtime::set_flow_state(&s.kafka, &name, state, reason).await {
-        Ok(FlowStateRecord { state, updated_ms, .. }) => {
-            axum::Json(json!({"name": name, "state": state.name(), "updated_ms": updated_ms})).into_response()
-        }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("setting the flow's state: {e}")),
-    }
+async fn set(
+    s: &ApiState,
+    name: String,
+    state: FlowState,
+    reason: Option<String>,
+) -> Result<Json<StateChange>, ApiError> {
+    let rec = runtime::set_flow_state(&s.kafka, &name, state, reason)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("setting the flow's state: {e}")))?;
+    Ok(Json(StateChange { name, state: rec.state.name().to_owned(), updated_ms: rec.updated_ms }))
 }

@@ -4,9 +4,15 @@
 //! the run records say.
 //!
 //! It listens on loopback unless `api.token` is set; with a token, every route but `/health`
-//! (a liveness probe's) asks for it as `Authorization: Bearer …`.
+//! (a liveness probe's) and `/openapi.json` asks for it as `Authorization: Bearer …`.
+//!
+//! The OpenAPI 3 document at `/openapi.json` is generated from the handlers' `#[utoipa::path]`
+//! annotations and the answer types in `model` (utoipa), then given what only the running
+//! process knows: the flow and connection names a path may hold, and the bearer scheme when a
+//! token is set.
 
 mod flows;
+mod model;
 mod ops;
 
 use std::net::SocketAddr;
@@ -21,6 +27,8 @@ use serde_json::json;
 use sluice_engine::kafka::KafkaSettings;
 use sluice_engine::secret::Secret;
 use sluice_engine::telemetry::{FlowMetrics, Telemetry};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What the listener reads: each flow's name, trigger and metrics, and the process's
 /// telemetry. It serves once the cluster is reached and every flow's task is started, so being
@@ -40,7 +48,7 @@ pub(crate) struct ApiState {
     /// The config the process runs: connections and flows.
     pub(crate) cfg: Arc<crate::config::Config>,
     /// Each connection's last test through the API.
-    pub(crate) tested: Arc<std::sync::Mutex<std::collections::HashMap<String, ops::Tested>>>,
+    pub(crate) tested: Arc<std::sync::Mutex<std::collections::HashMap<String, model::Tested>>>,
     /// The process's shutdown, which a replay obeys.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
     /// Where `POST /flows/{name}/runs` asks an on-demand or scheduled flow's task for a run.
@@ -69,21 +77,80 @@ pub(crate) async fn bind(listen: SocketAddr, token: Option<&Secret>) -> Result<t
 
 /// Serves on `listener` until the process ends.
 pub(crate) fn serve(listener: tokio::net::TcpListener, state: ApiState) -> tokio::task::JoinHandle<()> {
-    let guarded = Router::new()
-        .route("/ready", get(|| async { axum::Json(json!({"status": "ready"})) }))
-        .route("/metrics", get(metrics))
+    let (guarded, api) = OpenApiRouter::new()
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
         .merge(flows::routes())
         .merge(ops::routes())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorized));
+        .split_for_parts();
+    let (open, health) = OpenApiRouter::new().routes(routes!(health)).split_for_parts();
+    let mut doc = api;
+    doc.merge(health);
+    let document = Arc::new(document(doc, &state));
     let app = Router::new()
-        .route("/health", get(|| async { axum::Json(json!({"status": "up"})) }))
-        .merge(guarded)
+        .merge(guarded.route_layer(axum::middleware::from_fn_with_state(state.clone(), authorized)))
+        .merge(open)
+        .route("/openapi.json", get(move || async move { axum::Json((*document).clone()) }))
         .with_state(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!("the management API stopped: {e}");
         }
     })
+}
+
+/// The OpenAPI document as served: the generated one, with the names a path may hold (the
+/// flows and connections of this process) and, with a token, the bearer scheme on every
+/// operation that asks for it (and its 401).
+fn document(mut doc: utoipa::openapi::OpenApi, s: &ApiState) -> serde_json::Value {
+    doc.info.title = "sluice management API".into();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc.info.description = Some("Flows, runs, dead letters, connections and metrics of a `sluice run` process.".into());
+    let mut v = serde_json::to_value(&doc).unwrap_or_default();
+    let flows: Vec<&str> = s.flows.iter().map(|(n, _, _)| n.as_str()).collect();
+    let conns: Vec<&str> = s.cfg.connections.keys().map(String::as_str).collect();
+    let error = json!({"description": "the bearer token is missing or wrong",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
+    if let Some(paths) = v.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for (path, item) in paths.iter_mut() {
+            let names: &[&str] = if path.starts_with("/connections/") { &conns } else { &flows };
+            let open = path == "/health";
+            for op in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+                // OpenAPI requires every response to say what it is.
+                for (code, r) in op.get_mut("responses").and_then(|r| r.as_object_mut()).into_iter().flatten() {
+                    if r.get("description").is_none_or(|d| d.as_str().is_some_and(str::is_empty)) {
+                        let reason = code.parse::<u16>().ok().and_then(|c| axum::http::StatusCode::from_u16(c).ok());
+                        r["description"] = json!(reason.and_then(|c| c.canonical_reason()).unwrap_or("answer"));
+                    }
+                }
+                for p in op.get_mut("parameters").and_then(|p| p.as_array_mut()).into_iter().flatten() {
+                    if p["in"] == "path" && p["name"] == "name" {
+                        p["schema"] = json!({"type": "string", "enum": names});
+                    }
+                }
+                if s.token.is_some() && !open {
+                    op["security"] = json!([{"bearer": []}]);
+                    op["responses"]["401"] = error.clone();
+                }
+            }
+        }
+    }
+    if s.token.is_some() {
+        v["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer"}});
+    }
+    v
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/health", tag = "process", responses((status = 200, body = model::Status)))]
+async fn health() -> axum::Json<model::Status> {
+    axum::Json(model::Status { status: "up" })
+}
+
+/// The process is connected to Kafka and its flows are started.
+#[utoipa::path(get, path = "/ready", tag = "process", responses((status = 200, body = model::Status)))]
+async fn ready() -> axum::Json<model::Status> {
+    axum::Json(model::Status { status: "ready" })
 }
 
 /// Lets a request through when no token is set, or when it carries the token.
@@ -101,7 +168,7 @@ async fn authorized(
     if given.is_some_and(|g| same(g.as_bytes(), token.expose().as_bytes())) {
         return next.run(request).await;
     }
-    let body = axum::Json(json!({"error": "this API needs `Authorization: Bearer <api.token>`"}));
+    let body = axum::Json(model::ErrorBody { error: "this API needs `Authorization: Bearer <api.token>`".into() });
     (axum::http::StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
 }
 
@@ -112,6 +179,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// Every metric, in Prometheus' text format (version 0.0.4), from the same meter the OTLP
 /// export reads.
+#[utoipa::path(
+    get, path = "/metrics", tag = "process",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")),
+)]
 async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     let text = s.telemetry.prometheus_text().unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)

@@ -3,61 +3,70 @@
 
 use std::time::Instant;
 
-use axum::Router;
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde_json::{Value, json};
 use sluice_engine::kafka;
 use sluice_engine::ledger::Ledger;
 use sluice_engine::names::dlq_header;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiState;
-use super::flows::error;
+use super::flows::flow_name;
+use super::model::{
+    ApiError, ConnectionList, ConnectionView, DeadLetter, DeadLetterList, ErrorBody, Origin, ReplayResult,
+    RunRequested, TestResult, Tested,
+};
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/connections", get(connections))
-        .route("/connections/{name}/test", post(test_connection))
-        .route("/flows/{name}/dlq", get(dead_letters))
-        .route("/flows/{name}/dlq/replay", post(replay))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(connections))
+        .routes(routes!(test_connection))
+        .routes(routes!(dead_letters))
+        .routes(routes!(replay))
 }
 
-/// The last test of a connection through the API.
-#[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct Tested {
-    /// Whether the service was reached and logged in to.
-    ok: bool,
-    /// What it said (or why it failed), secrets redacted.
-    message: String,
-    /// When, ms since the epoch.
-    at_ms: i64,
-}
-
-async fn connections(State(s): State<ApiState>) -> Response {
+/// The config's connections: type, settings with every secret shown as `*****`, the flows
+/// using each, and its last test.
+#[utoipa::path(get, path = "/connections", tag = "connections", responses((status = 200, body = ConnectionList)))]
+async fn connections(State(s): State<ApiState>) -> Json<ConnectionList> {
     let tested = s.tested.lock().map(|t| t.clone()).unwrap_or_default();
-    let list: Vec<Value> = s
+    let connections = s
         .cfg
         .connections
         .iter()
-        .map(|(name, c)| {
-            let flows: Vec<&str> = s
+        .map(|(name, c)| ConnectionView {
+            name: name.clone(),
+            kind: c.kind().to_owned(),
+            settings: c.shown().clone(),
+            flows: s
                 .cfg
                 .flows
                 .iter()
                 .filter(|f| f.source_connection == *name || f.destination_connection == *name)
-                .map(|f| f.name.as_str())
-                .collect();
-            json!({"name": name, "type": c.kind(), "settings": c.shown(), "flows": flows, "last_test": tested.get(name)})
+                .map(|f| f.name.clone())
+                .collect(),
+            last_test: tested.get(name).cloned(),
         })
         .collect();
-    axum::Json(json!({ "connections": list })).into_response()
+    Json(ConnectionList { connections })
 }
 
-async fn test_connection(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
+/// Reaches the connection's service and logs in, as `sluice connections test` does.
+#[utoipa::path(
+    post, path = "/connections/{name}/test", tag = "connections",
+    params(("name" = String, Path, description = "The connection")),
+    responses((status = 200, body = TestResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
+async fn test_connection(
+    State(s): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<TestResult>, ApiError> {
+    let Path(name) = path.map_err(ApiError::bad_request)?;
     let Some(conn) = s.cfg.connections.get(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("no connection named `{name}`"));
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no connection named `{name}`")));
     };
     let ctx = sluice_connectors::Context { connection: &name, own: &s.kafka, flow: "" };
     let (ok, message) = match conn.healthcheck(ctx).await {
@@ -65,102 +74,142 @@ async fn test_connection(State(s): State<ApiState>, Path(name): Path<String>) ->
         Err(e) => (false, e.to_string()),
     };
     let message = sluice_engine::secret::redact(&message).into_owned();
-    let t = Tested { ok, message, at_ms: sluice_engine::record::now_ms() };
+    let tested = Tested { ok, message, at_ms: sluice_engine::record::now_ms() };
     if let Ok(mut all) = s.tested.lock() {
-        all.insert(name.clone(), t.clone());
+        all.insert(name.clone(), tested.clone());
     }
-    axum::Json(json!({"name": name, "type": conn.kind(), "ok": t.ok, "message": t.message, "at_ms": t.at_ms}))
-        .into_response()
+    Ok(Json(TestResult { name, kind: conn.kind().to_owned(), tested }))
 }
 
-/// `?limit=N&offset=K`: N dead letters (default 100, at most 1000) after skipping K.
-#[derive(Debug, serde::Deserialize)]
+/// `?limit=N&offset=K`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
-    limit: Option<usize>,
-    offset: Option<usize>,
+    /// At most this many dead letters (default 100; more than 1000 reads 1000).
+    #[param(minimum = 0)]
+    limit: Option<i64>,
+    /// Skip this many first.
+    #[param(minimum = 0)]
+    offset: Option<i64>,
 }
 
-async fn dead_letters(State(s): State<ApiState>, Path(name): Path<String>, Query(page): Query<Page>) -> Response {
-    if s.flow(&name).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no flow named `{name}` runs in this process"));
-    }
-    let (limit, skip) = (page.limit.unwrap_or(100).min(1000), page.offset.unwrap_or(0));
-    let topic = s.kafka.dlq_topic(&name);
-    let letters = match kafka::read_topic(&s.kafka, &topic, skip.saturating_add(limit)).await {
-        Ok(l) => l,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("reading {topic}: {e}")),
+/// A page of the flow's dead letters, with their reasons and origins.
+#[utoipa::path(
+    get, path = "/flows/{name}/dlq", tag = "dead letters",
+    params(("name" = String, Path, description = "The flow"), Page),
+    responses(
+        (status = 200, body = DeadLetterList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "the cluster could not be read"),
+    ),
+)]
+async fn dead_letters(
+    State(s): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    let name = flow_name(&s, path)?;
+    let Query(page) = page.map_err(ApiError::bad_request)?;
+    let count = |what: &str, v: Option<i64>, default: usize| match v {
+        Some(n) if n < 0 => Err(ApiError::bad_request(format!("{what}={n}: not a count"))),
+        Some(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => Ok(default),
     };
+    let limit = count("limit", page.limit, 100)?.min(1000);
+    let skip = count("offset", page.offset, 0)?.min(1_000_000);
+    let topic = s.kafka.dlq_topic(&name);
+    let letters = kafka::read_topic(&s.kafka, &topic, skip.saturating_add(limit))
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("reading {topic}: {e}")))?;
     let text = |b: &Option<Vec<u8>>| b.as_deref().map(|b| String::from_utf8_lossy(b).into_owned());
-    let list: Vec<Value> = letters
+    let dead_letters = letters
         .iter()
         .skip(skip)
         .map(|m| {
             let origin =
                 match (m.header(dlq_header::TOPIC), m.header(dlq_header::PARTITION), m.header(dlq_header::OFFSET)) {
-                    (Some(t), Some(p), Some(o)) => {
-                        json!({"topic": t, "partition": p.parse::<i64>().ok(), "offset": o.parse::<i64>().ok()})
-                    }
-                    _ => Value::Null,
+                    (Some(t), p, o) => Some(Origin {
+                        topic: t.to_owned(),
+                        partition: p.and_then(|p| p.parse().ok()),
+                        offset: o.and_then(|o| o.parse().ok()),
+                    }),
+                    _ => None,
                 };
-            json!({
-                "partition": m.partition,
-                "offset": m.offset,
-                "stage": m.header(dlq_header::STAGE),
-                "error": m.header(dlq_header::ERROR),
-                "attempts": m.header(dlq_header::ATTEMPTS).and_then(|a| a.parse::<i64>().ok()),
-                "ts_ms": m.header(dlq_header::TS_MS).and_then(|a| a.parse::<i64>().ok()),
-                "origin": origin,
-                "source": m.header(dlq_header::SOURCE),
-                "key": text(&m.key),
-                "payload": text(&m.payload),
-            })
+            DeadLetter {
+                partition: m.partition,
+                offset: m.offset,
+                stage: m.header(dlq_header::STAGE).map(str::to_owned),
+                error: m.header(dlq_header::ERROR).map(str::to_owned),
+                attempts: m.header(dlq_header::ATTEMPTS).and_then(|a| a.parse().ok()),
+                ts_ms: m.header(dlq_header::TS_MS).and_then(|a| a.parse().ok()),
+                origin,
+                source: m.header(dlq_header::SOURCE).map(str::to_owned),
+                key: text(&m.key),
+                payload: text(&m.payload),
+            }
         })
         .collect();
-    axum::Json(json!({ "flow": name, "topic": topic, "dead_letters": list })).into_response()
+    Ok(Json(DeadLetterList { flow: name, topic, dead_letters }))
 }
 
 /// Sends the flow's dead letters through its SQL and destination again (as `sluice dlq
-/// replay`), and answers when done.
-async fn replay(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
-    let Some(flow) = s.cfg.flows.iter().find(|f| f.name == name && s.flow(&name).is_some()) else {
-        return error(StatusCode::NOT_FOUND, format!("no flow named `{name}` runs in this process"));
-    };
-    let stage = match crate::plan::plan_flow(flow, Some(&s.cfg.connections)).await {
-        Ok(stage) => stage,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("planning the flow's SQL: {e}")),
-    };
+/// replay`); answers when done. Each is replayed once; those that fail again return to the DLQ.
+#[utoipa::path(
+    post, path = "/flows/{name}/dlq/replay", tag = "dead letters",
+    params(("name" = String, Path, description = "The flow")),
+    responses(
+        (status = 200, body = ReplayResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 500, body = ErrorBody, description = "the replay failed"),
+    ),
+)]
+async fn replay(
+    State(s): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ReplayResult>, ApiError> {
+    let name = flow_name(&s, path)?;
+    let Some(flow) = s.cfg.flows.iter().find(|f| f.name == name) else { return Err(ApiError::no_flow(&name)) };
+    let failed = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
+    let stage = crate::plan::plan_flow(flow, Some(&s.cfg.connections))
+        .await
+        .map_err(|e| failed(format!("planning the flow's SQL: {e}")))?;
     let metrics = sluice_engine::telemetry::FlowMetrics::disabled(&flow.name);
     let ctx = crate::run::flow_context(flow, &s.kafka, Ledger::shared(), metrics, &s.shutdown);
     let started = Instant::now();
-    match crate::commands::replay_dlq(&s.cfg, flow, &ctx, stage).await {
-        Ok(dest) => {
-            let c = ctx.ledger.snapshot();
-            axum::Json(json!({
-                "flow": name,
-                "destination": dest,
-                "replayed": c.consumed,
-                "delivered": c.delivered,
-                "filtered": c.filtered,
-                "dead_lettered_again": c.sink_dlq,
-                "dropped": c.dropped,
-                "took_ms": started.elapsed().as_millis() as u64,
-            }))
-            .into_response()
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("replaying the DLQ of flow `{name}`: {e:#}")),
-    }
+    let destination = crate::commands::replay_dlq(&s.cfg, flow, &ctx, stage)
+        .await
+        .map_err(|e| failed(format!("replaying the DLQ of flow `{name}`: {e:#}")))?;
+    let c = ctx.ledger.snapshot();
+    Ok(Json(ReplayResult {
+        flow: name,
+        destination,
+        replayed: c.consumed,
+        delivered: c.delivered,
+        filtered: c.filtered,
+        dead_lettered_again: c.sink_dlq,
+        dropped: c.dropped,
+        took_ms: started.elapsed().as_millis() as u64,
+    }))
 }
 
 /// Starts a run of an on-demand or scheduled flow now (after the one in progress, if any).
-pub(super) async fn start_run(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
-    let Some((trigger, _)) = s.flow(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("no flow named `{name}` runs in this process"));
-    };
+#[utoipa::path(
+    post, path = "/flows/{name}/runs", tag = "flows",
+    params(("name" = String, Path, description = "The flow")),
+    responses(
+        (status = 202, body = RunRequested), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "a continuous flow, or a run already requested"),
+    ),
+)]
+pub(super) async fn start_run(
+    State(s): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<RunRequested>), ApiError> {
+    let name = flow_name(&s, path)?;
+    let trigger = s.flow(&name).map_or("", |(t, _)| t);
     let Some(tx) = s.triggers.get(&name) else {
-        return error(StatusCode::CONFLICT, format!("flow `{name}` is {trigger}: it runs all the time"));
+        return Err(ApiError(StatusCode::CONFLICT, format!("flow `{name}` is {trigger}: it runs all the time")));
     };
     match tx.try_send(()) {
-        Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({"flow": name, "run": "requested"}))).into_response(),
-        Err(_) => error(StatusCode::CONFLICT, format!("a run of flow `{name}` is already requested")),
+        Ok(()) => Ok((StatusCode::ACCEPTED, Json(RunRequested { flow: name, run: "requested" }))),
+        Err(_) => Err(ApiError(StatusCode::CONFLICT, format!("a run of flow `{name}` is already requested"))),
     }
 }
