@@ -30,9 +30,11 @@ mod lifecycle;
 mod logging;
 mod plan;
 mod registry;
+mod reload;
 mod rest_spec;
 mod run;
 mod stop;
+mod supervise;
 
 pub use registry::{Connection, Options, Registry, registry};
 /// What a connector is written against: the connector trait and the record model.

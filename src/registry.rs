@@ -92,6 +92,8 @@ pub struct Connection {
     settings: Arc<dyn Any + Send + Sync>,
     /// The settings as written, every secret shown as `*****`, for the management API.
     shown: Arc<serde_json::Value>,
+    /// What the settings hash to, secrets included (see `yaml::fingerprint`).
+    fingerprint: u64,
 }
 
 impl fmt::Debug for Connection {
@@ -135,6 +137,12 @@ impl Connection {
     /// The settings as written, with every secret shown as `*****`.
     pub fn shown(&self) -> &serde_json::Value {
         &self.shown
+    }
+
+    /// What the settings hash to, secrets included: two loads of a config give the same one
+    /// only if the connection did not change.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The settings, if this is a connection of connector `C` (for commands that belong to one
@@ -250,7 +258,8 @@ pub(crate) fn parse_connection(
     let settings = connector.connection(node, path)?;
     let mut shown = yaml::from_node::<serde_json::Value>(node, path).unwrap_or_default();
     mask(&mut shown, false);
-    Ok(Connection { connector: connector.clone(), settings, shown: Arc::new(shown) })
+    let fingerprint = yaml::fingerprint(node);
+    Ok(Connection { connector: connector.clone(), settings, shown: Arc::new(shown), fingerprint })
 }
 
 /// Replaces every value a reference resolved to (a registered secret) with `*****`, and every

@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Attach, own_cluster};
 use crate::config::{Config, Flow, Trigger};
-use crate::lifecycle::FlowTask;
+use crate::lifecycle::Outcome;
 use crate::plan::{build_sink, known_flow, load_and_plan};
 use crate::registry::Registry;
+use crate::supervise::Supervisor;
 use sluice_engine::ledger::RunStart;
 
 /// `sluice run CONFIG [--flow NAME] [--fresh]`. With `fresh`, on-demand flows start a new pull
@@ -76,81 +77,52 @@ pub async fn run(
         }
     };
     let states = runtime::watch_flow_states(own.clone(), first, shutdown.clone());
-    let mut tasks = Vec::new();
+    let mut sup = Supervisor::new(
+        own.clone(),
+        shutdown.clone(),
+        telemetry.clone(),
+        states.clone(),
+        api.is_some(),
+        fresh,
+        cfg.clone(),
+    );
     let mut ledgers = Vec::new();
-    let mut api_flows = Vec::new();
-    let mut triggers = std::collections::HashMap::new();
     for (i, stage) in stages {
         let flow = cfg.flows[i].clone();
         if only.is_some_and(|n| n != flow.name) {
             continue;
         }
         let ledger = Ledger::shared();
-        let metrics = telemetry.flow(&flow.name);
         ledgers.push((flow.name.clone(), ledger.clone(), flow.trigger));
-        api_flows.push((flow.name.clone(), flow.trigger.name(), metrics.clone()));
-        // With the API on, on-demand and scheduled flows take runs asked for through it.
-        let requests = match (api.is_some(), flow.trigger) {
-            (true, Trigger::OnDemand | Trigger::Scheduled) => {
-                let (tx, rx) = tokio::sync::mpsc::channel(1);
-                triggers.insert(flow.name.clone(), tx);
-                Some(rx)
-            }
-            _ => None,
-        };
-        let task = FlowTask {
-            cfg: cfg.clone(),
-            flow,
-            own: own.clone(),
-            shutdown: shutdown.clone(),
-            metrics,
-            states: states.clone(),
-            fresh,
-            requests,
-        };
-        tasks.push(tokio::spawn(task.run(stage, ledger)));
+        sup.start(flow, stage, ledger);
     }
+    sup.publish();
     // Connected to the cluster and every flow's task started: ready.
     let _api = api_listener.map(|listen| {
         crate::api::serve(
             listen,
             crate::api::ApiState {
-                flows: Arc::new(api_flows),
+                live: sup.live.clone(),
                 telemetry: telemetry.clone(),
                 token: cfg.api_token.clone(),
                 kafka: own.clone(),
                 states: states.clone(),
-                cfg: Arc::new(cfg.clone()),
                 tested: Arc::default(),
                 shutdown: shutdown.clone(),
-                triggers: Arc::new(triggers),
             },
         )
     });
     let progress = progress_line(&ledgers, shutdown.clone());
+    let mut reloads = crate::reload::watch(path.to_owned(), shutdown.clone());
     let mut failed = false;
-    for t in tasks {
-        match t.await {
-            // A scheduled flow printed each run's summary as it ended.
-            Ok((_, Ok(dest), _, _)) if dest.is_empty() => {}
-            Ok((name, Ok(dest), elapsed, snap)) => {
-                println!("{}", summary_line(&name, &snap, elapsed, &dest, &own.dlq_topic(&name)))
+    while !sup.idle() {
+        tokio::select! {
+            Some(ended) = sup.next_ended() => {
+                if let Some(outcome) = ended {
+                    failed |= report(outcome, &own);
+                }
             }
-            Ok((name, Err(e), _, _)) if is_stop(&e) => {
-                // A requested stop, not a failure: the batch being retried was not committed
-                // and is delivered again on the next run.
-                eprintln!(
-                    "flow `{name}`: stopped while retrying a write; the uncommitted batch is delivered on the next run"
-                );
-            }
-            Ok((name, Err(e), _, _)) => {
-                eprintln!("error: flow `{name}` failed: {e:#}");
-                failed = true;
-            }
-            Err(e) => {
-                eprintln!("error: a flow task stopped unexpectedly: {e}");
-                failed = true;
-            }
+            Some(why) = reloads.recv(), if !shutdown.is_cancelled() => reload(path, registry, only, &mut sup, why).await,
         }
     }
     if let Some(p) = progress {
@@ -159,6 +131,50 @@ pub async fn run(
     // What is pending goes out over OTLP before the process ends.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// Says how a flow's task ended; true when it failed.
+fn report((name, result, elapsed, snap): Outcome, own: &KafkaSettings) -> bool {
+    match result {
+        // A scheduled flow printed each run's summary as it ended.
+        Ok(dest) if dest.is_empty() => false,
+        Ok(dest) => {
+            println!("{}", summary_line(&name, &snap, elapsed, &dest, &own.dlq_topic(&name)));
+            false
+        }
+        Err(e) if is_stop(&e) => {
+            // A requested stop, not a failure: the batch being retried was not committed and
+            // is delivered again on the next run.
+            eprintln!(
+                "flow `{name}`: stopped while retrying a write; the uncommitted batch is delivered on the next run"
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("error: flow `{name}` failed: {e:#}");
+            true
+        }
+    }
+}
+
+/// Reads the config again and runs it; a config with problems is refused (they are printed as
+/// `validate` prints them) and everything keeps running on the one before.
+async fn reload(path: &Path, registry: &Registry, only: Option<&str>, sup: &mut Supervisor, why: &str) {
+    tracing::info!(why, "reading the config again");
+    let (cfg, stages) = match load_and_plan(path, registry).await {
+        Ok(x) => x,
+        Err(_) => {
+            eprintln!("error: the changed config is refused (problems above); every flow keeps running as before");
+            return;
+        }
+    };
+    if let Some(name) = only
+        && known_flow(&cfg, name).is_err()
+    {
+        eprintln!("error: the changed config has no flow `{name}`; every flow keeps running as before");
+        return;
+    }
+    sup.apply(cfg, stages, only).await;
 }
 
 /// What a flow's tasks share for one run.

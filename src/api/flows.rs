@@ -62,7 +62,7 @@ fn view(s: &ApiState, name: &str, trigger: &str) -> FlowView {
 /// Every flow of this process: trigger, state, counts, lag.
 #[utoipa::path(get, path = "/flows", tag = "flows", responses((status = 200, body = FlowList)))]
 async fn list(State(s): State<ApiState>) -> Json<FlowList> {
-    Json(FlowList { flows: s.flows.iter().map(|(name, trigger, _)| view(&s, name, trigger)).collect() })
+    Json(FlowList { flows: s.live().flows.iter().map(|(name, trigger, _)| view(&s, name, trigger)).collect() })
 }
 
 /// One flow: trigger, state, counts, lag.

@@ -35,8 +35,8 @@ use utoipa_axum::routes;
 /// up is being ready.
 #[derive(Clone)]
 pub(crate) struct ApiState {
-    /// (flow, trigger as written, metrics).
-    pub(crate) flows: Arc<Vec<(String, &'static str, Arc<FlowMetrics>)>>,
+    /// The flows and config running now (a reload replaces them).
+    pub(crate) live: Arc<std::sync::RwLock<Arc<Live>>>,
     /// Renders `/metrics`.
     pub(crate) telemetry: Telemetry,
     /// What `Authorization: Bearer …` must say, when set.
@@ -45,20 +45,32 @@ pub(crate) struct ApiState {
     pub(crate) kafka: KafkaSettings,
     /// The flows' states as last read.
     pub(crate) states: crate::lifecycle::States,
-    /// The config the process runs: connections and flows.
-    pub(crate) cfg: Arc<crate::config::Config>,
     /// Each connection's last test through the API.
     pub(crate) tested: Arc<std::sync::Mutex<std::collections::HashMap<String, model::Tested>>>,
     /// The process's shutdown, which a replay obeys.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// What the process runs now.
+#[derive(Default)]
+pub(crate) struct Live {
+    /// (flow, trigger as written, metrics), in config order.
+    pub(crate) flows: Vec<(String, &'static str, Arc<FlowMetrics>)>,
+    /// The config: connections and flows.
+    pub(crate) cfg: Option<Arc<crate::config::Config>>,
     /// Where `POST /flows/{name}/runs` asks an on-demand or scheduled flow's task for a run.
-    pub(crate) triggers: Arc<std::collections::HashMap<String, tokio::sync::mpsc::Sender<()>>>,
+    pub(crate) triggers: std::collections::HashMap<String, tokio::sync::mpsc::Sender<()>>,
 }
 
 impl ApiState {
+    /// What runs now.
+    fn live(&self) -> Arc<Live> {
+        self.live.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
     /// The flow named `name`: (trigger, metrics).
-    fn flow(&self, name: &str) -> Option<(&'static str, &Arc<FlowMetrics>)> {
-        self.flows.iter().find(|(n, _, _)| n == name).map(|(_, t, m)| (*t, m))
+    fn flow(&self, name: &str) -> Option<(&'static str, Arc<FlowMetrics>)> {
+        self.live().flows.iter().find(|(n, _, _)| n == name).map(|(_, t, m)| (*t, m.clone()))
     }
 }
 
@@ -86,11 +98,14 @@ pub(crate) fn serve(listener: tokio::net::TcpListener, state: ApiState) -> tokio
     let (open, health) = OpenApiRouter::new().routes(routes!(health)).split_for_parts();
     let mut doc = api;
     doc.merge(health);
-    let document = Arc::new(document(doc, &state));
+    let doc = Arc::new(doc);
     let app = Router::new()
         .merge(guarded.route_layer(axum::middleware::from_fn_with_state(state.clone(), authorized)))
         .merge(open)
-        .route("/openapi.json", get(move || async move { axum::Json((*document).clone()) }))
+        .route(
+            "/openapi.json",
+            get(move |State(s): State<ApiState>| async move { axum::Json(document((*doc).clone(), &s)) }),
+        )
         .with_state(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -107,8 +122,9 @@ fn document(mut doc: utoipa::openapi::OpenApi, s: &ApiState) -> serde_json::Valu
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     doc.info.description = Some("Flows, runs, dead letters, connections and metrics of a `sluice run` process.".into());
     let mut v = serde_json::to_value(&doc).unwrap_or_default();
-    let flows: Vec<&str> = s.flows.iter().map(|(n, _, _)| n.as_str()).collect();
-    let conns: Vec<&str> = s.cfg.connections.keys().map(String::as_str).collect();
+    let live = s.live();
+    let flows: Vec<&str> = live.flows.iter().map(|(n, _, _)| n.as_str()).collect();
+    let conns: Vec<&str> = live.cfg.iter().flat_map(|c| c.connections.keys()).map(String::as_str).collect();
     let error = json!({"description": "the bearer token is missing or wrong",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
     if let Some(paths) = v.get_mut("paths").and_then(|p| p.as_object_mut()) {

@@ -33,16 +33,16 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 #[utoipa::path(get, path = "/connections", tag = "connections", responses((status = 200, body = ConnectionList)))]
 async fn connections(State(s): State<ApiState>) -> Json<ConnectionList> {
     let tested = s.tested.lock().map(|t| t.clone()).unwrap_or_default();
-    let connections = s
-        .cfg
+    let live = s.live();
+    let Some(cfg) = live.cfg.as_ref() else { return Json(ConnectionList { connections: Vec::new() }) };
+    let connections = cfg
         .connections
         .iter()
         .map(|(name, c)| ConnectionView {
             name: name.clone(),
             kind: c.kind().to_owned(),
             settings: c.shown().clone(),
-            flows: s
-                .cfg
+            flows: cfg
                 .flows
                 .iter()
                 .filter(|f| f.source_connection == *name || f.destination_connection == *name)
@@ -65,7 +65,8 @@ async fn test_connection(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TestResult>, ApiError> {
     let Path(name) = path.map_err(ApiError::bad_request)?;
-    let Some(conn) = s.cfg.connections.get(&name) else {
+    let live = s.live();
+    let Some(conn) = live.cfg.as_ref().and_then(|c| c.connections.get(&name)) else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no connection named `{name}`")));
     };
     let ctx = sluice_connectors::Context { connection: &name, own: &s.kafka, flow: "" };
@@ -166,15 +167,17 @@ async fn replay(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ReplayResult>, ApiError> {
     let name = flow_name(&s, path)?;
-    let Some(flow) = s.cfg.flows.iter().find(|f| f.name == name) else { return Err(ApiError::no_flow(&name)) };
+    let live = s.live();
+    let Some(cfg) = live.cfg.as_ref() else { return Err(ApiError::no_flow(&name)) };
+    let Some(flow) = cfg.flows.iter().find(|f| f.name == name) else { return Err(ApiError::no_flow(&name)) };
     let failed = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
-    let stage = crate::plan::plan_flow(flow, Some(&s.cfg.connections))
+    let stage = crate::plan::plan_flow(flow, Some(&cfg.connections))
         .await
         .map_err(|e| failed(format!("planning the flow's SQL: {e}")))?;
     let metrics = sluice_engine::telemetry::FlowMetrics::disabled(&flow.name);
     let ctx = crate::run::flow_context(flow, &s.kafka, Ledger::shared(), metrics, &s.shutdown);
     let started = Instant::now();
-    let destination = crate::commands::replay_dlq(&s.cfg, flow, &ctx, stage)
+    let destination = crate::commands::replay_dlq(cfg, flow, &ctx, stage)
         .await
         .map_err(|e| failed(format!("replaying the DLQ of flow `{name}`: {e:#}")))?;
     let c = ctx.ledger.snapshot();
@@ -205,7 +208,8 @@ pub(super) async fn start_run(
 ) -> Result<(StatusCode, Json<RunRequested>), ApiError> {
     let name = flow_name(&s, path)?;
     let trigger = s.flow(&name).map_or("", |(t, _)| t);
-    let Some(tx) = s.triggers.get(&name) else {
+    let live = s.live();
+    let Some(tx) = live.triggers.get(&name) else {
         return Err(ApiError(StatusCode::CONFLICT, format!("flow `{name}` is {trigger}: it runs all the time")));
     };
     match tx.try_send(()) {

@@ -503,6 +503,7 @@ impl Loader {
             },
             schedule,
             deactivate_after_failures: f.deactivate_after_failures.map(std::num::NonZeroU32::get),
+            fingerprint: yaml::fingerprint(node),
         });
     }
 

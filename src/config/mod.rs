@@ -183,6 +183,9 @@ pub struct Flow {
     pub batch: BatchSettings,
     /// Failed runs in a row after which the flow is deactivated (scheduled and continuous flows).
     pub deactivate_after_failures: Option<u32>,
+    /// What the flow's settings hash to (see [`yaml::fingerprint`]): a reload restarts the flow
+    /// when this, or its connections', changed.
+    pub fingerprint: u64,
 }
 
 /// A loaded, checked config.

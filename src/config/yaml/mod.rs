@@ -98,6 +98,17 @@ pub const MAX_DEPTH: usize = 64;
 pub const MAX_NODES: usize = 100_000;
 
 /// Parses one YAML document into a [`Node`]. An empty document is an empty mapping.
+/// A hash of what `node` holds (after references were resolved, so a rotated secret changes
+/// it), for telling on a reload whether a flow or a connection changed. The same within a
+/// process for the same content, which is all a reload compares.
+pub fn fingerprint(node: &Node) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let value = from_node::<serde_json::Value>(node, "").unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.to_string().hash(&mut h);
+    h.finish()
+}
+
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut b = Builder::default();
     let mut parser = Parser::new_from_str(text);
