@@ -288,6 +288,11 @@ flows:
     assert!(wait_until(LIMIT, succeeded(2)), "{}", p.stderr_so_far());
     assert_eq!(dest.rows().len(), 45 + 5 + 50);
     assert_eq!(call("POST", &format!("{base}/flows/nope/runs")).0, 404);
+    // The secret is in no metric either (labels or values), nor in the OpenAPI document.
+    let (status, metrics) = get(&format!("{base}/metrics"), None);
+    assert!(status == 200 && metrics.contains("sluice_records_delivered_total") && !metrics.contains(TOKEN));
+    let (status, doc) = get(&format!("{base}/openapi.json"), None);
+    assert!(status == 200 && !doc.contains(TOKEN));
     let done = p.terminate(Duration::from_secs(30));
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
     assert!(!done.stderr.contains(TOKEN) && !done.stdout.contains(TOKEN));

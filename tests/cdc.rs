@@ -130,7 +130,8 @@ fn truncates_and_a_table_created_again_reach_the_output(kafka: &mut Kafka) {
     let flows = flow("r", &t, &publ, "{id: int64, v: string}", "r.jsonl") + to_pg.as_str();
     let cfg = config(dir.path(), kafka, &flows);
     let file = out.join("r.jsonl");
-    let p = spawn(&["run", &cfg], dir.path(), &[]);
+    let api = format!("127.0.0.1:{}", common::free_port());
+    let p = spawn(&["run", &cfg, "--api", &api], dir.path(), &[]);
     let ops = |f: &Path| captured(f).into_iter().map(|(op, id, _)| (op, id)).collect::<Vec<_>>();
     // Both flows' first snapshots are in before the table changes: a slot created later (its
     // creation waits for other sessions' transactions) would never see the changes below.
@@ -181,6 +182,18 @@ fn truncates_and_a_table_created_again_reach_the_output(kafka: &mut Kafka) {
         "{}",
         p.stderr_so_far()
     );
+    // How far the CDC source is behind the server's WAL, in bytes: known, and small once
+    // caught up (the heartbeat advances the slot on a quiet database).
+    let behind = || {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(&api).ok()?;
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        c.read_to_string(&mut text).ok()?;
+        let line = text.lines().find(|l| l.starts_with("sluice_source_behind_bytes{flow=\"r\"}"))?;
+        line.rsplit(' ').next()?.parse::<f64>().ok()
+    };
+    assert!(wait_until(Duration::from_secs(30), || behind().is_some_and(|b| b < 1_000_000.0)), "{:?}", behind());
     let done = p.terminate(Duration::from_secs(30));
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
     let seen = ops(&file);

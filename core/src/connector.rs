@@ -78,6 +78,13 @@ pub trait Source: Send {
     fn incremental(&self) -> bool {
         false
     }
+
+    /// How far the source's acknowledged position is behind its upstream's end, in bytes of the
+    /// upstream's log (WAL bytes for change data capture), as of the last poll; `None` when it
+    /// cannot tell (the default). Exported as the `sluice.source.behind` gauge.
+    fn behind_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// One consumed Kafka message as the transform sees it.

@@ -115,6 +115,10 @@ pub struct CdcSource {
     /// passes a record Kafka has not acknowledged, however the runtime paces acknowledgements.
     handed_lsn: u64,
     acked_lsn: u64,
+    /// The server's WAL position at the last poll, and the furthest the slot was advanced to:
+    /// the WAL bytes between them are how far the flow is behind.
+    wal_head: u64,
+    slot_at: u64,
     /// Messages at the head of the last peek that were handed out before (the slot keeps them
     /// until they are acknowledged): the next peek asks for that many more, so reading goes on
     /// ahead of acknowledgements instead of peeking the same transactions again.
@@ -175,6 +179,8 @@ impl CdcSource {
             quiet_to: None,
             handed_lsn: 0,
             acked_lsn: 0,
+            wal_head: 0,
+            slot_at: 0,
             repeeked: 0,
             last_heartbeat: Instant::now(),
         })
@@ -370,7 +376,9 @@ impl CdcSource {
     async fn advance_to(&mut self, lsn: &str) -> Result<(), ConnectorError> {
         self.verify().await?;
         let (doing, slot) = (self.doing(), self.slot.clone());
-        advance(self.client().await?, &slot, lsn, &doing).await
+        advance(self.client().await?, &slot, lsn, &doing).await?;
+        self.slot_at = self.slot_at.max(parse_lsn(lsn).unwrap_or(0));
+        Ok(())
     }
 }
 
@@ -416,7 +424,7 @@ impl Source for CdcSource {
         }
         let resumed_lsn = resume.as_ref().and_then(|p| p.get("lsn")).and_then(Value::as_str).and_then(parse_lsn);
         self.last_lsn = resumed_lsn.unwrap_or(0);
-        (self.handed_lsn, self.acked_lsn) = (self.last_lsn, self.last_lsn);
+        (self.handed_lsn, self.acked_lsn, self.slot_at) = (self.last_lsn, self.last_lsn, self.last_lsn);
         // The stored position may be ahead of the slot (a crash between storing it and
         // advancing the slot): catch the slot up so those changes are not peeked again.
         if let Some(lsn) = resumed_lsn {
@@ -479,6 +487,7 @@ impl Source for CdcSource {
             )
             .await
             .map_err(|e| classify(&doing, &e))?;
+        self.wal_head = self.wal_head.max(parse_lsn(&upto).unwrap_or(0));
         let messages: Vec<(String, Vec<u8>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let items = self.decode(&messages)?;
         if !items.is_empty() {
@@ -517,6 +526,10 @@ impl Source for CdcSource {
 
     fn incremental(&self) -> bool {
         true
+    }
+
+    fn behind_bytes(&self) -> Option<u64> {
+        (self.wal_head > 0).then(|| self.wal_head.saturating_sub(self.slot_at.max(self.acked_lsn)))
     }
 }
 

@@ -196,9 +196,11 @@ pub async fn run_source(
         let items = match polled {
             Poll::Items(items) => {
                 ctx.metrics.stage(Stage::SourcePoll, polling.elapsed());
+                ctx.metrics.set_source_behind(source.behind_bytes());
                 items
             }
             Poll::Idle => {
+                ctx.metrics.set_source_behind(source.behind_bytes());
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),

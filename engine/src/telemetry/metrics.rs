@@ -136,6 +136,8 @@ pub struct FlowMetrics {
     lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// The flow's state ([`FlowState`] as a number: 0 active, 1 paused, 2 deactivated).
     state: std::sync::atomic::AtomicU8,
+    /// How far the source is behind its upstream, in bytes; -1 while it cannot tell.
+    source_behind: std::sync::atomic::AtomicI64,
 }
 
 /// The runs a flow had in this process: the live ones' ledgers, and the ended ones' totals.
@@ -217,6 +219,7 @@ impl FlowMetrics {
             runs: Mutex::new(Runs::default()),
             lag: Mutex::new(BTreeMap::new()),
             state: std::sync::atomic::AtomicU8::new(0),
+            source_behind: std::sync::atomic::AtomicI64::new(-1),
         }
     }
 
@@ -339,6 +342,17 @@ impl FlowMetrics {
                 }
             }
         }
+    }
+
+    /// How far the source is behind its upstream, as it last said (`Source::behind_bytes`).
+    pub fn set_source_behind(&self, bytes: Option<u64>) {
+        let v = bytes.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        self.source_behind.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How far the source is behind its upstream in bytes, when it can tell.
+    pub fn source_behind(&self) -> Option<u64> {
+        u64::try_from(self.source_behind.load(std::sync::atomic::Ordering::Relaxed)).ok()
     }
 
     /// The flow's state is now `state`.

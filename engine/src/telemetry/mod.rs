@@ -262,6 +262,21 @@ fn observe(meter: &Meter, flows: &Arc<Mutex<Vec<Arc<FlowMetrics>>>>) {
         .build();
     let f = flows.clone();
     meter
+        .u64_observable_gauge("sluice.source.behind")
+        .with_description(
+            "How far the source's acknowledged position is behind its upstream's end (WAL bytes for CDC), where it can tell.",
+        )
+        .with_unit("By")
+        .with_callback(move |o| {
+            for f in f.lock().iter().flat_map(|v| v.iter()) {
+                if let Some(b) = f.source_behind() {
+                    o.observe(b, f.flow_attrs());
+                }
+            }
+        })
+        .build();
+    let f = flows.clone();
+    meter
         .i64_observable_gauge("sluice.consumer.lag")
         .with_description("Messages between a partition's end and the sink worker's position, by topic and partition.")
         .with_unit("{message}")
