@@ -233,9 +233,10 @@ pub(crate) async fn one_run(
         ctx.ledger.clone(),
     );
     reporter.position_start(position_now(cfg, flow, &ctx.kafka, Some(resumes.is_some())).await);
-    ctx.metrics.attach(&ctx.ledger);
+    ctx.metrics.attach(&ctx.ledger, &ctx.run_id);
     let r = run_flow(cfg, flow, ctx.clone(), stage).await;
-    ctx.metrics.detach(&ctx.ledger);
+    let failed = r.as_ref().is_err_and(|e| !is_stop(e));
+    ctx.metrics.detach(&ctx.ledger, failed);
     let position_end = position_now(cfg, flow, &ctx.kafka, None).await;
     let (status, error) = match &r {
         Ok(_) if ctx.shutdown.is_cancelled() => (RunStatus::Stopped, None),

@@ -135,6 +135,12 @@ fn metrics_agree_with_the_ledger_while_a_flow_runs(kafka: &mut Kafka) {
     }
     std::thread::sleep(Duration::from_secs(2));
     dest.set_mode(Mode::Healthy);
+    // While it runs, the flow says so, with its run's counts so far.
+    let (status, body) = get(&format!("{base}/flows"), Some(TOKEN));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let running = v["flows"].as_array().unwrap().iter().find(|f| f["name"] == flow.as_str()).unwrap().clone();
+    assert_eq!((status, running["status"].as_str()), (200, Some("running")), "{running}");
+    assert!(running["current_run"]["run_id"].is_string() && running["current_run"]["counts"]["read"].is_u64());
     // Scrapes while records flow: every one balances.
     let mut scrapes = 0;
     while dest.rows().len() < 1500 && scrapes < 200 {
@@ -251,6 +257,8 @@ flows:
     let succeeded = |n: usize| move || runs().iter().filter(|r| r["status"] == "succeeded").count() >= n;
     assert!(wait_until(LIMIT, succeeded(1)), "{}", p.stderr_so_far());
     assert_eq!(dest.rows().len(), 45, "five records refused");
+    let (_, one) = call("GET", &format!("{base}/flows/{flow}"));
+    assert_eq!((one["status"].as_str(), one["current_run"].is_null()), (Some("idle"), true), "{one}");
 
     // Connections: settings with the secret masked, the flows using each, a test of each.
     let (status, conns) = call("GET", &format!("{base}/connections"));

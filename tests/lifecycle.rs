@@ -58,7 +58,8 @@ fn a_paused_flow_stops_stays_paused_over_a_restart_and_resumes_losing_nothing(ka
     assert_eq!(delivered(), at_pause, "a paused flow delivers nothing");
     assert!(at_pause < 3000, "paused before the end ({at_pause})");
     let (status, one) = http("GET", &base);
-    assert_eq!((status, one["state"].as_str()), (200, Some("paused")), "{one}");
+    assert_eq!((status, one["state"].as_str(), one["status"].as_str()), (200, Some("paused"), Some("paused")), "{one}");
+    assert!(one["current_run"].is_null(), "{one}");
     let status_cmd = run(&["status", &cfg], dir.path(), &[], LIMIT);
     assert!(status_cmd.stdout.contains(&format!("flow {flow} is paused")), "{}", status_cmd.stdout);
 

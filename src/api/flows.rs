@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::ApiState;
-use super::model::{ApiError, Counts, ErrorBody, FlowList, FlowView, Lag, RunList, RunView, StateChange};
+use super::model::{ApiError, Counts, CurrentRun, ErrorBody, FlowList, FlowView, Lag, RunList, RunView, StateChange};
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -33,8 +33,29 @@ pub(super) fn flow_name(s: &ApiState, path: Result<Path<String>, PathRejection>)
 /// A flow as the API shows it.
 fn view(s: &ApiState, name: &str, trigger: &str) -> FlowView {
     let state = s.states.borrow().get(name).cloned();
-    let (counts, lag) = match s.flow(name) {
-        Some((_, metrics)) => {
+    let kept = state.as_ref().map_or(FlowState::Active, |r| r.state);
+    let metrics = s.flow(name).map(|(_, m)| m);
+    let current = metrics.as_ref().and_then(|m| m.current_run());
+    let status = match kept {
+        FlowState::Paused | FlowState::Deactivated => kept.name(),
+        FlowState::Active if current.is_some() => "running",
+        FlowState::Active if metrics.as_ref().is_some_and(|m| m.last_failed()) => "failed",
+        FlowState::Active => "idle",
+    };
+    let current_run = current.map(|(run_id, started_ms, c)| CurrentRun {
+        run_id,
+        started_ms,
+        counts: Counts {
+            read: c.read(),
+            delivered: c.delivered,
+            filtered: c.filtered,
+            dead_lettered: c.dlq(),
+            dropped: c.dropped,
+            in_flight: c.in_flight(),
+        },
+    });
+    let (counts, lag) = match metrics {
+        Some(metrics) => {
             let t = metrics.totals();
             let counts = Counts {
                 read: t.read,
@@ -52,8 +73,10 @@ fn view(s: &ApiState, name: &str, trigger: &str) -> FlowView {
     FlowView {
         name: name.to_owned(),
         trigger: trigger.to_owned(),
-        state: state.as_ref().map_or(FlowState::Active, |r| r.state).name().to_owned(),
+        status: status.to_owned(),
+        state: kept.name().to_owned(),
         state_reason: state.and_then(|r| r.reason),
+        current_run,
         counts,
         lag,
     }

@@ -69,6 +69,17 @@ pub(crate) struct Lag {
     pub(crate) lag: i64,
 }
 
+/// The run in progress.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CurrentRun {
+    /// Its id.
+    pub(crate) run_id: String,
+    /// When it started, ms since the epoch.
+    pub(crate) started_ms: i64,
+    /// Its counts so far.
+    pub(crate) counts: Counts,
+}
+
 /// A flow in this process.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct FlowView {
@@ -76,10 +87,15 @@ pub(crate) struct FlowView {
     pub(crate) name: String,
     /// `on_demand`, `continuous` or `scheduled`.
     pub(crate) trigger: String,
-    /// `active`, `paused` or `deactivated`.
+    /// `running`, `idle` (between runs, or done), `failed` (its last run), `paused` or
+    /// `deactivated`.
+    pub(crate) status: String,
+    /// `active`, `paused` or `deactivated` (as kept in Kafka).
     pub(crate) state: String,
     /// Why it is paused or deactivated.
     pub(crate) state_reason: Option<String>,
+    /// The run in progress, with its counts so far.
+    pub(crate) current_run: Option<CurrentRun>,
     /// Its counts over this process's runs.
     pub(crate) counts: Counts,
     /// Consumer lag by partition (known once the consumer has reported it).

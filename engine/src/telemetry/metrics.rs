@@ -144,6 +144,10 @@ pub struct FlowMetrics {
 #[derive(Default)]
 struct Runs {
     live: Vec<Arc<Ledger>>,
+    /// The run in progress: id, start (ms since the epoch), ledger.
+    current: Option<(String, i64, Arc<Ledger>)>,
+    /// Whether the last run that ended failed.
+    last_failed: bool,
     ended: Totals,
     /// The last totals taken, and when: an export's callbacks all read one copy (see
     /// [`FlowMetrics::totals`]).
@@ -238,22 +242,38 @@ impl FlowMetrics {
         &self.name
     }
 
-    /// A run starts: its ledger counts towards the flow's totals from now on.
-    pub fn attach(&self, ledger: &Arc<Ledger>) {
+    /// Run `run_id` starts: its ledger counts towards the flow's totals from now on.
+    pub fn attach(&self, ledger: &Arc<Ledger>, run_id: &str) {
         if let Ok(mut runs) = self.runs.lock() {
             runs.live.push(ledger.clone());
+            runs.current = Some((run_id.to_owned(), crate::record::now_ms(), ledger.clone()));
         }
     }
 
-    /// A run ended: its counts are folded into the totals, its ledger let go.
-    pub fn detach(&self, ledger: &Arc<Ledger>) {
+    /// A run ended (`failed` or not): its counts are folded into the totals, its ledger let go.
+    pub fn detach(&self, ledger: &Arc<Ledger>, failed: bool) {
         if let Ok(mut runs) = self.runs.lock()
             && let Some(i) = runs.live.iter().position(|l| Arc::ptr_eq(l, ledger))
         {
             let l = runs.live.swap_remove(i);
             runs.ended.add(&l.snapshot(), false);
             runs.cached = None;
+            runs.last_failed = failed;
+            if runs.current.as_ref().is_some_and(|(_, _, c)| Arc::ptr_eq(c, ledger)) {
+                runs.current = None;
+            }
         }
+    }
+
+    /// The run in progress, if one is: its id, start (ms since the epoch) and counts so far.
+    pub fn current_run(&self) -> Option<(String, i64, LedgerSnapshot)> {
+        let runs = self.runs.lock().ok()?;
+        runs.current.as_ref().map(|(id, at, l)| (id.clone(), *at, l.snapshot()))
+    }
+
+    /// Whether the last run that ended in this process failed.
+    pub fn last_failed(&self) -> bool {
+        self.runs.lock().is_ok_and(|r| r.last_failed)
     }
 
     /// The counts over every run of this process, as of at most [`TOTALS_FRESH`] ago.
@@ -390,15 +410,15 @@ mod tests {
     fn totals_add_up_runs_and_count_what_an_ended_run_left_in_flight_once() {
         let m = FlowMetrics::new("f", None);
         let first = Ledger::shared();
-        m.attach(&first);
+        m.attach(&first, "r1");
         Ledger::add(&first.source_read, 10);
         Ledger::add(&first.delivered, 7);
         let t = m.totals();
         assert_eq!((t.read, t.delivered, t.in_flight), (10, 7, 3));
         // Stopped with 3 in flight: the next run carries them over and reads them again.
-        m.detach(&first);
+        m.detach(&first, false);
         let second = Ledger::shared();
-        m.attach(&second);
+        m.attach(&second, "r2");
         Ledger::add(&second.source_read, 5);
         Ledger::add(&second.carried, 3);
         Ledger::add(&second.consumed, 8);
