@@ -21,17 +21,20 @@ use crate::config::{Config, Flow, Trigger};
 use crate::lifecycle::Outcome;
 use crate::plan::{build_sink, known_flow, load_and_plan};
 use crate::registry::Registry;
-use crate::supervise::Supervisor;
+use crate::supervise::{RunMode, Supervisor};
 use sluice_engine::ledger::RunStart;
 
-/// `sluice run CONFIG [--flow NAME] [--fresh]`. With `fresh`, on-demand flows start a new pull
-/// even where the last run was interrupted (by default they go on with it).
+/// `sluice run CONFIG [--flow NAME] [--fresh] [--api ADDR] [--serve]`. With `fresh`, on-demand
+/// flows start a new pull even where the last run was interrupted (by default they go on with
+/// it). With `serve` (and the API on), the process stays up after its on-demand runs, and the
+/// API starts them again.
 pub async fn run(
     path: &Path,
     registry: &Registry,
     only: Option<&str>,
     fresh: bool,
     api: Option<std::net::SocketAddr>,
+    serve: bool,
 ) -> ExitCode {
     let (cfg, stages) = match load_and_plan(path, registry).await {
         Ok(x) => x,
@@ -41,6 +44,10 @@ pub async fn run(
         return code;
     }
     let api = api.or(cfg.api_listen);
+    if serve && api.is_none() {
+        eprintln!("error: --serve keeps the process up for the management API: give --api ADDR or `api.listen`");
+        return ExitCode::from(2);
+    }
     // Set up before any flow starts, so every batch is counted; `/metrics` needs the meter
     // even without an OTLP endpoint.
     let telemetry = match Telemetry::install(&cfg.telemetry, api.is_some()) {
@@ -82,8 +89,7 @@ pub async fn run(
         shutdown.clone(),
         telemetry.clone(),
         states.clone(),
-        api.is_some(),
-        fresh,
+        RunMode { api: api.is_some(), serve, fresh },
         cfg.clone(),
     );
     let mut ledgers = Vec::new();

@@ -33,15 +33,24 @@ struct Running {
     handle: tokio::task::JoinHandle<()>,
 }
 
+/// How `sluice run` was asked to run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunMode {
+    /// The API is on: scheduled flows take runs asked for through it.
+    pub(crate) api: bool,
+    /// `--serve`: the process stays up after on-demand runs, which the API starts again.
+    pub(crate) serve: bool,
+    /// `--fresh`: on-demand runs start a new pull.
+    pub(crate) fresh: bool,
+}
+
 /// The flows of a `sluice run`.
 pub(crate) struct Supervisor {
     pub(crate) own: KafkaSettings,
     pub(crate) shutdown: CancellationToken,
     pub(crate) telemetry: Telemetry,
     pub(crate) states: States,
-    /// Whether the API is on (on-demand and scheduled flows then take runs through it).
-    pub(crate) api: bool,
-    pub(crate) fresh: bool,
+    pub(crate) mode: RunMode,
     /// What the API reads.
     pub(crate) live: Arc<RwLock<Arc<Live>>>,
     running: HashMap<String, Running>,
@@ -61,8 +70,7 @@ impl Supervisor {
         shutdown: CancellationToken,
         telemetry: Telemetry,
         states: States,
-        api: bool,
-        fresh: bool,
+        mode: RunMode,
         cfg: Config,
     ) -> Supervisor {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -71,8 +79,7 @@ impl Supervisor {
             shutdown,
             telemetry,
             states,
-            api,
-            fresh,
+            mode,
             live: Arc::default(),
             running: HashMap::new(),
             ended: HashMap::new(),
@@ -87,17 +94,20 @@ impl Supervisor {
     /// Starts `flow` of the current config with `stage`, `ledger` counting its first run.
     pub(crate) fn start(&mut self, flow: Flow, stage: SqlStage, ledger: Arc<Ledger>) {
         let metrics = self.telemetry.flow(&flow.name);
-        // With the API on, on-demand and scheduled flows take runs asked for through it.
-        let requests = match (self.api, flow.trigger) {
-            (true, Trigger::OnDemand | Trigger::Scheduled) => {
-                let (tx, rx) = mpsc::channel(1);
-                self.triggers.insert(flow.name.clone(), tx);
-                Some(rx)
-            }
-            _ => {
-                self.triggers.remove(&flow.name);
-                None
-            }
+        // With the API on, scheduled flows take runs asked for through it; on-demand flows too
+        // when the process stays up after their run (`--serve`).
+        let takes = match flow.trigger {
+            Trigger::Scheduled => self.mode.api,
+            Trigger::OnDemand => self.mode.api && self.mode.serve,
+            Trigger::Continuous => false,
+        };
+        let requests = if takes {
+            let (tx, rx) = mpsc::channel(1);
+            self.triggers.insert(flow.name.clone(), tx);
+            Some(rx)
+        } else {
+            self.triggers.remove(&flow.name);
+            None
         };
         let stop = self.shutdown.child_token();
         let task = FlowTask {
@@ -107,7 +117,7 @@ impl Supervisor {
             shutdown: stop.clone(),
             metrics,
             states: self.states.clone(),
-            fresh: self.fresh,
+            fresh: self.mode.fresh,
             requests,
         };
         self.generation += 1;

@@ -252,10 +252,12 @@ flows:
     );
     let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let p = spawn(&["run", &cfg, "--api", &format!("127.0.0.1:{port}")], dir.path(), &[("HOOK_TOKEN", TOKEN)]);
+    let p =
+        spawn(&["run", &cfg, "--api", &format!("127.0.0.1:{port}"), "--serve"], dir.path(), &[("HOOK_TOKEN", TOKEN)]);
     let runs = || call("GET", &format!("{base}/flows/{flow}/runs")).1["runs"].as_array().cloned().unwrap_or_default();
     let succeeded = |n: usize| move || runs().iter().filter(|r| r["status"] == "succeeded").count() >= n;
     assert!(wait_until(LIMIT, succeeded(1)), "{}", p.stderr_so_far());
+    assert!(wait_until(LIMIT, || dest.rows().len() >= 45), "{} rows: {}", dest.rows().len(), p.stderr_so_far());
     assert_eq!(dest.rows().len(), 45, "five records refused");
     let (_, one) = call("GET", &format!("{base}/flows/{flow}"));
     assert_eq!((one["status"].as_str(), one["current_run"].is_null()), (Some("idle"), true), "{one}");
@@ -343,7 +345,7 @@ flows:
             once = kafka.name("once"),
         ),
     );
-    let p = spawn(&["run", &cfg], dir.path(), &[("SLUICE_API_TOKEN", TOKEN)]);
+    let p = spawn(&["run", &cfg, "--serve"], dir.path(), &[("SLUICE_API_TOKEN", TOKEN)]);
     let base = format!("http://127.0.0.1:{port}");
     assert!(wait_until(LIMIT, || get(&format!("{base}/ready"), Some(TOKEN)).0 == 200), "{}", p.stderr_so_far());
     let st = common::python_with("schemathesis");

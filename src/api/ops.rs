@@ -210,7 +210,13 @@ pub(super) async fn start_run(
     let trigger = s.flow(&name).map_or("", |(t, _)| t);
     let live = s.live();
     let Some(tx) = live.triggers.get(&name) else {
-        return Err(ApiError(StatusCode::CONFLICT, format!("flow `{name}` is {trigger}: it runs all the time")));
+        let why = match trigger {
+            "continuous" => format!("flow `{name}` is continuous: it runs all the time"),
+            _ => {
+                format!("flow `{name}` runs once in this process: start `sluice run` with --serve to run it again here")
+            }
+        };
+        return Err(ApiError(StatusCode::CONFLICT, why));
     };
     match tx.try_send(()) {
         Ok(()) => Ok((StatusCode::ACCEPTED, Json(RunRequested { flow: name, run: "requested" }))),

@@ -46,10 +46,14 @@ pub(crate) enum Command {
         /// interrupted (stopped, failed or killed); by default such a run is resumed.
         #[arg(long)]
         fresh: bool,
-        /// Serve the management API (health, readiness, flows, Prometheus metrics) on this
-        /// loopback address, e.g. 127.0.0.1:9090.
+        /// Serve the management API (flows, runs, dead letters, connections, metrics) on this
+        /// address, e.g. 127.0.0.1:9090 (beyond loopback only with `api.token`).
         #[arg(long)]
         api: Option<std::net::SocketAddr>,
+        /// Stay up after on-demand runs end, serving the API, through which they run again
+        /// (`POST /flows/{name}/runs`). Needs the API (`--api` or `api.listen`).
+        #[arg(long)]
+        serve: bool,
     },
     /// Check a config without running it: fields, connections, secrets and each flow's SQL.
     Validate {
@@ -234,8 +238,8 @@ pub(crate) fn dispatch(args: Args, registry: &Registry) -> ExitCode {
     };
     let code = rt.block_on(async {
         match args.command {
-            Command::Run { config, flow, fresh, api } => {
-                crate::run::run(&config, registry, flow.as_deref(), fresh, api).await
+            Command::Run { config, flow, fresh, api, serve } => {
+                crate::run::run(&config, registry, flow.as_deref(), fresh, api, serve).await
             }
             Command::Validate { config } => validate::validate(&config, registry).await,
             Command::Sql { command: SqlCommand::Test { config, flow, input, ts_ms } } => {
