@@ -133,7 +133,9 @@ fn metrics_agree_with_the_ledger_while_a_flow_runs(kafka: &mut Kafka) {
         assert_eq!(get(&format!("{base}{route}"), None).0, 401, "{route} without the token");
         assert_eq!(get(&format!("{base}{route}"), Some("wrong")).0, 401, "{route} with a wrong token");
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // Healthy once it has refused a write or two (the flow's first batch may take a while to
+    // reach it: a consumer group joins first).
+    assert!(wait_until(LIMIT, || dest.requests() >= 2), "{}", p.stderr_so_far());
     dest.set_mode(Mode::Healthy);
     // While it runs, the flow says so, with its run's counts so far.
     let (status, body) = get(&format!("{base}/flows"), Some(TOKEN));
