@@ -133,19 +133,10 @@ fn metrics_agree_with_the_ledger_while_a_flow_runs(kafka: &mut Kafka) {
         assert_eq!(get(&format!("{base}{route}"), None).0, 401, "{route} without the token");
         assert_eq!(get(&format!("{base}{route}"), Some("wrong")).0, 401, "{route} with a wrong token");
     }
-    // Healthy once it has refused a write or two (the flow's first batch may take a while to
-    // reach it: a consumer group joins first).
-    assert!(wait_until(LIMIT, || dest.requests() >= 2), "{}", p.stderr_so_far());
-    dest.set_mode(Mode::Healthy);
-    // While it runs, the flow says so, with its run's counts so far.
-    let (status, body) = get(&format!("{base}/flows"), Some(TOKEN));
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let running = v["flows"].as_array().unwrap().iter().find(|f| f["name"] == flow.as_str()).unwrap().clone();
-    assert_eq!((status, running["status"].as_str()), (200, Some("running")), "{running}");
-    assert!(running["current_run"]["run_id"].is_string() && running["current_run"]["counts"]["read"].is_u64());
-    // Scrapes while records flow: every one balances.
-    let mut scrapes = 0;
-    while dest.rows().len() < 1500 && scrapes < 200 {
+    // Scrapes while records flow: every one balances — first while the destination refuses
+    // writes (records pile up in flight), then once it is healthy (after it refused a write or
+    // two: a cluster's consumer group may take a while to join).
+    let balanced = || {
         let Scrape { samples: s, types, .. } = scrape(&base, &flow);
         assert_eq!(types["sluice_records_delivered"], "counter", "{types:?}");
         assert_eq!(types["sluice_records_in_flight"], "gauge", "{types:?}");
@@ -158,6 +149,23 @@ fn metrics_agree_with_the_ledger_while_a_flow_runs(kafka: &mut Kafka) {
             s["sluice_records_read_total"], settled,
             "read = delivered + filtered + dlq + dropped + in flight: {s:?}"
         );
+    };
+    let mut scrapes = 0;
+    let refusing = std::time::Instant::now();
+    while dest.requests() < 2 && refusing.elapsed() < LIMIT {
+        balanced();
+        scrapes += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // While it runs, the flow says so, with its run's counts so far.
+    let (status, body) = get(&format!("{base}/flows"), Some(TOKEN));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let running = v["flows"].as_array().unwrap().iter().find(|f| f["name"] == flow.as_str()).unwrap().clone();
+    assert_eq!((status, running["status"].as_str()), (200, Some("running")), "{running}");
+    assert!(running["current_run"]["run_id"].is_string() && running["current_run"]["counts"]["read"].is_u64());
+    dest.set_mode(Mode::Healthy);
+    while dest.rows().len() < 1500 && scrapes < 200 {
+        balanced();
         scrapes += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
