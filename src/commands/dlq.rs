@@ -12,21 +12,14 @@ use sluice_sql::SqlStage;
 use tokio::sync::watch;
 
 use crate::cluster::{Attach, own_cluster};
-use crate::config::{self, Config, Flow};
-use crate::plan::{build_sink, known_flow, load_and_plan, print_config_errors};
+use crate::config::{Config, Flow};
+use crate::plan::{build_sink, known_flow, load_and_plan};
 use crate::registry::Registry;
 use crate::run::{flow_context, is_stop};
 
 /// `sluice dlq show CONFIG FLOW`.
 pub async fn dlq_show(path: &Path, registry: &Registry, flow: &str, limit: usize) -> ExitCode {
-    let cfg = match config::load(path, registry) {
-        Ok(c) => c,
-        Err(rejected) => return print_config_errors(&rejected.errors),
-    };
-    if let Err(code) = known_flow(&cfg, flow) {
-        return code;
-    }
-    let (_broker, own) = match own_cluster(&cfg, Attach::IfRunning).await {
+    let (_cfg, _broker, own) = match super::config_and_cluster(path, registry, Some(flow)).await {
         Ok(x) => x,
         Err(code) => return code,
     };

@@ -21,6 +21,26 @@ use crate::registry::Registry;
 
 pub(crate) use dlq::replay as replay_dlq;
 
+/// What a command that reads sluice's cluster starts with: the config at `path` (its problems
+/// printed), `flow` checked to be one of its flows when given, and the cluster reached — an
+/// embedded broker another process runs is attached to (kept alive while the first value
+/// lives). The exit code when any of it fails.
+pub(crate) async fn config_and_cluster(
+    path: &std::path::Path,
+    registry: &Registry,
+    flow: Option<&str>,
+) -> Result<
+    (crate::config::Config, Option<sluice_engine::broker::EmbeddedBroker>, sluice_engine::kafka::KafkaSettings),
+    ExitCode,
+> {
+    let cfg = crate::config::load(path, registry).map_err(|r| crate::plan::print_config_errors(&r.errors))?;
+    if let Some(flow) = flow {
+        crate::plan::known_flow(&cfg, flow)?;
+    }
+    let (broker, own) = crate::cluster::own_cluster(&cfg, crate::cluster::Attach::IfRunning).await?;
+    Ok((cfg, broker, own))
+}
+
 /// sluice: move change records from sources through Kafka and SQL to destinations, at least once.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, long_about = None)]

@@ -6,21 +6,11 @@ use std::process::ExitCode;
 use sluice_engine::ledger::{Liveness, RunRecord, RunStatus};
 use sluice_engine::runtime;
 
-use crate::cluster::{Attach, own_cluster};
-use crate::config;
-use crate::plan::{known_flow, print_config_errors};
 use crate::registry::Registry;
 
 /// `sluice runs CONFIG FLOW [--limit N]`.
 pub async fn runs(path: &Path, registry: &Registry, flow: &str, limit: usize) -> ExitCode {
-    let cfg = match config::load(path, registry) {
-        Ok(c) => c,
-        Err(rejected) => return print_config_errors(&rejected.errors),
-    };
-    if let Err(code) = known_flow(&cfg, flow) {
-        return code;
-    }
-    let (_broker, own) = match own_cluster(&cfg, Attach::IfRunning).await {
+    let (_cfg, _broker, own) = match super::config_and_cluster(path, registry, Some(flow)).await {
         Ok(x) => x,
         Err(code) => return code,
     };

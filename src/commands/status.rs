@@ -6,18 +6,11 @@ use std::process::ExitCode;
 use sluice_engine::ledger::{Liveness, RunStatus};
 use sluice_engine::runtime::{self};
 
-use crate::cluster::{Attach, own_cluster};
-use crate::config::{self};
-use crate::plan::print_config_errors;
 use crate::registry::Registry;
 
 /// `sluice status CONFIG`: each flow's latest run.
 pub async fn status(path: &Path, registry: &Registry) -> ExitCode {
-    let cfg = match config::load(path, registry) {
-        Ok(c) => c,
-        Err(rejected) => return print_config_errors(&rejected.errors),
-    };
-    let (_broker, own) = match own_cluster(&cfg, Attach::IfRunning).await {
+    let (cfg, _broker, own) = match super::config_and_cluster(path, registry, None).await {
         Ok(x) => x,
         Err(code) => return code,
     };
