@@ -76,9 +76,9 @@ impl FlowTask {
             if let Err(e) = &r {
                 eprintln!("error: flow `{}` failed: {e:#}", self.flow.name);
             }
-            r = match plan_flow(&self.flow, Some(&self.cfg.connections)).await {
+            r = match self.stage(&mut None).await {
                 Ok(stage) => self.on_demand_run(stage, Ledger::shared(), false).await,
-                Err(e) => Err(anyhow::anyhow!(e)),
+                Err(e) => Err(e),
             };
             if let Ok(dest) = &r {
                 let name = &self.flow.name;
@@ -111,10 +111,7 @@ impl FlowTask {
             if !self.until_active(&mut failures).await {
                 return Ok(String::new());
             }
-            let stage = match stage.take() {
-                Some(s) => s,
-                None => plan_flow(&self.flow, Some(&self.cfg.connections)).await.map_err(|e| anyhow::anyhow!(e))?,
-            };
+            let stage = self.stage(&mut stage).await?;
             let token = self.run_token();
             let ledger = ledger.take().unwrap_or_else(Ledger::shared);
             let ctx = flow_context(&self.flow, &self.own, ledger, self.metrics.clone(), &token);
@@ -192,11 +189,7 @@ impl FlowTask {
                 failures = 0;
             }
             self.metrics.set_state(FlowState::Active);
-            let stage = match stage.take() {
-                Some(s) => s,
-                // The stage went with the last run; plan this one's (the SQL was checked at start).
-                None => plan_flow(&self.flow, Some(&self.cfg.connections)).await.map_err(|e| anyhow::anyhow!(e))?,
-            };
+            let stage = self.stage(&mut stage).await?;
             let token = self.run_token();
             let ledger = ledger.take().unwrap_or_else(Ledger::shared);
             let ctx = flow_context(&self.flow, &self.own, ledger.clone(), self.metrics.clone(), &token);
@@ -225,6 +218,15 @@ impl FlowTask {
         }
         tracing::info!(flow = %name, runs, "scheduled flow stopped");
         Ok(String::new())
+    }
+
+    /// The SQL stage for the next run: the one planned at start, the first time; after that a
+    /// new one (a stage goes with its run; the SQL was checked at start).
+    async fn stage(&self, planned: &mut Option<SqlStage>) -> anyhow::Result<SqlStage> {
+        match planned.take() {
+            Some(s) => Ok(s),
+            None => plan_flow(&self.flow, Some(&self.cfg.connections)).await.map_err(|e| anyhow::anyhow!(e)),
+        }
     }
 
     /// The flow's state as last read.

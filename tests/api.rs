@@ -22,19 +22,9 @@ fn python() -> String {
     common::python_with("prometheus_client")
 }
 
-/// GETs `url` with `token` as bearer, if any; (status, body), through Python's own HTTP client.
+/// GETs `url` with `token` as bearer, if any; (status, body).
 fn get(url: &str, token: Option<&str>) -> (u16, String) {
-    let script = "import sys, urllib.request, urllib.error\n\
-req = urllib.request.Request(sys.argv[1])\n\
-if len(sys.argv) > 2: req.add_header('Authorization', 'Bearer ' + sys.argv[2])\n\
-try:\n    r = urllib.request.urlopen(req, timeout=10); print(r.status); print(r.read().decode())\n\
-except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n";
-    let mut args = vec!["-c", script, url];
-    args.extend(token);
-    let out = std::process::Command::new(python()).args(&args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (status, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
-    (status.trim().parse().unwrap_or(0), body.to_owned())
+    common::http_request("GET", url, token)
 }
 
 /// A scrape of `/metrics` parsed with `prometheus_client.parser`.
@@ -215,15 +205,9 @@ crate::on_both_brokers!(metrics_agree_with_the_ledger_while_a_flow_runs);
 
 /// `body` of a request through Python's own HTTP client: (status, JSON).
 fn call(method: &str, url: &str) -> (u16, serde_json::Value) {
-    let script = "import sys, urllib.request, urllib.error\n\
-req = urllib.request.Request(sys.argv[2], method=sys.argv[1], data=b'' if sys.argv[1] == 'POST' else None)\n\
-try:\n    r = urllib.request.urlopen(req, timeout=60); print(r.status); print(r.read().decode())\n\
-except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n";
-    let out = std::process::Command::new(python()).args(["-c", script, method, url]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (status, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+    let (status, body) = common::http_request(method, url, None);
     assert!(!body.contains(TOKEN), "the secret in a response to {method} {url}: {body}");
-    (status.trim().parse().unwrap_or(0), serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null))
+    (status, serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null))
 }
 
 /// The API end to end: an on-demand flow run again through it, its connections shown with

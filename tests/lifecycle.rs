@@ -16,17 +16,10 @@ use common::{counts_of, read_jsonl, run, spawn, wait_until, write};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// POSTs or GETs through Python's own HTTP client; (status, body).
+/// POSTs or GETs through Python's own HTTP client: (status, JSON).
 fn http(method: &str, url: &str) -> (u16, serde_json::Value) {
-    let script = "import sys, urllib.request, urllib.error\n\
-req = urllib.request.Request(sys.argv[2], method=sys.argv[1], data=b'' if sys.argv[1] == 'POST' else None)\n\
-try:\n    r = urllib.request.urlopen(req, timeout=30); print(r.status); print(r.read().decode())\n\
-except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n";
-    let out =
-        std::process::Command::new(common::python_with("json")).args(["-c", script, method, url]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (status, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
-    (status.trim().parse().unwrap_or(0), serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null))
+    let (status, body) = common::http_request(method, url, None);
+    (status, serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null))
 }
 
 fn a_paused_flow_stops_stays_paused_over_a_restart_and_resumes_losing_nothing(kafka: &mut Kafka) {

@@ -10,7 +10,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::ApiState;
-use super::model::{ApiError, Counts, CurrentRun, ErrorBody, FlowList, FlowView, Lag, RunList, RunView, StateChange};
+use super::model::{ApiError, CurrentRun, ErrorBody, FlowList, FlowView, Lag, RunList, RunView, StateChange, count};
+use sluice_engine::telemetry::FlowMetrics;
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -31,44 +32,15 @@ pub(super) fn flow_name(s: &ApiState, path: Result<Path<String>, PathRejection>)
 }
 
 /// A flow as the API shows it.
-fn view(s: &ApiState, name: &str, trigger: &str) -> FlowView {
+fn view(s: &ApiState, name: &str, trigger: &str, metrics: &FlowMetrics) -> FlowView {
     let state = s.states.borrow().get(name).cloned();
     let kept = state.as_ref().map_or(FlowState::Active, |r| r.state);
-    let metrics = s.flow(name).map(|(_, m)| m);
-    let current = metrics.as_ref().and_then(|m| m.current_run());
+    let current = metrics.current_run();
     let status = match kept {
         FlowState::Paused | FlowState::Deactivated => kept.name(),
         FlowState::Active if current.is_some() => "running",
-        FlowState::Active if metrics.as_ref().is_some_and(|m| m.last_failed()) => "failed",
+        FlowState::Active if metrics.last_failed() => "failed",
         FlowState::Active => "idle",
-    };
-    let current_run = current.map(|(run_id, started_ms, c)| CurrentRun {
-        run_id,
-        started_ms,
-        counts: Counts {
-            read: c.read(),
-            delivered: c.delivered,
-            filtered: c.filtered,
-            dead_lettered: c.dlq(),
-            dropped: c.dropped,
-            in_flight: c.in_flight(),
-        },
-    });
-    let (counts, lag) = match metrics {
-        Some(metrics) => {
-            let t = metrics.totals();
-            let counts = Counts {
-                read: t.read,
-                delivered: t.delivered,
-                filtered: t.filtered,
-                dead_lettered: t.dead_lettered,
-                dropped: t.dropped,
-                in_flight: t.in_flight,
-            };
-            let lag = metrics.lags().into_iter().map(|(topic, partition, lag)| Lag { topic, partition, lag }).collect();
-            (counts, lag)
-        }
-        None => (Counts { read: 0, delivered: 0, filtered: 0, dead_lettered: 0, dropped: 0, in_flight: 0 }, Vec::new()),
     };
     FlowView {
         name: name.to_owned(),
@@ -76,16 +48,17 @@ fn view(s: &ApiState, name: &str, trigger: &str) -> FlowView {
         status: status.to_owned(),
         state: kept.name().to_owned(),
         state_reason: state.and_then(|r| r.reason),
-        current_run,
-        counts,
-        lag,
+        current_run: current.map(|(run_id, started_ms, c)| CurrentRun { run_id, started_ms, counts: (&c).into() }),
+        counts: (&metrics.totals()).into(),
+        lag: metrics.lags().into_iter().map(|(topic, partition, lag)| Lag { topic, partition, lag }).collect(),
     }
 }
 
 /// Every flow of this process: trigger, state, counts, lag.
 #[utoipa::path(get, path = "/flows", tag = "flows", responses((status = 200, body = FlowList)))]
 async fn list(State(s): State<ApiState>) -> Json<FlowList> {
-    Json(FlowList { flows: s.live().flows.iter().map(|(name, trigger, _)| view(&s, name, trigger)).collect() })
+    let live = s.live();
+    Json(FlowList { flows: live.flows.iter().map(|(name, trigger, m)| view(&s, name, trigger, m)).collect() })
 }
 
 /// One flow: trigger, state, counts, lag.
@@ -95,9 +68,9 @@ async fn list(State(s): State<ApiState>) -> Json<FlowList> {
     responses((status = 200, body = FlowView), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)),
 )]
 async fn one(State(s): State<ApiState>, path: Result<Path<String>, PathRejection>) -> Result<Json<FlowView>, ApiError> {
-    let name = flow_name(&s, path)?;
-    let trigger = s.flow(&name).map_or("", |(t, _)| t);
-    Ok(Json(view(&s, &name, trigger)))
+    let Path(name) = path.map_err(ApiError::bad_request)?;
+    let Some((trigger, metrics)) = s.flow(&name) else { return Err(ApiError::no_flow(&name)) };
+    Ok(Json(view(&s, &name, trigger, &metrics)))
 }
 
 /// `?limit=N&before=MS`.
@@ -127,11 +100,7 @@ async fn runs(
 ) -> Result<Json<RunList>, ApiError> {
     let name = flow_name(&s, path)?;
     let Query(q) = query.map_err(ApiError::bad_request)?;
-    let limit = match q.limit {
-        Some(l) if l < 0 => return Err(ApiError::bad_request(format!("limit={l}: not a count"))),
-        Some(l) => usize::try_from(l).unwrap_or(usize::MAX),
-        None => 20,
-    };
+    let limit = count("limit", q.limit, 20)?;
     let history = runtime::run_history(&s.kafka)
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("reading the run history: {e}")))?;
@@ -165,14 +134,7 @@ fn run_view(r: &RunRecord, now: i64, host: &str) -> RunView {
         updated_ms: r.updated_ms,
         error: r.error.clone(),
         resumes: r.resumes.clone(),
-        counts: Counts {
-            read: c.read(),
-            delivered: c.delivered,
-            filtered: c.filtered,
-            dead_lettered: c.dlq(),
-            dropped: c.dropped,
-            in_flight: c.in_flight(),
-        },
+        counts: c.into(),
         bytes_read: c.bytes_read,
         bytes_written: c.bytes_written,
         position_start: r.position_start.clone(),

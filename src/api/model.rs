@@ -5,6 +5,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use sluice_engine::ledger::LedgerSnapshot;
+use sluice_engine::telemetry::Totals;
 use utoipa::ToSchema;
 
 /// An error: what went wrong, in words.
@@ -25,6 +27,15 @@ impl ApiError {
 
     pub(crate) fn bad_request(e: impl std::fmt::Display) -> ApiError {
         ApiError(StatusCode::BAD_REQUEST, e.to_string())
+    }
+}
+
+/// A count given in a query (`what=v`), `default` when absent; a negative one is a 400.
+pub(crate) fn count(what: &str, v: Option<i64>, default: usize) -> Result<usize, ApiError> {
+    match v {
+        Some(n) if n < 0 => Err(ApiError::bad_request(format!("{what}={n}: not a count"))),
+        Some(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => Ok(default),
     }
 }
 
@@ -56,6 +67,34 @@ pub(crate) struct Counts {
     pub(crate) dropped: u64,
     /// Read and not settled yet.
     pub(crate) in_flight: u64,
+}
+
+impl From<&LedgerSnapshot> for Counts {
+    /// One run's counts.
+    fn from(c: &LedgerSnapshot) -> Counts {
+        Counts {
+            read: c.read(),
+            delivered: c.delivered,
+            filtered: c.filtered,
+            dead_lettered: c.dlq(),
+            dropped: c.dropped,
+            in_flight: c.in_flight(),
+        }
+    }
+}
+
+impl From<&Totals> for Counts {
+    /// The counts over this process's runs.
+    fn from(t: &Totals) -> Counts {
+        Counts {
+            read: t.read,
+            delivered: t.delivered,
+            filtered: t.filtered,
+            dead_lettered: t.dead_lettered,
+            dropped: t.dropped,
+            in_flight: t.in_flight,
+        }
+    }
 }
 
 /// A partition's consumer lag.

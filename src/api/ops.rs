@@ -17,7 +17,7 @@ use super::ApiState;
 use super::flows::flow_name;
 use super::model::{
     ApiError, ConnectionList, ConnectionView, DeadLetter, DeadLetterList, ErrorBody, Origin, ReplayResult,
-    RunRequested, TestResult, Tested,
+    RunRequested, TestResult, Tested, count,
 };
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
@@ -110,11 +110,6 @@ async fn dead_letters(
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let name = flow_name(&s, path)?;
     let Query(page) = page.map_err(ApiError::bad_request)?;
-    let count = |what: &str, v: Option<i64>, default: usize| match v {
-        Some(n) if n < 0 => Err(ApiError::bad_request(format!("{what}={n}: not a count"))),
-        Some(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
-        None => Ok(default),
-    };
     let limit = count("limit", page.limit, 100)?.min(1000);
     let skip = count("offset", page.offset, 0)?.min(1_000_000);
     let topic = s.kafka.dlq_topic(&name);

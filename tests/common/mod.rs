@@ -477,6 +477,22 @@ pub async fn send_all(
 
 /// The Python that `scripts/test` sets up (a venv with pyarrow and prometheus-client), after
 /// checking it can import `module`; a test that reads with it fails saying so otherwise.
+/// An HTTP request through Python's own client (an independent reader of what sluice serves),
+/// with `token` as bearer when given: (status, body). A POST sends an empty body.
+pub fn http_request(method: &str, url: &str, token: Option<&str>) -> (u16, String) {
+    let script = "import sys, urllib.request, urllib.error\n\
+req = urllib.request.Request(sys.argv[2], method=sys.argv[1], data=b'' if sys.argv[1] == 'POST' else None)\n\
+if len(sys.argv) > 3: req.add_header('Authorization', 'Bearer ' + sys.argv[3])\n\
+try:\n    r = urllib.request.urlopen(req, timeout=60); print(r.status); print(r.read().decode())\n\
+except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n";
+    let mut args = vec!["-c", script, method, url];
+    args.extend(token);
+    let out = std::process::Command::new(python_with("json")).args(&args).output().expect("running Python");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 pub fn python_with(module: &str) -> String {
     let py = std::env::var("SLUICE_TEST_PYTHON").unwrap_or_else(|_| {
         let home = std::env::var("HOME").unwrap_or_default();

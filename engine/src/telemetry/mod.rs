@@ -179,58 +179,44 @@ impl Telemetry {
 /// Registers the counters and gauges observed from the flows' ledgers and lag tables.
 fn observe(meter: &Meter, flows: &Arc<Mutex<Vec<Arc<FlowMetrics>>>>) {
     type Get = fn(&Totals) -> u64;
-    let counters: [(&'static str, &'static str, Get); 5] = [
-        ("sluice.records.read", "Records the flow read from its source.", |t| t.read),
-        ("sluice.records.delivered", "Records delivered to the destination.", |t| t.delivered),
-        ("sluice.records.filtered", "Records the flow's SQL or tasks filtered out.", |t| t.filtered),
-        ("sluice.records.dead_lettered", "Records sent to the dead-letter topic.", |t| t.dead_lettered),
-        ("sluice.records.dropped", "Records dropped under errors.policy: drop.", |t| t.dropped),
-    ];
-    for (name, description, get) in counters {
-        let flows = flows.clone();
-        meter
-            .u64_observable_counter(name)
-            .with_description(description)
-            .with_callback(move |o| {
-                for f in flows.lock().iter().flat_map(|v| v.iter()) {
-                    o.observe(get(&f.totals()), f.flow_attrs());
-                }
-            })
-            .build();
-    }
-    // OpenTelemetry's messaging conventions: messages a client sent or consumed.
-    let messaging: [(&'static str, &'static str, Get); 2] = [
-        ("messaging.client.sent.messages", "Records the flow's source published to Kafka.", |t| t.produced),
-        ("messaging.client.consumed.messages", "Messages the flow's sink workers consumed from Kafka.", |t| t.consumed),
-    ];
-    for (name, description, get) in messaging {
-        let flows = flows.clone();
-        meter
-            .u64_observable_counter(name)
-            .with_description(description)
-            .with_unit("{message}")
-            .with_callback(move |o| {
-                for f in flows.lock().iter().flat_map(|v| v.iter()) {
-                    o.observe(get(&f.totals()), f.messaging_attrs());
-                }
-            })
-            .build();
-    }
-    let bytes: [(&'static str, &'static str, Get); 2] = [
-        ("sluice.read", "Bytes of record keys and payloads the sink workers consumed.", |t| t.bytes_read),
-        ("sluice.written", "Bytes of Arrow data handed to the destination (an estimate of what it wrote).", |t| {
-            t.bytes_written
+    // (name, description, unit, messaging attributes, the count): the records' fate, then
+    // OpenTelemetry's messaging conventions (messages a client sent or consumed), then bytes.
+    let counters: [(&'static str, &'static str, &'static str, bool, Get); 9] = [
+        ("sluice.records.read", "Records the flow read from its source.", "", false, |t| t.read),
+        ("sluice.records.delivered", "Records delivered to the destination.", "", false, |t| t.delivered),
+        ("sluice.records.filtered", "Records the flow's SQL or tasks filtered out.", "", false, |t| t.filtered),
+        ("sluice.records.dead_lettered", "Records sent to the dead-letter topic.", "", false, |t| t.dead_lettered),
+        ("sluice.records.dropped", "Records dropped under errors.policy: drop.", "", false, |t| t.dropped),
+        ("messaging.client.sent.messages", "Records the flow's source published to Kafka.", "{message}", true, |t| {
+            t.produced
         }),
+        (
+            "messaging.client.consumed.messages",
+            "Messages the flow's sink workers consumed from Kafka.",
+            "{message}",
+            true,
+            |t| t.consumed,
+        ),
+        ("sluice.read", "Bytes of record keys and payloads the sink workers consumed.", "By", false, |t| t.bytes_read),
+        (
+            "sluice.written",
+            "Bytes of Arrow data handed to the destination (an estimate of what it wrote).",
+            "By",
+            false,
+            |t| t.bytes_written,
+        ),
     ];
-    for (name, description, get) in bytes {
+    for (name, description, unit, messaging, get) in counters {
         let flows = flows.clone();
-        meter
-            .u64_observable_counter(name)
-            .with_description(description)
-            .with_unit("By")
+        let mut counter = meter.u64_observable_counter(name).with_description(description);
+        if !unit.is_empty() {
+            counter = counter.with_unit(unit);
+        }
+        counter
             .with_callback(move |o| {
                 for f in flows.lock().iter().flat_map(|v| v.iter()) {
-                    o.observe(get(&f.totals()), f.flow_attrs());
+                    let attrs = if messaging { f.messaging_attrs() } else { f.flow_attrs() };
+                    o.observe(get(&f.totals()), attrs);
                 }
             })
             .build();
