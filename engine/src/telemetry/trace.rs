@@ -66,11 +66,23 @@ where
     use tracing_subscriber::Layer as _;
     let provider = PROVIDER
         .get_or_init(|| SdkTracerProvider::builder().with_span_processor(Deferred).with_sampler(SluiceSampler).build());
-    tracing_opentelemetry::layer().with_tracer(provider.tracer("sluice")).with_filter(
-        tracing_subscriber::filter::filter_fn(|m| {
-            enabled() && m.is_span() && m.target().starts_with("sluice") && *m.level() <= tracing::Level::INFO
-        }),
-    )
+    // Which spans could be exported is known per call site; whether they are depends on the
+    // rate, set later (and cleared at shutdown). A plain `filter_fn` would cache its first
+    // answer per call site, so a call site first met before traces were on (or while another
+    // dispatcher rebuilt the interest cache) would stay off for good: the call site is only
+    // told "sometimes", and each span asks again.
+    fn exportable(m: &tracing::Metadata<'_>) -> bool {
+        m.is_span() && m.target().starts_with("sluice") && *m.level() <= tracing::Level::INFO
+    }
+    let filter =
+        tracing_subscriber::filter::DynFilterFn::new(|m, _| enabled() && exportable(m)).with_callsite_filter(|m| {
+            if exportable(m) {
+                tracing::subscriber::Interest::sometimes()
+            } else {
+                tracing::subscriber::Interest::never()
+            }
+        });
+    tracing_opentelemetry::layer().with_tracer(provider.tracer("sluice")).with_filter(filter)
 }
 
 /// Sends spans to the OTLP/HTTP endpoint `url`, tracing `rate` of the records. Returns whether
