@@ -74,8 +74,11 @@ where
     fn exportable(m: &tracing::Metadata<'_>) -> bool {
         m.is_span() && m.target().starts_with("sluice") && *m.level() <= tracing::Level::INFO
     }
-    let filter =
-        tracing_subscriber::filter::DynFilterFn::new(|m, _| enabled() && exportable(m)).with_callsite_filter(|m| {
+    // The level ceiling keeps `tracing`'s global one at what the log filter allows: without
+    // it, every debug and trace call site in the process would ask the subscriber each time.
+    let filter = tracing_subscriber::filter::DynFilterFn::new(|m, _| enabled() && exportable(m))
+        .with_max_level_hint(tracing::Level::INFO)
+        .with_callsite_filter(|m| {
             if exportable(m) {
                 tracing::subscriber::Interest::sometimes()
             } else {
