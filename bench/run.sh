@@ -136,12 +136,28 @@ flows
 echo "==> loading $N records into bench.in.$RUN"
 "$R/loadgen" "$BOOT" "bench.in.$RUN" "$N"
 
+# pin_measured: on a machine of two or more CPUs, the measured runs (prefixed with "${PIN[@]}")
+# get the last CPU to themselves and the broker, the receivers and this script share the others.
+# Unpinned on two cores, the broker's work lands on the measured process's core at random.
+PIN=()
+pin_measured() {
+    local cpus; cpus=$(nproc)
+    if [ "$cpus" -ge 2 ] && command -v taskset >/dev/null; then
+        local others="0-$((cpus - 2))"
+        for p in "${PIDS[@]}"; do taskset -a -p -c "$others" "$p" >/dev/null; done
+        taskset -p -c "$others" $$ >/dev/null
+        PIN=(taskset -c "$((cpus - 1))")
+        echo "==> measured runs on CPU $((cpus - 1)), everything else on CPUs $others"
+    fi
+}
+
 # SLUICE_BENCH_BASELINE=/path/to/an/older/sluice: only job (b), with that build and with this one,
 # alternately, SLUICE_BENCH_ROUNDS times each (default 3) over the same backlog, each run under a
 # flow name of its own (so it reads the whole topic); prints CPU per record for both builds and
 # the change, and writes bench/results/compare.md. The rest of the harness does not run.
 if [ -n "${SLUICE_BENCH_BASELINE:-}" ]; then
     ROUNDS="${SLUICE_BENCH_ROUNDS:-3}"
+    pin_measured
     for i in $(seq 1 "$ROUNDS"); do
         for build in base this; do
             cat >> "$WORK/flows.yaml" <<YAML
@@ -154,8 +170,8 @@ YAML
     done
     for i in $(seq 1 "$ROUNDS"); do
         echo "==> round $i: job (b) with the baseline, then with this build"
-        measure "base" "$SLUICE_BENCH_BASELINE" run "$WORK/flows.yaml" --flow "cmp-base-$i-$RUN"
-        measure "this" "$R/sluice" run "$WORK/flows.yaml" --flow "cmp-this-$i-$RUN"
+        measure "base" "${PIN[@]}" "$SLUICE_BENCH_BASELINE" run "$WORK/flows.yaml" --flow "cmp-base-$i-$RUN"
+        measure "this" "${PIN[@]}" "$R/sluice" run "$WORK/flows.yaml" --flow "cmp-this-$i-$RUN"
     done
     python3 - "$WORK/measures" "$N" "$SLUICE_BENCH_BASELINE" "$OUT/compare.md" <<'PY'
 import statistics, sys
@@ -183,23 +199,12 @@ fi
 # API on, scraped every second) and with the OTLP export (to tests/otlp/receiver.py, with 1 %
 # of records traced), alternately, SLUICE_BENCH_ROUNDS times each (default 3); prints CPU per
 # record for each and the change against off, and writes bench/results/telemetry.md.
-# On a machine of two or more CPUs the measured sluice runs alone on the last one and the
-# broker, the receiver and the scraper share the others: on two cores, unpinned, the broker's
-# work lands on sluice's core at random and the runs' CPU per record spread by ±10 %, more
-# than the 5 % to be shown.
+# Measured runs pinned (pin_measured).
 if [ "${SLUICE_BENCH_TELEMETRY:-}" = 1 ]; then
     ROUNDS="${SLUICE_BENCH_ROUNDS:-3}"
     PY="${SLUICE_TEST_PYTHON:-$HOME/.cache/sluice-py/bin/python}"
     "$PY" -c 'import opentelemetry.proto' || { echo "the OTLP receiver needs opentelemetry-proto in $PY (scripts/test installs it)"; exit 1; }
-    PIN=()
-    CPUS=$(nproc)
-    if [ "$CPUS" -ge 2 ] && command -v taskset >/dev/null; then
-        OTHERS="0-$((CPUS - 2))"
-        for p in "${PIDS[@]}"; do taskset -a -p -c "$OTHERS" "$p" >/dev/null; done
-        taskset -p -c "$OTHERS" $$ >/dev/null
-        PIN=(taskset -c "$((CPUS - 1))")
-        echo "==> measured runs on CPU $((CPUS - 1)), everything else on CPUs $OTHERS"
-    fi
+    pin_measured
     "$PY" tests/otlp/receiver.py "$WORK/otlp.jsonl" > "$WORK/otlp.port" & PIDS+=($!)
     for _ in $(seq 1 100); do [ -s "$WORK/otlp.port" ] && break; sleep 0.1; done
     APORT=$(port)

@@ -14,9 +14,10 @@
 //! - `ignore`: the columns are left out, as declared — said once per column in the log, so it
 //!   is never silent.
 //!
-//! A dropped column reads as null; a retyped column's values that no longer fit go to the DLQ
-//! with the reason. Nested fields a struct does not declare are left out (only the row's own
-//! columns are watched).
+//! A column dropped upstream reads as null — said once, or under `fail` the flow stops; nested
+//! fields a struct does not declare are left out, said once per path ([`crate::drift`] looks
+//! at the first record of each batch for both). A retyped column's values that no longer fit
+//! go to the DLQ with the reason.
 
 use std::sync::Arc;
 
@@ -39,6 +40,17 @@ pub enum SchemaChanges {
     /// Leave them out (said once per column in the log).
     #[default]
     Ignore,
+}
+
+impl SchemaChanges {
+    /// The policy as it is written in a config.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemaChanges::Evolve => "evolve",
+            SchemaChanges::Fail => "fail",
+            SchemaChanges::Ignore => "ignore",
+        }
+    }
 }
 
 /// Where a flow's columns can be read again while it runs (the source's service).
@@ -113,6 +125,49 @@ impl SqlStage {
                 Ok(true)
             }
         }
+    }
+
+    /// Looks at the batch's first record for what the decoder would leave out without a word
+    /// ([`crate::drift`]): each thing said once in the log — or, under `fail`, a column dropped
+    /// upstream stops the flow before anything of the batch is delivered.
+    pub(crate) fn drifted(&mut self, input: &[InputMessage<'_>]) -> Result<(), TransformError> {
+        let Some(first) = input.iter().find_map(|m| m.payload) else { return Ok(()) };
+        let drift = crate::drift::sample(first, &self.row_type, self.format);
+        if drift.is_empty() {
+            return Ok(());
+        }
+        if !drift.missing.is_empty() && self.spec.schema_changes == SchemaChanges::Fail {
+            return Err(TransformError::Execute {
+                flow: self.flow.clone(),
+                message: format!(
+                    "the source's rows no longer have column(s) {} of the flow's schema — dropped upstream? \
+                     (schema_changes: fail); nothing of this batch was delivered. Take them out of the schema, \
+                     or set `schema_changes: evolve` or `ignore` to read them as null",
+                    quoted(&drift.missing)
+                ),
+            });
+        }
+        for name in &drift.missing {
+            if self.ignored.insert(format!("missing {name}")) {
+                tracing::warn!(
+                    flow = %self.flow,
+                    "column `{name}` of the flow's schema is not in the source's rows (dropped upstream?) and \
+                     reads as null (schema_changes: {})",
+                    self.spec.schema_changes.name()
+                );
+            }
+        }
+        for path in drift.undeclared {
+            if !self.ignored.contains(&path) {
+                tracing::warn!(
+                    flow = %self.flow,
+                    "field `{path}` in the source's rows is not in the flow's schema and is left out (nested \
+                     fields are not evolved: declare it in its struct's type)"
+                );
+                self.ignored.insert(path);
+            }
+        }
+        Ok(())
     }
 
     /// Reads columns from `source` when the flow evolves.
@@ -227,6 +282,20 @@ mod tests {
         batch(&mut s, &[BEFORE]).await.unwrap();
         let e = batch(&mut s, &AFTER).await.unwrap_err().to_string();
         assert!(e.contains("column(s) `amount`, `tags` that the flow's schema does not (schema_changes: fail)"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_column_dropped_upstream_stops_the_flow_under_fail_and_reads_as_null_otherwise() {
+        let dropped = r#"{"id":4}"#;
+        let mut s = stage(SchemaChanges::Fail).await;
+        let e = batch(&mut s, &[dropped]).await.unwrap_err().to_string();
+        assert!(e.contains("no longer have column(s) `name` of the flow's schema — dropped upstream?"), "{e}");
+        for policy in [SchemaChanges::Ignore, SchemaChanges::Evolve] {
+            let mut s = stage(policy).await;
+            assert_eq!(batch(&mut s, &[dropped]).await.unwrap(), vec![r#"{"id":4,"name":null}"#]);
+            batch(&mut s, &[dropped]).await.unwrap();
+            assert!(s.ignored.contains("missing name") && s.ignored.len() == 1, "said once");
+        }
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@ mod avro_decode;
 mod batch_limit;
 pub mod bounded;
 mod decode;
+mod drift;
 mod evolve;
 pub mod functions;
 #[cfg(test)]
@@ -135,7 +136,8 @@ pub struct SqlStage {
     spec: TransformSpec,
     /// Where the source's columns can be read again (for `evolve`).
     column_source: Option<Arc<dyn ColumnSource>>,
-    /// Undeclared columns already reported under `ignore`.
+    /// What was said once already: undeclared columns under `ignore`, nested fields left out,
+    /// columns missing from the rows (`missing NAME`).
     ignored: std::collections::HashSet<String>,
     /// Where Avro payloads' writer schemas come from.
     registry: Option<Arc<dyn SchemaRegistry>>,
@@ -271,6 +273,7 @@ impl Transform for SqlStage {
             if !unknown.is_empty() && self.schema_changed(&unknown, input).await? {
                 decoded = self.decode_batch(input, &mut Vec::new());
             }
+            self.drifted(input)?;
             decoded
         };
         let decode_time = Some(decoding.elapsed());

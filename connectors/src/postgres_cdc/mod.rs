@@ -94,6 +94,9 @@ pub struct CdcSource {
     heartbeat: Duration,
     client: Option<tokio_postgres::Client>,
     relations: HashMap<u32, Relation>,
+    /// Each snapshotted table's columns as its snapshot read them, until the stream's first
+    /// relation message for it — what that message is compared with.
+    snapshot_columns: HashMap<String, pgoutput::ColumnTypes>,
     /// Each captured table's primary-key columns, by `schema.table`.
     primary_keys: HashMap<String, Vec<String>>,
     /// Tables whose capture is established, with the id they had: what positions carry.
@@ -169,6 +172,7 @@ impl CdcSource {
             tables,
             client: None,
             relations: HashMap::new(),
+            snapshot_columns: HashMap::new(),
             primary_keys: HashMap::new(),
             established: BTreeMap::new(),
             current: HashMap::new(),
@@ -302,6 +306,28 @@ impl CdcSource {
                     txn = Some(Txn { xid, commit_ts_ms, records: Vec::new() });
                 }
                 Message::Relation(rel) => {
+                    // A table's columns changed while it is captured (the server sends the
+                    // relation again before the next change): said here, where the change is
+                    // known; the flow's `schema_changes` policy meets it in the rows.
+                    let name = format!("{}.{}", rel.schema, rel.table);
+                    let change = match self.relations.get(&rel.oid) {
+                        Some(old) => pgoutput::relation_change(old, &rel),
+                        // The first since the table's snapshot: compared with what it read.
+                        None => self.snapshot_columns.remove(&name).and_then(|read| {
+                            let mut columns: Vec<(String, u32, bool)> =
+                                read.into_iter().map(|(n, t)| (n, t, false)).collect();
+                            columns.sort();
+                            pgoutput::relation_change(&Relation { columns, ..rel.clone() }, &rel)
+                        }),
+                    };
+                    if let Some(change) = change
+                        && self.tables.contains(&name)
+                    {
+                        tracing::warn!(
+                            connection = %self.connection,
+                            "table {name} changed while captured: {change}"
+                        );
+                    }
                     self.relations.insert(rel.oid, rel);
                 }
                 Message::Change { kind, oid, old, new } => {

@@ -339,10 +339,48 @@ impl Reader<'_> {
     }
 }
 
+/// How a table's columns changed between two of its relation messages, in words — "column
+/// `b` dropped; column `a` retyped int4 → text; column `c` added (text)" — or `None`.
+pub(super) fn relation_change(old: &Relation, new: &Relation) -> Option<String> {
+    let type_name = |oid: u32| {
+        tokio_postgres::types::Type::from_oid(oid).map_or_else(|| format!("type {oid}"), |t| t.name().to_owned())
+    };
+    let mut changes = Vec::new();
+    for (name, was, _) in &old.columns {
+        match new.columns.iter().find(|(n, _, _)| n == name) {
+            None => changes.push(format!("column `{name}` dropped")),
+            Some((_, now, _)) if now != was => {
+                changes.push(format!("column `{name}` retyped {} → {}", type_name(*was), type_name(*now)))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, oid, _) in &new.columns {
+        if !old.columns.iter().any(|(n, _, _)| n == name) {
+            changes.push(format!("column `{name}` added ({})", type_name(*oid)));
+        }
+    }
+    (!changes.is_empty()).then(|| changes.join("; "))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relation_change_is_put_in_words() {
+        let old = rel();
+        assert_eq!(relation_change(&old, &rel()), None);
+        let mut new = rel();
+        new.columns.remove(2);
+        new.columns[1].1 = 23;
+        new.columns.push(("added".into(), 1700, false));
+        assert_eq!(
+            relation_change(&old, &new).unwrap(),
+            "column `v` retyped text → int4; column `big` dropped; column `added` added (numeric)"
+        );
+    }
 
     fn rel() -> Relation {
         Relation {

@@ -101,7 +101,9 @@ impl CdcSource {
             .collect();
         if rows.is_empty() {
             client.batch_execute("COMMIT").await.map_err(|e| classify(&doing, &e))?;
-            self.snapshot_open = None;
+            if let Some(open) = self.snapshot_open.take() {
+                self.snapshot_columns.insert(open.table, open.types);
+            }
             self.snapshot_todo.pop_front();
             let oid = self.current.get(&next.table).copied().unwrap_or_default();
             self.established.insert(next.table.clone(), oid);
