@@ -126,20 +126,10 @@ fn a_column_added_mid_stream_follows_each_policy(kafka: &mut Kafka) {
 
 crate::on_both_brokers!(a_column_added_mid_stream_follows_each_policy);
 
-fn a_column_dropped_mid_stream_reads_as_null_or_stops_the_flow(kafka: &mut Kafka) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let t = table("shrinking");
-    let _cleanup = Cleanup {
-        slots: vec![format!("{t}_i"), format!("{t}_f")],
-        publications: vec![t.clone()],
-        tables: vec![t.clone()],
-    };
-    pg(&format!(
-        "CREATE TABLE {t} (id bigint PRIMARY KEY, name text, note text); INSERT INTO {t} VALUES (1, 'a', 'x'); \
-         CREATE PUBLICATION \"{t}\" FOR TABLE {t}"
-    ));
-    let flow = |name: &str, slot: &str, policy: &str| {
+/// A continuous CDC flow from `t` with `schema_changes: fail` and one with `ignore`, both with
+/// the declared `schema`, each writing `NAME.jsonl` under `out`.
+fn fail_and_ignore(kafka: &Kafka, t: &str, out: &std::path::Path, schema: &str) -> String {
+    let flow = |name: &str, slot: &str| {
         format!(
             r#"
   - name: {name}
@@ -148,28 +138,74 @@ fn a_column_dropped_mid_stream_reads_as_null_or_stops_the_flow(kafka: &mut Kafka
       connection: wh
       object: public.{t}
       options: {{mode: cdc, slot: {t}_{slot}, publication: {t}, heartbeat_secs: 1}}
-      schema: {{id: int64, name: string, note: string}}
-      schema_changes: {policy}
+      schema: {schema}
+      schema_changes: {name}
     destination: {{connection: out, object: {name}.jsonl}}
     batch: {{linger_ms: 20}}"#
         )
     };
-    let cfg = write(
-        dir.path(),
-        "c.yaml",
-        &format!(
-            "kafka: {{{kafka}}}\nconnections:\n  wh: {{type: postgres, database: postgres, user: postgres}}\n  \
-             out: {{type: file, path: {out}}}\nflows:{fail}{ignore}\n",
-            kafka = kafka.yaml(),
-            out = out.display(),
-            fail = flow("fail", "f", "fail"),
-            ignore = flow("ignore", "i", "ignore"),
-        ),
+    format!(
+        "kafka: {{{kafka}}}\nconnections:\n  wh: {{type: postgres, database: postgres, user: postgres}}\n  \
+         out: {{type: file, path: {out}}}\nflows:{fail}{ignore}\n",
+        kafka = kafka.yaml(),
+        out = out.display(),
+        fail = flow("fail", "f"),
+        ignore = flow("ignore", "i"),
+    )
+}
+
+/// A table under the two flows of [`fail_and_ignore`], running, each having delivered the
+/// table's first row; the table, its slots and publication dropped at the end.
+struct Watched {
+    /// The table.
+    t: String,
+    /// The running `sluice run`.
+    p: common::Sluice,
+    /// Where the flows write.
+    out: std::path::PathBuf,
+    _cleanup: Cleanup,
+    _dir: tempfile::TempDir,
+}
+
+impl Watched {
+    /// Creates table `name` (`id bigint PRIMARY KEY` and `columns`) holding `(1, first)`, and
+    /// runs the flows with the declared `schema` until both delivered it.
+    fn start(kafka: &Kafka, name: &str, columns: &str, first: &str, schema: &str) -> Watched {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let t = table(name);
+        let cleanup = Cleanup {
+            slots: vec![format!("{t}_i"), format!("{t}_f")],
+            publications: vec![t.clone()],
+            tables: vec![t.clone()],
+        };
+        pg(&format!(
+            "CREATE TABLE {t} (id bigint PRIMARY KEY, {columns}); INSERT INTO {t} VALUES (1, {first}); \
+             CREATE PUBLICATION \"{t}\" FOR TABLE {t}"
+        ));
+        let cfg = write(dir.path(), "c.yaml", &fail_and_ignore(kafka, &t, &out, schema));
+        let p = spawn(&["run", &cfg], dir.path(), &[]);
+        let w = Watched { t, p, out, _cleanup: cleanup, _dir: dir };
+        let started = || w.lines("ignore.jsonl").len() == 1 && w.lines("fail.jsonl").len() == 1;
+        assert!(wait_until(Duration::from_secs(120), started), "{}", w.p.stderr_so_far());
+        w
+    }
+
+    /// The rows flow file `name` holds.
+    fn lines(&self, name: &str) -> Vec<serde_json::Value> {
+        read_jsonl(&self.out.join(name)).0
+    }
+}
+
+fn a_column_dropped_mid_stream_reads_as_null_or_stops_the_flow(kafka: &mut Kafka) {
+    let Watched { t, p, out, _cleanup, _dir } = Watched::start(
+        kafka,
+        "shrinking",
+        "name text, note text",
+        "'a', 'x'",
+        "{id: int64, name: string, note: string}",
     );
     let lines = |name: &str| read_jsonl(&out.join(name)).0;
-    let p = spawn(&["run", &cfg], dir.path(), &[]);
-    let started = || lines("ignore.jsonl").len() == 1 && lines("fail.jsonl").len() == 1;
-    assert!(wait_until(Duration::from_secs(120), started), "{}", p.stderr_so_far());
     assert_eq!(lines("ignore.jsonl")[0], serde_json::json!({"id": 1, "name": "a", "note": "x"}));
 
     pg(&format!("ALTER TABLE {t} DROP COLUMN note; INSERT INTO {t} VALUES (2, 'b')"));
@@ -196,3 +232,35 @@ fn a_column_dropped_mid_stream_reads_as_null_or_stops_the_flow(kafka: &mut Kafka
 }
 
 crate::on_both_brokers!(a_column_dropped_mid_stream_reads_as_null_or_stops_the_flow);
+
+fn a_column_retyped_mid_stream_stops_the_flow_under_fail(kafka: &mut Kafka) {
+    let Watched { t, p, out, _cleanup, _dir } =
+        Watched::start(kafka, "retyped", "qty int4", "5", "{id: int64, qty: int64}");
+    let lines = |name: &str| read_jsonl(&out.join(name)).0;
+
+    pg(&format!("ALTER TABLE {t} ALTER COLUMN qty TYPE text; INSERT INTO {t} VALUES (2, 'many'), (3, '7')"));
+    // ignore: the source names the change; the value that no longer fits goes to the DLQ with
+    // its reason, the one that still does is delivered.
+    assert!(wait_until(Duration::from_secs(60), || lines("ignore.jsonl").len() == 2), "{}", p.stderr_so_far());
+    assert_eq!(lines("ignore.jsonl")[1], serde_json::json!({"id": 3, "qty": 7}));
+    let dlq = kafka.read_topic(&kafka.topic("ignore.dlq"));
+    assert_eq!(dlq.len(), 1, "row 2 dead-lettered");
+    assert!(
+        p.stderr_so_far()
+            .contains(&format!("table public.{t} changed while captured: column `qty` retyped int4 → text"))
+    );
+    // fail: the flow stops naming the change, before anything after it is published.
+    assert!(
+        wait_until(Duration::from_secs(60), || p.stderr_so_far().contains(
+            "column `qty` retyped int4 → text (schema_changes: fail); nothing after the change was published"
+        )),
+        "{}",
+        p.stderr_so_far()
+    );
+    p.terminate(Duration::from_secs(30));
+    assert_eq!(lines("fail.jsonl").len(), 1, "nothing after the change delivered");
+    assert!(kafka.read_topic(&kafka.topic("fail.changes")).len() == 1, "nothing after the change published");
+    eprintln!("schema changes: a retyped column stopped the flow under fail, dead-lettered its misfits under ignore");
+}
+
+crate::on_both_brokers!(a_column_retyped_mid_stream_stops_the_flow_under_fail);

@@ -30,6 +30,11 @@ pub struct Context<'a> {
     pub own: &'a KafkaSettings,
     /// The flow being built, or `""` when there is none (`sluice connections test`).
     pub flow: &'a str,
+    /// The flow's `schema_changes` is `fail`. A source acts on what only it can see: a CDC
+    /// source that learns a column's type changed stops the flow naming the change (the SQL
+    /// stage, which sees values only, would send each value that no longer fits to the DLQ).
+    /// Added and dropped columns are the SQL stage's.
+    pub fail_on_schema_change: bool,
 }
 
 /// What a flow reads.

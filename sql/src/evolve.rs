@@ -17,7 +17,8 @@
 //! A column dropped upstream reads as null — said once, or under `fail` the flow stops; nested
 //! fields a struct does not declare are left out, said once per path ([`crate::drift`] looks
 //! at the first record of each batch for both). A retyped column's values that no longer fit
-//! go to the DLQ with the reason.
+//! go to the DLQ with the reason; under `fail`, a CDC source, which sees the type change,
+//! stops the flow at it (the connector `Context`'s `fail_on_schema_change`).
 
 use std::sync::Arc;
 

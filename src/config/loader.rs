@@ -361,7 +361,12 @@ impl Loader {
             Some(KafkaSection::Embedded { settings, .. } | KafkaSection::External(settings)) => settings.clone(),
             None => sluice_engine::kafka::KafkaSettings::plaintext(""),
         };
-        let ctx = |connection| sluice_connectors::Context { connection, own: &own, flow: &f.name };
+        let ctx = |connection| sluice_connectors::Context {
+            connection,
+            own: &own,
+            flow: &f.name,
+            fail_on_schema_change: false,
+        };
         if let Some(conn) = self.connections.get(&f.source.connection)
             && let Err(e) = conn.check_source(ctx(&f.source.connection), &f.source.object, &source)
         {

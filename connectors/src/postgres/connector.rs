@@ -82,7 +82,7 @@ impl Connector for PostgresConnector {
             .check_mode()
             .map_err(|e| ConnectorError::User(format!("postgres connection `{}`: {e}", ctx.connection)))?;
         Ok(Input::Source(if options.mode == PullMode::Cdc {
-            Box::new(CdcSource::new(ctx.connection, conn, object, options, follow)?)
+            Box::new(CdcSource::new(ctx.connection, conn, object, options, follow, ctx.fail_on_schema_change)?)
         } else {
             Box::new(QuerySource::new(ctx.connection, conn, object, options.clone(), follow)?)
         }))

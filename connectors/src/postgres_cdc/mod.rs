@@ -94,6 +94,8 @@ pub struct CdcSource {
     heartbeat: Duration,
     client: Option<tokio_postgres::Client>,
     relations: HashMap<u32, Relation>,
+    /// Whether a retyped column stops the flow (its `schema_changes: fail`).
+    fail_on_change: bool,
     /// Each snapshotted table's columns as its snapshot read them, until the stream's first
     /// relation message for it — what that message is compared with.
     snapshot_columns: HashMap<String, pgoutput::ColumnTypes>,
@@ -137,6 +139,7 @@ impl CdcSource {
         object: &str,
         options: &QueryOptions,
         follow: bool,
+        fail_on_change: bool,
     ) -> Result<CdcSource, ConnectorError> {
         let tables: Vec<String> = object
             .split(',')
@@ -172,6 +175,7 @@ impl CdcSource {
             tables,
             client: None,
             relations: HashMap::new(),
+            fail_on_change,
             snapshot_columns: HashMap::new(),
             primary_keys: HashMap::new(),
             established: BTreeMap::new(),
@@ -323,9 +327,21 @@ impl CdcSource {
                     if let Some(change) = change
                         && self.tables.contains(&name)
                     {
+                        // Nothing after the change is handed out: what this poll collected
+                        // before it is peeked again by the next run, as the slot is not
+                        // advanced past it.
+                        if change.retyped && self.fail_on_change {
+                            return Err(ConnectorError::User(format!(
+                                "table {name} changed while captured: {} (schema_changes: fail); nothing after \
+                                 the change was published. Change the flow's schema to match, or set \
+                                 `schema_changes: ignore` (values that no longer fit go to the DLQ)",
+                                change.words
+                            )));
+                        }
                         tracing::warn!(
                             connection = %self.connection,
-                            "table {name} changed while captured: {change}"
+                            "table {name} changed while captured: {}",
+                            change.words
                         );
                     }
                     self.relations.insert(rel.oid, rel);

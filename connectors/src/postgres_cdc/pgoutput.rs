@@ -339,17 +339,27 @@ impl Reader<'_> {
     }
 }
 
-/// How a table's columns changed between two of its relation messages, in words — "column
-/// `b` dropped; column `a` retyped int4 → text; column `c` added (text)" — or `None`.
-pub(super) fn relation_change(old: &Relation, new: &Relation) -> Option<String> {
+/// How a table's columns changed between two of its relation messages.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct RelationChange {
+    /// In words: "column `b` dropped; column `a` retyped int4 → text; column `c` added (text)".
+    pub(super) words: String,
+    /// Whether a column kept its name and changed its type.
+    pub(super) retyped: bool,
+}
+
+/// How a table's columns changed between two of its relation messages, or `None`.
+pub(super) fn relation_change(old: &Relation, new: &Relation) -> Option<RelationChange> {
     let type_name = |oid: u32| {
         tokio_postgres::types::Type::from_oid(oid).map_or_else(|| format!("type {oid}"), |t| t.name().to_owned())
     };
     let mut changes = Vec::new();
+    let mut retyped = false;
     for (name, was, _) in &old.columns {
         match new.columns.iter().find(|(n, _, _)| n == name) {
             None => changes.push(format!("column `{name}` dropped")),
             Some((_, now, _)) if now != was => {
+                retyped = true;
                 changes.push(format!("column `{name}` retyped {} → {}", type_name(*was), type_name(*now)))
             }
             Some(_) => {}
@@ -360,7 +370,7 @@ pub(super) fn relation_change(old: &Relation, new: &Relation) -> Option<String> 
             changes.push(format!("column `{name}` added ({})", type_name(*oid)));
         }
     }
-    (!changes.is_empty()).then(|| changes.join("; "))
+    (!changes.is_empty()).then(|| RelationChange { words: changes.join("; "), retyped })
 }
 
 #[cfg(test)]
@@ -376,10 +386,14 @@ mod tests {
         new.columns.remove(2);
         new.columns[1].1 = 23;
         new.columns.push(("added".into(), 1700, false));
+        let change = relation_change(&old, &new).unwrap();
         assert_eq!(
-            relation_change(&old, &new).unwrap(),
+            change.words,
             "column `v` retyped text → int4; column `big` dropped; column `added` added (numeric)"
         );
+        assert!(change.retyped);
+        new.columns[1].1 = 25;
+        assert!(!relation_change(&old, &new).unwrap().retyped, "a drop and an add are no retyping");
     }
 
     fn rel() -> Relation {
