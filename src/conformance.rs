@@ -91,12 +91,7 @@ impl Fixture {
     pub fn input(&self, name: &str) -> Result<Input, Violation> {
         let flow = self.flow(name)?;
         let conn = self.connection(&flow.source_connection)?;
-        let ctx = Context {
-            connection: &flow.source_connection,
-            own: &self.own,
-            flow: &flow.name,
-            fail_on_schema_change: false,
-        };
+        let ctx = Context::new(&flow.source_connection, &self.own, &flow.name);
         conn.build_source(ctx, &flow.source_object, &flow.source, false)
             .map_err(|e| violation(format!("building the source of flow `{name}`: {e}")))
     }
@@ -105,12 +100,7 @@ impl Fixture {
     pub async fn sink(&self, name: &str) -> Result<BuiltSink, Violation> {
         let flow = self.flow(name)?;
         let conn = self.connection(&flow.destination_connection)?;
-        let ctx = Context {
-            connection: &flow.destination_connection,
-            own: &self.own,
-            flow: &flow.name,
-            fail_on_schema_change: false,
-        };
+        let ctx = Context::new(&flow.destination_connection, &self.own, &flow.name);
         conn.build_sink(ctx, &flow.destination_object, &flow.destination)
             .await
             .map_err(|e| violation(format!("building the sink of flow `{name}`: {e}")))

@@ -69,12 +69,7 @@ pub(crate) async fn plan_flow(
     let Some(conn) = connections.get(&f.source_connection) else { return Ok(stage) };
     // Building a topic input reaches nothing; it is how the connector hands over its registry.
     let own = KafkaSettings::plaintext("");
-    let ctx = sluice_connectors::Context {
-        connection: &f.source_connection,
-        own: &own,
-        flow: &f.name,
-        fail_on_schema_change: false,
-    };
+    let ctx = sluice_connectors::Context::new(&f.source_connection, &own, &f.name);
     match conn.build_source(ctx, &f.source_object, &f.source, false).map_err(|e| e.to_string())? {
         Input::Topic { registry: Some(r), .. } => Ok(stage.with_registry(r)),
         _ => Err(format!(
@@ -97,12 +92,7 @@ struct SourceColumns {
 impl sluice_sql::ColumnSource for SourceColumns {
     async fn columns(&self) -> Result<Option<sluice_engine::schema::RowSchema>, String> {
         let own = KafkaSettings::plaintext("");
-        let ctx = sluice_connectors::Context {
-            connection: &self.connection,
-            own: &own,
-            flow: &self.flow,
-            fail_on_schema_change: false,
-        };
+        let ctx = sluice_connectors::Context::new(&self.connection, &own, &self.flow);
         match tokio::time::timeout(DISCOVERY_TIMEOUT, self.conn.discover_schema(ctx, &self.object, &self.options)).await
         {
             Ok(found) => found.map_err(|e| e.to_string()),
@@ -148,12 +138,7 @@ async fn discover_schemas(cfg: &mut Config) -> Vec<ConfigError> {
         let Some(at) = f.schema_from_source.clone() else { continue };
         // invariant: the loader checked that the connection exists.
         let Some(conn) = cfg.connections.get(&f.source_connection) else { continue };
-        let ctx = sluice_connectors::Context {
-            connection: &f.source_connection,
-            own: &own,
-            flow: &f.name,
-            fail_on_schema_change: false,
-        };
+        let ctx = sluice_connectors::Context::new(&f.source_connection, &own, &f.name);
         let found = tokio::time::timeout(DISCOVERY_TIMEOUT, conn.discover_schema(ctx, &f.source_object, &f.source));
         match found.await {
             // A topic another flow wrote may carry its `_op`, `_key`, `_ts` columns: the
@@ -203,12 +188,7 @@ pub(crate) async fn build_sink(
 ) -> anyhow::Result<Box<dyn sluice_engine::connector::Sink>> {
     // invariant: the loader checked that the connection exists.
     let conn = cfg.connections.get(&flow.destination_connection).context("destination connection vanished")?;
-    let ctx = sluice_connectors::Context {
-        connection: &flow.destination_connection,
-        own,
-        flow: &flow.name,
-        fail_on_schema_change: false,
-    };
+    let ctx = sluice_connectors::Context::new(&flow.destination_connection, own, &flow.name);
     let built = conn
         .build_sink(ctx, &flow.destination_object, &flow.destination)
         .await

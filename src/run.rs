@@ -328,10 +328,8 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
     let dlq = own.dlq_topic(&flow.name);
     let build = || {
         let ctx = sluice_connectors::Context {
-            connection: &flow.source_connection,
-            own,
-            flow: &flow.name,
             fail_on_schema_change: flow.transform.schema_changes == sluice_sql::SchemaChanges::Fail,
+            ..sluice_connectors::Context::new(&flow.source_connection, own, &flow.name)
         };
         src_conn.build_source(ctx, &flow.source_object, &flow.source, follow)
     };
@@ -415,12 +413,7 @@ async fn position_now(
     starting: Option<bool>,
 ) -> Option<serde_json::Value> {
     let conn = cfg.connections.get(&flow.source_connection)?;
-    let ctx = sluice_connectors::Context {
-        connection: &flow.source_connection,
-        own,
-        flow: &flow.name,
-        fail_on_schema_change: false,
-    };
+    let ctx = sluice_connectors::Context::new(&flow.source_connection, own, &flow.name);
     let input = conn.build_source(ctx, &flow.source_object, &flow.source, flow.trigger == Trigger::Continuous).ok()?;
     let read = async {
         match input {

@@ -344,7 +344,9 @@ flows:
     assert!(wait_until(LIMIT, || get(&format!("{base}/ready"), Some(TOKEN)).0 == 200), "{}", p.stderr_so_far());
     let st = common::python_with("schemathesis");
     let st = std::path::Path::new(&st).with_file_name("schemathesis");
+    // From the test's directory: Schemathesis keeps a cache where it runs.
     let out = std::process::Command::new(&st)
+        .current_dir(dir.path())
         .args(["run", &format!("{base}/openapi.json"), "--max-examples", "10", "--wait-for-schema", "30"])
         .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
         .output()

@@ -37,6 +37,14 @@ pub struct Context<'a> {
     pub fail_on_schema_change: bool,
 }
 
+impl<'a> Context<'a> {
+    /// For connection `connection` of flow `flow` (`""` for none) on sluice's cluster `own`;
+    /// schema changes left to the SQL stage.
+    pub fn new(connection: &'a str, own: &'a KafkaSettings, flow: &'a str) -> Context<'a> {
+        Context { connection, own, flow, fail_on_schema_change: false }
+    }
+}
+
 /// What a flow reads.
 pub enum Input {
     /// A connector that publishes change records to the flow's changes topic.

@@ -40,8 +40,12 @@ impl Drift {
 /// an object, shows nothing here: the decoder names what is wrong with it.
 pub(crate) fn sample(payload: &[u8], row: &ColumnType, format: PayloadFormat) -> Drift {
     let mut drift = Drift::default();
-    let Ok(v) = serde_json::from_slice::<Value>(payload) else { return drift };
     let ColumnType::Struct(columns) = row else { return drift };
+    // A flat row of plain JSON can show neither: no parse then (the common case, every batch).
+    if format != PayloadFormat::Debezium && !columns.iter().any(|(_, t)| holds_struct(t)) {
+        return drift;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(payload) else { return drift };
     let image = match format {
         PayloadFormat::Debezium => {
             // A delete's `before` may hold the key alone; `after` holds every column.
@@ -64,6 +68,15 @@ pub(crate) fn sample(payload: &[u8], row: &ColumnType, format: PayloadFormat) ->
     drift.undeclared.sort();
     drift.undeclared.dedup();
     drift
+}
+
+/// Whether values of type `t` have structs inside (whose undeclared fields could be left out).
+fn holds_struct(t: &ColumnType) -> bool {
+    match t {
+        ColumnType::Struct(_) => true,
+        ColumnType::List(inner) | ColumnType::Map(inner) => holds_struct(inner),
+        _ => false,
+    }
 }
 
 /// Notes the paths of undeclared fields inside `v`, whose type is `t`, at `path`.

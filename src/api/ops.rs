@@ -69,7 +69,7 @@ async fn test_connection(
     let Some(conn) = live.cfg.as_ref().and_then(|c| c.connections.get(&name)) else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no connection named `{name}`")));
     };
-    let ctx = sluice_connectors::Context { connection: &name, own: &s.kafka, flow: "", fail_on_schema_change: false };
+    let ctx = sluice_connectors::Context::new(&name, &s.kafka, "");
     let (ok, message) = match conn.healthcheck(ctx).await {
         Ok(what) => (true, what),
         Err(e) => (false, e.to_string()),

@@ -28,7 +28,7 @@ pub async fn connections_test(path: &Path, registry: &Registry, only: Option<&st
     let mut failed = false;
     for name in names {
         let conn = &cfg.connections[name];
-        let ctx = sluice_connectors::Context { connection: name, own: &own, flow: "", fail_on_schema_change: false };
+        let ctx = sluice_connectors::Context::new(name, &own, "");
         match conn.healthcheck(ctx).await {
             Ok(what) => println!("ok    {name} ({}): {what}", conn.kind()),
             Err(e) => {

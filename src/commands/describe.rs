@@ -29,7 +29,7 @@ pub async fn describe(path: &Path, registry: &Registry, name: &str, object: Opti
         Ok(x) => x,
         Err(code) => return code,
     };
-    let ctx = sluice_connectors::Context { connection: name, own: &own, flow: "", fail_on_schema_change: false };
+    let ctx = sluice_connectors::Context::new(name, &own, "");
     let objects = match tokio::time::timeout(TIMEOUT, conn.describe(ctx, object)).await {
         Ok(Ok(Some(objects))) => objects,
         Ok(Ok(None)) => {

@@ -63,12 +63,7 @@ pub(crate) async fn tap(
         TapStage::Source | TapStage::Output => {
             // invariant: the loader checked that the connection exists.
             let Some(conn) = cfg.connections.get(&f.source_connection) else { return ExitCode::from(2) };
-            let ctx = sluice_connectors::Context {
-                connection: &f.source_connection,
-                own: &own,
-                flow: &f.name,
-                fail_on_schema_change: false,
-            };
+            let ctx = sluice_connectors::Context::new(&f.source_connection, &own, &f.name);
             match conn.build_source(ctx, &f.source_object, &f.source, false) {
                 Ok(Input::Topic { kafka, topic, .. }) => (kafka, topic),
                 Ok(Input::Source(_)) => (own.clone(), own.changes_topic(&f.name)),

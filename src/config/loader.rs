@@ -361,12 +361,7 @@ impl Loader {
             Some(KafkaSection::Embedded { settings, .. } | KafkaSection::External(settings)) => settings.clone(),
             None => sluice_engine::kafka::KafkaSettings::plaintext(""),
         };
-        let ctx = |connection| sluice_connectors::Context {
-            connection,
-            own: &own,
-            flow: &f.name,
-            fail_on_schema_change: false,
-        };
+        let ctx = |connection| sluice_connectors::Context::new(connection, &own, &f.name);
         if let Some(conn) = self.connections.get(&f.source.connection)
             && let Err(e) = conn.check_source(ctx(&f.source.connection), &f.source.object, &source)
         {
