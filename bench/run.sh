@@ -17,16 +17,28 @@
 # (d), the generator's record time, carried by a projection). Each latency run starts its load
 # once the runner holds its partitions, and leaves the first second out.
 #
-# The broker is `sluice broker` on loopback with its SQLite log on tmpfs (/dev/shm, when there is
-# one: the broker's fsyncs are not what is measured), or an external cluster given by
-# SLUICE_BENCH_KAFKA=host:port. (Not `--memory`: tansu 0.6's memory engine served ≈ 0.8 % fewer
-# records than it acknowledged at 200,000 records, so counts would not balance.)
+# The broker is one Apache Kafka node (KRaft, from Maven Central like the tests' cluster, its log
+# on tmpfs when /dev/shm is there: the broker's fsyncs are not what is measured; one node, so
+# the two cores are not spent on replication), or an external cluster given by
+# SLUICE_BENCH_KAFKA=host:port. A JDK and Maven are installed from Debian's packages if missing
+# (scripts/kafka-libs). Then, as a second column, the embedded broker (`sluice broker`, SQLite,
+# on disk as users run it): (a) and (b) again, and the quickstart's flow (generate -> SQL ->
+# file with `kafka: embedded`) over RECORDS records. (Not `--memory`: tansu 0.6's memory engine
+# served ≈ 0.8 % fewer records than it acknowledged at 200,000 records, so counts would not
+# balance.)
+#
+# The peers of bench/peers.sh run on the Kafka broker too: Kafka Connect's file sink (f) against
+# sluice kafka -> file (g), and Debezium's PostgreSQL connector against sluice's CDC source, on
+# a snapshot (h, i) and on one streamed transaction (j, k) of RECORDS rows, in the machine's
+# PostgreSQL (set up by scripts/postgres-up, as for the tests).
 #
 # Every runner's consumer uses fetch.wait.max.ms = SLUICE_BENCH_FETCH_WAIT_MS (default 10):
 # tansu 0.6 answers every fetch only after waiting out (half) its max wait, data or not, so
 # librdkafka's default of 500 ms would add 250 ms to every consume hop; a Kafka broker answers
 # as soon as data is there, so on one the setting changes nothing but idle polling.
-# Results: bench/results/latest.json and latest.md (and printed). Two other modes, below:
+# Results: bench/results/latest.json and latest.md (and printed), with each target of issue 18
+# and its ratio. SLUICE_BENCH_JVM_PEERS=0 leaves out (f)-(k), SLUICE_BENCH_EMBEDDED=0 the embedded
+# column. Two other modes, below:
 # SLUICE_BENCH_BASELINE (this build against another) and SLUICE_BENCH_TELEMETRY (what telemetry costs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,13 +49,18 @@ echo "==> building (release)"
 cargo build --release --quiet -p sluice-bench -p sluice --bins
 R="$CARGO_TARGET_DIR/release"
 WORK="$(mktemp -d)"
-if [ -d /dev/shm ] && [ -w /dev/shm ]; then BROKER_DIR="$(mktemp -d /dev/shm/sluice-bench.XXXXXX)"; else BROKER_DIR="$WORK/broker"; fi
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then KAFKA_DIR="$(mktemp -d /dev/shm/sluice-bench.XXXXXX)"; else KAFKA_DIR="$WORK/kafka"; fi
 export SLUICE_BENCH_FETCH_WAIT_MS="${SLUICE_BENCH_FETCH_WAIT_MS:-10}"
 FW="$SLUICE_BENCH_FETCH_WAIT_MS"
 OUT="bench/results"
 mkdir -p "$OUT"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK" "$BROKER_DIR"; }
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [ -z "${SLUICE_BENCH_KAFKA:-}" ]; then scripts/kafka-cluster stop "$KAFKA_DIR" 2>/dev/null || true; fi
+    if [ -n "${RUN:-}" ] && declare -F cdc_cleanup >/dev/null; then cdc_cleanup; fi
+    rm -rf "$WORK" "$KAFKA_DIR"
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
@@ -66,11 +83,20 @@ fi
 if [ -n "${SLUICE_BENCH_KAFKA:-}" ]; then
     BOOT="$SLUICE_BENCH_KAFKA"
 else
-    KPORT=$(port)
-    "$R/sluice" broker --data-dir "$BROKER_DIR" --listen "127.0.0.1:$KPORT" >/dev/null 2>&1 & PIDS+=($!)
-    wait_port "$KPORT"
-    BOOT="127.0.0.1:$KPORT"
+    KAFKA_LIBS=$(scripts/kafka-libs)
+    echo "==> starting one Apache Kafka node"
+    BOOT=$(SLUICE_KAFKA_HEAP=1g scripts/kafka-cluster start "$KAFKA_LIBS" "$KAFKA_DIR" 1)
+    for p in "$KAFKA_DIR"/n*.pid; do PIDS+=("$(cat "$p")"); done
 fi
+EMBEDDED="${SLUICE_BENCH_EMBEDDED:-1}"
+if [ "$EMBEDDED" = 1 ]; then
+    EPORT=$(port)
+    "$R/sluice" broker --data-dir "$WORK/embedded" --listen "127.0.0.1:$EPORT" >/dev/null 2>&1 & PIDS+=($!)
+    wait_port "$EPORT"
+    EBOOT="127.0.0.1:$EPORT"
+fi
+PEERS="${SLUICE_BENCH_JVM_PEERS:-1}"
+if [ "$PEERS" = 1 ]; then scripts/postgres-up; . bench/peers.sh; fi
 SPORT=$(port); mkdir -p "$WORK/s3/bench" "$WORK/s3/benchlat"
 "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" --host 127.0.0.1 --port "$SPORT" --access-key bench --secret-key bench-secret "$WORK/s3" >/dev/null 2>&1 & PIDS+=($!)
 wait_port "$SPORT"
@@ -85,6 +111,7 @@ name, out, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
 t = time.time()
 p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 wall = time.time() - t
+open(f"{out}.{name}.out", "w").write(p.stdout + p.stderr)
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
 if p.returncode != 0:
     sys.stderr.write(f"{name} failed ({p.returncode}):\n{p.stderr[-2000:]}\n"); sys.exit(1)
@@ -97,12 +124,16 @@ passing() { python3 -c "import sys; n=int(sys.argv[1]); print(sum(1 for i in ran
 
 SCHEMA='{id: int64, seq: int64, name: string, category: string, amount: int64, note: string, sent_us: int64}'
 JOB='SELECT id, upper(name) AS name, category, amount, sent_us FROM source WHERE amount > 500'
-flows() {  # flows RATE_D COUNT_D: the flows file (the latency run of (d) needs its rate and count)
-cat > "$WORK/flows.yaml" <<YAML
+# flows RATE_D COUNT_D: the flows file, $WORK/flows.yaml on BOOT (the latency run of (d) needs
+# its rate and count); with BOOT and FLOWS set otherwise, the same flows on another broker.
+flows() {
+cat > "${FLOWS:-$WORK/flows.yaml}" <<YAML
 kafka: {bootstrap_servers: "$BOOT", options: {fetch.wait.max.ms: "$FW"}}
 connections:
   bus: {type: kafka}
   gen: {type: generate}
+  files: {type: file, path: "$WORK/files"}
+  wh: {type: postgres, database: postgres, user: postgres}
   lake: {type: s3, endpoint: "http://127.0.0.1:$SPORT", allow_private_addresses: true, path_style: true, access_key_id: bench, secret_access_key: bench-secret}
 flows:
   - name: b-$RUN
@@ -115,6 +146,10 @@ flows:
   - name: d-$RUN
     source: {connection: gen, object: orders, options: {count: $N, keys: 50000}}
     destination: {connection: bus, object: bench.d.$RUN}
+  - name: g-$RUN
+    source: {connection: bus, object: bench.in.$RUN, options: {format: json}, schema: $SCHEMA}
+    transform: {sql: "SELECT id, name, category, amount FROM source"}
+    destination: {connection: files, object: g.jsonl}
   - name: latb-$RUN
     trigger: continuous
     source: {connection: bus, object: bench.latb.in.$RUN, options: {format: json}, schema: $SCHEMA}
@@ -297,39 +332,22 @@ if [ -n "$PEER" ]; then
         -- env QUIX_SIGNAL_ASSIGNED=1 "$VENV/bin/python" bench/peer/quix_job.py "$BOOT" "bench.late.in.$RUN" "bench.late.out.$RUN" "$(passing $(( RE * 20 )))"
 fi
 
-python3 - "$WORK/measures" "$WORK/latency" "$N" "$OUT" <<'PY'
-import json, sys, re, platform, os, datetime
-measures, latfile, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-names = {"a": "raw rdkafka pass-through", "b": "sluice kafka -> SQL -> kafka", "c": "sluice kafka -> s3 parquet",
-         "d": "sluice generate -> kafka", "e": "Quix Streams (Python) kafka -> filter/project -> kafka"}
-lat = {}
-for line in open(latfile):
-    k, rate, rest = line.split(" ", 2)
-    m = re.search(r"(\d+) records, p50 ([\d.]+) ms, p99 ([\d.]+) ms", rest)
-    lat[k] = {"offered_rate": int(rate), "records": int(m.group(1)), "p50_ms": float(m.group(2)), "p99_ms": float(m.group(3))} if m else {"offered_rate": int(rate), "raw": rest.strip()}
-rows = {}
-for line in open(measures):
-    k, wall, user, sys_, rss = line.split()
-    wall, user, sys_, rss = float(wall), float(user), float(sys_), int(rss)
-    rows[k] = {"runner": names[k], "records": n, "wall_s": round(wall, 2), "records_per_s": round(n / wall),
-               "mb_per_s": round(n * 200 / wall / 1e6, 1), "cpu_s_per_million": round((user + sys_) / n * 1e6, 2),
-               "peak_rss_mb": round(rss / 1024, 1), "latency": lat.get(k)}
-ratio = rows["b"]["records_per_s"] / rows["a"]["records_per_s"]
-cpu_ratio = rows["b"]["cpu_s_per_million"] / rows["a"]["cpu_s_per_million"]
-result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "machine": f"{os.cpu_count()} cores, {platform.machine()}", "records": n,
-          "runners": list(rows.values()), "b_over_a_rate": round(ratio, 3), "b_over_a_cpu": round(cpu_ratio, 2)}
-json.dump(result, open(f"{out}/latest.json", "w"), indent=2)
-md = [f"{n:,} records of ≈ 200 bytes; latency at half of each runner's rate, offered for 20 s.", "",
-      "| runner | wall rec/s | MB/s | CPU s per million | peak RSS MB | latency offered rec/s | p50 ms | p99 ms |",
-      "|---|---|---|---|---|---|---|---|"]
-for r in rows.values():
-    l = r["latency"] or {}
-    offered = f"{l['offered_rate']:,}" if "offered_rate" in l else "–"
-    md.append(f"| {r['runner']} | {r['records_per_s']:,} | {r['mb_per_s']} | {r['cpu_s_per_million']} | {r['peak_rss_mb']} "
-              f"| {offered} | {l.get('p50_ms', '–')} | {l.get('p99_ms', '–')} |")
-md.append("")
-md.append(f"(b)/(a): wall rate {ratio:.2f}, CPU per record {cpu_ratio:.2f}x")
-open(f"{out}/latest.md", "w").write("\n".join(md) + "\n")
-print("\n".join(md))
-PY
+if [ "$PEERS" = 1 ]; then run_peers; fi
+
+# The embedded column: (a) and (b) on `sluice broker`, then the quickstart's flow (its broker in
+# the sluice process, on disk) over N records.
+if [ "$EMBEDDED" = 1 ]; then
+    BOOT="$EBOOT" FLOWS="$WORK/flows-emb.yaml" flows
+    echo "==> embedded broker: loading $N records into bench.in.$RUN"
+    "$R/loadgen" "$EBOOT" "bench.in.$RUN" "$N"
+    echo "==> a. raw rdkafka pass-through, embedded broker"
+    measure a@emb "$R/passthrough" "$EBOOT" "bench.in.$RUN" "bench.a.$RUN" "$N"
+    echo "==> b. sluice kafka -> SQL -> kafka, embedded broker"
+    measure b@emb "$R/sluice" run "$WORK/flows-emb.yaml" --flow "b-$RUN"
+    echo "==> q. the quickstart's flow, generate -> SQL -> file, embedded in the sluice process"
+    sed -e "s|data_dir: .sluice/data|data_dir: $WORK/quickstart/data|" -e "s|path: out|path: $WORK/quickstart/out|" \
+        -e "s|count: 100000|count: $N|" examples/quickstart.yaml > "$WORK/quickstart.yaml"
+    measure q@emb "$R/sluice" run "$WORK/quickstart.yaml"
+fi
+
+python3 bench/report.py "$WORK/measures" "$WORK/latency" "$N" "$OUT"

@@ -61,7 +61,8 @@ fn broker_killed_and_restarted_mid_run_loses_nothing() {
     let ok = wait_until(Duration::from_secs(150), || all(&file));
     let stderr = p.stderr_so_far();
     let done = p.terminate(Duration::from_secs(30));
-    assert!(ok, "not everything arrived after the broker came back:\n{stderr}");
+    let broker_logs = kafka.embedded_broker().map(|b| b.log_tails(20_000)).unwrap_or_default();
+    assert!(ok, "not everything arrived after the broker came back:\n{stderr}\n{broker_logs}");
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
     let v = oracle(&read_jsonl(&file).0, count);
     assert!(v.duplicates <= IN_FLIGHT_WINDOW, "{v:?}");

@@ -101,6 +101,12 @@ impl Broker {
             .args(["broker", "--data-dir"])
             .arg(&self.data)
             .args(["--listen", &self.addr])
+            // The group coordinator's own notes (members expired, generations formed) in its
+            // log, for a failing test to show.
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_LOG").unwrap_or_else(|_| "warn,sluice=info,tansu_broker=info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("broker log"))
             .stderr(log)
@@ -120,6 +126,25 @@ impl Broker {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The last `bytes` of each of the broker's logs (one per start, oldest first), for a
+    /// failing test's message.
+    #[allow(dead_code)]
+    pub fn log_tails(&self, bytes: usize) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("broker-")));
+        logs.sort();
+        let mut out = String::new();
+        for p in logs {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail = &text[text.len().saturating_sub(bytes)..];
+            let tail = tail.get(tail.find('\n').map_or(0, |i| i + 1)..).unwrap_or(tail);
+            out.push_str(&format!("--- {} (last {} bytes) ---\n{tail}\n", p.display(), bytes));
+        }
+        out
     }
 
     /// Starts the broker again on the same port and data.

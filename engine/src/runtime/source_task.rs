@@ -125,6 +125,13 @@ impl SourceWriter {
 /// all visible to readers (`read_committed`) or none. A position is therefore never stored
 /// ahead of the records before it, and a batch that fails leaves nothing behind to duplicate.
 /// Only after the commit may the upstream forget what came before (a slot advances).
+///
+/// While a batch's transaction commits (a round trip to the transaction coordinator and the
+/// partitions' leaders), the next batch is already being read: reading the upstream and
+/// waiting for Kafka overlap instead of taking turns. The batch read ahead is published only
+/// after the one before it committed and [`Source::committed`] was told; if that commit fails,
+/// the batch read ahead is dropped with the source, and the next turn reads it again from the
+/// stored position.
 pub async fn run_source(
     ctx: &FlowContext,
     mut source: Box<dyn Source>,
@@ -141,114 +148,50 @@ pub async fn run_source(
     let mut failing: Option<Backoff> = None;
     let mut progressed = false;
     let mut sampling = trace::Sampling::new();
+    let mut ahead: Option<Step> = None;
     loop {
-        if ctx.shutdown.is_cancelled() {
-            return Ok(SourceEnd::Stopped);
-        }
-        if writer.lost.is_cancelled() {
-            return Ok(SourceEnd::Lost);
-        }
-        // The embedded broker's disk is nearly full: hold new records back rather than let it
-        // run out mid-write (tansu 0.6 can leave its storage inconsistent then), as Redpanda
-        // refuses writes below `storage_min_free_bytes`. The broker watch names the reason.
-        let mut held_since: Option<Instant> = None;
-        while let Some(reason) = crate::broker::disk_full() {
-            if held_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                held_since = Some(Instant::now());
-                tracing::warn!(flow = %ctx.flow, %reason, "holding the source until the broker's disk has room");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),
-                _ = writer.lost.cancelled() => return Ok(SourceEnd::Lost),
-            }
-        }
-        let polling = Instant::now();
-        let polled = tokio::select! {
-            p = source.poll(ctx.batch.max_records) => p,
-            _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),
-            _ = writer.lost.cancelled() => return Ok(SourceEnd::Lost),
+        let step = match ahead.take() {
+            Some(step) => step,
+            None => next_step(ctx, source.as_mut(), writer, &mut failing).await,
         };
-        let polled = match polled {
-            Ok(p) => {
-                failing = None;
-                p
-            }
-            Err(e) if e.is_retriable() => {
-                let backoff = failing.get_or_insert_with(|| Backoff::new(&ctx.batch.retry));
-                let Some(wait) = backoff.next(e.retry_after()) else {
-                    return Err(FlowError::RetriesExhausted {
-                        flow: ctx.flow.clone(),
-                        attempts: backoff.attempts(),
-                        secs: backoff.elapsed().as_secs(),
-                        source: Box::new(e),
-                    });
-                };
-                tracing::warn!(flow = %ctx.flow, attempt = backoff.attempts(), wait_ms = wait.as_millis() as u64, error = %e, "reading the source failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),
-                }
-                continue;
-            }
-            Err(source) => return Err(FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) }),
-        };
-        let items = match polled {
-            Poll::Items(items) => {
-                ctx.metrics.stage(Stage::SourcePoll, polling.elapsed());
-                ctx.metrics.set_source_behind(source.behind_bytes());
-                items
-            }
-            Poll::Idle => {
-                ctx.metrics.set_source_behind(source.behind_bytes());
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = ctx.shutdown.cancelled() => return Ok(SourceEnd::Stopped),
-                    _ = writer.lost.cancelled() => return Ok(SourceEnd::Lost),
-                }
-                continue;
-            }
-            Poll::Exhausted => return Ok(SourceEnd::Exhausted),
+        let items = match step {
+            Step::Items(items) => items,
+            Step::Idle => continue,
+            Step::End(end) => return Ok(end),
+            Step::Fail(e) => return Err(e),
         };
         let span = tracing::info_span!("batch", flow = %ctx.flow, stage = "source", topic = %topic, partition = "all", records = items.len());
         let publishing = Instant::now();
-        let sampling = &mut sampling;
-        let committed = async {
+        let queued = async {
             if writer.transactional {
                 writer
                     .producer
                     .begin_transaction()
                     .map_err(|e| Failed::classify(ctx, writer, "starting a transaction", e))?;
             }
-            let mut sent = publish(ctx, writer, &topic, items, sampling).await?;
-            if !writer.transactional {
-                // No transaction to hold the batch and its position together: the position is
-                // stored only once Kafka acknowledged every record before it, and only while
-                // this process still owns the source.
-                let deliveries = std::mem::take(&mut sent.deliveries);
-                wait_acknowledged(ctx, &topic, deliveries)
-                    .await
-                    .map_err(|e| Failed::classify(ctx, writer, &format!("confirming delivery to {topic}"), e))?;
-                if writer.lost.is_cancelled() {
-                    return Err(Failed::Lost);
-                }
-            }
-            if let Some(position) = &sent.position {
+            let mut sent = publish(ctx, writer, &topic, items, &mut sampling).await?;
+            // In the transaction, the position goes with its records; without one, only once
+            // they are acknowledged (see `finish`).
+            if writer.transactional
+                && let Some(position) = &sent.position
+            {
                 let stored = store_position(ctx, writer, position).await?;
                 sent.deliveries.push(stored);
             }
-            if writer.transactional {
-                commit(ctx, writer, &topic).await?;
-            } else {
-                let topic = ctx.kafka.positions_topic();
-                wait_acknowledged(ctx, &topic, std::mem::take(&mut sent.deliveries))
-                    .await
-                    .map_err(|e| Failed::classify(ctx, writer, &format!("storing position in {topic}"), e))?;
-            }
             Ok::<Sent, Failed>(sent)
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
+        // The batch is queued; its commit and the next poll run together.
+        let (committed, next) = match queued {
+            Ok(sent) => {
+                let finishing = finish(ctx, writer, &topic, sent).instrument(span);
+                let reading = next_step(ctx, source.as_mut(), writer, &mut failing);
+                let (committed, next) = tokio::join!(finishing, reading);
+                (committed, Some(next))
+            }
+            Err(e) => (Err(e), None),
+        };
         let sent = match committed {
             Ok(sent) => sent,
             Err(Failed::Lost) => return Ok(SourceEnd::Lost),
@@ -265,6 +208,7 @@ pub async fn run_source(
                 return Ok(SourceEnd::Aborted { error: e, progressed });
             }
         };
+        ahead = next;
         progressed = true;
         ctx.metrics.stage(Stage::SourcePublish, publishing.elapsed());
         ctx.metrics.batch(false, sent.read);
@@ -272,13 +216,129 @@ pub async fn run_source(
         Ledger::add(&ctx.ledger.produced, sent.produced);
         Ledger::add(&ctx.ledger.source_dlq, sent.dead);
         if let Some(position) = &sent.position {
-            // Now the upstream may forget what came before (a replication slot advances).
+            // Now the upstream may forget what came before (a slot advances).
             source
                 .committed(position)
                 .await
                 .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
         }
     }
+}
+
+/// What reading the source next gave.
+enum Step {
+    /// A batch to publish.
+    Items(Vec<SourceItem>),
+    /// Nothing yet (the source was idle, or a retriable error was waited out).
+    Idle,
+    /// The turn ends.
+    End(SourceEnd),
+    /// The flow stops.
+    Fail(FlowError),
+}
+
+/// Reads the source's next batch: holding back while the embedded broker's disk is full,
+/// waiting a moment when the source is idle, and backing off from retriable errors within the
+/// flow's retry policy (`failing` counts from the first failure).
+async fn next_step(
+    ctx: &FlowContext,
+    source: &mut dyn Source,
+    writer: &SourceWriter,
+    failing: &mut Option<Backoff>,
+) -> Step {
+    if ctx.shutdown.is_cancelled() {
+        return Step::End(SourceEnd::Stopped);
+    }
+    if writer.lost.is_cancelled() {
+        return Step::End(SourceEnd::Lost);
+    }
+    // The embedded broker's disk is nearly full: hold new records back rather than let it
+    // run out mid-write (tansu 0.6 can leave its storage inconsistent then), as Redpanda
+    // refuses writes below `storage_min_free_bytes`. The broker watch names the reason.
+    let mut held_since: Option<Instant> = None;
+    while let Some(reason) = crate::broker::disk_full() {
+        if held_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            held_since = Some(Instant::now());
+            tracing::warn!(flow = %ctx.flow, %reason, "holding the source until the broker's disk has room");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = ctx.shutdown.cancelled() => return Step::End(SourceEnd::Stopped),
+            _ = writer.lost.cancelled() => return Step::End(SourceEnd::Lost),
+        }
+    }
+    let polling = Instant::now();
+    let polled = tokio::select! {
+        p = source.poll(ctx.batch.max_records) => p,
+        _ = ctx.shutdown.cancelled() => return Step::End(SourceEnd::Stopped),
+        _ = writer.lost.cancelled() => return Step::End(SourceEnd::Lost),
+    };
+    let polled = match polled {
+        Ok(p) => {
+            *failing = None;
+            p
+        }
+        Err(e) if e.is_retriable() => {
+            let backoff = failing.get_or_insert_with(|| Backoff::new(&ctx.batch.retry));
+            let Some(wait) = backoff.next(e.retry_after()) else {
+                return Step::Fail(FlowError::RetriesExhausted {
+                    flow: ctx.flow.clone(),
+                    attempts: backoff.attempts(),
+                    secs: backoff.elapsed().as_secs(),
+                    source: Box::new(e),
+                });
+            };
+            tracing::warn!(flow = %ctx.flow, attempt = backoff.attempts(), wait_ms = wait.as_millis() as u64, error = %e, "reading the source failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = ctx.shutdown.cancelled() => return Step::End(SourceEnd::Stopped),
+            }
+            return Step::Idle;
+        }
+        Err(source) => return Step::Fail(FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) }),
+    };
+    match polled {
+        Poll::Items(items) => {
+            ctx.metrics.stage(Stage::SourcePoll, polling.elapsed());
+            ctx.metrics.set_source_behind(source.behind_bytes());
+            Step::Items(items)
+        }
+        Poll::Idle => {
+            ctx.metrics.set_source_behind(source.behind_bytes());
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = ctx.shutdown.cancelled() => return Step::End(SourceEnd::Stopped),
+                _ = writer.lost.cancelled() => return Step::End(SourceEnd::Lost),
+            }
+            Step::Idle
+        }
+        Poll::Exhausted => Step::End(SourceEnd::Exhausted),
+    }
+}
+
+/// Completes a queued batch: commits its transaction, or, without one, waits for Kafka's
+/// acknowledgement of its records, then stores its position and waits for that too — only
+/// while this process still owns the source.
+async fn finish(ctx: &FlowContext, writer: &SourceWriter, topic: &str, mut sent: Sent) -> Result<Sent, Failed> {
+    if writer.transactional {
+        commit(ctx, writer, topic).await?;
+        return Ok(sent);
+    }
+    let deliveries = std::mem::take(&mut sent.deliveries);
+    wait_acknowledged(ctx, topic, deliveries)
+        .await
+        .map_err(|e| Failed::classify(ctx, writer, &format!("confirming delivery to {topic}"), e))?;
+    if writer.lost.is_cancelled() {
+        return Err(Failed::Lost);
+    }
+    if let Some(position) = &sent.position {
+        let stored = store_position(ctx, writer, position).await?;
+        let positions = ctx.kafka.positions_topic();
+        wait_acknowledged(ctx, &positions, vec![stored])
+            .await
+            .map_err(|e| Failed::classify(ctx, writer, &format!("storing position in {positions}"), e))?;
+    }
+    Ok(sent)
 }
 
 /// What one batch put in its transaction.

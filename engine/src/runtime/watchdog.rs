@@ -19,17 +19,25 @@ use super::sink_worker::{SinkConsumer, SinkInput};
 /// rejoining starts a fresh rebalance. A worker that owns every partition never looks, and a
 /// healthy group is never disturbed: someone is committing. If rejoining does not help (a live
 /// owner is stuck retrying a failing destination), the window doubles each time, up to
-/// [`STALL_WINDOW_MAX`], so the group is not kept rebalancing.
+/// [`STALL_WINDOW_MAX`], so the group is not kept rebalancing — except while the stalled
+/// partitions were last committed by this very process: then no other worker ever took them
+/// over (its commits would name it), the group lost them (the embedded broker restarted, say),
+/// and this worker keeps asking every [`STALL_WINDOW`], up to [`FAST_REJOINS`] times.
 pub(super) struct Watchdog {
     /// When the unowned partitions' progress was last seen to change.
     since: Instant,
-    /// The unowned, lagging partitions at the last check: (partition, committed, end).
-    last: Option<Vec<(i32, i64, i64)>>,
+    /// The unowned, lagging partitions at the last check: (partition, committed). Their ends
+    /// are left out: a source still writing moves them while nobody delivers anything.
+    last: Option<Vec<(i32, i64)>>,
     next_check: Instant,
     /// How long unowned records may sit still before this worker rejoins.
     window: Duration,
     /// The topic's partition count, once known.
     partitions: Option<usize>,
+    /// This process's writer id, as its commits carry it.
+    me: String,
+    /// Rejoins since the unowned partitions were last seen delivered (or none lagged).
+    rejoins: u32,
 }
 
 /// The first stall window (the session timeout, 6 s, and a margin for a live owner's commit).
@@ -38,11 +46,29 @@ const STALL_WINDOW: Duration = Duration::from_secs(8);
 const STALL_WINDOW_MAX: Duration = Duration::from_secs(300);
 /// How often the worker looks at the group's progress.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// How many rejoins in a row keep the first window when the stalled partitions were this
+/// process's own (about a minute and a half of asking before backing off).
+const FAST_REJOINS: u32 = 10;
+
+/// The stall window after a rejoin that did not (yet) help: the same while the stalled
+/// partitions were this process's own and it has asked fewer than [`FAST_REJOINS`] times,
+/// else doubled, up to [`STALL_WINDOW_MAX`].
+fn window_after_rejoin(window: Duration, ours: bool, rejoins: u32) -> Duration {
+    if ours && rejoins < FAST_REJOINS { window } else { (window * 2).min(STALL_WINDOW_MAX) }
+}
 
 impl Watchdog {
     pub(super) fn new() -> Self {
         let now = Instant::now();
-        Watchdog { since: now, last: None, next_check: now + WATCH_EVERY, window: STALL_WINDOW, partitions: None }
+        Watchdog {
+            since: now,
+            last: None,
+            next_check: now + WATCH_EVERY,
+            window: STALL_WINDOW,
+            partitions: None,
+            me: super::process::writer_id(),
+            rejoins: 0,
+        }
     }
 
     pub(super) fn check(&mut self, consumer: &SinkConsumer, input: &SinkInput, flow: &str) {
@@ -69,16 +95,23 @@ impl Watchdog {
             progress.into_iter().filter(|(p, committed, end, _)| !assigned.contains(p) && committed < end).collect();
         if unowned.is_empty() {
             self.window = STALL_WINDOW;
+            self.rejoins = 0;
         }
         // A worker restarted after a kill -9 finds the partitions last committed by its dead
         // predecessor on this host: nobody will deliver them until someone rejoins, so it does
         // at once (once; after that, only the stall window counts).
-        let predecessor_gone = self.window == STALL_WINDOW
+        let predecessor_gone = self.rejoins == 0
             && !unowned.is_empty()
             && unowned.iter().all(|(_, _, _, writer)| super::process::is_gone(writer));
-        let unowned: Vec<(i32, i64, i64)> = unowned.into_iter().map(|(p, c, e, _)| (p, c, e)).collect();
+        let ours = !unowned.is_empty() && unowned.iter().all(|(_, _, _, writer)| *writer == self.me);
+        let unowned: Vec<(i32, i64)> = unowned.into_iter().map(|(p, c, _, _)| (p, c)).collect();
         if !predecessor_gone {
             if unowned.is_empty() || self.last.as_ref() != Some(&unowned) {
+                // Progress (or nothing lagging): whatever rejoining did, it is over.
+                if self.last.is_some() {
+                    self.rejoins = 0;
+                    self.window = STALL_WINDOW;
+                }
                 self.since = now;
                 self.last = Some(unowned);
                 return;
@@ -90,16 +123,19 @@ impl Watchdog {
         tracing::warn!(
             flow = %flow,
             topic = %input.topic,
-            partitions = ?unowned.iter().map(|(p, _, _)| *p).collect::<Vec<_>>(),
+            partitions = ?unowned.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
             stalled_secs = now.duration_since(self.since).as_secs(),
             predecessor_gone,
+            last_committed_here = ours,
+            rejoin = self.rejoins + 1,
             "undelivered records sit in partitions no live worker is delivering; rejoining the group"
         );
         consumer.unsubscribe();
         if let Err(e) = consumer.subscribe(&[input.topic.as_str()]) {
             tracing::warn!(flow = %flow, topic = %input.topic, error = %e, "rejoining the group");
         }
-        self.window = (self.window * 2).min(STALL_WINDOW_MAX);
+        self.rejoins += 1;
+        self.window = window_after_rejoin(self.window, ours, self.rejoins);
         self.since = now;
         self.last = None;
     }
@@ -137,4 +173,31 @@ fn group_progress(
         out.push((p, c, high, writer));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_stalled_partitions_are_asked_for_at_the_first_window_then_backed_off() {
+        let mut w = STALL_WINDOW;
+        for rejoins in 1..FAST_REJOINS {
+            w = window_after_rejoin(w, true, rejoins);
+            assert_eq!(w, STALL_WINDOW, "rejoin {rejoins}");
+        }
+        w = window_after_rejoin(w, true, FAST_REJOINS);
+        assert_eq!(w, STALL_WINDOW * 2);
+    }
+
+    #[test]
+    fn another_workers_stalled_partitions_back_off_at_once_up_to_the_longest_window() {
+        let mut w = STALL_WINDOW;
+        w = window_after_rejoin(w, false, 1);
+        assert_eq!(w, STALL_WINDOW * 2);
+        for rejoins in 2..20 {
+            w = window_after_rejoin(w, false, rejoins);
+        }
+        assert_eq!(w, STALL_WINDOW_MAX);
+    }
 }
