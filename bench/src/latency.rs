@@ -12,9 +12,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The `sent_us` number in a JSON payload, found without parsing the rest.
 fn sent_us(payload: &[u8]) -> Option<i64> {
@@ -35,21 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [b, t, c, w] => (b, t, c.parse::<usize>()?, w.parse::<i64>()?),
         _ => return Err("usage: latency BOOTSTRAP TOPIC COUNT [WARMUP_MS]".into()),
     };
-    sluice_bench::ensure_topics(bootstrap, &[topic.as_str()])?;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("latency-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-    let mut tpl = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&tpl)?;
+    // read_committed is librdkafka's default, which this reader always had.
+    let consumer = sluice_bench::read_from_start(bootstrap, topic, "latency", "read_committed")?;
     let counted_from = now_us()? + warmup_ms * 1000;
     eprintln!("ready");
     let mut lat_us = Vec::with_capacity(count);

@@ -12,9 +12,6 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (bootstrap, topic, count, timeout_s) = match args.as_slice() {
@@ -22,22 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [b, t, c, s] => (b, t, c.parse::<u64>()?, s.parse::<u64>()?),
         _ => return Err("usage: topicwait BOOTSTRAP TOPIC COUNT [TIMEOUT_S]".into()),
     };
-    sluice_bench::ensure_topics(bootstrap, &[topic.as_str()])?;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("topicwait-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-    let mut tpl = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&tpl)?;
+    let consumer = sluice_bench::read_from_start(bootstrap, topic, "topicwait", "read_committed")?;
     let deadline = Instant::now() + Duration::from_secs(timeout_s);
     let mut seen = 0u64;
     while seen < count {

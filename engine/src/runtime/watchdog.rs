@@ -93,10 +93,6 @@ impl Watchdog {
         self.partitions = Some(progress.len());
         let unowned: Vec<(i32, i64, i64, String)> =
             progress.into_iter().filter(|(p, committed, end, _)| !assigned.contains(p) && committed < end).collect();
-        if unowned.is_empty() {
-            self.window = STALL_WINDOW;
-            self.rejoins = 0;
-        }
         // A worker restarted after a kill -9 finds the partitions last committed by its dead
         // predecessor on this host: nobody will deliver them until someone rejoins, so it does
         // at once (once; after that, only the stall window counts).
@@ -107,8 +103,9 @@ impl Watchdog {
         let unowned: Vec<(i32, i64)> = unowned.into_iter().map(|(p, c, _, _)| (p, c)).collect();
         if !predecessor_gone {
             if unowned.is_empty() || self.last.as_ref() != Some(&unowned) {
-                // Progress (or nothing lagging): whatever rejoining did, it is over.
-                if self.last.is_some() {
+                // Nothing lagging, or progress since the last look: whatever rejoining did, it
+                // is over.
+                if unowned.is_empty() || self.last.is_some() {
                     self.rejoins = 0;
                     self.window = STALL_WINDOW;
                 }
