@@ -3,18 +3,20 @@
 //!
 //! ```text
 //!   open: publication + slot (created if absent) ─▶ which tables need a snapshot
-//!   poll: snapshot pages (op r, REPEATABLE READ), then
-//!         pg_logical_slot_peek_binary_changes(slot, upto = current WAL position)
+//!   poll: snapshot pages (op r, REPEATABLE READ), then the replication stream
+//!         (START_REPLICATION … LOGICAL, see [`stream`])
 //!         ─▶ Begin / Relation / Insert / Update / Delete / Truncate / Commit ─▶ records (c/u/d/t)
-//!   committed(position): check the publication still covers every table, then
-//!         pg_replication_slot_advance(slot, the commit's end LSN)
+//!            handed out as they are decoded (see [`decode`])
+//!   committed(position): check the publication still covers every table, then report the
+//!         position's LSN (the end of the last transaction wholly acknowledged) as flushed
 //! ```
 //!
-//! Changes are *peeked*, never consumed, and the slot advances only in
-//! [`Source::committed`] — after Kafka acknowledged every record of the transactions before
-//! that LSN and the position was stored. A crash in between re-reads them from the slot (and the
-//! stored position skips those already in Kafka). Each record's source metadata carries the
-//! commit's LSN, transaction id and commit time; records of one transaction share a position.
+//! The slot's confirmed position moves only in [`Source::committed`] — after Kafka acknowledged
+//! every record of the transactions before that LSN and the position was stored — or past
+//! stretches with nothing for this flow once everything handed out is acknowledged. A crash in
+//! between re-reads them from the slot (and the stored position skips those already in Kafka,
+//! down to the change inside a transaction). Each record's source metadata carries the commit's
+//! LSN, transaction id and commit time.
 //!
 //! **What the position holds.** Besides the LSN, the position names every table whose capture is
 //! established and the id (OID) the table had then. A table is established once its snapshot
@@ -42,12 +44,14 @@
 //! (TOASTed) value unchanged does not carry it; it is taken from the old row under `REPLICA
 //! IDENTITY FULL`, and is `sluice_engine::record::UNAVAILABLE_VALUE` otherwise (sinks that apply changes leave such a
 //! column alone). A primary-key change is a delete and a create, as Debezium does. On a quiet
-//! database the slot still advances to the current WAL position every `heartbeat_secs`.
+//! publication the slot still advances, every `heartbeat_secs`, as far as the server has decoded.
 
+mod decode;
 mod pgoutput;
 mod publication;
 mod slots;
 mod snapshot;
+mod stream;
 mod visible;
 
 pub use slots::{SlotInfo, drop_slot, list_slots};
@@ -63,23 +67,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
-use sluice_engine::connector::{Poll, Position, Source, SourceItem};
+use sluice_engine::connector::{Poll, Position, Source};
 use sluice_engine::error::ConnectorError;
-use sluice_engine::record::{ChangeRecord, Op, Row};
+use sluice_engine::record::{ChangeRecord, Row};
 
 use crate::postgres::{PgTarget, PostgresConnection, classify, client_config, connect, quote_ident};
 use crate::postgres_query::QueryOptions;
-use pgoutput::{Message, Relation, lsn_text, parse_lsn};
+use pgoutput::{Relation, lsn_text, parse_lsn};
 use publication::qualified;
 use snapshot::{OpenSnapshot, Snapshot};
-
-/// The transaction being decoded.
-#[derive(Debug, Default)]
-struct Txn {
-    xid: u32,
-    commit_ts_ms: i64,
-    records: Vec<ChangeRecord>,
-}
 
 /// Reads a table's changes from a logical replication slot.
 pub struct CdcSource {
@@ -93,6 +89,22 @@ pub struct CdcSource {
     follow: bool,
     heartbeat: Duration,
     client: Option<tokio_postgres::Client>,
+    /// The replication session's settings, and how long its connection may take.
+    replication: pgwire_replication::ReplicationConfig,
+    connect_timeout: Duration,
+    /// The replication stream, once the snapshots are read (see [`stream`]).
+    stream: Option<pgwire_replication::ReplicationClient>,
+    /// The transaction being decoded, and its records not handed out yet (see [`decode`]).
+    txn: Option<decode::Txn>,
+    pending: Vec<ChangeRecord>,
+    /// A transaction partly handed out before a restart: its commit LSN and how many of its
+    /// change messages are done.
+    resume_txn: Option<(u64, u64)>,
+    /// An error met after records of the same poll: they go out first, the error next poll.
+    failed: Option<ConnectorError>,
+    /// For a run on demand: where its end marker is in the WAL, and whether the stream passed it.
+    marker: Option<u64>,
+    caught_up: bool,
     relations: HashMap<u32, Relation>,
     /// Whether a retyped column stops the flow (its `schema_changes: fail`).
     fail_on_change: bool,
@@ -111,23 +123,20 @@ pub struct CdcSource {
     /// Per table, what its last snapshot already holds, until the stream passes it
     /// (see [`visible`]).
     seen: BTreeMap<String, visible::SnapshotView>,
-    /// The end LSN of the last transaction handed out (as a number), to skip re-peeked ones.
+    /// The end LSN of the last transaction handed out (as a number), to skip ones read again.
     last_lsn: u64,
-    /// The end of a run of transactions with nothing for this source, to advance the slot past.
+    /// How far the server has decoded with nothing for this source since the last record
+    /// handed out: where the slot may go once that is acknowledged.
     quiet_to: Option<u64>,
     /// The end LSN of the last transaction whose records were handed out, and the last LSN
     /// acknowledged: the slot passes quiet transactions only when the two meet, so it never
     /// passes a record Kafka has not acknowledged, however the runtime paces acknowledgements.
     handed_lsn: u64,
     acked_lsn: u64,
-    /// The server's WAL position at the last poll, and the furthest the slot was advanced to:
+    /// The server's WAL position as last seen, and the furthest the slot was advanced to:
     /// the WAL bytes between them are how far the flow is behind.
     wal_head: u64,
     slot_at: u64,
-    /// Messages at the head of the last peek that were handed out before (the slot keeps them
-    /// until they are acknowledged): the next peek asks for that many more, so reading goes on
-    /// ahead of acknowledgements instead of peeking the same transactions again.
-    repeeked: usize,
     last_heartbeat: Instant,
 }
 
@@ -164,11 +173,22 @@ impl CdcSource {
             .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
             .collect();
         let default_name = format!("sluice_{base}");
+        let slot = options.slot.clone().unwrap_or_else(|| default_name.clone());
+        let publication = options.publication.clone().unwrap_or(default_name);
         Ok(CdcSource {
             connection: name.to_owned(),
             config: client_config(name, conn)?,
-            slot: options.slot.clone().unwrap_or_else(|| default_name.clone()),
-            publication: options.publication.clone().unwrap_or(default_name),
+            replication: stream::replication_config(conn, &slot, &publication),
+            connect_timeout: Duration::from_secs(conn.connect_timeout_secs.get()),
+            stream: None,
+            txn: None,
+            pending: Vec::new(),
+            resume_txn: None,
+            failed: None,
+            marker: None,
+            caught_up: false,
+            slot,
+            publication,
             snapshot: options.snapshot(),
             follow,
             heartbeat: options.heartbeat(),
@@ -189,7 +209,6 @@ impl CdcSource {
             acked_lsn: 0,
             wal_head: 0,
             slot_at: 0,
-            repeeked: 0,
             last_heartbeat: Instant::now(),
         })
     }
@@ -231,6 +250,9 @@ impl CdcSource {
         });
         if !self.seen.is_empty() {
             p["seen"] = json!(self.seen);
+        }
+        if let Some(t) = self.txn.as_ref().filter(|t| t.done > 0 && t.skip != u64::MAX) {
+            p["txn"] = json!({"lsn": lsn_text(t.commit_lsn), "changes": t.done});
         }
         p
     }
@@ -291,135 +313,15 @@ impl CdcSource {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Decodes pgoutput messages into records, transaction by transaction; changes of tables
-    /// that are not the flow's are passed over.
-    fn decode(&mut self, messages: &[(String, Vec<u8>)]) -> Result<Vec<SourceItem>, ConnectorError> {
-        let doing = self.doing();
-        // What the server sent and sluice cannot decode will read the same again: not retried.
-        let bad = |what: String| ConnectorError::internal(doing.clone(), format!("decoding pgoutput: {what}"));
-        let mut items = Vec::new();
-        let mut txn: Option<Txn> = None;
-        // Messages of the transaction being decoded, counted for `repeeked`.
-        let mut in_txn = 0;
-        self.repeeked = 0;
-        for (_, data) in messages {
-            in_txn += 1;
-            match pgoutput::decode(data).map_err(bad)? {
-                Message::Begin { xid, commit_ts_ms } => {
-                    in_txn = 1;
-                    txn = Some(Txn { xid, commit_ts_ms, records: Vec::new() });
-                }
-                Message::Relation(rel) => {
-                    // A table's columns changed while it is captured (the server sends the
-                    // relation again before the next change): said here, where the change is
-                    // known; the flow's `schema_changes` policy meets it in the rows.
-                    let name = format!("{}.{}", rel.schema, rel.table);
-                    let change = match self.relations.get(&rel.oid) {
-                        Some(old) => pgoutput::relation_change(old, &rel),
-                        // The first since the table's snapshot: compared with what it read.
-                        None => self.snapshot_columns.remove(&name).and_then(|read| {
-                            let mut columns: Vec<(String, u32, bool)> =
-                                read.into_iter().map(|(n, t)| (n, t, false)).collect();
-                            columns.sort();
-                            pgoutput::relation_change(&Relation { columns, ..rel.clone() }, &rel)
-                        }),
-                    };
-                    if let Some(change) = change
-                        && self.tables.contains(&name)
-                    {
-                        // Nothing after the change is handed out: what this poll collected
-                        // before it is peeked again by the next run, as the slot is not
-                        // advanced past it.
-                        if change.retyped && self.fail_on_change {
-                            return Err(ConnectorError::User(format!(
-                                "table {name} changed while captured: {} (schema_changes: fail); nothing after \
-                                 the change was published. Change the flow's schema to match, or set \
-                                 `schema_changes: ignore` (values that no longer fit go to the DLQ)",
-                                change.words
-                            )));
-                        }
-                        tracing::warn!(
-                            connection = %self.connection,
-                            "table {name} changed while captured: {}",
-                            change.words
-                        );
-                    }
-                    self.relations.insert(rel.oid, rel);
-                }
-                Message::Change { kind, oid, old, new } => {
-                    let rel = self.relations.get(&oid).ok_or_else(|| bad("a change before its relation".into()))?;
-                    let name = format!("{}.{}", rel.schema, rel.table);
-                    if !self.tables.contains(&name) {
-                        continue;
-                    }
-                    let t = txn.as_ref().ok_or_else(|| bad("a change outside a transaction".into()))?;
-                    if self.seen.get(&name).is_some_and(|v| v.sees(t.xid)) {
-                        // Already in the table's snapshot.
-                        continue;
-                    }
-                    let pk = self.primary_keys.get(&name).map(Vec::as_slice).unwrap_or_default();
-                    let records = pgoutput::change_records(kind, rel, pk, old, new).map_err(bad)?;
-                    let t = txn.as_mut().ok_or_else(|| bad("a change outside a transaction".into()))?;
-                    t.records.extend(records);
-                }
-                Message::Truncate { oids } => {
-                    let t = txn.as_mut().ok_or_else(|| bad("a truncate outside a transaction".into()))?;
-                    for oid in oids {
-                        let Some(rel) = self.relations.get(&oid) else { continue };
-                        let name = format!("{}.{}", rel.schema, rel.table);
-                        if !self.tables.contains(&name) || self.seen.get(&name).is_some_and(|v| v.sees(t.xid)) {
-                            continue;
-                        }
-                        t.records.push(ChangeRecord {
-                            key: Map::new(),
-                            before: None,
-                            after: None,
-                            after_json: None,
-                            op: Op::Truncate,
-                            source: source_meta(&rel.schema, &rel.table, None),
-                            ts_ms: 0,
-                        });
-                    }
-                }
-                Message::Commit { commit_lsn, end_lsn } => {
-                    let Some(t) = txn.take() else { continue };
-                    // Already in Kafka before a restart: skip.
-                    if end_lsn <= self.last_lsn {
-                        self.repeeked += in_txn;
-                        continue;
-                    }
-                    self.last_lsn = end_lsn;
-                    // Whatever commits from here on, no snapshot taken before saw it.
-                    self.seen.retain(|_, v| v.lsn > end_lsn);
-                    if t.records.is_empty() {
-                        // Nothing of ours: the slot may pass it once everything before is
-                        // acknowledged.
-                        self.quiet_to = Some(end_lsn);
-                        continue;
-                    }
-                    self.quiet_to = None;
-                    self.handed_lsn = end_lsn;
-                    let position = self.position();
-                    for mut record in t.records {
-                        record.source.insert("lsn".into(), json!(lsn_text(commit_lsn)));
-                        record.source.insert("txid".into(), json!(t.xid));
-                        record.source.insert("commit_ts_ms".into(), json!(t.commit_ts_ms));
-                        record.ts_ms = t.commit_ts_ms;
-                        items.push(SourceItem::Record { record, position: position.clone() });
-                    }
-                }
-                Message::Other => {}
-            }
-        }
-        Ok(items)
-    }
-
     /// Moves the slot to `lsn` once the publication is checked (see [`CdcSource::verify`]).
-    async fn advance_to(&mut self, lsn: &str) -> Result<(), ConnectorError> {
+    /// Through the stream when it is open (the slot is held by it), with SQL otherwise.
+    async fn advance_to(&mut self, lsn: u64) -> Result<(), ConnectorError> {
         self.verify().await?;
-        let (doing, slot) = (self.doing(), self.slot.clone());
-        advance(self.client().await?, &slot, lsn, &doing).await?;
-        self.slot_at = self.slot_at.max(parse_lsn(lsn).unwrap_or(0));
+        if !self.report_flushed(lsn) {
+            let (doing, slot) = (self.doing(), self.slot.clone());
+            advance(self.client().await?, &slot, &lsn_text(lsn), &doing).await?;
+        }
+        self.slot_at = self.slot_at.max(lsn);
         Ok(())
     }
 }
@@ -467,8 +369,15 @@ impl Source for CdcSource {
         let resumed_lsn = resume.as_ref().and_then(|p| p.get("lsn")).and_then(Value::as_str).and_then(parse_lsn);
         self.last_lsn = resumed_lsn.unwrap_or(0);
         (self.handed_lsn, self.acked_lsn, self.slot_at) = (self.last_lsn, self.last_lsn, self.last_lsn);
+        // A transaction partly handed out: how much of it to pass over when it comes again.
+        let txn = resume.as_ref().and_then(|p| p.get("txn"));
+        self.resume_txn =
+            txn.and_then(|t| Some((t.get("lsn")?.as_str().and_then(parse_lsn)?, t.get("changes")?.as_u64()?)));
+        self.lose_stream();
+        (self.txn, self.failed, self.marker, self.caught_up) = (None, None, None, false);
+        self.pending.clear();
         // The stored position may be ahead of the slot (a crash between storing it and
-        // advancing the slot): catch the slot up so those changes are not peeked again.
+        // advancing the slot): catch the slot up so those changes are not read again.
         if let Some(lsn) = resumed_lsn {
             advance(self.client().await?, &slot, &lsn_text(lsn), &doing).await?;
         }
@@ -515,54 +424,13 @@ impl Source for CdcSource {
         if let Some(items) = self.snapshot_page(max).await? {
             return Ok(if items.is_empty() { Poll::Idle } else { Poll::Items(items) });
         }
-        let doing = self.doing();
-        let (slot, publication) = (self.slot.clone(), self.publication.clone());
-        let window = i32::try_from(max + self.repeeked).unwrap_or(i32::MAX);
-        let client = self.client().await?;
-        let upto: String =
-            client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(|e| classify(&doing, &e))?.get(0);
-        let rows = client
-            .query(
-                "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, $3, \
-                 'proto_version', '1', 'publication_names', $4)",
-                &[&slot, &upto, &window, &publication],
-            )
-            .await
-            .map_err(|e| classify(&doing, &e))?;
-        self.wal_head = self.wal_head.max(parse_lsn(&upto).unwrap_or(0));
-        let messages: Vec<(String, Vec<u8>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let items = self.decode(&messages)?;
-        if !items.is_empty() {
-            return Ok(Poll::Items(items));
-        }
-        // Only transactions with nothing for us: once every record handed out is acknowledged,
-        // the slot may pass them.
-        if self.acked_lsn >= self.handed_lsn
-            && let Some(lsn) = self.quiet_to.take()
-        {
-            self.advance_to(&lsn_text(lsn)).await?;
-        }
-        // The peek stopped at `upto`, not at its size: nothing new is waiting.
-        let caught_up = messages.len() < usize::try_from(window).unwrap_or(usize::MAX);
-        if messages.is_empty() && self.last_heartbeat.elapsed() >= self.heartbeat {
-            // Nothing at all up to `upto` (so nothing unacknowledged either): let the slot go
-            // there so it does not hold back WAL.
-            self.last_heartbeat = Instant::now();
-            self.advance_to(&upto).await?;
-        }
-        if caught_up {
-            if !self.follow && self.snapshot_todo.is_empty() {
-                return Ok(Poll::Exhausted);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Ok(Poll::Idle)
+        self.stream_poll(max).await
     }
 
     async fn committed(&mut self, position: &Position) -> Result<(), ConnectorError> {
-        let Some(lsn) = position.get("lsn").and_then(Value::as_str).map(str::to_owned) else { return Ok(()) };
-        self.advance_to(&lsn).await?;
-        self.acked_lsn = self.acked_lsn.max(parse_lsn(&lsn).unwrap_or(0));
+        let Some(lsn) = position.get("lsn").and_then(Value::as_str).and_then(parse_lsn) else { return Ok(()) };
+        self.advance_to(lsn).await?;
+        self.acked_lsn = self.acked_lsn.max(lsn);
         Ok(())
     }
 
@@ -575,15 +443,27 @@ impl Source for CdcSource {
     }
 }
 
-/// Moves the slot's confirmed position forward to `lsn` (never back).
+/// Moves the slot's confirmed position forward to `lsn` (never back), while no stream holds
+/// it; one the previous owner's session still holds (a source just dropped, a process just
+/// killed) is waited for, a bounded time.
 async fn advance(client: &tokio_postgres::Client, slot: &str, lsn: &str, doing: &str) -> Result<(), ConnectorError> {
-    client
-        .query(
-            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn) FROM pg_replication_slots \
-             WHERE slot_name = $1 AND confirmed_flush_lsn < $2::text::pg_lsn",
-            &[&slot, &lsn],
-        )
-        .await
-        .map(drop)
-        .map_err(|e| classify(&format!("{doing}: advancing the slot"), &e))
+    let started = Instant::now();
+    loop {
+        let result = client
+            .query(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND confirmed_flush_lsn < $2::text::pg_lsn",
+                &[&slot, &lsn],
+            )
+            .await;
+        match result {
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                    && started.elapsed() < Duration::from_secs(15) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other.map(drop).map_err(|e| classify(&format!("{doing}: advancing the slot"), &e)),
+        }
+    }
 }

@@ -21,10 +21,6 @@ pub(super) struct Relation {
 /// One decoded message.
 #[derive(Debug)]
 pub(super) enum Message {
-    Begin {
-        xid: u32,
-        commit_ts_ms: i64,
-    },
     Relation(Relation),
     /// An insert, update or delete of relation `oid`: the old tuple (key or full row) and the
     /// new one, each column's text or a marker (see [`Tuple`]).
@@ -38,11 +34,8 @@ pub(super) enum Message {
     Truncate {
         oids: Vec<u32>,
     },
-    Commit {
-        commit_lsn: u64,
-        end_lsn: u64,
-    },
-    /// Origin, type and logical messages: nothing for a change feed.
+    /// Begin and commit (the replication client hands them over as events of their own),
+    /// origin, type and logical messages: nothing to decode here.
     Other,
 }
 
@@ -54,13 +47,6 @@ pub(super) type Tuple = Vec<Option<Option<String>>>;
 pub(super) fn decode(data: &[u8]) -> Result<Message, String> {
     let mut m = Reader { buf: data, at: 0 };
     Ok(match m.u8().ok_or("empty message")? {
-        b'B' => {
-            let _final_lsn = m.u64().ok_or("begin: final LSN")?;
-            let ts = m.i64().ok_or("begin: commit time")?;
-            let xid = m.u32().ok_or("begin: transaction id")?;
-            // PostgreSQL's epoch is 2000-01-01; its timestamps are microseconds.
-            Message::Begin { xid, commit_ts_ms: ts / 1000 + 946_684_800_000 }
-        }
         b'R' => {
             let oid = m.u32().ok_or("relation: id")?;
             let schema = m.cstr().ok_or("relation: schema")?;
@@ -95,12 +81,6 @@ pub(super) fn decode(data: &[u8]) -> Result<Message, String> {
             let _options = m.u8().ok_or("truncate: options")?;
             let oids = (0..n).map(|_| m.u32()).collect::<Option<Vec<u32>>>().ok_or("truncate: relation ids")?;
             Message::Truncate { oids }
-        }
-        b'C' => {
-            let _flags = m.u8().ok_or("commit: flags")?;
-            let commit_lsn = m.u64().ok_or("commit: LSN")?;
-            let end_lsn = m.u64().ok_or("commit: end LSN")?;
-            Message::Commit { commit_lsn, end_lsn }
         }
         _ => Message::Other,
     })
@@ -306,12 +286,6 @@ impl Reader<'_> {
     }
     fn i32(&mut self) -> Option<i32> {
         self.take(4).and_then(|b| b.try_into().ok()).map(i32::from_be_bytes)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
-    }
-    fn i64(&mut self) -> Option<i64> {
-        self.take(8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes)
     }
     fn cstr(&mut self) -> Option<String> {
         let end = self.buf.get(self.at..)?.iter().position(|b| *b == 0)?;
