@@ -253,7 +253,7 @@ connections:
   out: {{type: file, path: {out}}}
 flows:
   - name: pull
-    source: {{connection: gen, object: o, options: {{count: {count}, rate_per_sec: 20000, keys: 1000}}}}
+    source: {{connection: gen, object: o, options: {{count: {count}, rate_per_sec: 10000, keys: 1000}}}}
     destination: {{connection: out, object: pull.jsonl}}
 "#,
             kafka = kafka.yaml(),

@@ -16,7 +16,8 @@
 //! the sink (or the DLQ) acknowledged every message before it. A crash anywhere therefore
 //! re-delivers, never loses.
 //!
-//! Modules: `source_owner` (claim, then run, then stand by), `claim` and `source_task` (the
+//! Modules: `source_owner` (claim, then run, then stand by), `claim`, `source_task` and
+//! `source_read` (the
 //! source's half), `sink_worker`, `batch`, `retry`, `dead_letters` and `watchdog` (the sink's
 //! half), `runs` (run records), `flow_state` (paused and deactivated flows), `process` (writer
 //! ids, and telling a dead predecessor's).
@@ -30,6 +31,7 @@ mod retry;
 mod runs;
 mod sink_worker;
 mod source_owner;
+mod source_read;
 mod source_task;
 mod watchdog;
 

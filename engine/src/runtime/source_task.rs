@@ -1,6 +1,7 @@
 //! The source task: poll the source; publish its records, dead letters and position in one
 //! transaction per batch.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
@@ -10,7 +11,8 @@ use tracing::Instrument;
 use super::FlowContext;
 use super::dead_letters::{DeadLetters, Origin, confirm, enqueue};
 use super::retry::Backoff;
-use crate::connector::{Poll, Position, Source, SourceItem};
+use super::source_read::{Step, next_step, read_while_committing};
+use crate::connector::{Position, Source, SourceItem};
 use crate::error::FlowError;
 use crate::errors_policy::ErrorMode;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -79,7 +81,7 @@ pub enum SourceEnd {
 /// idempotent one), and the signal that the claim was lost.
 pub struct SourceWriter {
     producer: Producer,
-    lost: tokio_util::sync::CancellationToken,
+    pub(super) lost: tokio_util::sync::CancellationToken,
     transactional: bool,
     /// This turn's writer id (see [`super::writer_id`]), in every record's `source.writer` and in
     /// every stored position.
@@ -121,17 +123,21 @@ impl SourceWriter {
 
 /// Runs a source until it is exhausted, shutdown is requested or the claim on it is lost.
 ///
-/// Each poll's records, its dead letters and the position after it are one Kafka transaction:
+/// Each batch's records, its dead letters and the position after it are one Kafka transaction:
 /// all visible to readers (`read_committed`) or none. A position is therefore never stored
 /// ahead of the records before it, and a batch that fails leaves nothing behind to duplicate.
 /// Only after the commit may the upstream forget what came before (a slot advances).
 ///
 /// While a batch's transaction commits (a round trip to the transaction coordinator and the
 /// partitions' leaders), the next batch is already being read: reading the upstream and
-/// waiting for Kafka overlap instead of taking turns. The batch read ahead is published only
-/// after the one before it committed and [`Source::committed`] was told; if that commit fails,
-/// the batch read ahead is dropped with the source, and the next turn reads it again from the
-/// stored position.
+/// waiting for Kafka overlap instead of taking turns. Polls go on while the commit does, up to
+/// [`GATHER_POLLS`] of them, and what they read is the next batch: a commit costs about the
+/// same whatever its size (Apache Kafka 4.4 took ≈ 100 ms each, as the next transaction waits
+/// for the last one's markers), so under a backlog batches grow until reading keeps up with
+/// committing, and at a trickle each poll still goes out alone. The batch read ahead is
+/// published only after the one before it committed and [`Source::committed`] was told; if
+/// that commit fails, the batch read ahead is dropped with the source, and the next turn reads
+/// it again from the stored position.
 pub async fn run_source(
     ctx: &FlowContext,
     mut source: Box<dyn Source>,
@@ -148,9 +154,9 @@ pub async fn run_source(
     let mut failing: Option<Backoff> = None;
     let mut progressed = false;
     let mut sampling = trace::Sampling::new();
-    let mut ahead: Option<Step> = None;
+    let mut ahead: VecDeque<Step> = VecDeque::new();
     loop {
-        let step = match ahead.take() {
+        let step = match ahead.pop_front() {
             Some(step) => step,
             None => next_step(ctx, source.as_mut(), writer, &mut failing).await,
         };
@@ -182,15 +188,19 @@ pub async fn run_source(
         }
         .instrument(span.clone())
         .await;
-        // The batch is queued; its commit and the next poll run together.
+        // The batch is queued; its commit and the next polls run together.
         let (committed, next) = match queued {
             Ok(sent) => {
                 let finishing = finish(ctx, writer, &topic, sent).instrument(span);
-                let reading = next_step(ctx, source.as_mut(), writer, &mut failing);
-                let (committed, next) = tokio::join!(finishing, reading);
-                (committed, Some(next))
+                if ahead.is_empty() {
+                    read_while_committing(ctx, source.as_mut(), writer, &mut failing, finishing).await
+                } else {
+                    // What was read ahead last time is not all out yet (a batch, then the end
+                    // of the turn): nothing more is read before it is.
+                    (finishing.await, VecDeque::new())
+                }
             }
-            Err(e) => (Err(e), None),
+            Err(e) => (Err(e), VecDeque::new()),
         };
         let sent = match committed {
             Ok(sent) => sent,
@@ -208,7 +218,7 @@ pub async fn run_source(
                 return Ok(SourceEnd::Aborted { error: e, progressed });
             }
         };
-        ahead = next;
+        ahead.extend(next);
         progressed = true;
         ctx.metrics.stage(Stage::SourcePublish, publishing.elapsed());
         ctx.metrics.batch(false, sent.read);
@@ -222,97 +232,6 @@ pub async fn run_source(
                 .await
                 .map_err(|source| FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) })?;
         }
-    }
-}
-
-/// What reading the source next gave.
-enum Step {
-    /// A batch to publish.
-    Items(Vec<SourceItem>),
-    /// Nothing yet (the source was idle, or a retriable error was waited out).
-    Idle,
-    /// The turn ends.
-    End(SourceEnd),
-    /// The flow stops.
-    Fail(FlowError),
-}
-
-/// Reads the source's next batch: holding back while the embedded broker's disk is full,
-/// waiting a moment when the source is idle, and backing off from retriable errors within the
-/// flow's retry policy (`failing` counts from the first failure).
-async fn next_step(
-    ctx: &FlowContext,
-    source: &mut dyn Source,
-    writer: &SourceWriter,
-    failing: &mut Option<Backoff>,
-) -> Step {
-    if ctx.shutdown.is_cancelled() {
-        return Step::End(SourceEnd::Stopped);
-    }
-    if writer.lost.is_cancelled() {
-        return Step::End(SourceEnd::Lost);
-    }
-    // The embedded broker's disk is nearly full: hold new records back rather than let it
-    // run out mid-write (tansu 0.6 can leave its storage inconsistent then), as Redpanda
-    // refuses writes below `storage_min_free_bytes`. The broker watch names the reason.
-    let mut held_since: Option<Instant> = None;
-    while let Some(reason) = crate::broker::disk_full() {
-        if held_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            held_since = Some(Instant::now());
-            tracing::warn!(flow = %ctx.flow, %reason, "holding the source until the broker's disk has room");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = ctx.shutdown.cancelled() => return Step::End(SourceEnd::Stopped),
-            _ = writer.lost.cancelled() => return Step::End(SourceEnd::Lost),
-        }
-    }
-    let polling = Instant::now();
-    let polled = tokio::select! {
-        p = source.poll(ctx.batch.max_records) => p,
-        _ = ctx.shutdown.cancelled() => return Step::End(SourceEnd::Stopped),
-        _ = writer.lost.cancelled() => return Step::End(SourceEnd::Lost),
-    };
-    let polled = match polled {
-        Ok(p) => {
-            *failing = None;
-            p
-        }
-        Err(e) if e.is_retriable() => {
-            let backoff = failing.get_or_insert_with(|| Backoff::new(&ctx.batch.retry));
-            let Some(wait) = backoff.next(e.retry_after()) else {
-                return Step::Fail(FlowError::RetriesExhausted {
-                    flow: ctx.flow.clone(),
-                    attempts: backoff.attempts(),
-                    secs: backoff.elapsed().as_secs(),
-                    source: Box::new(e),
-                });
-            };
-            tracing::warn!(flow = %ctx.flow, attempt = backoff.attempts(), wait_ms = wait.as_millis() as u64, error = %e, "reading the source failed; retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = ctx.shutdown.cancelled() => return Step::End(SourceEnd::Stopped),
-            }
-            return Step::Idle;
-        }
-        Err(source) => return Step::Fail(FlowError::Connector { flow: ctx.flow.clone(), source: Box::new(source) }),
-    };
-    match polled {
-        Poll::Items(items) => {
-            ctx.metrics.stage(Stage::SourcePoll, polling.elapsed());
-            ctx.metrics.set_source_behind(source.behind_bytes());
-            Step::Items(items)
-        }
-        Poll::Idle => {
-            ctx.metrics.set_source_behind(source.behind_bytes());
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = ctx.shutdown.cancelled() => return Step::End(SourceEnd::Stopped),
-                _ = writer.lost.cancelled() => return Step::End(SourceEnd::Lost),
-            }
-            Step::Idle
-        }
-        Poll::Exhausted => Step::End(SourceEnd::Exhausted),
     }
 }
 
@@ -342,7 +261,7 @@ async fn finish(ctx: &FlowContext, writer: &SourceWriter, topic: &str, mut sent:
 }
 
 /// What one batch put in its transaction.
-struct Sent {
+pub(super) struct Sent {
     read: usize,
     produced: usize,
     dead: usize,
@@ -353,7 +272,7 @@ struct Sent {
 }
 
 /// Why a batch's transaction did not commit.
-enum Failed {
+pub(super) enum Failed {
     /// This producer was fenced: another process writes the flow's source now.
     Lost,
     /// The transaction can be aborted and the batch read again.
