@@ -17,10 +17,9 @@
 //! re-delivers, never loses.
 //!
 //! Modules: `source_owner` (claim, then run, then stand by), `claim`, `source_task` and
-//! `source_read` (the
-//! source's half), `sink_worker`, `batch`, `retry`, `dead_letters` and `watchdog` (the sink's
-//! half), `runs` (run records), `flow_state` (paused and deactivated flows), `process` (writer
-//! ids, and telling a dead predecessor's).
+//! `source_read` (the source's half), `sink_worker`, `batch`, `retry`, `dead_letters` and
+//! `watchdog` (the sink's half), `runs` (run records), `flow_state` (paused and deactivated
+//! flows), `process` (writer ids, and telling a dead predecessor's).
 
 mod batch;
 mod claim;
