@@ -210,7 +210,8 @@ fn jsonl_gzip_and_csv_objects_and_clear_errors(kafka: &mut Kafka) {
         .sum();
     assert!(csv_rows >= 3000, "{csv_rows}");
 
-    // Objects over the part size go up in parts: 5,000 rows of ~2 KB is a 10 MB object.
+    // Objects over the part size go up in parts: 5,000 rows of ~2 KB is a 10 MB object (the
+    // batch lingers long enough to fill, however slowly the broker serves the fetches).
     let big: Vec<(Option<String>, Vec<u8>)> = (0..5000)
         .map(|seq| (None, format!("{{\"seq\":{seq},\"name\":\"{}\"}}", "x".repeat(2000)).into_bytes()))
         .collect();
@@ -222,7 +223,8 @@ fn jsonl_gzip_and_csv_objects_and_clear_errors(kafka: &mut Kafka) {
         &s3.url,
         &r#"  - name: big
     source: {connection: bus, object: big-rows, options: {format: json}, schema: {seq: int64, name: string}}
-    destination: {connection: lake, object: lake-text, options: {path: "big/{first_offset}.{ext}", part_size_bytes: 5242880}}"#
+    destination: {connection: lake, object: lake-text, options: {path: "big/{first_offset}.{ext}", part_size_bytes: 5242880}}
+    batch: {linger_ms: 2000}"#
             .replace("object: big-rows", &format!("object: {big_rows}")),
     );
     let done = run(&["run", &cfg], dir.path(), &env, LIMIT);
