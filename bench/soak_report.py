@@ -82,9 +82,9 @@ for c in ["rss_b_mb", "p99_b_ms", "cpu_b_pct", "rss_cdc_mb", "p99_cdc_ms", "cpu_
     flat = abs(change) <= 0.10 if change > 0 else True
     verdicts[c] = flat
     lines.append(f"| {c} | {mean:.1f} | {100 * change:+.1f} % | {'yes' if flat else '**no**'} |")
-for name, entry in (("job (b) output", ledger_b), ("CDC changes topic", ledger_cdc)):
-    count, ok = entry.split(":")
-    lines.append(f"\nLedger, {name}: {count} records expected, {'all there' if ok == 'yes' else '**not all there**'}.")
+for name, entry in (("job (b)", ledger_b), ("the CDC flow", ledger_cdc)):
+    count, ok = entry.split(":", 1)
+    lines.append(f"\nLedger, {name}: {count} records expected, {'all delivered' if ok == 'yes' else '**' + ok + '**'}.")
 text = "\n".join(lines) + "\n"
 open(os.path.join(out, "soak.md"), "w").write(text)
 json.dump({"rows": rows, "flat": verdicts}, open(os.path.join(out, "soak.json"), "w"))
