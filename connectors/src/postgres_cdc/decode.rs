@@ -19,13 +19,13 @@
 //! sent again per session). A restart reads the transaction again from the slot and passes over
 //! that many; the slot itself never moves past a transaction not wholly acknowledged.
 
-use serde_json::{Map, json};
+use serde_json::json;
 use sluice_engine::connector::SourceItem;
 use sluice_engine::error::ConnectorError;
-use sluice_engine::record::{ChangeRecord, Op};
+use sluice_engine::record::ChangeRecord;
 
 use super::pgoutput::{self, Message, Relation, lsn_text};
-use super::{CdcSource, source_meta};
+use super::{CdcSource, truncate_record};
 
 /// The transaction being decoded.
 #[derive(Debug)]
@@ -68,22 +68,18 @@ impl CdcSource {
 
     /// Decodes one pgoutput message inside the stream; its records join `self.pending`.
     pub(super) fn message(&mut self, data: &[u8]) -> Result<(), ConnectorError> {
-        let doing = self.doing();
-        // What the server sent and sluice cannot decode will read the same again: not retried.
-        let bad = |what: String| ConnectorError::internal(doing.clone(), format!("decoding pgoutput: {what}"));
-        match pgoutput::decode(data).map_err(bad)? {
+        match pgoutput::decode(data).map_err(|e| self.undecodable(&e))? {
             Message::Relation(rel) => self.relation(rel)?,
             Message::Change { kind, oid, old, new } => {
                 let Some(t) = self.counted() else { return Ok(()) };
                 let (xid, ts, lsn) = (t.xid, t.commit_ts_ms, t.commit_lsn);
-                let rel = self.relations.get(&oid).ok_or_else(|| bad("a change before its relation".into()))?;
+                let rel = self.relations.get(&oid).ok_or_else(|| self.undecodable("a change before its relation"))?;
                 let name = format!("{}.{}", rel.schema, rel.table);
-                if !self.tables.contains(&name) || self.seen.get(&name).is_some_and(|v| v.sees(xid)) {
-                    // Another table of the publication, or already in the table's snapshot.
+                if !self.wanted(&name, xid) {
                     return Ok(());
                 }
                 let pk = self.primary_keys.get(&name).map(Vec::as_slice).unwrap_or_default();
-                let records = pgoutput::change_records(kind, rel, pk, old, new).map_err(bad)?;
+                let records = pgoutput::change_records(kind, rel, pk, old, new).map_err(|e| self.undecodable(&e))?;
                 for record in records {
                     self.pending.push(stamped(record, xid, ts, lsn));
                 }
@@ -93,25 +89,28 @@ impl CdcSource {
                 let (xid, ts, lsn) = (t.xid, t.commit_ts_ms, t.commit_lsn);
                 for oid in oids {
                     let Some(rel) = self.relations.get(&oid) else { continue };
-                    let name = format!("{}.{}", rel.schema, rel.table);
-                    if !self.tables.contains(&name) || self.seen.get(&name).is_some_and(|v| v.sees(xid)) {
+                    if !self.wanted(&format!("{}.{}", rel.schema, rel.table), xid) {
                         continue;
                     }
-                    let record = ChangeRecord {
-                        key: Map::new(),
-                        before: None,
-                        after: None,
-                        after_json: None,
-                        op: Op::Truncate,
-                        source: source_meta(&rel.schema, &rel.table, None),
-                        ts_ms: 0,
-                    };
+                    let record = truncate_record(&rel.schema, &rel.table, None, 0);
                     self.pending.push(stamped(record, xid, ts, lsn));
                 }
             }
             Message::Other => {}
         }
         Ok(())
+    }
+
+    /// Whether a change of `schema.table` in transaction `xid` gives records: not another table
+    /// of the publication, nor one the table's snapshot already holds.
+    fn wanted(&self, table: &str, xid: u32) -> bool {
+        self.tables.iter().any(|t| t == table) && !self.seen.get(table).is_some_and(|v| v.sees(xid))
+    }
+
+    /// What the server sent and sluice cannot decode will read the same again: not retried. (Made
+    /// only on failure: naming what was being done allocates.)
+    fn undecodable(&self, what: &str) -> ConnectorError {
+        ConnectorError::internal(self.doing(), format!("decoding pgoutput: {what}"))
     }
 
     /// Counts a change message of the open transaction; `None` when it gives no records (one

@@ -69,7 +69,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use sluice_engine::connector::{Poll, Position, Source};
 use sluice_engine::error::ConnectorError;
-use sluice_engine::record::{ChangeRecord, Row};
+use sluice_engine::record::{ChangeRecord, Op, Row};
 
 use crate::postgres::{PgTarget, PostgresConnection, classify, client_config, connect, quote_ident};
 use crate::postgres_query::QueryOptions;
@@ -336,6 +336,19 @@ fn source_meta(schema: &str, table: &str, reason: Option<&str>) -> Row {
         source.insert("reason".into(), json!(r));
     }
     source
+}
+
+/// A truncate record (op `t`) of `schema.table`.
+fn truncate_record(schema: &str, table: &str, reason: Option<&str>, ts_ms: i64) -> ChangeRecord {
+    ChangeRecord {
+        key: Map::new(),
+        before: None,
+        after: None,
+        after_json: None,
+        op: Op::Truncate,
+        source: source_meta(schema, table, reason),
+        ts_ms,
+    }
 }
 
 #[async_trait]

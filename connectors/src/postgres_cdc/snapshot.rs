@@ -4,11 +4,11 @@
 use serde_json::{Map, Value, json};
 use sluice_engine::connector::SourceItem;
 use sluice_engine::error::ConnectorError;
-use sluice_engine::record::{ChangeRecord, Op, Row, now_ms};
+use sluice_engine::record::{ChangeRecord, Row, now_ms};
 
 use super::pgoutput::{ColumnTypes, parse_lsn, typed};
 use super::publication::qualified;
-use super::{CdcSource, source_meta, visible};
+use super::{CdcSource, source_meta, truncate_record, visible};
 use crate::postgres::{classify, quote_ident};
 
 /// A table to snapshot.
@@ -39,15 +39,7 @@ impl CdcSource {
                 if let Some(front) = self.snapshot_todo.front_mut() {
                     front.truncate_first = false;
                 }
-                let record = ChangeRecord {
-                    key: Map::new(),
-                    before: None,
-                    after: None,
-                    after_json: None,
-                    op: Op::Truncate,
-                    source: source_meta(&schema, &name, Some("resync")),
-                    ts_ms: now_ms(),
-                };
+                let record = truncate_record(&schema, &name, Some("resync"), now_ms());
                 return Ok(Some(vec![SourceItem::Record { record, position: self.position() }]));
             }
             let quoted = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
