@@ -52,6 +52,7 @@ pub(super) enum Role {
 
 /// Allowed options that only consumers read.
 const CONSUMER_OPTIONS: &[&str] = &[
+    "fetch.queue.backoff.ms",
     "fetch.max.bytes",
     "fetch.min.bytes",
     "fetch.wait.max.ms",

@@ -177,6 +177,7 @@ pub async fn run_sink(
             break;
         }
         // Wait for a first message, then fill the batch for at most `linger`.
+        let waiting = Instant::now();
         let first = tokio::select! {
             m = stream.next() => m,
             _ = tokio::time::sleep(Duration::from_millis(200)) => None,
@@ -278,6 +279,7 @@ pub async fn run_sink(
         tracing::debug!(
             flow = %ctx.flow,
             records = n,
+            wait_ms = filling.duration_since(waiting).as_millis() as u64,
             fill_ms = processing.duration_since(filling).as_millis() as u64,
             write_ms = committing.duration_since(processing).as_millis() as u64,
             commit_ms = committing.elapsed().as_millis() as u64,
