@@ -8,8 +8,11 @@
 //! charged with the reader's start-up instead of the runner's latency. Records sent in the first
 //! WARMUP_MS after the reader started (default 0) are read but not counted, so a runner's own
 //! start (its group join, its first batch) is not counted either. "ready" goes to stderr once
-//! the partitions are assigned. With WINDOW_S (the soak run), it also prints, every WINDOW_S
-//! seconds, `window UNIX_S N P50_MS P99_MS` for the records that arrived in that window.
+//! the partitions are assigned. With WINDOW_S (the soak run) it is a live monitor instead: it
+//! reads from the topic's end, prints every WINDOW_S seconds `window UNIX_S N P50_MS P99_MS` for
+//! the records that arrived in that window, keeps nothing else (an hour's latencies would be
+//! GBs) and runs as long as records come (no 10-minute limit: the soak's hour once lost its
+//! last 50 minutes of latency to it).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,17 +41,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err("usage: latency BOOTSTRAP TOPIC COUNT [WARMUP_MS [WINDOW_S]]".into()),
     };
     // read_committed is librdkafka's default, which this reader always had.
-    let consumer = sluice_bench::read_from_start(bootstrap, topic, "latency", "read_committed")?;
+    let from = if window.is_some() { rdkafka::Offset::End } else { rdkafka::Offset::Beginning };
+    let consumer = sluice_bench::read_from(bootstrap, topic, "latency", "read_committed", from)?;
     let counted_from = now_us()? + warmup_ms * 1000;
     eprintln!("ready");
-    let mut lat_us = Vec::with_capacity(count);
+    let mut lat_us = Vec::with_capacity(if window.is_some() { 0 } else { count });
     let mut seen = 0usize;
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = window.is_none().then(|| Instant::now() + Duration::from_secs(600));
     // A runner that lost or filtered more than expected must not hold the harness: after the
     // first record, 15 s of silence ends the reading.
     let mut last = None::<Instant>;
     let (mut window_lat, mut window_start) = (Vec::new(), Instant::now());
-    while seen < count && Instant::now() < deadline && last.is_none_or(|l| l.elapsed() < Duration::from_secs(15)) {
+    while seen < count
+        && deadline.is_none_or(|d| Instant::now() < d)
+        && last.is_none_or(|l| l.elapsed() < Duration::from_secs(15))
+    {
         if let Some(w) = window
             && window_start.elapsed() >= w
         {
@@ -61,16 +68,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         last = Some(Instant::now());
         seen += 1;
         if let Some(sent) = msg.payload().and_then(sent_us).filter(|s| *s >= counted_from) {
-            lat_us.push(now - sent);
-            if window.is_some() {
-                window_lat.push(now - sent);
-            }
+            if window.is_some() { window_lat.push(now - sent) } else { lat_us.push(now - sent) }
         }
     }
     if window.is_some() {
         print_window(&mut window_lat)?;
+        println!("latency: {seen} records read");
+    } else {
+        sluice_bench::print_latency(lat_us);
     }
-    sluice_bench::print_latency(lat_us);
     Ok(())
 }
 

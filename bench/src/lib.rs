@@ -26,6 +26,17 @@ pub fn read_from_start(
     name: &str,
     isolation: &str,
 ) -> Result<BaseConsumer, Box<dyn std::error::Error>> {
+    read_from(bootstrap, topic, name, isolation, Offset::Beginning)
+}
+
+/// As [`read_from_start`], from `from` in every partition (`Offset::End`: what arrives from now).
+pub fn read_from(
+    bootstrap: &str,
+    topic: &str,
+    name: &str,
+    isolation: &str,
+    from: Offset,
+) -> Result<BaseConsumer, Box<dyn std::error::Error>> {
     ensure_topics(bootstrap, &[topic])?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -38,7 +49,7 @@ pub fn read_from_start(
     let mut tpl = TopicPartitionList::new();
     for t in metadata.topics() {
         for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            tpl.add_partition_offset(topic, p.id(), from)?;
         }
     }
     consumer.assign(&tpl)?;
