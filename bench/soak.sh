@@ -6,9 +6,10 @@
 #
 #   bench/soak.sh [DURATION_S]     (default 3600)
 #
-# Load: SOAK_RATE_B records/s into job (b)'s topic (default 40000, about half its maximum in
-# the last bench/run.sh) and SOAK_RATE_CDC rows/s inserted into a table (default 20000, one
-# transaction per second, about half the CDC stream's maximum). Latency: the record's own
+# Load: SOAK_RATE_B records/s into job (b)'s topic (default 60000, about half its maximum in
+# the last bench/run.sh, 133,111) and SOAK_RATE_CDC rows/s inserted into a table (default 20000, one
+# transaction per second: a quarter of the CDC stream's maximum, 77,952, as inserting them takes
+# PostgreSQL itself ≈ 0.4 s of each second on two cores). Latency: the record's own
 # `sent_us` (the load generator's clock; for CDC, clock_timestamp() in the inserting
 # transaction) against its arrival in the output topic (bench/src/latency.rs, windowed).
 # At the end: the ledger (every record out: job (b)'s filter keeps a known count; every row in
@@ -18,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-3600}"
-RATE_B="${SOAK_RATE_B:-40000}"
+RATE_B="${SOAK_RATE_B:-60000}"
 RATE_CDC="${SOAK_RATE_CDC:-20000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 echo "==> building (release)"
