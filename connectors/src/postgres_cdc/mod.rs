@@ -224,21 +224,25 @@ impl CdcSource {
 
     async fn client(&mut self) -> Result<&tokio_postgres::Client, ConnectorError> {
         if self.client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-            let doing = self.doing();
-            let client = connect(&self.connection, &self.config).await?;
-            // Values are read as text in both the snapshot and the stream: fix what the text
-            // depends on, so both print a value the same way whatever the server's defaults.
-            client
-                .batch_execute(
-                    "SET TimeZone TO 'UTC'; SET DateStyle TO 'ISO, YMD'; SET IntervalStyle TO 'iso_8601'; \
-                     SET extra_float_digits TO 3; SET bytea_output TO 'hex'",
-                )
-                .await
-                .map_err(|e| classify(&doing, &e))?;
-            self.client = Some(client);
-            self.snapshot_open = None;
+            self.client = Some(self.session().await?);
         }
         self.client.as_ref().ok_or_else(|| ConnectorError::internal(self.doing(), "no connection"))
+    }
+
+    /// A new connection, its session set up for reading values as text.
+    async fn session(&self) -> Result<tokio_postgres::Client, ConnectorError> {
+        let doing = self.doing();
+        let client = connect(&self.connection, &self.config).await?;
+        // Values are read as text in both the snapshot and the stream: fix what the text
+        // depends on, so both print a value the same way whatever the server's defaults.
+        client
+            .batch_execute(
+                "SET TimeZone TO 'UTC'; SET DateStyle TO 'ISO, YMD'; SET IntervalStyle TO 'iso_8601'; \
+                 SET extra_float_digits TO 3; SET bytea_output TO 'hex'",
+            )
+            .await
+            .map_err(|e| classify(&doing, &e))?;
+        Ok(client)
     }
 
     /// The position after what has been handed out: the stream's LSN and the established tables.

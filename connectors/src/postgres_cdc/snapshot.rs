@@ -1,10 +1,19 @@
 //! Reading a table's snapshot page by page (op `r`), in a `REPEATABLE READ` transaction whose
 //! visible transactions are recorded for the stream (see [`super::visible`]).
+//!
+//! The table is read by one `SELECT` on a connection of the snapshot's own, its rows taken from
+//! the stream as pages are asked for. The server keeps sending while sluice turns a page into
+//! records and publishes it — up to what the socket buffers hold, then TCP holds it back, so
+//! memory stays bounded. (A cursor's `FETCH` per page made the server and sluice take turns:
+//! each waited while the other worked.) The connection is apart from the source's other one,
+//! which keeps checking the publication and moving the slot between pages: a query there would
+//! otherwise wait behind the whole `SELECT`.
 
 use serde_json::{Map, Value, json};
 use sluice_engine::connector::SourceItem;
 use sluice_engine::error::ConnectorError;
 use sluice_engine::record::{ChangeRecord, Row, now_ms};
+use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 
 use super::pgoutput::{ColumnTypes, parse_lsn, typed};
 use super::publication::qualified;
@@ -21,10 +30,15 @@ pub(super) struct Snapshot {
     pub(super) truncate_first: bool,
 }
 
-/// The snapshot being read: its table and the column types of its rows.
+/// The snapshot being read: its table, the column types of its rows, and the rows coming.
 pub(super) struct OpenSnapshot {
     pub(super) table: String,
     pub(super) types: ColumnTypes,
+    /// The snapshot's connection, in its `REPEATABLE READ` transaction. Dropping it ends the
+    /// query and the transaction.
+    _client: tokio_postgres::Client,
+    /// The `SELECT`'s rows as the server sends them.
+    rows: std::pin::Pin<Box<tokio_postgres::SimpleQueryStream>>,
 }
 
 impl CdcSource {
@@ -55,13 +69,14 @@ impl CdcSource {
                 .iter()
                 .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u32))
                 .collect();
-            client
+            let reader = self.session().await?;
+            reader
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
                 .map_err(|e| classify(&doing, &e))?;
             // The transaction's first statement takes its snapshot: record which transactions
             // it sees, so the stream skips their changes to this table (see `visible`).
-            let view = client
+            let view = reader
                 .query_one("SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text", &[])
                 .await
                 .map_err(|e| classify(&doing, &e))?;
@@ -69,30 +84,30 @@ impl CdcSource {
             let view = parse_lsn(&lsn).and_then(|lsn| visible::SnapshotView::parse(&snap, lsn)).ok_or_else(|| {
                 ConnectorError::internal(doing.clone(), format!("the server's snapshot {snap} at {lsn} does not parse"))
             })?;
-            client
-                .batch_execute(&format!("DECLARE sluice_snapshot NO SCROLL CURSOR FOR SELECT * FROM {quoted}"))
-                .await
-                .map_err(|e| classify(&doing, &e))?;
+            // The simple protocol returns every value as its text output: the same text pgoutput
+            // sends for a change, decoded by the same function.
+            let rows =
+                reader.simple_query_raw(&format!("SELECT * FROM {quoted}")).await.map_err(|e| classify(&doing, &e))?;
             self.seen.insert(next.table.clone(), view);
-            self.snapshot_open = Some(OpenSnapshot { table: next.table.clone(), types });
+            self.snapshot_open =
+                Some(OpenSnapshot { table: next.table.clone(), types, _client: reader, rows: Box::pin(rows) });
         }
         let key_cols = self.primary_keys.get(&next.table).cloned().unwrap_or_default();
-        let client = self.client().await?;
-        // The simple protocol returns every value as its text output: the same text pgoutput
-        // sends for a change, decoded by the same function.
-        let messages = client
-            .simple_query(&format!("FETCH {max} FROM sluice_snapshot"))
-            .await
-            .map_err(|e| classify(&doing, &e))?;
-        let rows: Vec<tokio_postgres::SimpleQueryRow> = messages
-            .into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-                _ => None,
-            })
-            .collect();
+        let rows = match self.snapshot_open.as_mut() {
+            Some(open) => next_rows(open, max).await,
+            None => Ok(Vec::new()),
+        };
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The table is read again from its start on the next poll (its rows so far are
+                // sent again: at least once).
+                self.snapshot_open = None;
+                return Err(classify(&doing, &e));
+            }
+        };
         if rows.is_empty() {
-            client.batch_execute("COMMIT").await.map_err(|e| classify(&doing, &e))?;
+            // Dropping the connection ends its read-only transaction.
             if let Some(open) = self.snapshot_open.take() {
                 self.snapshot_columns.insert(open.table, open.types);
             }
@@ -105,13 +120,19 @@ impl CdcSource {
         }
         let types = self.snapshot_open.as_ref().map(|o| &o.types);
         let position = self.position();
+        // Each column's type, looked up once a page (every row shares the description); text
+        // (25) when the catalog did not say.
+        let oids: Vec<u32> = rows
+            .first()
+            .map(|r| r.columns().iter().map(|c| types.and_then(|t| t.get(c.name())).copied().unwrap_or(25)).collect())
+            .unwrap_or_default();
         let mut items = Vec::with_capacity(rows.len());
         for r in rows {
             let mut after = Map::with_capacity(r.columns().len());
             for (i, column) in r.columns().iter().enumerate() {
                 let value = match r.get(i) {
                     None => Value::Null,
-                    Some(text) => typed(types.and_then(|t| t.get(column.name())).copied().unwrap_or(25), text),
+                    Some(text) => typed(oids.get(i).copied().unwrap_or(25), text),
                 };
                 after.insert(column.name().to_owned(), value);
             }
@@ -125,4 +146,20 @@ impl CdcSource {
         }
         Ok(Some(items))
     }
+}
+
+/// Up to `max` rows of the snapshot's `SELECT`; none once it is complete.
+async fn next_rows(open: &mut OpenSnapshot, max: usize) -> Result<Vec<SimpleQueryRow>, tokio_postgres::Error> {
+    use futures::StreamExt as _;
+    let mut rows = Vec::with_capacity(max.min(8192));
+    while rows.len() < max {
+        match open.rows.next().await {
+            Some(Ok(SimpleQueryMessage::Row(r))) => rows.push(r),
+            // The row description and the command's completion.
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    Ok(rows)
 }
