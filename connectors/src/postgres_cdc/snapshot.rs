@@ -39,6 +39,8 @@ pub(super) struct OpenSnapshot {
     _client: tokio_postgres::Client,
     /// The `SELECT`'s rows as the server sends them.
     rows: std::pin::Pin<Box<tokio_postgres::SimpleQueryStream>>,
+    /// Whether the stream ended: polled again, it would answer that its channel is closed.
+    ended: bool,
 }
 
 impl CdcSource {
@@ -89,8 +91,13 @@ impl CdcSource {
             let rows =
                 reader.simple_query_raw(&format!("SELECT * FROM {quoted}")).await.map_err(|e| classify(&doing, &e))?;
             self.seen.insert(next.table.clone(), view);
-            self.snapshot_open =
-                Some(OpenSnapshot { table: next.table.clone(), types, _client: reader, rows: Box::pin(rows) });
+            self.snapshot_open = Some(OpenSnapshot {
+                table: next.table.clone(),
+                types,
+                _client: reader,
+                rows: Box::pin(rows),
+                ended: false,
+            });
         }
         let key_cols = self.primary_keys.get(&next.table).cloned().unwrap_or_default();
         let rows = match self.snapshot_open.as_mut() {
@@ -152,13 +159,13 @@ impl CdcSource {
 async fn next_rows(open: &mut OpenSnapshot, max: usize) -> Result<Vec<SimpleQueryRow>, tokio_postgres::Error> {
     use futures::StreamExt as _;
     let mut rows = Vec::with_capacity(max.min(8192));
-    while rows.len() < max {
+    while rows.len() < max && !open.ended {
         match open.rows.next().await {
             Some(Ok(SimpleQueryMessage::Row(r))) => rows.push(r),
             // The row description and the command's completion.
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e),
-            None => break,
+            None => open.ended = true,
         }
     }
     Ok(rows)
