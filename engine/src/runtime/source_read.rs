@@ -15,11 +15,22 @@ use crate::telemetry::Stage;
 /// How many polls may be gathered into one batch while the batch before it commits.
 const GATHER_POLLS: usize = 4;
 
+/// The most records one batch may gather: [`GATHER_POLLS`] full polls where the batch is a Kafka
+/// transaction, one poll's worth (`max_records`) where it is not.
+///
+/// Without a transaction, a batch whose acknowledgement never came (the broker died, the claim
+/// went) is published again from the stored position while Kafka may already hold it: every
+/// record of it a duplicate. Its size is the bound on duplicates per fault, and the reason to
+/// gather — a transaction commit's fixed cost of ≈ 100 ms — does not apply there.
+pub(super) fn batch_limit(ctx: &FlowContext, writer: &SourceWriter) -> usize {
+    if writer.transactional { ctx.batch.max_records.saturating_mul(GATHER_POLLS) } else { ctx.batch.max_records }
+}
+
 /// Polls `source` while `finishing` (the batch before) commits: each poll runs to its end (a
 /// source's poll is not cancelled midway: it may have moved its own position), and another
-/// starts while the commit is still going, up to [`GATHER_POLLS`], until one is idle or ends the
-/// turn. Returns the commit's outcome and what was read: one batch of every record gathered,
-/// then the step that stopped the reading, if any.
+/// starts while the commit is still going, up to [`GATHER_POLLS`] and [`batch_limit`] records,
+/// until one is idle or ends the turn. Returns the commit's outcome and what was read: one batch
+/// of every record gathered, then the step that stopped the reading, if any.
 pub(super) async fn read_while_committing(
     ctx: &FlowContext,
     source: &mut dyn Source,
@@ -28,11 +39,16 @@ pub(super) async fn read_while_committing(
     finishing: impl std::future::Future<Output = Result<Sent, Failed>>,
 ) -> (Result<Sent, Failed>, VecDeque<Step>) {
     tokio::pin!(finishing);
+    let limit = batch_limit(ctx, writer);
     let mut committed = None;
     let mut gathered: Vec<SourceItem> = Vec::new();
     let mut after = VecDeque::new();
     for _ in 0..GATHER_POLLS {
-        let reading = next_step(ctx, source, writer, failing);
+        let room = limit.saturating_sub(gathered.len()).min(ctx.batch.max_records);
+        if room == 0 {
+            break;
+        }
+        let reading = next_step(ctx, source, writer, failing, room);
         tokio::pin!(reading);
         let step = loop {
             tokio::select! {
@@ -78,12 +94,14 @@ pub(super) enum Step {
 
 /// Reads the source's next batch: holding back while the embedded broker's disk is full,
 /// waiting a moment when the source is idle, and backing off from retriable errors within the
-/// flow's retry policy (`failing` counts from the first failure).
+/// flow's retry policy (`failing` counts from the first failure). The poll asks for at most
+/// `max` records.
 pub(super) async fn next_step(
     ctx: &FlowContext,
     source: &mut dyn Source,
     writer: &SourceWriter,
     failing: &mut Option<Backoff>,
+    max: usize,
 ) -> Step {
     if ctx.shutdown.is_cancelled() {
         return Step::End(SourceEnd::Stopped);
@@ -108,7 +126,7 @@ pub(super) async fn next_step(
     }
     let polling = Instant::now();
     let polled = tokio::select! {
-        p = source.poll(ctx.batch.max_records) => p,
+        p = source.poll(max) => p,
         _ = ctx.shutdown.cancelled() => return Step::End(SourceEnd::Stopped),
         _ = writer.lost.cancelled() => return Step::End(SourceEnd::Lost),
     };

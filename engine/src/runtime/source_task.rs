@@ -82,7 +82,7 @@ pub enum SourceEnd {
 pub struct SourceWriter {
     producer: Producer,
     pub(super) lost: tokio_util::sync::CancellationToken,
-    transactional: bool,
+    pub(super) transactional: bool,
     /// This turn's writer id (see [`super::writer_id`]), in every record's `source.writer` and in
     /// every stored position.
     id: serde_json::Value,
@@ -131,10 +131,12 @@ impl SourceWriter {
 /// While a batch's transaction commits (a round trip to the transaction coordinator and the
 /// partitions' leaders), the next batch is already being read: reading the upstream and
 /// waiting for Kafka overlap instead of taking turns. Polls go on while the commit does, up to
-/// [`GATHER_POLLS`] of them, and what they read is the next batch: a commit costs about the
+/// [`GATHER_POLLS`](super::source_read::GATHER_POLLS) of them, and what they read is the next batch: a commit costs about the
 /// same whatever its size (Apache Kafka 4.4 took ≈ 100 ms each, as the next transaction waits
 /// for the last one's markers), so under a backlog batches grow until reading keeps up with
-/// committing, and at a trickle each poll still goes out alone. The batch read ahead is
+/// committing, and at a trickle each poll still goes out alone. Without transactions a batch
+/// stays within one poll's `max_records` ([`batch_limit`](super::source_read::batch_limit)): there it is what a fault publishes
+/// twice. The batch read ahead is
 /// published only after the one before it committed and [`Source::committed`] was told; if
 /// that commit fails, the batch read ahead is dropped with the source, and the next turn reads
 /// it again from the stored position.
@@ -158,7 +160,7 @@ pub async fn run_source(
     loop {
         let step = match ahead.pop_front() {
             Some(step) => step,
-            None => next_step(ctx, source.as_mut(), writer, &mut failing).await,
+            None => next_step(ctx, source.as_mut(), writer, &mut failing, ctx.batch.max_records).await,
         };
         let items = match step {
             Step::Items(items) => items,
