@@ -375,7 +375,8 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
                 let end = runtime::run_claimed_source(&ctx, open).await?;
                 match (flow.trigger, end) {
                     (Trigger::OnDemand | Trigger::Scheduled, runtime::SourceHalf::Exhausted) => {
-                        let marks = kafka::high_watermarks(own, &changes).await?;
+                        // Everything the source wrote, its last transaction's markers or not.
+                        let marks = kafka::written_ends(own, &changes).await?;
                         let _ = stop_tx.send(Some(marks));
                     }
                     // Stopped: the sink half sees the same shutdown and finishes its batch.
