@@ -347,7 +347,7 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
             drop(first);
             // What sits in the changes topic now was published by earlier runs; whatever of it
             // this run delivers is counted as carried over.
-            let earlier = kafka::high_watermarks(own, &changes).await?;
+            let earlier = kafka::committed_ends(own, &changes).await?;
             // Each turn as the source's owner builds the source afresh and resumes it from the
             // stored position as the trigger says.
             let open = |stored: Option<runtime::StoredPosition>| {
@@ -392,7 +392,7 @@ async fn run_flow(cfg: &Config, flow: &Flow, ctx: FlowContext, stage: SqlStage) 
         }
         Input::Topic { kafka: theirs, topic, .. } => {
             if flow.trigger != Trigger::Continuous {
-                let marks = kafka::high_watermarks(&theirs, &topic).await?;
+                let marks = kafka::committed_ends(&theirs, &topic).await?;
                 let _ = stop_tx.send(Some(marks));
             }
             let input = SinkInput { kafka: theirs, topic, group: own.sink_group(&flow.name), earlier: Vec::new() };

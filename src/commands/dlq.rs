@@ -118,7 +118,7 @@ pub(crate) async fn replay(cfg: &Config, flow: &Flow, ctx: &FlowContext, stage: 
     own.ensure_topics(&[&dlq]).await?;
     let sink = build_sink(cfg, flow, own).await?;
     let dest = sink.describe();
-    let marks = kafka::high_watermarks(own, &dlq).await?;
+    let marks = kafka::committed_ends(own, &dlq).await?;
     let (_stop_tx, stop_rx) = watch::channel(Some(marks));
     let input = SinkInput { kafka: own.clone(), topic: dlq, group: own.replay_group(&flow.name), earlier: Vec::new() };
     runtime::run_sink(ctx, input, Box::new(stage), sink, stop_rx).await?;

@@ -25,7 +25,7 @@ mod tail;
 
 use options::Role;
 pub use options::{KafkaSecurity, SecurityProtocol, check_option};
-pub use read::{StoredMessage, committed_offsets, high_watermarks, read_topic, written_ends};
+pub use read::{StoredMessage, committed_ends, committed_offsets, read_topic, written_ends};
 pub use tail::tail_topic;
 
 /// How to reach a Kafka cluster and how to lay out sluice's topics on it.

@@ -10,13 +10,13 @@ use super::{KafkaSettings, KafkaSetupError};
 /// The end of what is committed in each partition of `topic` (a `read_committed` reader's high
 /// watermark: the last stable offset, before any open transaction): where a run that reads
 /// someone else's topic stops.
-pub async fn high_watermarks(settings: &KafkaSettings, topic: &str) -> Result<Vec<(i32, i64)>, KafkaSetupError> {
+pub async fn committed_ends(settings: &KafkaSettings, topic: &str) -> Result<Vec<(i32, i64)>, KafkaSetupError> {
     ends(settings, topic, "read_committed").await
 }
 
 /// The end of everything written to each partition of `topic`, in transactions or not (the
 /// partitions' high watermarks): where a run stops once its own source's last transaction
-/// committed. Not [`high_watermarks`]: a commit returns once the coordinator has decided it,
+/// committed. Not [`committed_ends`]: a commit returns once the coordinator has decided it,
 /// and each partition's last stable offset moves past the transaction only when its marker is
 /// written a moment later — read in between, it would end the run before that transaction's
 /// records (an on-demand run on a cluster ended with a third of its records undelivered so).

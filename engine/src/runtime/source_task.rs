@@ -131,15 +131,15 @@ impl SourceWriter {
 /// While a batch's transaction commits (a round trip to the transaction coordinator and the
 /// partitions' leaders), the next batch is already being read: reading the upstream and
 /// waiting for Kafka overlap instead of taking turns. Polls go on while the commit does, up to
-/// [`GATHER_POLLS`](super::source_read::GATHER_POLLS) of them, and what they read is the next batch: a commit costs about the
-/// same whatever its size (Apache Kafka 4.4 took ≈ 100 ms each, as the next transaction waits
-/// for the last one's markers), so under a backlog batches grow until reading keeps up with
-/// committing, and at a trickle each poll still goes out alone. Without transactions a batch
-/// stays within one poll's `max_records` ([`batch_limit`](super::source_read::batch_limit)): there it is what a fault publishes
-/// twice. The batch read ahead is
-/// published only after the one before it committed and [`Source::committed`] was told; if
-/// that commit fails, the batch read ahead is dropped with the source, and the next turn reads
-/// it again from the stored position.
+/// [`GATHER_POLLS`](super::source_read::GATHER_POLLS) of them, and what they read is the next
+/// batch: a commit costs about the same whatever its size (Apache Kafka 4.4 took ≈ 100 ms each,
+/// as the next transaction waits for the last one's markers), so under a backlog batches grow
+/// until reading keeps up with committing, and at a trickle each poll still goes out alone.
+/// Without transactions a batch stays within one poll's `max_records`
+/// ([`batch_limit`](super::source_read::batch_limit)): there it is what a fault publishes twice.
+/// The batch read ahead is published only after the one before it committed and
+/// [`Source::committed`] was told; if that commit fails, the batch read ahead is dropped with
+/// the source, and the next turn reads it again from the stored position.
 pub async fn run_source(
     ctx: &FlowContext,
     mut source: Box<dyn Source>,
