@@ -247,7 +247,6 @@ impl SqlStage {
         let mut good: Vec<&InputMessage<'_>> = Vec::with_capacity(input.len());
         let mut indices: Vec<u32> = Vec::with_capacity(input.len());
         let mut payloads: Vec<&[u8]> = Vec::with_capacity(input.len());
-        let mut stack = Vec::new();
         for (index, m) in input.iter().enumerate() {
             match m.payload {
                 Some(p) if p.len() > self.max_record_bytes => rejected.push(RejectedRow {
@@ -258,14 +257,6 @@ impl SqlStage {
                         self.max_record_bytes
                     ),
                 }),
-                // What arrow-json would change without a word (`17.9` read into an integer
-                // column as 17, decimals cut to their scale) is refused instead; so is hostile
-                // nesting.
-                Some(p) if let Some(why) = self.precheck.check(p, &mut stack, unknown) => {
-                    rejected.push(RejectedRow { index, reason: format!("decode: {why}") })
-                }
-                // No UTF-8 check here: the decoder validates every string it reads, so a bad
-                // payload fails the batch and the row-by-row path below names it.
                 Some(p) => {
                     good.push(m);
                     indices.push(index as u32);
@@ -274,6 +265,36 @@ impl SqlStage {
                 None => rejected.push(RejectedRow { index, reason: "decode: message has no payload".into() }),
             }
         }
+        // Most batches: one pass decodes and checks every payload.
+        if let Some(fast) = &self.onepass
+            && let Ok(d) = fast.decode(&payloads, unknown)
+            && let Ok(b) = self.input_batch(&d, &good, &indices)
+        {
+            return (Some(b), rejected);
+        }
+        // What arrow-json would change without a word (`17.9` read into an integer column as
+        // 17, decimals cut to their scale) is refused instead; so is hostile nesting.
+        let mut stack = Vec::new();
+        let mut kept = 0;
+        for i in 0..payloads.len() {
+            match self.precheck.check(payloads[i], &mut stack, unknown) {
+                Some(why) => {
+                    rejected.push(RejectedRow { index: indices[i] as usize, reason: format!("decode: {why}") })
+                }
+                None => {
+                    good[kept] = good[i];
+                    indices[kept] = indices[i];
+                    payloads[kept] = payloads[i];
+                    kept += 1;
+                }
+            }
+        }
+        good.truncate(kept);
+        indices.truncate(kept);
+        payloads.truncate(kept);
+        rejected.sort_by_key(|r| r.index);
+        // No UTF-8 check here: the decoder validates every string it reads, so a bad
+        // payload fails the batch and the row-by-row path below names it.
         let whole = self.decode_all(&payloads).and_then(|d| self.input_batch(&d, &good, &indices));
         if let Ok(b) = whole {
             return (Some(b), rejected);

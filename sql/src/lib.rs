@@ -30,6 +30,9 @@ mod evolve;
 pub mod functions;
 #[cfg(test)]
 mod nested_tests;
+mod onepass;
+#[cfg(test)]
+mod onepass_tests;
 mod precheck;
 pub mod sandbox;
 mod step;
@@ -123,6 +126,9 @@ pub struct SqlStage {
     max_record_bytes: usize,
     /// What payloads are checked for before arrow-json decodes them.
     precheck: precheck::Precheck,
+    /// The one-pass decoder that decodes (and checks) a batch of plain payloads without
+    /// arrow-json, when the row's types are all ones it builds.
+    onepass: Option<onepass::OnePass>,
     /// The declared columns, for decoding Avro.
     columns: RowSchema,
     /// The declared columns as one struct type (to walk payloads against).
@@ -201,10 +207,18 @@ impl SqlStage {
         let output = Arc::new(Schema::new(
             step_input.fields().iter().filter(|f| f.name() != ROW_COLUMN).cloned().collect::<Vec<_>>(),
         ));
+        let decode = decode::decode_schema(&wire::wire_schema(declared), format);
+        // Rows with `json` columns take the `serde_json::Value` path, which this decoder
+        // does not replace.
+        let onepass = (!wire::has_json(declared))
+            .then(|| onepass::OnePass::new(&decode, format == PayloadFormat::Debezium))
+            .flatten()
+            .filter(|_| format != PayloadFormat::Avro);
         Ok(SqlStage {
             flow: flow.to_owned(),
             format,
-            decode: decode::decode_schema(&wire::wire_schema(declared), format),
+            onepass,
+            decode,
             row_type: ColumnType::Struct(declared.columns.clone()),
             json_values: wire::has_json(declared),
             finish: declared.columns.iter().any(|(_, t)| wire::needs_finish(t)),
