@@ -61,6 +61,18 @@ pub fn json_row(data: &[u8]) -> (usize, usize) {
     through_stage(PayloadFormat::Json, data)
 }
 
+/// The SQL stage's one-pass JSON decoder against its general path (pre-check, arrow-json),
+/// payloads cut at each `0xFF` byte as above, as rows and as Debezium envelopes of a row
+/// holding every type it builds. Panics where the two read a batch differently — the one
+/// finding this target exists for; returns whether the one-pass decoder took each.
+pub fn json_onepass(data: &[u8]) -> (bool, bool) {
+    static ROW: OnceLock<RowSchema> = OnceLock::new();
+    let row = ROW.get_or_init(sluice_sql::differential::row);
+    let payloads: Vec<&[u8]> = data.split(|b| *b == 0xFF).collect();
+    let check = |envelope| sluice_sql::differential::agree(row, envelope, &payloads).unwrap_or_else(|e| panic!("{e}"));
+    (check(false), check(true))
+}
+
 /// Confluent-framed Avro (magic byte, schema id, datum) into Arrow; every id names the one
 /// schema of [`OneSchema`].
 pub fn avro_confluent(data: &[u8]) -> (usize, usize) {

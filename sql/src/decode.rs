@@ -51,7 +51,8 @@ impl SqlStage {
             d.serialize(&values).map_err(|e| e.to_string())?;
         }
         for p in payloads.iter().filter(|_| !self.json_values) {
-            let mut rest: &[u8] = p;
+            let p = surrogate_pairs_as_utf8(p);
+            let mut rest: &[u8] = &p;
             while !rest.is_empty() {
                 let n = d.decode(rest).map_err(|e| e.to_string())?;
                 if n == 0 {
@@ -324,6 +325,48 @@ impl SqlStage {
     }
 }
 
+/// The payload with each escaped UTF-16 surrogate pair (`\\ud840\\udc00`) written as the UTF-8
+/// of its character; borrowed when it has none.
+///
+/// arrow-json 59 joins a pair's halves with `|` where `+` is meant, which gives the wrong
+/// character for a third of the code points above U+1FFFF (from U+20000, CJK extension B,
+/// onwards) without a word. Raw UTF-8 in a JSON string means the same, and it decodes right.
+pub(crate) fn surrogate_pairs_as_utf8(payload: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let hex4 = |at: usize| {
+        let digits = payload.get(at..at + 4)?;
+        u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let mut fixed: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(found) = payload.get(at..).and_then(|rest| memchr::memchr(b'\\', rest)) {
+        let i = at + found;
+        // Every backslash in valid JSON starts an escape; the one after it is never a new one.
+        at = i + 2;
+        if payload.get(i + 1) != Some(&b'u') {
+            continue;
+        }
+        let Some(high) = hex4(i + 2).filter(|h| (0xd800..0xdc00).contains(h)) else { continue };
+        if payload.get(i + 6..i + 8) != Some(&b"\\u"[..]) {
+            continue;
+        }
+        let Some(low) = hex4(i + 8).filter(|l| (0xdc00..0xe000).contains(l)) else { continue };
+        let Some(ch) = char::from_u32(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00)) else { continue };
+        let out = fixed.get_or_insert_with(|| Vec::with_capacity(payload.len()));
+        out.extend_from_slice(&payload[copied..i]);
+        out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+        copied = i + 12;
+        at = copied;
+    }
+    match fixed {
+        None => std::borrow::Cow::Borrowed(payload),
+        Some(mut out) => {
+            out.extend_from_slice(&payload[copied..]);
+            std::borrow::Cow::Owned(out)
+        }
+    }
+}
+
 /// The `_key` column: each message's key as text, null where there is none or it is not UTF-8.
 ///
 /// Keys are short; checking each alone costs a call per key. Laid end to end they are checked
@@ -371,6 +414,27 @@ fn arrow_select_concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Option<Re
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_surrogate_pairs_become_their_characters() {
+        let fix = |s: &str| String::from_utf8(surrogate_pairs_as_utf8(s.as_bytes()).into_owned()).unwrap();
+        assert_eq!(fix(r#"{"a":"\ud840\udc00 \ud83d\ude00"}"#), "{\"a\":\"\u{20000} \u{1f600}\"}");
+        assert_eq!(fix(r#"{"a":"\\ud840\udc00"}"#), r#"{"a":"\\ud840\udc00"}"#, "an escaped backslash");
+        assert_eq!(fix(r#"{"a":"\ud840","b":"\u00e9\"\ud840x"}"#), r#"{"a":"\ud840","b":"\u00e9\"\ud840x"}"#);
+        assert!(matches!(surrogate_pairs_as_utf8(b"{}"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(fix("\\"), "\\", "a backslash at the end");
+        // What arrow-json does with the pair itself.
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Utf8, true)]));
+        let read = |json: &[u8]| {
+            let mut d = arrow_json::ReaderBuilder::new(schema.clone()).build_decoder().unwrap();
+            d.decode(json).unwrap();
+            let b = d.flush().unwrap().unwrap();
+            b.column(0).as_any().downcast_ref::<StringArray>().unwrap().value(0).to_owned()
+        };
+        let pair = br#"{"a":"\ud840\udc00"}"#;
+        assert_ne!(read(pair), "\u{20000}", "arrow-json has mended its surrogate pairs: this step can go");
+        assert_eq!(read(&surrogate_pairs_as_utf8(pair)), "\u{20000}");
+    }
 
     #[test]
     fn keys_are_text_or_null() {

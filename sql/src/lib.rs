@@ -25,6 +25,8 @@ mod avro_decode;
 mod batch_limit;
 pub mod bounded;
 mod decode;
+#[doc(hidden)]
+pub mod differential;
 mod drift;
 mod evolve;
 pub mod functions;

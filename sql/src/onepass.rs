@@ -17,16 +17,16 @@
 //! functions arrow-json calls (arrow-cast's timestamp, date, time and decimal parsers).
 //!
 //! Types it builds: booleans, 32/64-bit integers, floats, text, timestamps (any unit, with or
-//! without zone), dates, times, decimals up to 38 digits, structs and lists of them. A schema
-//! with anything else (maps, wider decimals, `json` columns) keeps to the general path.
+//! without zone), dates, times, decimals up to 38 digits, and structs, lists and maps of them. A
+//! schema with anything else (wider decimals, `json` columns) keeps to the general path.
 
 use std::sync::Arc;
 
 use arrow_array::types::{Date32Type, Decimal128Type, Time64MicrosecondType};
 use arrow_array::{
-    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, ListArray, RecordBatch,
-    StringArray, StructArray, Time64MicrosecondArray, TimestampMicrosecondArray, TimestampMillisecondArray,
-    TimestampNanosecondArray, TimestampSecondArray,
+    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, ListArray, MapArray,
+    RecordBatch, StringArray, StructArray, Time64MicrosecondArray, TimestampMicrosecondArray,
+    TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray,
 };
 use arrow_buffer::{BooleanBufferBuilder, NullBufferBuilder, OffsetBuffer};
 use arrow_cast::parse::{Parser as _, parse_decimal, string_to_datetime};
@@ -120,6 +120,12 @@ fn supported(t: &DataType) -> bool {
         DataType::Timestamp(_, Some(tz)) => tz.as_ref() == "UTC",
         DataType::Struct(fields) => fields.iter().all(|f| supported(f.data_type())),
         DataType::List(item) => supported(item.data_type()),
+        DataType::Map(entries, false) => match entries.data_type() {
+            DataType::Struct(kv) => {
+                kv.len() == 2 && *kv[0].data_type() == DataType::Utf8 && supported(kv[1].data_type())
+            }
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -165,6 +171,13 @@ enum Kind<'s> {
         offsets: Vec<i32>,
         item: Box<Col<'s>>,
     },
+    /// An object's keys and values, in the order given (a key given twice is two entries, as
+    /// arrow-json reads it).
+    Map {
+        offsets: Vec<i32>,
+        keys: Box<Col<'s>>,
+        values: Box<Col<'s>>,
+    },
 }
 
 impl<'s> Col<'s> {
@@ -186,6 +199,17 @@ impl<'s> Col<'s> {
                 let mut offsets = Vec::with_capacity(n + 1);
                 offsets.push(0);
                 Kind::List { offsets, item: Box::new(Col::new(item.data_type(), n * 4, bytes / 4)) }
+            }
+            DataType::Map(entries, _) => {
+                let mut offsets = Vec::with_capacity(n + 1);
+                offsets.push(0);
+                let (keys, values) = match entries.data_type() {
+                    DataType::Struct(kv) if kv.len() == 2 => (kv[0].data_type(), kv[1].data_type()),
+                    // `supported` admits no other entries.
+                    _ => (&DataType::Utf8, &DataType::Utf8),
+                };
+                let keys = Box::new(Col::new(keys, n * 4, 16));
+                Kind::Map { offsets, keys, values: Box::new(Col::new(values, n * 4, bytes / 4)) }
             }
             // Utf8; `supported` admits nothing else.
             _ => {
@@ -219,6 +243,7 @@ impl<'s> Col<'s> {
             Kind::Utf8 { offsets, bytes } => offsets.push(bytes.len() as i32),
             Kind::Struct { children, .. } => children.iter_mut().for_each(Col::push_null),
             Kind::List { offsets, item } => offsets.push(item.len() as i32),
+            Kind::Map { offsets, keys, .. } => offsets.push(keys.len() as i32),
         }
     }
 
@@ -310,6 +335,34 @@ impl<'s> Col<'s> {
                     }
                 }
                 offsets.push(i32::try_from(item.len()).map_err(|_| Unsure)?);
+            }
+            Kind::Map { offsets, keys, values } => {
+                if first != b'{' || depth >= MAX_NESTING {
+                    return Err(Unsure);
+                }
+                p.at += 1;
+                p.ws();
+                if p.peek() == Some(b'}') {
+                    p.at += 1;
+                } else {
+                    loop {
+                        p.ws();
+                        keys.value(p, cx, depth + 1)?;
+                        p.ws();
+                        if p.next() != Some(b':') {
+                            return Err(Unsure);
+                        }
+                        p.ws();
+                        values.value(p, cx, depth + 1)?;
+                        p.ws();
+                        match p.next() {
+                            Some(b',') => {}
+                            Some(b'}') => break,
+                            _ => return Err(Unsure),
+                        }
+                    }
+                }
+                offsets.push(i32::try_from(keys.len()).map_err(|_| Unsure)?);
             }
         }
         self.valid.append_non_null();
@@ -413,6 +466,22 @@ impl<'s> Col<'s> {
                 Arc::new(
                     ListArray::try_new(field.clone(), OffsetBuffer::new(offsets.into()), values, nulls)
                         .map_err(|_| Unsure)?,
+                )
+            }
+            (Kind::Map { offsets, keys, values }, DataType::Map(entries, sorted)) => {
+                let DataType::Struct(kv) = entries.data_type() else { return Err(Unsure) };
+                let (Some(k), Some(v)) = (kv.iter().next(), kv.iter().nth(1)) else { return Err(Unsure) };
+                let columns = vec![keys.finish(k.data_type())?, values.finish(v.data_type())?];
+                let entries_array = StructArray::try_new(kv.clone(), columns, None).map_err(|_| Unsure)?;
+                Arc::new(
+                    MapArray::try_new(
+                        entries.clone(),
+                        OffsetBuffer::new(offsets.into()),
+                        entries_array,
+                        nulls,
+                        *sorted,
+                    )
+                    .map_err(|_| Unsure)?,
                 )
             }
             _ => return Err(Unsure),

@@ -357,6 +357,15 @@ pub(crate) fn whole_number(token: &[u8]) -> bool {
 /// losing a digit; why not otherwise. Text that is no number passes: the decoder refuses it
 /// with its own message.
 pub(crate) fn decimal_fits(text: &str, precision: u8, scale: i8) -> Result<(), String> {
+    // arrow-cast's decimal parser keeps the exponent in an `i16` and overflows on a long one
+    // (`1e99999` would be read as another number, or panic): any exponent beyond what a
+    // decimal's 76 digits could use is refused before it gets there.
+    if let Some(at) = text.find(['e', 'E'])
+        && let exponent = text[at + 1..].trim_start_matches(['+', '-']).trim_start_matches('0')
+        && exponent.bytes().take_while(u8::is_ascii_digit).count() > 3
+    {
+        return Err(format!("{text} has an exponent beyond ±999; the record is refused"));
+    }
     let Some(n) = Digits::parse(text) else { return Ok(()) };
     if n.after_point() > i64::from(scale) {
         return Err(format!(
@@ -482,6 +491,10 @@ mod tests {
             assert_eq!(decimal_fits(text, 20, 4).is_ok(), fits, "{text}");
         }
         assert_eq!(decimal_fits("not a number", 10, 2), Ok(()), "the decoder names text that is no number");
+        assert_eq!(decimal_fits("0e999", 10, 2), Ok(()));
+        for long in ["1e99999", "0E-65536", "1.5e+0001000", "e12345678.99"] {
+            assert!(decimal_fits(long, 10, 2).unwrap_err().contains("exponent beyond"), "{long}");
+        }
         let row = "struct<items: list<struct<price: decimal(10,2)>>, total: decimal(12,2)>";
         let why = check(row, r#"{"items":[{"price":"1.25"},{"price":1.234}],"total":1}"#, false).unwrap();
         assert_eq!(
