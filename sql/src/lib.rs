@@ -7,9 +7,11 @@
 //!   JSON text) and `_ts` (the change time). A delete's columns are its `before` image (null
 //!   when the source has none), so a delete passes a filter when the deleted row would have.
 //! - [`SqlStage::process`] (the engine's `Transform`) decodes a batch of Kafka payloads straight
-//!   into an Arrow `RecordBatch` ([`decode`]), runs the pre-built physical plan over it
-//!   ([`step`]) and returns the output batches. Rows that do not decode are rejected with the
-//!   reason and go to the DLQ; the rest of their batch carries on.
+//!   into an Arrow `RecordBatch` — in one pass over each JSON payload ([`onepass`]) when the
+//!   batch is plain, else through a pre-check and arrow-json ([`decode`], [`precheck`]) — runs
+//!   the pre-built physical plan over it ([`step`]) and returns the output batches. Rows that
+//!   do not decode are rejected with the reason and go to the DLQ; the rest of their batch
+//!   carries on.
 //! - [`tasks`]: AppFlow-style tasks (map, merge, mask, filter, validate, …) compiled to one
 //!   `SELECT`. A flow with tasks and a `sql:` runs two plans, tasks first; rows that break a
 //!   validation rule leave between them (dropped, dead-lettered with the rule's name, or failing

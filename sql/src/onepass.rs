@@ -470,7 +470,7 @@ impl<'s> Col<'s> {
             }
             (Kind::Map { offsets, keys, values }, DataType::Map(entries, sorted)) => {
                 let DataType::Struct(kv) = entries.data_type() else { return Err(Unsure) };
-                let (Some(k), Some(v)) = (kv.iter().next(), kv.iter().nth(1)) else { return Err(Unsure) };
+                let (Some(k), Some(v)) = (kv.first(), kv.get(1)) else { return Err(Unsure) };
                 let columns = vec![keys.finish(k.data_type())?, values.finish(v.data_type())?];
                 let entries_array = StructArray::try_new(kv.clone(), columns, None).map_err(|_| Unsure)?;
                 Arc::new(
