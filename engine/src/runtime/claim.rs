@@ -143,8 +143,13 @@ impl Liveness {
         } else {
             tracing::warn!(%flow, silent_secs = self.window.as_secs(), "no process has run the source for a while; rejoining the claim group for a fresh rebalance");
         }
-        consumer.unsubscribe();
-        if let Err(e) = consumer.subscribe(&[topic]) {
+        // Each call waits for the consumer's group thread to take it, without a bound: off the
+        // runtime's worker, so a cluster in trouble cannot stall the process's other tasks.
+        let rejoined = tokio::task::block_in_place(|| {
+            consumer.unsubscribe();
+            consumer.subscribe(&[topic])
+        });
+        if let Err(e) = rejoined {
             tracing::warn!(%flow, error = %e, "rejoining the source claim group");
         }
         self.waiting_since = std::time::Instant::now();
@@ -201,8 +206,11 @@ impl SourceClaim {
                 }
             }
             // Leave the group so a stand-by is assigned now, not after the session timeout.
-            consumer.unsubscribe();
-            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                consumer.unsubscribe();
+                drop(consumer)
+            })
+            .await;
         });
         Ok(SourceClaim { held, stop, driver: Some(driver) })
     }

@@ -127,8 +127,13 @@ impl Watchdog {
             rejoin = self.rejoins + 1,
             "undelivered records sit in partitions no live worker is delivering; rejoining the group"
         );
-        consumer.unsubscribe();
-        if let Err(e) = consumer.subscribe(&[input.topic.as_str()]) {
+        // Each call waits for the consumer's group thread to take it, without a bound: off the
+        // runtime's worker, so a cluster in trouble cannot stall the process's other tasks.
+        let rejoined = tokio::task::block_in_place(|| {
+            consumer.unsubscribe();
+            consumer.subscribe(&[input.topic.as_str()])
+        });
+        if let Err(e) = rejoined {
             tracing::warn!(flow = %flow, topic = %input.topic, error = %e, "rejoining the group");
         }
         self.rejoins += 1;
