@@ -329,8 +329,9 @@ impl SqlStage {
 /// of its character; borrowed when it has none.
 ///
 /// arrow-json 59 joins a pair's halves with `|` where `+` is meant, which gives the wrong
-/// character for a third of the code points above U+1FFFF (from U+20000, CJK extension B,
-/// onwards) without a word. Raw UTF-8 in a JSON string means the same, and it decodes right.
+/// character, without a word, for every code point of the even planes: U+20000–U+2FFFF (CJK
+/// extensions B to F), the tag characters at U+E0000 (subdivision flag emoji), private use in
+/// plane 16. Raw UTF-8 in a JSON string means the same, and it decodes right.
 pub(crate) fn surrogate_pairs_as_utf8(payload: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let hex4 = |at: usize| {
         let digits = payload.get(at..at + 4)?;
