@@ -214,10 +214,11 @@ impl SqlStage {
         let decode = decode::decode_schema(&wire::wire_schema(declared), format);
         // Rows with `json` columns take the `serde_json::Value` path, which this decoder
         // does not replace.
-        let onepass = (!wire::has_json(declared))
-            .then(|| onepass::OnePass::new(&decode, format == PayloadFormat::Debezium))
-            .flatten()
-            .filter(|_| format != PayloadFormat::Avro);
+        let onepass = match format {
+            PayloadFormat::Avro => None,
+            _ if wire::has_json(declared) => None,
+            _ => onepass::OnePass::new(&decode, format == PayloadFormat::Debezium),
+        };
         Ok(SqlStage {
             flow: flow.to_owned(),
             format,

@@ -177,11 +177,8 @@ impl Precheck {
                             f.key = (start, end);
                             let key = &json[start..end];
                             f.next = field_type(f.of, key);
-                            if row_level && f.next.is_none() && unknown.len() < MAX_UNKNOWN && !self.is_row_name(key) {
-                                let name = String::from_utf8_lossy(key);
-                                if !unknown.iter().any(|u| *u == name) {
-                                    unknown.push(name.into_owned());
-                                }
+                            if row_level && f.next.is_none() && !self.is_row_name(key) {
+                                note_new_field(unknown, key);
                             }
                         }
                         _ => {
@@ -274,6 +271,18 @@ impl Precheck {
             }
         }
         path
+    }
+}
+
+/// Adds a row-level field the row does not declare to `unknown`, once, up to
+/// [`MAX_UNKNOWN`] names a batch.
+pub(crate) fn note_new_field(unknown: &mut Vec<String>, key: &[u8]) {
+    if unknown.len() >= MAX_UNKNOWN {
+        return;
+    }
+    let name = String::from_utf8_lossy(key);
+    if !unknown.iter().any(|u| *u == name) {
+        unknown.push(name.into_owned());
     }
 }
 

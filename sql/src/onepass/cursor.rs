@@ -85,8 +85,20 @@ impl<'j> Json<'j> {
         Ok(&self.bytes[start..end])
     }
 
-    /// A string's text: borrowed from the payload, or unescaped into `scratch`.
-    pub(super) fn text<'a>(&mut self, scratch: &'a mut Vec<u8>) -> Step<&'a str> {
+    /// A string's text: borrowed from the payload, or unescaped into `scratch` when it holds
+    /// escapes.
+    pub(super) fn text<'a>(&mut self, scratch: &'a mut Vec<u8>) -> Step<&'a str>
+    where
+        'j: 'a,
+    {
+        let rest = &self.bytes[(self.at + 1).min(self.bytes.len())..];
+        if self.peek() == Some(b'"')
+            && let Some(end) = string_stop(rest)
+            && rest[end] == b'"'
+        {
+            self.at += end + 2;
+            return std::str::from_utf8(&rest[..end]).map_err(|_| Unsure);
+        }
         scratch.clear();
         self.string_into(scratch)?;
         std::str::from_utf8(scratch).map_err(|_| Unsure)
@@ -105,21 +117,21 @@ impl<'j> Json<'j> {
             if rest[found] == b'"' {
                 return Ok(());
             }
-            self.escape(out)?;
+            out.extend_from_slice(self.escape()?.encode_utf8(&mut [0; 4]).as_bytes());
         }
     }
 
-    /// One escape, after its backslash.
-    fn escape(&mut self, out: &mut Vec<u8>) -> Step {
-        let c = match self.next().ok_or(Unsure)? {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            b'/' => b'/',
-            b'b' => 0x08,
-            b'f' => 0x0c,
-            b'n' => b'\n',
-            b'r' => b'\r',
-            b't' => b'\t',
+    /// The character of one escape, after its backslash.
+    fn escape(&mut self) -> Step<char> {
+        Ok(match self.next().ok_or(Unsure)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
             b'u' => {
                 let first = self.hex4()?;
                 let code = if (0xd800..0xdc00).contains(&first) {
@@ -135,14 +147,10 @@ impl<'j> Json<'j> {
                 } else {
                     first
                 };
-                let ch = char::from_u32(code).ok_or(Unsure)?;
-                out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
-                return Ok(());
+                char::from_u32(code).ok_or(Unsure)?
             }
             _ => return Err(Unsure),
-        };
-        out.push(c);
-        Ok(())
+        })
     }
 
     fn hex4(&mut self) -> Step<u32> {
@@ -155,6 +163,42 @@ impl<'j> Json<'j> {
         u32::from_str_radix(text, 16).map_err(|_| Unsure)
     }
 
+    /// Reads the object or array opening at the cursor (`open` is `{` or `[`), no deeper than
+    /// the general path allows: `member` reads each member from its first byte (an object's
+    /// key, or an array's item); the commas between and the closing bracket are checked here.
+    pub(super) fn each(&mut self, open: u8, depth: usize, mut member: impl FnMut(&mut Self) -> Step) -> Step {
+        if self.peek() != Some(open) || depth >= MAX_NESTING {
+            return Err(Unsure);
+        }
+        let close = if open == b'{' { b'}' } else { b']' };
+        self.at += 1;
+        self.ws();
+        if self.peek() == Some(close) {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            member(self)?;
+            self.ws();
+            match self.next() {
+                Some(b',') => {}
+                Some(b) if b == close => return Ok(()),
+                _ => return Err(Unsure),
+            }
+        }
+    }
+
+    /// The colon after an object's key, and the whitespace around it.
+    pub(super) fn colon(&mut self) -> Step {
+        self.ws();
+        if self.next() != Some(b':') {
+            return Err(Unsure);
+        }
+        self.ws();
+        Ok(())
+    }
+
     /// Steps over a value of no declared field, checking that it is well-formed and no deeper
     /// than the general path allows.
     pub(super) fn skip(&mut self, depth: usize) -> Step {
@@ -164,36 +208,13 @@ impl<'j> Json<'j> {
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'-' | b'0'..=b'9' => self.number().map(|_| ()),
-            open @ (b'{' | b'[') => {
-                if depth >= MAX_NESTING {
-                    return Err(Unsure);
+            open @ (b'{' | b'[') => self.each(open, depth, |p| {
+                if open == b'{' {
+                    p.skip_string()?;
+                    p.colon()?;
                 }
-                let close = if open == b'{' { b'}' } else { b']' };
-                self.at += 1;
-                self.ws();
-                if self.peek() == Some(close) {
-                    self.at += 1;
-                    return Ok(());
-                }
-                loop {
-                    self.ws();
-                    if open == b'{' {
-                        self.skip_string()?;
-                        self.ws();
-                        if self.next() != Some(b':') {
-                            return Err(Unsure);
-                        }
-                        self.ws();
-                    }
-                    self.skip(depth + 1)?;
-                    self.ws();
-                    match self.next() {
-                        Some(b',') => {}
-                        Some(b) if b == close => return Ok(()),
-                        _ => return Err(Unsure),
-                    }
-                }
-            }
+                p.skip(depth + 1)
+            }),
             _ => Err(Unsure),
         }
     }
@@ -211,7 +232,7 @@ impl<'j> Json<'j> {
             if rest[found] == b'"' {
                 return Ok(());
             }
-            self.escape(&mut Vec::new())?;
+            self.escape()?;
         }
     }
 }

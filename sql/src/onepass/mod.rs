@@ -32,7 +32,9 @@ use arrow_buffer::{BooleanBufferBuilder, NullBufferBuilder, OffsetBuffer};
 use arrow_cast::parse::{Parser as _, parse_decimal, string_to_datetime};
 use arrow_schema::{DataType, Fields, SchemaRef, TimeUnit};
 
-use crate::precheck::{MAX_NESTING, decimal_fits};
+use sluice_core::names::column::HIDDEN;
+
+use crate::precheck::{decimal_fits, note_new_field};
 
 mod cursor;
 use cursor::Json;
@@ -48,21 +50,12 @@ pub(crate) struct OnePass {
     schema: SchemaRef,
     /// Whether payloads are Debezium envelopes (the row is their `after`/`before` image).
     envelope: bool,
-    /// Names no row field may be reported as new (the `source` table's hidden columns).
-    hidden: &'static [&'static str],
 }
-
-/// The most undeclared field names noted for one batch (as the pre-check).
-const MAX_UNKNOWN: usize = 64;
 
 impl OnePass {
     /// The decoder for `schema` (the stage's decode schema), if it builds every type in it.
     pub(crate) fn new(schema: &SchemaRef, envelope: bool) -> Option<OnePass> {
-        schema.fields().iter().all(|f| supported(f.data_type())).then(|| OnePass {
-            schema: schema.clone(),
-            envelope,
-            hidden: &sluice_core::names::column::HIDDEN,
-        })
+        schema.fields().iter().all(|f| supported(f.data_type())).then(|| OnePass { schema: schema.clone(), envelope })
     }
 
     /// Decodes one payload per row; `Err(Unsure)` leaves the batch to the general path.
@@ -80,7 +73,7 @@ impl OnePass {
                 }
             }
         }
-        let mut cx = Cx { unknown, hidden: self.hidden, scratch: Vec::new() };
+        let mut cx = Cx { unknown, scratch: Vec::new() };
         for payload in payloads {
             // The general path refuses a payload that is not UTF-8 anywhere in its strings;
             // checked whole here, every slice copied below is text.
@@ -136,7 +129,6 @@ fn supported(t: &DataType) -> bool {
 /// What one batch's decoding shares across columns.
 struct Cx<'u> {
     unknown: &'u mut Vec<String>,
-    hidden: &'static [&'static str],
     /// A string's text when it holds escapes.
     scratch: Vec<u8>,
 }
@@ -318,53 +310,15 @@ impl<'s> Col<'s> {
             }
             Kind::Struct { .. } => return Err(Unsure),
             Kind::List { offsets, item } => {
-                if first != b'[' || depth >= MAX_NESTING {
-                    return Err(Unsure);
-                }
-                p.at += 1;
-                p.ws();
-                if p.peek() == Some(b']') {
-                    p.at += 1;
-                } else {
-                    loop {
-                        p.ws();
-                        item.value(p, cx, depth + 1)?;
-                        p.ws();
-                        match p.next() {
-                            Some(b',') => {}
-                            Some(b']') => break,
-                            _ => return Err(Unsure),
-                        }
-                    }
-                }
+                p.each(b'[', depth, |p| item.value(p, cx, depth + 1))?;
                 offsets.push(i32::try_from(item.len()).map_err(|_| Unsure)?);
             }
             Kind::Map { offsets, keys, values } => {
-                if first != b'{' || depth >= MAX_NESTING {
-                    return Err(Unsure);
-                }
-                p.at += 1;
-                p.ws();
-                if p.peek() == Some(b'}') {
-                    p.at += 1;
-                } else {
-                    loop {
-                        p.ws();
-                        keys.value(p, cx, depth + 1)?;
-                        p.ws();
-                        if p.next() != Some(b':') {
-                            return Err(Unsure);
-                        }
-                        p.ws();
-                        values.value(p, cx, depth + 1)?;
-                        p.ws();
-                        match p.next() {
-                            Some(b',') => {}
-                            Some(b'}') => break,
-                            _ => return Err(Unsure),
-                        }
-                    }
-                }
+                p.each(b'{', depth, |p| {
+                    keys.value(p, cx, depth + 1)?;
+                    p.colon()?;
+                    values.value(p, cx, depth + 1)
+                })?;
                 offsets.push(i32::try_from(keys.len()).map_err(|_| Unsure)?);
             }
         }
@@ -375,50 +329,32 @@ impl<'s> Col<'s> {
     /// Reads the object at `p` into this struct column.
     fn object(&mut self, p: &mut Json<'_>, cx: &mut Cx<'_>, depth: usize) -> Step {
         let Kind::Struct { fields, children, row } = &mut self.kind else { return Err(Unsure) };
-        if p.peek() != Some(b'{') || depth >= MAX_NESTING {
-            return Err(Unsure);
-        }
-        p.at += 1;
         let n = self.valid.len();
         // Fields usually come in the declared order: the one after the last is tried first.
         let mut guess = 0;
-        p.ws();
-        if p.peek() == Some(b'}') {
-            p.at += 1;
-        } else {
-            loop {
-                p.ws();
-                let key = p.key()?;
-                p.ws();
-                if p.next() != Some(b':') {
-                    return Err(Unsure);
-                }
-                p.ws();
-                match find(fields, key, guess) {
-                    Some(i) => {
-                        // A field given twice: arrow-json keeps the last, which is not worth
-                        // copying here.
-                        if children[i].len() != n {
-                            return Err(Unsure);
-                        }
-                        children[i].value(p, cx, depth + 1)?;
-                        guess = i + 1;
+        p.each(b'{', depth, |p| {
+            let key = p.key()?;
+            p.colon()?;
+            match find(fields, key, guess) {
+                Some(i) => {
+                    // A field given twice: arrow-json keeps the last, which is not worth
+                    // copying here.
+                    if children[i].len() != n {
+                        return Err(Unsure);
                     }
-                    None => {
-                        if *row {
-                            note_unknown(cx, key);
-                        }
-                        p.skip(depth + 1)?;
-                    }
+                    guess = i + 1;
+                    children[i].value(p, cx, depth + 1)
                 }
-                p.ws();
-                match p.next() {
-                    Some(b',') => {}
-                    Some(b'}') => break,
-                    _ => return Err(Unsure),
+                None => {
+                    // A row-level field the row does not declare: a column added upstream
+                    // (the source table's hidden columns are never new ones).
+                    if *row && !HIDDEN.iter().any(|h| h.as_bytes() == key) {
+                        note_new_field(cx.unknown, key);
+                    }
+                    p.skip(depth + 1)
                 }
             }
-        }
+        })?;
         for c in children.iter_mut().filter(|c| c.len() == n) {
             c.push_null();
         }
@@ -503,15 +439,4 @@ fn find(fields: &Fields, key: &[u8], guess: usize) -> Option<usize> {
         return Some(guess);
     }
     (0..fields.len()).find(|&i| is(i))
-}
-
-/// Notes a row-level field the row does not declare (a column added upstream).
-fn note_unknown(cx: &mut Cx<'_>, key: &[u8]) {
-    if cx.unknown.len() >= MAX_UNKNOWN || cx.hidden.iter().any(|h| h.as_bytes() == key) {
-        return;
-    }
-    let name = String::from_utf8_lossy(key);
-    if !cx.unknown.iter().any(|u| *u == name) {
-        cx.unknown.push(name.into_owned());
-    }
 }
