@@ -43,10 +43,51 @@ pub fn sluice_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on, reserved for this test process until it exits.
+///
+/// Why not bind port 0 and take what the kernel gives: that port comes from the ephemeral
+/// range, and once the test's server stops (a Kafka node killed and restarted, a sluice API
+/// restarted on the same address) any outgoing connection on the machine may be handed it as
+/// its local port, and the restart fails with "address already in use" (CI at 551eee4: a
+/// restarted Kafka controller). So ports come from below the ephemeral range, where the kernel
+/// never picks, and each is reserved with a lock file that concurrent test processes (nextest
+/// runs each test in its own) respect; the lock goes with the process, even on SIGKILL.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding a probe socket");
-    l.local_addr().expect("probe socket address").port()
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
+
+    let (low, high) = reservable_ports();
+    let dir = std::env::temp_dir().join("sluice-test-ports");
+    std::fs::create_dir_all(&dir).expect("creating the port reservation directory");
+    let span = u32::from(high - low);
+    let start = (std::process::id() as u64).wrapping_mul(7919).wrapping_add(now_nanos() as u64 / 1000);
+    for step in 0..span {
+        let port = low + ((start + u64::from(step)) % u64::from(span)) as u16;
+        let Ok(file) = File::options().create(true).truncate(false).write(true).open(dir.join(port.to_string())) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
+        // Someone outside the test harness (or a child of an earlier run) may listen there.
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+        return port;
+    }
+    panic!("no free loopback port in {low}..{high} (every one is listening or reserved)");
+}
+
+/// The ports `free_port` hands out: below the kernel's ephemeral range.
+fn reservable_ports() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|n| n.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let high = ephemeral_low.min(32768);
+    assert!(high > 12000, "the ephemeral port range starts at {high}: too low to leave test ports below it");
+    (10000, high)
 }
 
 /// Writes `text` to `dir/name` and returns the path as text (for command lines).
