@@ -24,7 +24,7 @@ use sluice_core::avro::{RegistryError, SchemaRegistry, split_wire};
 use sluice_core::connector::{InputMessage, RejectedRow};
 use sluice_core::schema::ColumnType;
 
-use crate::precheck::decimal_fits;
+use crate::number_text::decimal_fits;
 
 /// The rows a batch of Avro payloads held, as JSON values, with each one's op, change time and
 /// message index.

@@ -34,6 +34,7 @@ mod evolve;
 pub mod functions;
 #[cfg(test)]
 mod nested_tests;
+mod number_text;
 mod onepass;
 #[cfg(test)]
 mod onepass_tests;

@@ -34,7 +34,8 @@ use arrow_schema::{DataType, Fields, SchemaRef, TimeUnit};
 
 use sluice_core::names::column::HIDDEN;
 
-use crate::precheck::{decimal_fits, note_new_field};
+use crate::number_text::decimal_fits;
+use crate::precheck::note_new_field;
 
 mod cursor;
 use cursor::Json;
