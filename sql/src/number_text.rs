@@ -65,26 +65,13 @@ pub(crate) struct Digits<'a> {
     exponent: bool,
 }
 
-/// A number's text in a message: whole up to 80 characters, else its start and its length.
-struct Shortened<'a>(&'a str);
-
-impl std::fmt::Display for Shortened<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.char_indices().nth(60) {
-            Some((cut, _)) if self.0.len() > 80 => write!(f, "{}… ({} bytes)", &self.0[..cut], self.0.len()),
-            _ => f.write_str(self.0),
-        }
-    }
-}
-
 impl<'a> Digits<'a> {
     pub(crate) fn parse(text: &'a str) -> Option<Digits<'a>> {
         let body = text.strip_prefix(['-', '+']).unwrap_or(text);
-        let (mantissa, exponent) = match body.find(['e', 'E']) {
-            Some(at) => (&body[..at], Some(body[at + 1..].parse::<i64>().ok()?)),
-            None => (body, None),
+        let (mantissa, written, exponent) = match body.find(['e', 'E']) {
+            Some(at) => (&body[..at], true, body[at + 1..].parse::<i64>().ok()?),
+            None => (body, false, 0),
         };
-        let (written, exponent) = (exponent.is_some(), exponent.unwrap_or(0));
         let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
         if int.is_empty() && frac.is_empty()
             || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
@@ -124,6 +111,18 @@ impl<'a> Digits<'a> {
     fn before_point(&self) -> i64 {
         let first = self.all().position(|d| d != b'0').map(|i| i as i64);
         first.map_or(0, |start| (self.point - start).max(0))
+    }
+}
+
+/// A number's text in a message: whole up to 80 characters, else its start and its length.
+struct Shortened<'a>(&'a str);
+
+impl std::fmt::Display for Shortened<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(60) {
+            Some((cut, _)) if self.0.len() > 80 => write!(f, "{}… ({} bytes)", &self.0[..cut], self.0.len()),
+            _ => f.write_str(self.0),
+        }
     }
 }
 
@@ -200,7 +199,7 @@ mod tests {
             };
             let int: Vec<u8> = (0..next(24)).map(|_| digit(&mut next)).collect();
             let frac: Vec<u8> = (0..next(30)).map(|_| digit(&mut next)).collect();
-            let mut text = String::from_utf8(int.clone()).unwrap();
+            let mut text = String::from_utf8(int).unwrap();
             if !frac.is_empty() || next(2) == 0 {
                 text.push('.');
                 text.push_str(std::str::from_utf8(&frac).unwrap());
